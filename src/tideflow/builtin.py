@@ -1,0 +1,23 @@
+"""Registers the components that ship with tideflow (the ``builtin`` plugin)."""
+
+from __future__ import annotations
+
+import importlib
+
+from tideflow.registry import Registry
+
+BUILTIN_MODULES = (
+    "tideflow.operators.basic",
+    "tideflow.operators.sql",
+    "tideflow.operators.python",
+    "tideflow.connectors.generate",
+    "tideflow.connectors.files",
+    "tideflow.connectors.stdout",
+    "tideflow.connectors.memory",
+)
+
+
+def register(registry: Registry) -> None:
+    """Add every built-in source, step and sink to ``registry``."""
+    for name in BUILTIN_MODULES:
+        registry.add_module(importlib.import_module(name))

@@ -1,0 +1,211 @@
+"""The small contracts every source, step and sink implements.
+
+Batches are Polars DataFrames. A source returns batches together with the position *after*
+the batch, so the engine can record exactly what it has processed even while the source reads
+ahead. A sink prepares at checkpoint (``flush``) and makes its output visible only after the
+checkpoint is durable (``commit``): a two-phase commit that lets a crash at any moment be
+recovered without loss or duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import polars as pl
+from pydantic import BaseModel
+
+JSON = Any
+"""A JSON-serialisable value (positions, commit tokens, small state)."""
+
+MAIN_PORT = "out"
+
+DEAD_LETTER_SCHEMA = {"record": pl.String, "reason": pl.String}
+
+
+def dead_letters(rows: pl.DataFrame, reason: str | pl.Expr) -> pl.DataFrame:
+    """Build a dead-letter frame (``record`` as JSON text, ``reason``) from failed rows.
+
+    Vectorised: the rows are JSON-encoded by Polars, not by a Python loop.
+    """
+    if rows.height == 0:
+        return empty_dead_letters()
+    reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
+    if rows.width == 0:
+        record = pl.lit("{}")
+    else:
+        record = pl.struct(pl.all()).struct.json_encode()
+    return rows.select(
+        record.cast(pl.String).alias("record"), reason_expr.cast(pl.String).alias("reason")
+    )
+
+
+def raw_dead_letters(records: list[str], reasons: list[str]) -> pl.DataFrame:
+    """Dead letters for input that never became a record (unparseable text)."""
+    return pl.DataFrame({"record": records, "reason": reasons}, schema=DEAD_LETTER_SCHEMA)
+
+
+def empty_dead_letters() -> pl.DataFrame:
+    """A dead-letter frame with no rows."""
+    return pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
+
+
+@dataclass
+class SourceBatch:
+    """What a source hands the engine: records, the position after them, unparseable input."""
+
+    data: pl.DataFrame
+    position: JSON
+    dead: pl.DataFrame | None = None
+
+    @property
+    def size(self) -> int:
+        """Records that entered the pipeline with this batch (good and dead-lettered)."""
+        return self.data.height + (self.dead.height if self.dead is not None else 0)
+
+
+@dataclass
+class StepOutput:
+    """The result of a step on one batch.
+
+    ``outputs`` maps port name to frame (most steps only have ``out``). Every input record is
+    accounted for: emitted on a port, ``filtered`` by a user rule, returned in ``dead`` with a
+    reason, or ``consumed`` into state by an aggregating step. A step that creates records
+    (an explode, a SQL join) reports them as ``generated``, so that
+    ``in + generated == out + filtered + dead + consumed`` always holds.
+    """
+
+    outputs: dict[str, pl.DataFrame] = field(default_factory=dict)
+    filtered: int = 0
+    dead: pl.DataFrame | None = None
+    consumed: int = 0
+    generated: int = 0
+
+    @classmethod
+    def reshaped(cls, frame: pl.DataFrame, records_in: int) -> StepOutput:
+        """A result of a step whose output row count is free (SQL, per-batch functions):
+        fewer rows than came in count as filtered, more as generated."""
+        diff = records_in - frame.height
+        return cls(
+            outputs={MAIN_PORT: frame}, filtered=max(diff, 0), generated=max(-diff, 0)
+        )
+
+    @classmethod
+    def of(cls, frame: pl.DataFrame, filtered: int = 0) -> StepOutput:
+        """A result with one frame on the main port."""
+        return cls(outputs={MAIN_PORT: frame}, filtered=filtered)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a component may know about the run it is part of."""
+
+    pipeline: str
+    name: str
+    base_dir: Path
+    state_dir: Path
+    stop_event: threading.Event
+    scope: str = "main"
+    """``main`` for normal runs; replays and tests get their own scope so outputs never clash."""
+
+    @property
+    def log(self) -> logging.Logger:
+        """The logger for this component."""
+        return logging.getLogger(f"tideflow.{self.pipeline}.{self.name}")
+
+    def resolve(self, path: str) -> str:
+        """Resolve a relative local path against the pipeline file's folder; URLs pass through."""
+        if "://" in path or Path(path).is_absolute():
+            return path
+        return str(self.base_dir / path)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; returns True as soon as the run is asked to stop."""
+        return self.stop_event.wait(seconds)
+
+
+class Component(ABC):  # noqa: B024 - a shared base, not an interface of its own
+    """Common base: every component is built from its validated config model."""
+
+    config_model: ClassVar[type[BaseModel]]
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+
+class Source(Component):
+    """Produces batches. Bounded sources return ``None`` when done."""
+
+    bounded: bool = True
+
+    @abstractmethod
+    def open(self, ctx: Context, position: JSON | None) -> None:
+        """Prepare to read, resuming after ``position`` when it is not None."""
+
+    @abstractmethod
+    def read_batch(self) -> SourceBatch | None:
+        """Return the next batch; ``None`` when a bounded source is exhausted.
+
+        An unbounded source with nothing to read returns an empty batch after a short wait,
+        so the engine can notice a stop request.
+        """
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+
+class Step(Component):
+    """Transforms batches. Stateless by default."""
+
+    @classmethod
+    def ports(cls, config: Any) -> tuple[str, ...]:
+        """Names of the output ports; most steps have one, ``out``."""
+        return (MAIN_PORT,)
+
+    def open(self, ctx: Context, state: JSON | None) -> None:  # noqa: B027 - optional hook
+        """Prepare; ``state`` is the last snapshot when resuming a stateful step."""
+
+    @abstractmethod
+    def process(self, batch: pl.DataFrame) -> StepOutput:
+        """Transform one batch."""
+
+    def finish(self) -> StepOutput:
+        """Called once when every bounded source has ended: emit what state still holds."""
+        return StepOutput()
+
+    def snapshot(self) -> JSON | None:
+        """State to store at a checkpoint; None for stateless steps."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""
+
+
+class Sink(Component):
+    """Writes batches; output becomes visible only through ``commit`` after a checkpoint."""
+
+    @abstractmethod
+    def open(self, ctx: Context, pending: JSON | None) -> None:
+        """Prepare to write. ``pending`` is the token of the last durable checkpoint: a sink
+        must finish committing it (idempotently) and discard anything written after it."""
+
+    @abstractmethod
+    def write_batch(self, batch: pl.DataFrame) -> pl.DataFrame | None:
+        """Write (or buffer) a batch. Return dead letters for rows the target rejected."""
+
+    def flush(self) -> JSON | None:
+        """Make everything written so far durable but not yet visible; return a commit token.
+
+        Called at every checkpoint; an exception aborts the checkpoint.
+        """
+        return None
+
+    def commit(self, token: JSON | None) -> None:  # noqa: B027 - optional hook
+        """Make the data covered by ``token`` visible. Must be idempotent."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources."""

@@ -1,0 +1,485 @@
+"""The engine: pulls batches from sources, pushes them through steps to sinks, checkpoints.
+
+Each source runs in its own thread and hands batches to the main loop through a bounded
+queue, which gives back-pressure and bounds memory. The main loop processes one batch at a
+time through the whole graph, so at a checkpoint nothing is in flight inside the graph: the
+position recorded for each source is that of the last batch fully processed, however far the
+source has read ahead.
+
+A checkpoint is a two-phase commit: sinks ``flush`` (durable, invisible), then source
+positions, step state, sink tokens and dead letters are stored in one transaction, then sinks
+``commit`` (visible). On start, sinks are handed the last stored token to finish or discard.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import polars as pl
+
+from tideflow.core.contracts import MAIN_PORT, Context, SourceBatch, StepOutput
+from tideflow.core.expressions import condition_mask
+from tideflow.core.graph import Graph, Node, build_graph
+from tideflow.errors import PipelineError, TideflowError
+from tideflow.registry import Registry, default_registry
+from tideflow.secrets import redact
+from tideflow.state.store import StateStore
+
+log = logging.getLogger("tideflow.engine")
+
+_END = object()
+
+
+@dataclass
+class RunObserver:
+    """Hooks for progress displays, previews and test taps; every hook is optional."""
+
+    on_output: Callable[[str, str, pl.DataFrame], None] | None = None
+    on_progress: Callable[[Engine], None] | None = None
+    on_checkpoint: Callable[[int], None] | None = None
+
+
+@dataclass
+class RunResult:
+    """What a finished run reports."""
+
+    run_id: str
+    pipeline: str
+    status: str
+    seconds: float
+    checkpoints: int
+    counts: dict[str, dict[str, Any]]
+    stopped: bool = False
+    unbalanced: list[str] = field(default_factory=list)
+
+    @property
+    def records_in(self) -> int:
+        """Records read by all sources."""
+        return sum(c["out"] + c["dead_lettered"] for n, c in self.counts.items()
+                   if c.get("kind") == "source")
+
+
+@dataclass
+class _SourceItem:
+    source: Node
+    batch: SourceBatch | None = None
+    error: BaseException | None = None
+    ended: bool = False
+
+
+class Engine:
+    """Runs one pipeline spec once."""
+
+    def __init__(
+        self,
+        spec: Any,
+        base_dir: str | Path = ".",
+        registry: Registry | None = None,
+        state: StateStore | None = None,
+        observer: RunObserver | None = None,
+        scope: str = "main",
+        graph: Graph | None = None,
+        progress_interval: float = 0.5,
+    ) -> None:
+        self.spec = spec
+        self.registry = registry or default_registry
+        self.base_dir = Path(base_dir).resolve()
+        self.graph = graph or build_graph(spec, self.registry)
+        self.state = state or StateStore(self.default_state_path(spec, self.base_dir))
+        self._owns_state = state is None
+        self.observer = observer or RunObserver()
+        self.scope = scope
+        self.state_key = spec.name if scope == "main" else f"{spec.name}#{scope}"
+        self.stop_event = threading.Event()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.started = 0.0
+        self.checkpoints = 0
+        self.checkpoint_id = 0
+        self._queue: queue.Queue[_SourceItem] = queue.Queue(maxsize=max(spec.queue_size, 1))
+        self._abort = threading.Event()
+        self._positions: dict[str, Any] = {}
+        self._dead_buffer: list[tuple[str, pl.DataFrame]] = []
+        self._dead_sink: Node | None = None
+        self._records_since_checkpoint = 0
+        self._last_checkpoint = 0.0
+        self._progress_interval = progress_interval
+        self._last_progress = 0.0
+        self._init_dead_letter_sink()
+
+    @staticmethod
+    def default_state_path(spec: Any, base_dir: Path) -> Path:
+        """``state:`` if given (relative to the pipeline file), else ``.tideflow/state.db``."""
+        if spec.state:
+            path = Path(spec.state)
+            return path if path.is_absolute() else base_dir / path
+        return base_dir / ".tideflow" / "state.db"
+
+    def _init_dead_letter_sink(self) -> None:
+        cfg = self.spec.on_error.sink
+        if self.spec.on_error.action == "dead_letter" and cfg is not None:
+            component = self.registry.get("sink", cfg.type).cls(cfg)
+            self._dead_sink = Node(cfg.name or "dead_letters", "sink", cfg.type, component)
+
+    # -- public --------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the run to drain, checkpoint and finish (what SIGINT/SIGTERM do)."""
+        self.stop_event.set()
+
+    def run(self, handle_signals: bool = False) -> RunResult:
+        """Run to the end of bounded sources, or until :meth:`stop`; return the counts."""
+        self.started = self._last_checkpoint = time.monotonic()
+        self.state.start_run(self.run_id, self.state_key)
+        with self._signals(handle_signals):
+            try:
+                self._open()
+                threads = self._start_sources()
+                self._main_loop()
+                self._checkpoint()
+                for thread in threads:
+                    thread.join()
+            except BaseException as exc:
+                self._abort.set()
+                self._close(failed=True)
+                self.state.end_run(self.run_id, "failed", self.counts(), redact(str(exc)))
+                if self._owns_state:
+                    self.state.close()
+                if isinstance(exc, TideflowError | KeyboardInterrupt):
+                    raise
+                raise PipelineError(redact(f"{type(exc).__name__}: {exc}")) from exc
+        self._close(failed=False)
+        result = self._result()
+        self.state.end_run(self.run_id, result.status, result.counts)
+        if self._owns_state:
+            self.state.close()
+        return result
+
+    def counts(self) -> dict[str, dict[str, Any]]:
+        """Counts per node, with its kind and type."""
+        nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
+        return {
+            n.name: {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()} for n in nodes
+        }
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started if self.started else 0.0
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @contextmanager
+    def _signals(self, enabled: bool) -> Iterator[None]:
+        if not enabled or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if self.stop_event.is_set():  # a second Ctrl-C means "now"
+                raise KeyboardInterrupt
+            log.warning("stopping: draining in-flight batches and checkpointing")
+            self.stop()
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _context(self, node: Node) -> Context:
+        return Context(
+            pipeline=self.spec.name,
+            name=node.name,
+            base_dir=self.base_dir,
+            state_dir=self.state.path.parent,
+            stop_event=self.stop_event,
+            scope=self.scope,
+        )
+
+    def _open(self) -> None:
+        checkpoint = self.state.load_checkpoint(self.state_key)
+        tokens = checkpoint.sink_tokens if checkpoint else {}
+        states = checkpoint.step_states if checkpoint else {}
+        if checkpoint:
+            self.checkpoint_id = checkpoint.id
+            self._positions = dict(checkpoint.positions)
+            log.info("resuming %s from checkpoint %d", self.spec.name, checkpoint.id)
+        sinks = self.graph.sinks + ([self._dead_sink] if self._dead_sink else [])
+        for node in sinks:
+            node.component.open(self._context(node), tokens.get(node.name))
+        for node in self.graph.steps:
+            node.component.open(self._context(node), states.get(node.name))
+        for node in self.graph.sources:
+            node.component.open(self._context(node), self._positions.get(node.name))
+
+    def _close(self, failed: bool) -> None:
+        nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
+        for node in nodes:
+            try:
+                node.component.close()
+            except Exception as exc:  # noqa: BLE001 - closing must reach every node
+                if not failed:
+                    raise
+                log.warning("closing %s failed: %s", node.name, redact(str(exc)))
+
+    def _start_sources(self) -> list[threading.Thread]:
+        threads = []
+        for node in self.graph.sources:
+            thread = threading.Thread(
+                target=self._pump, args=(node,), name=f"source-{node.name}", daemon=True
+            )
+            thread.start()
+            threads.append(thread)
+        return threads
+
+    def _pump(self, node: Node) -> None:
+        """Source thread: read batches into the queue until the end or a stop request."""
+        source = node.component
+        try:
+            while not self.stop_event.is_set() and not self._abort.is_set():
+                batch = source.read_batch()
+                if batch is None:
+                    break
+                if batch.size or batch.position != self._positions.get(node.name):
+                    self._put(_SourceItem(node, batch=batch))
+            self._put(_SourceItem(node, ended=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main loop to raise
+            self._put(_SourceItem(node, error=exc))
+
+    def _put(self, item: _SourceItem) -> None:
+        while not self._abort.is_set():
+            with suppress(queue.Full):
+                self._queue.put(item, timeout=0.1)
+                return
+
+    def _main_loop(self) -> None:
+        running = {n.name for n in self.graph.sources}
+        bounded_end = all(n.component.bounded for n in self.graph.sources)
+        while running:
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                self._maybe_checkpoint()
+                self._maybe_progress()
+                continue
+            if item.error is not None:
+                err = item.error
+                if isinstance(err, TideflowError):
+                    raise err
+                raise PipelineError(
+                    redact(f"source {item.source.name!r} failed: {type(err).__name__}: {err}")
+                ) from err
+            if item.ended:
+                running.discard(item.source.name)
+                continue
+            assert item.batch is not None
+            self._process_source_batch(item.source, item.batch)
+            self._maybe_checkpoint()
+            self._maybe_progress()
+        if bounded_end and not self.stop_event.is_set():
+            self._finish_steps()
+        self._emit_progress()
+
+    # -- processing ----------------------------------------------------------------------
+
+    def _process_source_batch(self, node: Node, batch: SourceBatch) -> None:
+        started = time.perf_counter()
+        counts = node.counts
+        counts.batches += 1
+        counts.records_in += batch.size
+        counts.out += batch.data.height
+        if batch.dead is not None and batch.dead.height:
+            self._dead_letter(node, batch.dead)
+        counts.seconds += time.perf_counter() - started
+        self._positions[node.name] = batch.position
+        self._records_since_checkpoint += batch.size
+        if batch.data.height:
+            self._push({(node.name, MAIN_PORT): batch.data})
+
+    def _push(self, produced: dict[tuple[str, str], pl.DataFrame]) -> None:
+        """Send frames produced on (node, port) through the rest of the graph, in order."""
+        pending: dict[str, list[pl.DataFrame]] = {}
+        for ref, frame in produced.items():
+            self._tap(ref, frame)
+            for consumer in self.graph.consumers.get(ref, ()):
+                pending.setdefault(consumer.name, []).append(frame)
+        for node in [*self.graph.steps, *self.graph.sinks]:
+            frames = pending.pop(node.name, None)
+            if not frames:
+                continue
+            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+            if node.kind == "step":
+                for ref, out in self._run_step(node, frame).items():
+                    self._tap(ref, out)
+                    for consumer in self.graph.consumers.get(ref, ()):
+                        pending.setdefault(consumer.name, []).append(out)
+            else:
+                self._write_sink(node, frame)
+
+    def _tap(self, ref: tuple[str, str], frame: pl.DataFrame) -> None:
+        if self.observer.on_output is not None and frame.height:
+            self.observer.on_output(ref[0], ref[1], frame)
+
+    def _run_step(self, node: Node, frame: pl.DataFrame) -> dict[tuple[str, str], pl.DataFrame]:
+        started = time.perf_counter()
+        try:
+            result = node.component.process(frame)
+        except TideflowError:
+            raise
+        except Exception as exc:
+            raise PipelineError(
+                redact(f"step {node.name!r} ({node.type_name}) failed: {type(exc).__name__}: {exc}")
+            ) from exc
+        node.counts.records_in += frame.height
+        node.counts.batches += 1
+        out = self._account(node, result)
+        node.counts.seconds += time.perf_counter() - started
+        return out
+
+    def _account(self, node: Node, result: StepOutput) -> dict[tuple[str, str], pl.DataFrame]:
+        counts = node.counts
+        counts.filtered += result.filtered
+        counts.consumed += result.consumed
+        counts.generated += result.generated
+        if result.dead is not None and result.dead.height:
+            self._dead_letter(node, result.dead)
+        out = {}
+        for port, frame in result.outputs.items():
+            counts.out += frame.height
+            if frame.height:
+                out[(node.name, port)] = frame
+        return out
+
+    def _write_sink(self, node: Node, frame: pl.DataFrame) -> None:
+        started = time.perf_counter()
+        counts = node.counts
+        counts.records_in += frame.height
+        counts.batches += 1
+        if node.when is not None:
+            mask = condition_mask(frame, node.when)
+            kept = frame.filter(mask)
+            counts.filtered += frame.height - kept.height
+            frame = kept
+        if frame.height:
+            dead = node.component.write_batch(frame)
+            dead_n = dead.height if dead is not None else 0
+            counts.out += frame.height - dead_n
+            if dead is not None and dead_n:
+                self._dead_letter(node, dead)
+        counts.seconds += time.perf_counter() - started
+
+    def _finish_steps(self) -> None:
+        """Every bounded source ended: let stateful steps emit what they hold, in order."""
+        for node in self.graph.steps:
+            out = self._account(node, node.component.finish())
+            if out:
+                self._push(out)
+
+    def _dead_letter(self, node: Node, dead: pl.DataFrame) -> None:
+        node.counts.dead += dead.height
+        action = self.spec.on_error.action
+        if action == "fail":
+            reason = dead.get_column("reason")[0]
+            raise PipelineError(
+                redact(f"{node.kind} {node.name!r} rejected {dead.height} record(s): {reason} "
+                       "(on_error is `fail`; use `dead_letter` to keep going)")
+            )
+        if action == "skip":
+            return
+        if self._dead_sink is not None:
+            stamped = dead.with_columns(
+                pl.lit(self.spec.name).alias("pipeline"),
+                pl.lit(node.name).alias("step"),
+                pl.lit(time.time()).alias("failed_at"),
+            )
+            self._write_sink(self._dead_sink, stamped)
+        else:
+            self._dead_buffer.append((node.name, dead))
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def _maybe_checkpoint(self) -> None:
+        cp = self.spec.checkpoint
+        due_records = cp.every_records and self._records_since_checkpoint >= cp.every_records
+        due_time = cp.every_seconds and (
+            time.monotonic() - self._last_checkpoint >= cp.every_seconds
+        )
+        if due_records or (due_time and self._records_since_checkpoint):
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Flush sinks, then store positions, state, tokens and dead letters atomically."""
+        sinks = self.graph.sinks + ([self._dead_sink] if self._dead_sink else [])
+        tokens = {}
+        for node in sinks:
+            try:
+                tokens[node.name] = node.component.flush()
+            except TideflowError:
+                raise
+            except Exception as exc:
+                raise PipelineError(
+                    redact(f"sink {node.name!r} could not flush at checkpoint: {exc}")
+                ) from exc
+        states = {}
+        for node in self.graph.steps:
+            snap = node.component.snapshot()
+            if snap is not None:
+                states[node.name] = snap
+        self.checkpoint_id += 1
+        self.state.commit_checkpoint(
+            self.state_key, self.checkpoint_id, self._positions, states, tokens,
+            self._dead_buffer, self.run_id,
+        )
+        self._dead_buffer = []
+        for node in sinks:
+            node.component.commit(tokens[node.name])
+        self.checkpoints += 1
+        self._records_since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        if self.observer.on_checkpoint is not None:
+            self.observer.on_checkpoint(self.checkpoint_id)
+
+    # -- reporting -----------------------------------------------------------------------
+
+    def _maybe_progress(self) -> None:
+        if time.monotonic() - self._last_progress >= self._progress_interval:
+            self._emit_progress()
+
+    def _emit_progress(self) -> None:
+        self._last_progress = time.monotonic()
+        if self.observer.on_progress is not None:
+            self.observer.on_progress(self)
+
+    def _result(self) -> RunResult:
+        counts = self.counts()
+        unbalanced = [
+            name for name, node in self._all_nodes().items() if not node.counts.balanced()
+        ]
+        for name in unbalanced:
+            log.error("record accounting does not balance for %s: %s", name, counts[name])
+        return RunResult(
+            run_id=self.run_id,
+            pipeline=self.spec.name,
+            status="stopped" if self.stop_event.is_set() else "succeeded",
+            seconds=self.elapsed,
+            checkpoints=self.checkpoints,
+            counts=counts,
+            stopped=self.stop_event.is_set(),
+            unbalanced=unbalanced,
+        )
+
+    def _all_nodes(self) -> dict[str, Node]:
+        nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
+        return {n.name: n for n in nodes}

@@ -1,0 +1,153 @@
+"""Turn a validated pipeline spec into a graph of components.
+
+Sources feed steps; each step reads from ``input`` (default: the previous step, or every
+source for the first one); sinks read from ``input`` (default: the last step) and may filter
+with ``when``. Inputs may only name earlier nodes, so the graph is acyclic by construction and
+the declared order is a topological order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from tideflow.core.contracts import MAIN_PORT
+from tideflow.core.expressions import compile_expr
+from tideflow.errors import ConfigError, ConfigIssue, render_path
+from tideflow.registry import Kind, Registry, suggest
+
+
+@dataclass
+class Counts:
+    """Per-node record counts; ``in + generated == out + filtered + dead + consumed`` holds."""
+
+    records_in: int = 0
+    generated: int = 0
+    out: int = 0
+    filtered: int = 0
+    dead: int = 0
+    consumed: int = 0
+    batches: int = 0
+    seconds: float = 0.0
+
+    def balanced(self) -> bool:
+        """Does every record that came in have a fate?"""
+        return (
+            self.records_in + self.generated
+            == self.out + self.filtered + self.dead + self.consumed
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain dict for JSON and summaries."""
+        return {
+            "in": self.records_in,
+            "out": self.out,
+            "filtered": self.filtered,
+            "dead_lettered": self.dead,
+            "consumed": self.consumed,
+            "generated": self.generated,
+            "batches": self.batches,
+            "seconds": round(self.seconds, 6),
+        }
+
+
+@dataclass
+class Node:
+    """One source, step or sink in the graph."""
+
+    name: str
+    kind: Kind
+    type_name: str
+    component: Any
+    inputs: list[tuple[str, str]] = field(default_factory=list)
+    when: pl.Expr | None = None
+    counts: Counts = field(default_factory=Counts)
+
+
+@dataclass
+class Graph:
+    """Nodes in topological order and who consumes each (node, port)."""
+
+    sources: list[Node]
+    steps: list[Node]
+    sinks: list[Node]
+    consumers: dict[tuple[str, str], list[Node]]
+
+    @property
+    def nodes(self) -> list[Node]:
+        """Every node, sources first, in topological order."""
+        return [*self.sources, *self.steps, *self.sinks]
+
+
+def _parse_ref(ref: str) -> tuple[str, str]:
+    node, _, port = ref.partition(".")
+    return node, port or MAIN_PORT
+
+
+def check_graph(spec: Any, registry: Registry) -> list[tuple[tuple[str | int, ...], str]]:
+    """Check that every input, given or default, names an earlier node and an existing port.
+
+    Returns (field path, message) pairs so the loader can attach file lines.
+    """
+    issues: list[tuple[tuple[str | int, ...], str]] = []
+    ports: dict[str, tuple[str, ...]] = {s.name: (MAIN_PORT,) for s in spec.all_sources}
+    previous = [(s.name, MAIN_PORT) for s in spec.all_sources]
+
+    def check(refs: list[tuple[str, str]], path: tuple[str | int, ...], given: bool) -> None:
+        for node, port in refs:
+            if node not in ports:
+                issues.append((path, f"unknown input {node!r}; {suggest(node, ports)}"))
+            elif port not in ports[node]:
+                hint = "" if given else " (set `input:` to one of its outputs)"
+                issues.append((path, f"{node!r} has no output {port!r}{hint}; it has: "
+                               + ", ".join(ports[node])))
+
+    for i, step in enumerate(spec.steps):
+        refs = [_parse_ref(r) for r in _as_list(step.input)] if step.input else previous
+        check(refs, ("steps", i, "input") if step.input else ("steps", i), bool(step.input))
+        ports[step.name] = registry.get("step", step.type).cls.ports(step)  # type: ignore[attr-defined]
+        previous = [(step.name, MAIN_PORT)]
+    sink_key = "sinks" if spec.sinks is not None else "sink"
+    for i, sink in enumerate(spec.all_sinks):
+        base: tuple[str | int, ...] = (sink_key, i) if sink_key == "sinks" else ("sink",)
+        refs = [_parse_ref(r) for r in _as_list(sink.input)] if sink.input else previous
+        check(refs, (*base, "input") if sink.input else base, bool(sink.input))
+    return issues
+
+
+def _as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def build_graph(spec: Any, registry: Registry) -> Graph:
+    """Instantiate every component and wire the graph."""
+    issues = check_graph(spec, registry)
+    if issues:
+        raise ConfigError([ConfigIssue(render_path(path), msg) for path, msg in issues])
+
+    def make(kind: Kind, cfg: Any) -> Any:
+        return registry.get(kind, cfg.type).cls(cfg)
+
+    sources = [
+        Node(s.name, "source", s.type, make("source", s)) for s in spec.all_sources
+    ]
+    steps: list[Node] = []
+    previous: list[tuple[str, str]] = [(s.name, MAIN_PORT) for s in sources]
+    for cfg in spec.steps:
+        inputs = [_parse_ref(r) for r in _as_list(cfg.input)] if cfg.input else previous
+        node = Node(cfg.name, "step", cfg.type, make("step", cfg), inputs)
+        steps.append(node)
+        previous = [(node.name, MAIN_PORT)]
+    sinks = []
+    for i, cfg in enumerate(spec.all_sinks):
+        inputs = [_parse_ref(r) for r in _as_list(cfg.input)] if cfg.input else previous
+        when = compile_expr(cfg.when, f"sinks[{i}].when") if cfg.when else None
+        sinks.append(Node(cfg.name, "sink", cfg.type, make("sink", cfg), inputs, when))
+    consumers: dict[tuple[str, str], list[Node]] = {}
+    for node in [*steps, *sinks]:
+        for ref in node.inputs:
+            consumers.setdefault(ref, []).append(node)
+    return Graph(sources, steps, sinks, consumers)
+

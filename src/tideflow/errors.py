@@ -1,0 +1,100 @@
+"""The one exception tree of tideflow.
+
+::
+
+    TideflowError                 anything tideflow raises on purpose
+    ├── ConfigError               the pipeline file or a setting is wrong (CLI exit code 2)
+    │   └── UnknownNameError      an unknown ``type`` or key, with "did you mean"
+    ├── MissingDependencyError    an optional extra is not installed (names the pip command)
+    ├── PipelineError             the run failed (CLI exit code 1)
+    │   ├── TransientError        worth retrying: a connection dropped, a server said 503
+    │   ├── TerminalError         retrying cannot help: bad credentials, a missing table
+    │   └── RecordError           one record cannot be processed; it is dead-lettered
+    └── StateError                the state store is unreadable or belongs to another pipeline
+
+Every message is written for the person who has to fix the problem: where (file, line, field
+path), what was expected, what was found, and what to do.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class TideflowError(Exception):
+    """Base class of every error tideflow raises on purpose."""
+
+
+def render_path(path: tuple[str | int, ...]) -> str:
+    """``('steps', 2, 'expr')`` -> ``steps[2].expr``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem found in a pipeline file: where it is and what is wrong."""
+
+    path: str
+    message: str
+    file: str | None = None
+    line: int | None = None
+
+    def render(self) -> str:
+        """Format as ``file:line: path: message``, leaving out what is unknown."""
+        where = ""
+        if self.file:
+            where = self.file + (f":{self.line}" if self.line else "") + ": "
+        elif self.line:
+            where = f"line {self.line}: "
+        field = f"{self.path}: " if self.path else ""
+        return f"{where}{field}{self.message}"
+
+
+class ConfigError(TideflowError):
+    """The pipeline configuration is invalid; carries every issue found, not just the first."""
+
+    def __init__(self, issues: list[ConfigIssue] | str) -> None:
+        if isinstance(issues, str):
+            issues = [ConfigIssue(path="", message=issues)]
+        self.issues = issues
+        super().__init__("\n".join(issue.render() for issue in issues))
+
+
+class UnknownNameError(ConfigError):
+    """An unknown component type or key; the message suggests the closest valid name."""
+
+
+class MissingDependencyError(TideflowError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"this feature needs the Python package {module!r}, which is not installed; "
+            f'install it with: pip install "tideflow[{extra}]"'
+        )
+
+
+class PipelineError(TideflowError):
+    """A pipeline run failed."""
+
+
+class TransientError(PipelineError):
+    """A failure that may go away on retry (network blip, overloaded server)."""
+
+
+class TerminalError(PipelineError):
+    """A failure that retrying cannot fix (bad credentials, missing permissions)."""
+
+
+class RecordError(PipelineError):
+    """One record could not be processed; the engine dead-letters it with this message."""
+
+
+class StateError(TideflowError):
+    """The state store cannot be read, or does not match the pipeline."""

@@ -1,0 +1,344 @@
+"""Load a pipeline file: YAML with line numbers, ``${VAR}`` interpolation, overrides, validation.
+
+Every problem becomes a :class:`ConfigIssue` naming the file, the line, the field path (as the
+user wrote it, e.g. ``steps[2].expr``), what was expected, and for unknown names the closest
+valid one. All issues are reported together.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.error import MarkedYAMLError
+
+from tideflow.errors import ConfigError, ConfigIssue, render_path
+from tideflow.core.graph import check_graph
+from tideflow.registry import Kind, Registry, default_registry, suggest
+from tideflow.secrets import looks_secret, redact, register_secret
+from tideflow.spec.models import ENVELOPES, PipelineSpec, component_model, pipeline_model
+
+Path_ = tuple[str | int, ...]
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_LIST_KINDS: dict[str, Kind] = {"sources": "source", "steps": "step", "sinks": "sink"}
+_SINGLE_KINDS: dict[str, Kind] = {"source": "source", "sink": "sink"}
+
+
+class LoadedYaml:
+    """Plain data from a YAML document plus the line of every key and list item."""
+
+    def __init__(self, data: Any, lines: dict[Path_, int], file: str | None) -> None:
+        self.data = data
+        self.lines = lines
+        self.file = file
+
+    def line_of(self, path: Path_) -> int | None:
+        """The line of the deepest known prefix of ``path``."""
+        for end in range(len(path), -1, -1):
+            if path[:end] in self.lines:
+                return self.lines[path[:end]]
+        return None
+
+    def issue(self, path: Path_, message: str) -> ConfigIssue:
+        """An issue located at ``path``."""
+        return ConfigIssue(render_path(path), message, self.file, self.line_of(path))
+
+
+def parse_yaml(text: str, file: str | None = None) -> LoadedYaml:
+    """Parse YAML text, keeping the line of every key and list item."""
+    try:
+        doc = YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or "invalid YAML"
+        raise ConfigError([ConfigIssue("", f"invalid YAML: {problem}", file, line)]) from None
+    lines: dict[Path_, int] = {}
+
+    def plain(node: Any, path: Path_) -> Any:
+        if isinstance(node, CommentedMap):
+            out = {}
+            for key, value in node.items():
+                line, _ = node.lc.key(key)
+                lines[(*path, str(key))] = line + 1
+                out[str(key)] = plain(value, (*path, str(key)))
+            return out
+        if isinstance(node, CommentedSeq):
+            items = []
+            for i, value in enumerate(node):
+                line, _ = node.lc.item(i)
+                lines[(*path, i)] = line + 1
+                items.append(plain(value, (*path, i)))
+            return items
+        if isinstance(node, bool) or node is None:
+            return node
+        if isinstance(node, int):
+            return int(node)
+        if isinstance(node, float):
+            return float(node)
+        if isinstance(node, str):
+            return str(node)
+        return node
+
+    data = plain(doc, ())
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue("", "a pipeline file must be a mapping of keys", file, 1)])
+    return LoadedYaml(data, lines, file)
+
+
+def interpolate(loaded: LoadedYaml, environ: Mapping[str, str] | None = None) -> list[ConfigIssue]:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string, in place.
+
+    Values come from the environment, then the file's ``vars``, then the default. ``$$`` is a
+    literal ``$``. Values of secret-looking variables are registered for redaction.
+    """
+    env = os.environ if environ is None else environ
+    issues: list[ConfigIssue] = []
+    file_vars: dict[str, Any] = {}
+
+    def substitute(text: str, path: Path_) -> str:
+        def one(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                value = env[name]
+            elif name in file_vars:
+                value = str(file_vars[name])
+            elif default is not None:
+                value = default
+            else:
+                issues.append(
+                    loaded.issue(
+                        path,
+                        f"${{{name}}} is not set; set the environment variable {name}, add it "
+                        f"under `vars:`, or give a default with ${{{name}:-value}}",
+                    )
+                )
+                return match.group(0)
+            if looks_secret(name):
+                register_secret(value)
+            return value
+
+        return _VAR.sub(one, text)
+
+    def walk(node: Any, path: Path_) -> Any:
+        if isinstance(node, dict):
+            return {k: walk(v, (*path, k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v, (*path, i)) for i, v in enumerate(node)]
+        if isinstance(node, str) and "$" in node:
+            return substitute(node, path)
+        return node
+
+    raw_vars = loaded.data.get("vars")
+    if isinstance(raw_vars, dict):
+        file_vars.update(walk(raw_vars, ("vars",)))
+        loaded.data["vars"] = file_vars
+    loaded.data = walk(loaded.data, ())
+    return issues
+
+
+def apply_overrides(loaded: LoadedYaml, overrides: Mapping[str, str]) -> None:
+    """Apply ``--set path=value`` overrides; values are parsed as YAML scalars.
+
+    A path is dotted with list indices (``sinks[0].path``); a list element may also be chosen
+    by its ``name`` or ``type`` (``steps.convert.expr``).
+    """
+    for dotted, raw in overrides.items():
+        parts = _split_path(dotted)
+        value = YAML(typ="safe").load(raw) if raw.strip() else ""
+        node: Any = loaded.data
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                index = _list_index(node, part, dotted)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                key = str(part)
+                if last:
+                    node[key] = value
+                else:
+                    node = node.setdefault(key, {})
+            else:
+                raise ConfigError(f"--set {dotted}: {render_path(tuple(parts[:i]))} is not a mapping")
+
+
+def _split_path(dotted: str) -> list[str | int]:
+    parts: list[str | int] = []
+    for piece in re.findall(r"[^.\[\]]+|\[\d+\]", dotted):
+        parts.append(int(piece[1:-1]) if piece.startswith("[") else piece)
+    if not parts:
+        raise ConfigError(f"--set: empty path in {dotted!r}")
+    return parts
+
+
+def _list_index(items: list[Any], part: str | int, dotted: str) -> int:
+    if isinstance(part, int) or str(part).isdigit():
+        index = int(part)
+        if index >= len(items):
+            raise ConfigError(f"--set {dotted}: index {index} is past the end ({len(items)} items)")
+        return index
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and part in (item.get("name"), item.get("type")):
+            return i
+    names = [str(it.get("name") or it.get("type")) for it in items if isinstance(it, dict)]
+    raise ConfigError(f"--set {dotted}: no element named {part!r}; {suggest(str(part), names)}")
+
+
+def _known_keys(registry: Registry, data: Any, loc: Path_) -> tuple[Kind | None, list[str]]:
+    """The component kind and valid keys of the mapping at ``loc`` (for "did you mean")."""
+    top = pipeline_model(registry)
+    if len(loc) == 0:
+        return None, list(top.model_fields)
+    head = loc[0]
+    kind: Kind | None = None
+    comp_path: Path_ = ()
+    if head in _LIST_KINDS and len(loc) >= 2:
+        kind, comp_path = _LIST_KINDS[str(head)], loc[:2]
+    elif head in _SINGLE_KINDS:
+        kind, comp_path = _SINGLE_KINDS[str(head)], loc[:1]
+    elif head == "on_error" and len(loc) >= 2 and loc[1] == "sink":
+        kind, comp_path = "sink", loc[:2]
+    elif head in ("checkpoint", "on_error") and len(loc) == 1:
+        return None, list(top.model_fields[str(head)].annotation.model_fields)  # type: ignore[union-attr]
+    if kind is None or len(loc) != len(comp_path):
+        return kind, []
+    node = data
+    for part in comp_path:
+        node = node[part]
+    type_name = node.get("type") if isinstance(node, dict) else None
+    try:
+        model: type[BaseModel] = component_model(registry, kind, str(type_name))
+    except ConfigError:
+        model = ENVELOPES[kind]
+    return kind, list(model.model_fields)
+
+
+def _issues_from_validation(
+    exc: ValidationError, loaded: LoadedYaml, registry: Registry
+) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        raw_loc: Path_ = tuple(err["loc"])
+        # Discriminated unions put the tag into the location; users never wrote it.
+        loc: Path_ = tuple(
+            p
+            for i, p in enumerate(raw_loc)
+            if not (
+                i > 0
+                and isinstance(p, str)
+                and ":" not in p
+                and _is_tag_position(raw_loc, i)
+            )
+        )
+        kind_word = {"sources": "source", "source": "source", "steps": "step",
+                     "sinks": "sink", "sink": "sink"}.get(str(loc[0]) if loc else "", "component")
+        etype = err["type"]
+        if etype == "extra_forbidden":
+            key = str(loc[-1])
+            _, known = _known_keys(registry, loaded.data, loc[:-1])
+            hint = suggest(key, known) if known else ""
+            message = f"unknown key {key!r}" + (f"; {hint}" if hint else "")
+        elif etype == "union_tag_invalid":
+            tag = err.get("ctx", {}).get("tag", "?")
+            names = registry.items(_kind_of(kind_word))
+            message = f"unknown {kind_word} type {tag!r}; {suggest(str(tag), names)}"
+            loc = (*loc, "type")
+        elif etype == "union_tag_not_found":
+            names = registry.items(_kind_of(kind_word))
+            message = f"missing `type`; expected one of: {', '.join(sorted(names))}"
+        elif etype == "string_pattern_mismatch" and loc and loc[-1] == "name":
+            message = (f"{_show(err.get('input'), loc)} is not a valid name: use letters, digits, "
+                       "`_` and `-`, starting with a letter or `_`")
+        elif etype == "missing":
+            message = "required field is missing"
+        elif etype in ("model_type", "dict_type", "model_attributes_type"):
+            message = f"expected a mapping, got {_show(err.get('input'), loc)}"
+        elif etype == "value_error" and not loc:
+            message = str(err["msg"]).removeprefix("Value error, ")
+        else:
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            message = f"{msg}; got {_show(err.get('input'), loc)}"
+        issues.append(loaded.issue(loc, redact(message)))
+    return issues
+
+
+def _kind_of(word: str) -> Kind:
+    return word if word in ("source", "step", "sink") else "step"  # type: ignore[return-value]
+
+
+def _is_tag_position(loc: Path_, i: int) -> bool:
+    """True when ``loc[i]`` is the discriminator tag pydantic inserted into a location."""
+    prev = loc[i - 1]
+    if isinstance(prev, int) and i >= 2 and loc[i - 2] in _LIST_KINDS:
+        return True
+    if prev in _SINGLE_KINDS and i == 1:
+        return True
+    return prev == "sink" and i == 2 and loc[0] == "on_error"
+
+
+def _show(value: Any, loc: Path_) -> str:
+    if loc and isinstance(loc[-1], str) and looks_secret(loc[-1]):
+        return "<redacted>"
+    text = repr(value)
+    return redact(text if len(text) <= 80 else text[:77] + "...")
+
+
+def validate(
+    loaded: LoadedYaml, registry: Registry | None = None
+) -> PipelineSpec:
+    """Validate plain pipeline data into the typed model, or raise every issue found."""
+    registry = registry or default_registry
+    model = pipeline_model(registry)
+    try:
+        spec = model.model_validate(loaded.data)
+    except ValidationError as exc:
+        raise ConfigError(_issues_from_validation(exc, loaded, registry)) from None
+    graph_issues = check_graph(spec, registry)
+    if graph_issues:
+        raise ConfigError([loaded.issue(path, msg) for path, msg in graph_issues])
+    return spec
+
+
+def load_pipeline(
+    path: str | Path,
+    overrides: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PipelineSpec:
+    """Read, interpolate, override and validate a pipeline file."""
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read the pipeline file: {exc.strerror}", file)]) from None
+    return load_pipeline_text(text, file, overrides, registry, environ)
+
+
+def load_pipeline_text(
+    text: str,
+    file: str | None = None,
+    overrides: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PipelineSpec:
+    """Like :func:`load_pipeline`, from text."""
+    loaded = parse_yaml(text, file)
+    issues = interpolate(loaded, environ)
+    if issues:
+        raise ConfigError(issues)
+    if overrides:
+        apply_overrides(loaded, overrides)
+    return validate(loaded, registry)

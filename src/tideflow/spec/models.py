@@ -1,0 +1,206 @@
+"""Pydantic models of the pipeline file.
+
+The top-level model is built from the registry: each registered component contributes a model
+that joins the common envelope (``type``, ``name``, ``input``, ``when``) with its own settings,
+and ``sources`` / ``steps`` / ``sinks`` are unions discriminated by ``type``. The same models
+drive validation, ``tideflow schema`` and ``tideflow connectors describe``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from tideflow.registry import KINDS, Kind, Registry
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+class Settings(BaseModel):
+    """Base for every component's settings model: frozen and strict about unknown keys."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSpec(Settings):
+    """Keys every source accepts."""
+
+    type: str = Field(description="The source type, e.g. `file` or `generate`.")
+    name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Unique name; defaults to the type."
+    )
+
+
+class StepSpec(Settings):
+    """Keys every step accepts."""
+
+    type: str = Field(description="The step type, e.g. `filter` or `sql`.")
+    name: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Unique name; defaults to the type."
+    )
+    input: str | list[str] | None = Field(
+        None,
+        description="Where records come from: a source, step, or `step.port`; "
+        "several names merge their records. Defaults to the previous step (or all sources).",
+    )
+
+
+class SinkSpec(StepSpec):
+    """Keys every sink accepts."""
+
+    type: str = Field(description="The sink type, e.g. `file` or `stdout`.")
+    when: str | None = Field(
+        None, description="SQL-like condition; only matching records reach this sink."
+    )
+
+
+ENVELOPES: dict[Kind, type[Settings]] = {"source": SourceSpec, "step": StepSpec, "sink": SinkSpec}
+
+
+class CheckpointSpec(Settings):
+    """When to checkpoint: whichever interval is reached first."""
+
+    every_records: int | None = Field(
+        100_000, gt=0, description="Checkpoint after this many source records."
+    )
+    every_seconds: float | None = Field(
+        10.0, gt=0, description="Checkpoint after this many seconds."
+    )
+
+
+class OnErrorSpec(Settings):
+    """What happens to a record that cannot be parsed, cast or processed."""
+
+    action: Literal["fail", "skip", "dead_letter"] = Field(
+        "dead_letter",
+        description="`fail` stops the run; `skip` drops and counts the record; `dead_letter` "
+        "stores it with its reason (the default).",
+    )
+    sink: SinkSpec | None = Field(
+        None,
+        description="Where dead letters go; default is the ledger in the state store, "
+        "read with `tideflow deadletters`.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_word(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"action": value}
+        return value
+
+
+class PipelineSpec(Settings):
+    """A whole pipeline file."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="The pipeline's name; keys its state.")
+    description: str | None = None
+    vars: dict[str, Any] = Field(
+        default_factory=dict, description="Values for `${NAME}` interpolation."
+    )
+    source: SourceSpec | None = Field(None, description="The source (or use `sources`).")
+    sources: list[SourceSpec] | None = Field(None, description="Several sources, merged.")
+    steps: list[StepSpec] = Field(default_factory=list, description="Steps, in order.")
+    sink: SinkSpec | None = Field(None, description="The sink (or use `sinks`).")
+    sinks: list[SinkSpec] | None = Field(None, description="Several sinks; each gets the data.")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)  # type: ignore[arg-type]
+    on_error: OnErrorSpec = Field(default_factory=OnErrorSpec)  # type: ignore[arg-type]
+    state: str | None = Field(
+        None,
+        description="State store: a SQLite file path; default `.tideflow/state.db` beside the "
+        "pipeline file.",
+    )
+    queue_size: int = Field(
+        4, ge=1, le=1024, description="Batches buffered per source (back-pressure)."
+    )
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> PipelineSpec:
+        if (self.source is None) == (self.sources is None):
+            raise ValueError("give exactly one of `source` or `sources`")
+        if (self.sink is None) == (self.sinks is None):
+            raise ValueError("give exactly one of `sink` or `sinks`")
+        if self.sources is not None and not self.sources:
+            raise ValueError("`sources` must list at least one source")
+        if self.sinks is not None and not self.sinks:
+            raise ValueError("`sinks` must list at least one sink")
+        self._name_nodes()
+        return self
+
+    def _name_nodes(self) -> None:
+        """Give unnamed components a unique default name; reject duplicate explicit names."""
+        taken: set[str] = set()
+        nodes = [*self.all_sources, *self.steps, *self.all_sinks]
+        for node in nodes:
+            if node.name is not None:
+                if node.name in taken:
+                    raise ValueError(f"two components are named {node.name!r}; names must be unique")
+                taken.add(node.name)
+        for node in nodes:
+            if node.name is None:
+                base = re.sub(r"[^A-Za-z0-9_\-]", "_", node.type)
+                candidate, n = base, 1
+                while candidate in taken:
+                    n += 1
+                    candidate = f"{base}_{n}"
+                object.__setattr__(node, "name", candidate)
+                taken.add(candidate)
+
+    @property
+    def all_sources(self) -> list[SourceSpec]:
+        """Sources, whether given as `source` or `sources`."""
+        return [self.source] if self.source is not None else list(self.sources or [])
+
+    @property
+    def all_sinks(self) -> list[SinkSpec]:
+        """Sinks, whether given as `sink` or `sinks`."""
+        return [self.sink] if self.sink is not None else list(self.sinks or [])
+
+
+_model_cache: dict[tuple[int, int], type[PipelineSpec]] = {}
+
+
+def component_model(registry: Registry, kind: Kind, type_name: str) -> type[Settings]:
+    """The full model of one component: the envelope joined with its settings."""
+    reg = registry.get(kind, type_name)
+    fields: dict[str, Any] = {
+        "type": (Literal[type_name], Field(description=reg.summary or type_name))  # type: ignore[valid-type]
+    }
+    model: type[Settings] = create_model(  # type: ignore[call-overload]
+        f"{kind}:{type_name}",
+        __base__=(ENVELOPES[kind], reg.config_model),
+        __doc__=reg.cls.__doc__,
+        **fields,
+    )
+    return model
+
+
+def pipeline_model(registry: Registry) -> type[PipelineSpec]:
+    """The top-level model whose component lists are unions over the registered types."""
+    registry.load_plugins()
+    key = (id(registry), registry.version)
+    if key in _model_cache:
+        return _model_cache[key]
+    unions: dict[Kind, Any] = {}
+    for kind in KINDS:
+        models = [component_model(registry, kind, name) for name in sorted(registry.items(kind))]
+        if not models:
+            raise RuntimeError(f"no {kind} types are registered")
+        unions[kind] = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+    dead_letter_model = create_model(
+        "OnError", __base__=OnErrorSpec, sink=(unions["sink"] | None, None)
+    )
+    model: type[PipelineSpec] = create_model(  # type: ignore[call-overload]
+        "Pipeline",
+        __base__=PipelineSpec,
+        source=(unions["source"] | None, None),
+        sources=(list[unions["source"]] | None, None),  # type: ignore[name-defined]
+        steps=(list[unions["step"]], Field(default_factory=list)),  # type: ignore[name-defined]
+        sink=(unions["sink"] | None, None),
+        sinks=(list[unions["sink"]] | None, None),  # type: ignore[name-defined]
+        on_error=(dead_letter_model, Field(default_factory=dead_letter_model)),
+    )
+    _model_cache[key] = model
+    return model
