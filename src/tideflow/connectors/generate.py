@@ -74,7 +74,8 @@ def _block(cfg: GenerateConfig, block: int) -> pl.DataFrame:
         daily = 5.0 * np.sin(2 * np.pi * ((ts_us / 1e6) % 86_400) / 86_400)
         temp = base + daily + rng.normal(0, 0.3, _BLOCK)
         spikes = rng.random(_BLOCK) < cfg.spike_rate
-        temp = np.where(spikes, temp + rng.choice([-1, 1], _BLOCK) * rng.uniform(25, 40, _BLOCK), temp)
+        jump = rng.choice([-1, 1], _BLOCK) * rng.uniform(25, 40, _BLOCK)
+        temp = np.where(spikes, temp + jump, temp)
         gaps = rng.random(_BLOCK) < cfg.gap_rate
         return pl.DataFrame({
             "sensor_id": _labels("sensor", 3, cfg.keys).gather(key),

@@ -35,10 +35,7 @@ def dead_letters(rows: pl.DataFrame, reason: str | pl.Expr) -> pl.DataFrame:
     if rows.height == 0:
         return empty_dead_letters()
     reason_expr = pl.lit(reason) if isinstance(reason, str) else reason
-    if rows.width == 0:
-        record = pl.lit("{}")
-    else:
-        record = pl.struct(pl.all()).struct.json_encode()
+    record = pl.lit("{}") if rows.width == 0 else pl.struct(pl.all()).struct.json_encode()
     return rows.select(
         record.cast(pl.String).alias("record"), reason_expr.cast(pl.String).alias("reason")
     )
@@ -128,7 +125,7 @@ class Context:
         return self.stop_event.wait(seconds)
 
 
-class Component(ABC):  # noqa: B024 - a shared base, not an interface of its own
+class Component(ABC):
     """Common base: every component is built from its validated config model."""
 
     config_model: ClassVar[type[BaseModel]]
@@ -154,7 +151,7 @@ class Source(Component):
         so the engine can notice a stop request.
         """
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources."""
 
 
@@ -166,7 +163,7 @@ class Step(Component):
         """Names of the output ports; most steps have one, ``out``."""
         return (MAIN_PORT,)
 
-    def open(self, ctx: Context, state: JSON | None) -> None:  # noqa: B027 - optional hook
+    def open(self, ctx: Context, state: JSON | None) -> None:
         """Prepare; ``state`` is the last snapshot when resuming a stateful step."""
 
     @abstractmethod
@@ -181,7 +178,7 @@ class Step(Component):
         """State to store at a checkpoint; None for stateless steps."""
         return None
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources."""
 
 
@@ -204,8 +201,8 @@ class Sink(Component):
         """
         return None
 
-    def commit(self, token: JSON | None) -> None:  # noqa: B027 - optional hook
+    def commit(self, token: JSON | None) -> None:
         """Make the data covered by ``token`` visible. Must be idempotent."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release resources."""

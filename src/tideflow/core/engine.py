@@ -229,7 +229,7 @@ class Engine:
         for node in nodes:
             try:
                 node.component.close()
-            except Exception as exc:  # noqa: BLE001 - closing must reach every node
+            except Exception as exc:
                 if not failed:
                     raise
                 log.warning("closing %s failed: %s", node.name, redact(str(exc)))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import polars as pl
+from pydantic import AfterValidator
 
 from tideflow.errors import ConfigError
 
@@ -18,3 +21,16 @@ def compile_expr(text: str, where: str) -> pl.Expr:
 def condition_mask(frame: pl.DataFrame, condition: pl.Expr) -> pl.Series:
     """Evaluate a boolean condition; NULL counts as false, like SQL's WHERE."""
     return frame.select(condition.fill_null(False).cast(pl.Boolean)).to_series()
+
+
+def _check_sql(text: str) -> str:
+    try:
+        pl.sql_expr(text)
+    except Exception as exc:  # noqa: BLE001 - Polars raises several types for bad SQL
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"not a valid SQL expression ({message})") from None
+    return text
+
+
+SqlExpression = Annotated[str, AfterValidator(_check_sql)]
+"""A config field holding a SQL expression, checked when the pipeline file is validated."""

@@ -11,7 +11,7 @@ import polars as pl
 from pydantic import Field, field_validator
 
 from tideflow.core.contracts import MAIN_PORT, Step, StepOutput, dead_letters
-from tideflow.core.expressions import compile_expr, condition_mask
+from tideflow.core.expressions import SqlExpression, compile_expr, condition_mask
 from tideflow.errors import PipelineError
 from tideflow.registry import component, suggest
 from tideflow.spec.models import Settings
@@ -142,7 +142,7 @@ class Cast(Step):
         source = batch.schema[col]
         fmt = self.config.formats.get(col)
         expr = pl.col(col)
-        if source == pl.String and dtype in (pl.Date, pl.Time) or (
+        if (source == pl.String and dtype in (pl.Date, pl.Time)) or (
             source == pl.String and isinstance(dtype, pl.Datetime)
         ):
             if dtype == pl.Date:
@@ -195,7 +195,7 @@ class Cast(Step):
 class FilterConfig(Settings):
     """Settings of ``filter``."""
 
-    expr: str = Field(
+    expr: SqlExpression = Field(
         description="SQL condition; records where it is true are kept "
         "(e.g. `amount > 0 and country != 'US'`). NULL counts as false."
     )
@@ -220,7 +220,7 @@ class Filter(Step):
 class WithColumnsConfig(Settings):
     """Settings of ``with_columns``."""
 
-    columns: dict[str, str] = Field(
+    columns: dict[str, SqlExpression] = Field(
         min_length=1,
         description="New or replaced column -> SQL expression over the batch "
         "(e.g. `temp_f: temp_c * 9 / 5 + 32`).",
@@ -248,7 +248,7 @@ class WithColumns(Step):
 class RouteConfig(Settings):
     """Settings of ``route``."""
 
-    routes: dict[str, str] = Field(
+    routes: dict[str, SqlExpression] = Field(
         min_length=1,
         description="Output name -> SQL condition. A record goes to the first route it "
         "matches; read a route with `input: <step>.<route>`.",

@@ -18,8 +18,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
-from tideflow.errors import ConfigError, ConfigIssue, render_path
 from tideflow.core.graph import check_graph
+from tideflow.errors import ConfigError, ConfigIssue, render_path
 from tideflow.registry import Kind, Registry, default_registry, suggest
 from tideflow.secrets import looks_secret, redact, register_secret
 from tideflow.spec.models import ENVELOPES, PipelineSpec, component_model, pipeline_model
@@ -172,7 +172,8 @@ def apply_overrides(loaded: LoadedYaml, overrides: Mapping[str, str]) -> None:
                 else:
                     node = node.setdefault(key, {})
             else:
-                raise ConfigError(f"--set {dotted}: {render_path(tuple(parts[:i]))} is not a mapping")
+                where = render_path(tuple(parts[:i]))
+                raise ConfigError(f"--set {dotted}: {where} is not a mapping")
 
 
 def _split_path(dotted: str) -> list[str | int]:
@@ -323,7 +324,8 @@ def load_pipeline(
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([ConfigIssue("", f"cannot read the pipeline file: {exc.strerror}", file)]) from None
+        issue = ConfigIssue("", f"cannot read the pipeline file: {exc.strerror}", file)
+        raise ConfigError([issue]) from None
     return load_pipeline_text(text, file, overrides, registry, environ)
 
 

@@ -9,10 +9,11 @@ drive validation, ``tideflow schema`` and ``tideflow connectors describe``.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Optional, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from tideflow.core.expressions import SqlExpression
 from tideflow.registry import KINDS, Kind, Registry
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
@@ -51,7 +52,7 @@ class SinkSpec(StepSpec):
     """Keys every sink accepts."""
 
     type: str = Field(description="The sink type, e.g. `file` or `stdout`.")
-    when: str | None = Field(
+    when: SqlExpression | None = Field(
         None, description="SQL-like condition; only matching records reach this sink."
     )
 
@@ -105,8 +106,8 @@ class PipelineSpec(Settings):
     steps: list[StepSpec] = Field(default_factory=list, description="Steps, in order.")
     sink: SinkSpec | None = Field(None, description="The sink (or use `sinks`).")
     sinks: list[SinkSpec] | None = Field(None, description="Several sinks; each gets the data.")
-    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)  # type: ignore[arg-type]
-    on_error: OnErrorSpec = Field(default_factory=OnErrorSpec)  # type: ignore[arg-type]
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    on_error: OnErrorSpec = Field(default_factory=OnErrorSpec)
     state: str | None = Field(
         None,
         description="State store: a SQLite file path; default `.tideflow/state.db` beside the "
@@ -132,11 +133,13 @@ class PipelineSpec(Settings):
     def _name_nodes(self) -> None:
         """Give unnamed components a unique default name; reject duplicate explicit names."""
         taken: set[str] = set()
-        nodes = [*self.all_sources, *self.steps, *self.all_sinks]
+        nodes: list[SourceSpec | StepSpec] = [*self.all_sources, *self.steps, *self.all_sinks]
         for node in nodes:
             if node.name is not None:
                 if node.name in taken:
-                    raise ValueError(f"two components are named {node.name!r}; names must be unique")
+                    raise ValueError(
+                        f"two components are named {node.name!r}; names must be unique"
+                    )
                 taken.add(node.name)
         for node in nodes:
             if node.name is None:
@@ -166,15 +169,18 @@ def component_model(registry: Registry, kind: Kind, type_name: str) -> type[Sett
     """The full model of one component: the envelope joined with its settings."""
     reg = registry.get(kind, type_name)
     fields: dict[str, Any] = {
-        "type": (Literal[type_name], Field(description=reg.summary or type_name))  # type: ignore[valid-type]
+        "type": (Literal[type_name], Field(description=reg.summary or type_name)),
+        "__base__": (ENVELOPES[kind], reg.config_model),
+        "__doc__": reg.cls.__doc__,
     }
-    model: type[Settings] = create_model(  # type: ignore[call-overload]
-        f"{kind}:{type_name}",
-        __base__=(ENVELOPES[kind], reg.config_model),
-        __doc__=reg.cls.__doc__,
-        **fields,
-    )
-    return model
+    return cast(type[Settings], create_model(f"{kind}:{type_name}", **fields))
+
+
+def _union(models: list[type[Settings]]) -> Any:
+    """A union of component models discriminated by their ``type`` literal."""
+    if not models:
+        raise RuntimeError("a component kind has no registered types")
+    return Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
 
 
 def pipeline_model(registry: Registry) -> type[PipelineSpec]:
@@ -183,24 +189,21 @@ def pipeline_model(registry: Registry) -> type[PipelineSpec]:
     key = (id(registry), registry.version)
     if key in _model_cache:
         return _model_cache[key]
-    unions: dict[Kind, Any] = {}
-    for kind in KINDS:
-        models = [component_model(registry, kind, name) for name in sorted(registry.items(kind))]
-        if not models:
-            raise RuntimeError(f"no {kind} types are registered")
-        unions[kind] = Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
+    source_union, step_union, sink_union = (
+        _union([component_model(registry, kind, name) for name in sorted(registry.items(kind))])
+        for kind in KINDS
+    )
     dead_letter_model = create_model(
-        "OnError", __base__=OnErrorSpec, sink=(unions["sink"] | None, None)
+        "OnError", __base__=OnErrorSpec, sink=(Optional[sink_union], None)  # noqa: UP045
     )
-    model: type[PipelineSpec] = create_model(  # type: ignore[call-overload]
-        "Pipeline",
-        __base__=PipelineSpec,
-        source=(unions["source"] | None, None),
-        sources=(list[unions["source"]] | None, None),  # type: ignore[name-defined]
-        steps=(list[unions["step"]], Field(default_factory=list)),  # type: ignore[name-defined]
-        sink=(unions["sink"] | None, None),
-        sinks=(list[unions["sink"]] | None, None),  # type: ignore[name-defined]
-        on_error=(dead_letter_model, Field(default_factory=dead_letter_model)),
-    )
+    fields: dict[str, Any] = {
+        "source": (Optional[source_union], None),  # noqa: UP045
+        "sources": (Optional[list[source_union]], None),  # type: ignore[valid-type]  # noqa: UP045
+        "steps": (list[step_union], Field(default_factory=list)),  # type: ignore[valid-type]
+        "sink": (Optional[sink_union], None),  # noqa: UP045
+        "sinks": (Optional[list[sink_union]], None),  # type: ignore[valid-type]  # noqa: UP045
+        "on_error": (dead_letter_model, Field(default_factory=dead_letter_model)),
+    }
+    model: type[PipelineSpec] = create_model("Pipeline", __base__=PipelineSpec, **fields)
     _model_cache[key] = model
     return model

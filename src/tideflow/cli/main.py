@@ -1,0 +1,361 @@
+"""The ``tideflow`` command.
+
+Exit codes: 0 success, 1 the pipeline failed, 2 the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from tideflow.errors import ConfigError, TideflowError
+from tideflow.secrets import RedactingFilter, redact
+from tideflow.spec.loader import load_pipeline
+from tideflow.spec.models import PipelineSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn tideflow errors into a message and an exit code, never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            err.print(f"[red]invalid configuration[/red]\n{redact(str(exc))}", markup=True,
+                      soft_wrap=True)
+            sys.exit(EXIT_CONFIG)
+        except TideflowError as exc:
+            err.print(f"[red]error:[/red] {redact(str(exc))}", soft_wrap=True)
+            sys.exit(EXIT_FAILED)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    """``--set a.b=1`` pairs into a dict; a pair without ``=`` is a configuration error."""
+    pairs = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        pairs[key.strip()] = value
+    return pairs
+
+
+def load(path: str, sets: tuple[str, ...] = ()) -> tuple[PipelineSpec, Path]:
+    """Load a pipeline file and return it with its folder (the base of relative paths)."""
+    return load_pipeline(path, parse_sets(sets)), Path(path).resolve().parent
+
+
+def setup_logging(verbose: int) -> None:
+    """Log to stderr, redacting secrets; -v for info, -vv for debug."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="tideflow")
+def cli(verbose: int) -> None:
+    """tideflow: declarative data pipelines, batch and streaming."""
+    setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path())
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override a field, e.g. --set source.count=100 or --set sinks[0].path=out.")
+@click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no data.")
+@click.option("--preview", type=int, metavar="N",
+              help="Print the first N records after each step; write no sink, keep no state.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
+@handle_errors
+def run(pipeline: str, sets: tuple[str, ...], dry_run: bool, preview: int | None,
+        as_json: bool, quiet: bool) -> None:
+    """Run a pipeline file until its sources end (or until Ctrl-C / SIGTERM)."""
+    from tideflow import runner
+    from tideflow.core.engine import RunObserver
+    from tideflow.observe.progress import ProgressLine, counts_json, print_summary
+
+    spec, base = load(pipeline, sets)
+    if dry_run:
+        print_plan(spec, base)
+        return
+    if preview is not None:
+        shown = runner.preview(spec, base, preview)
+        for node, frame in shown.frames.items():
+            out.print(f"[bold]{node}[/bold] (first {frame.height})")
+            out.print(str(frame))
+        return
+    progress = ProgressLine(err.file)
+    progress.enabled = progress.enabled and not quiet
+    try:
+        result = runner.run(spec, base, observer=RunObserver(on_progress=progress.update),
+                            handle_signals=True)
+    finally:
+        progress.done()
+    if as_json:
+        click.echo(json.dumps(counts_json(result), indent=2))
+    elif not quiet:
+        print_summary(result, out)
+    if result.unbalanced:
+        sys.exit(EXIT_FAILED)
+
+
+def print_plan(spec: PipelineSpec, base: Path) -> None:
+    """Describe what a run would do."""
+    from tideflow.core.engine import Engine
+    from tideflow.core.graph import build_graph
+    from tideflow.registry import default_registry
+
+    graph = build_graph(spec, default_registry)
+    out.print(f"pipeline [bold]{spec.name}[/bold] is valid")
+    for node in graph.nodes:
+        inputs = ", ".join(n if p == "out" else f"{n}.{p}" for n, p in node.inputs)
+        arrow = f"  <- {inputs}" if inputs else ""
+        when = f"  when {spec_when(spec, node.name)}" if node.when is not None else ""
+        out.print(f"  {node.kind:6} {node.name} ({node.type_name}){arrow}{when}")
+    state = Engine.default_state_path(spec, base)
+    cp = spec.checkpoint
+    out.print(f"  state: {state}; checkpoint every {cp.every_records} records / "
+              f"{cp.every_seconds}s; on_error: {spec.on_error.action}")
+
+
+def spec_when(spec: PipelineSpec, name: str) -> str:
+    """The `when:` text of a sink."""
+    return next((s.when or "" for s in spec.all_sinks if s.name == name), "")
+
+
+@cli.command()
+@click.argument("pipelines", nargs=-1, required=True, type=click.Path())
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a field.")
+def validate(pipelines: tuple[str, ...], sets: tuple[str, ...]) -> None:
+    """Check pipeline files; report every problem with file, line and field."""
+    failed = False
+    for path in pipelines:
+        try:
+            load(path, sets)
+            out.print(f"{path}: ok")
+        except ConfigError as exc:
+            failed = True
+            err.print(redact(str(exc)), soft_wrap=True, markup=False)
+    if failed:
+        sys.exit(EXIT_CONFIG)
+
+
+@cli.command()
+@click.argument("template", required=False)
+@click.argument("directory", required=False, type=click.Path())
+@handle_errors
+def init(template: str | None, directory: str | None) -> None:
+    """Create a pipeline from a template (run without arguments to list them)."""
+    from tideflow.templates import copy_template, list_templates
+
+    if template is None:
+        for name, summary in list_templates().items():
+            out.print(f"  {name:14} {summary}")
+        return
+    target = copy_template(template, Path(directory or template))
+    out.print(f"created {target}; run it with: tideflow run {target / 'pipeline.yaml'}")
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+@click.option("--kind", type=click.Choice(["source", "step", "sink"]), help="Only this kind.")
+def connectors(ctx: click.Context, kind: str | None) -> None:
+    """List the registered sources, steps and sinks."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tideflow.registry import KINDS, default_registry
+
+    for k in KINDS:
+        if kind and k != kind:
+            continue
+        out.print(f"[bold]{k}s[/bold]")
+        for name, reg in sorted(default_registry.items(k).items()):
+            out.print(f"  {name:14} {reg.summary}")
+
+
+@connectors.command("describe")
+@click.argument("type_name")
+@handle_errors
+def connectors_describe(type_name: str) -> None:
+    """Print every setting of a type: name, type, default and description."""
+    from tideflow.docs import describe_component
+    from tideflow.errors import UnknownNameError
+    from tideflow.registry import KINDS, default_registry, suggest
+
+    found = default_registry.find(type_name)
+    if not found:
+        known = {n for k in KINDS for n in default_registry.items(k)}
+        raise UnknownNameError(f"unknown type {type_name!r}; {suggest(type_name, known)}")
+    for reg in found:
+        out.print(describe_component(reg), markup=False)
+
+
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def schema(ctx: click.Context) -> None:
+    """Print the JSON Schema of the pipeline file format (for editor completion)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tideflow.docs import pipeline_json_schema
+
+    click.echo(json.dumps(pipeline_json_schema(), indent=2))
+
+
+@cli.group()
+def state() -> None:
+    """Inspect or reset a pipeline's checkpoint and state."""
+
+
+def _store_for(spec: PipelineSpec, base: Path) -> Any:
+    from tideflow.core.engine import Engine
+    from tideflow.state.store import StateStore
+
+    return StateStore(Engine.default_state_path(spec, base))
+
+
+@state.command("show")
+@click.argument("pipeline", type=click.Path())
+@handle_errors
+def state_show(pipeline: str) -> None:
+    """Show the last checkpoint, step state sizes and recent runs."""
+    spec, base = load(pipeline)
+    store = _store_for(spec, base)
+    checkpoint = store.load_checkpoint(spec.name)
+    if checkpoint is None:
+        out.print(f"{spec.name}: no checkpoint yet (a run starts from the beginning)")
+    else:
+        out.print(f"{spec.name}: checkpoint {checkpoint.id}")
+        out.print("  positions: " + json.dumps(checkpoint.positions)[:2000], markup=False)
+        for step, value in checkpoint.step_states.items():
+            out.print(f"  state of {step}: {type(value).__name__}")
+    for run_row in store.runs(spec.name, limit=5):
+        out.print(f"  run {run_row['id']}: {run_row['status']}", markup=False)
+    store.close()
+
+
+@state.command("reset")
+@click.argument("pipeline", type=click.Path())
+@click.option("--dead-letters", is_flag=True, help="Also delete the dead-letter ledger.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def state_reset(pipeline: str, dead_letters: bool, yes: bool) -> None:
+    """Forget the checkpoint, so the next run starts from the beginning."""
+    spec, base = load(pipeline)
+    if not yes:
+        click.confirm(f"reset the state of {spec.name}?", abort=True)
+    store = _store_for(spec, base)
+    store.reset(spec.name, dead_letters=dead_letters)
+    store.close()
+    out.print(f"{spec.name}: state reset")
+
+
+@cli.group()
+def deadletters() -> None:
+    """Browse and replay records that could not be processed."""
+
+
+@deadletters.command("list")
+@click.argument("pipeline", type=click.Path())
+@click.option("--step", help="Only this step.")
+@click.option("--reason", help="Only reasons containing this text.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--all", "include_replayed", is_flag=True, help="Include replayed records.")
+@handle_errors
+def deadletters_list(pipeline: str, step: str | None, reason: str | None, limit: int,
+                     include_replayed: bool) -> None:
+    """List dead letters, newest last, with a count per step and reason."""
+    spec, base = load(pipeline)
+    store = _store_for(spec, base)
+    for step_name, why, count in store.dead_letter_summary(spec.name):
+        out.print(f"{count:>8}  {step_name}: {why}", markup=False)
+    rows = store.dead_letters(spec.name, step=step, reason=reason,
+                              include_replayed=include_replayed, limit=limit)
+    for row in rows:
+        mark = " (replayed)" if row.replayed_at else ""
+        out.print(f"#{row.id} [{row.step}] {row.reason}{mark}: {row.record[:120]}",
+                  markup=False)
+    store.close()
+
+
+@deadletters.command("show")
+@click.argument("pipeline", type=click.Path())
+@click.argument("ids", nargs=-1, type=int, required=True)
+@handle_errors
+def deadletters_show(pipeline: str, ids: tuple[int, ...]) -> None:
+    """Print dead letters in full, as JSON."""
+    spec, base = load(pipeline)
+    store = _store_for(spec, base)
+    for row in store.dead_letters(spec.name, ids=list(ids)):
+        click.echo(json.dumps(row.__dict__, indent=2))
+    store.close()
+
+
+@deadletters.command("replay")
+@click.argument("pipeline", type=click.Path())
+@click.option("--step", required=True, help="Replay the records that failed at this step.")
+@click.option("--id", "ids", multiple=True, type=int, help="Only these ledger ids.")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a field.")
+@handle_errors
+def deadletters_replay(pipeline: str, step: str, ids: tuple[int, ...],
+                       sets: tuple[str, ...]) -> None:
+    """Send dead letters through the pipeline again, from the step where they failed."""
+    from tideflow import runner
+    from tideflow.observe.progress import print_summary
+
+    spec, base = load(pipeline, sets)
+    result = runner.replay(spec, base, step, list(ids))
+    print_summary(result, out)
+
+
+@cli.command("test")
+@click.argument("files", nargs=-1, required=True, type=click.Path())
+@handle_errors
+def test_command(files: tuple[str, ...]) -> None:
+    """Run pipeline tests declared in YAML (given input records, expect output records)."""
+    from tideflow.pipeline_tests import run_test_file
+
+    failures = 0
+    for path in files:
+        for outcome in run_test_file(Path(path)):
+            status = "[green]PASS[/green]" if outcome.passed else "[red]FAIL[/red]"
+            out.print(f"{status} {path}: {outcome.name}")
+            if not outcome.passed:
+                failures += 1
+                out.print(outcome.details, markup=False)
+    if failures:
+        out.print(f"{failures} test(s) failed")
+        sys.exit(EXIT_FAILED)
+
+
+def main() -> None:
+    """Entry point of the ``tideflow`` script."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()

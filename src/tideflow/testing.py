@@ -1,0 +1,63 @@
+"""The public test kit: run a pipeline on given records and look at what each step produced.
+
+::
+
+    from tideflow.testing import run_pipeline
+
+    out = run_pipeline("pipeline.yaml", records=[{"temp_c": 30}])
+    assert out.at("convert")["temp_f"].to_list() == [86.0]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from tideflow.connectors.memory import clear, collected
+from tideflow.core.engine import RunResult
+from tideflow.errors import ConfigError
+from tideflow.pipeline import Pipeline
+from tideflow.runner import TestOutcome, run_with_records
+from tideflow.spec.loader import load_pipeline
+from tideflow.spec.models import PipelineSpec
+
+__all__ = ["PipelineRun", "clear", "collected", "run_pipeline"]
+
+
+class PipelineRun:
+    """Outputs of a test run by step or sink name, and the run's counts."""
+
+    def __init__(self, outcome: TestOutcome) -> None:
+        self.outputs = outcome.outputs
+        self.result: RunResult = outcome.result
+
+    def at(self, name: str) -> pl.DataFrame:
+        """Records produced by a step (``step`` or ``step.port``) or committed to a sink."""
+        if name not in self.outputs:
+            return pl.DataFrame()
+        return self.outputs[name]
+
+
+def run_pipeline(
+    pipeline: str | Path | Pipeline | PipelineSpec,
+    records: list[dict[str, Any]] | dict[str, list[dict[str, Any]]],
+    base_dir: str | Path | None = None,
+) -> PipelineRun:
+    """Run with sources replaced by ``records`` and sinks by in-memory collectors.
+
+    ``records`` is a list for a single-source pipeline, or a mapping of source name to records.
+    No state is kept and no real sink is written.
+    """
+    if isinstance(pipeline, str | Path):
+        spec = load_pipeline(pipeline)
+        base = Path(pipeline).resolve().parent
+    else:
+        spec = pipeline.build() if isinstance(pipeline, Pipeline) else pipeline
+        base = Path(base_dir or ".").resolve()
+    if isinstance(records, list):
+        if len(spec.all_sources) != 1:
+            raise ConfigError("this pipeline has several sources: pass records by source name")
+        records = {spec.all_sources[0].name or "": records}
+    return PipelineRun(run_with_records(spec, base, records))
