@@ -6,6 +6,7 @@ describe`` and ``docs/connectors.md`` are all rendered from them.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic.fields import FieldInfo
@@ -24,8 +25,9 @@ def pipeline_json_schema(registry: Registry | None = None) -> dict[str, Any]:
 
 def _type_text(info: FieldInfo) -> str:
     annotation = info.annotation
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "").replace("NoneType", "None")
+    # Plain classes print as <class 'int'>; generic aliases and unions print as written.
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    return re.sub(r"\b(typing|datetime|pathlib)\.", "", text).replace("NoneType", "None")
 
 
 def _default_text(info: FieldInfo) -> str:

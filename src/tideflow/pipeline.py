@@ -170,6 +170,9 @@ class Pipeline:
     def build(self, registry: Registry | None = None) -> PipelineSpec:
         """Validate into the pipeline model (raises :class:`ConfigError` like a YAML file)."""
         data = {k: v for k, v in self._data.items() if v != [] or k == "steps"}
+        for single, many in (("source", "sources"), ("sink", "sinks")):
+            if len(data.get(many, ())) == 1:
+                data[single] = data.pop(many)[0]
         return validate(LoadedYaml(data, {}, None), registry or default_registry)
 
     def run(self, base_dir: str | Path = ".", observer: RunObserver | None = None) -> RunResult:

@@ -1,0 +1,36 @@
+# The two Quickstart commands, and the pieces they are made of.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: quickstart test lint typecheck unit services faults bench docs clean
+
+# Create a virtual environment, install tideflow, run the flagship example on embedded defaults.
+quickstart:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	$(BIN)/tideflow run examples/quickstart/pipeline.yaml
+
+# Install the dev dependencies, start the local services the tests need, run every check.
+test:
+	bash scripts/test.sh
+
+services:
+	bash scripts/services.sh
+
+lint:
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck:
+	$(BIN)/mypy
+
+docs:
+	$(BIN)/python -m tideflow.docs > docs/connectors.md
+
+bench:
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*/out examples/*/.tideflow

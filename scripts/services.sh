@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Start the local services the test suite talks to, if they are not already running.
+# Each check is a TCP connect to 127.0.0.1; each start command is the one the machine uses.
+set -uo pipefail
+
+up() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for() {
+  local name=$1 port=$2
+  for _ in $(seq 1 60); do
+    up "$port" && { echo "$name is up on :$port"; return 0; }
+    sleep 0.5
+  done
+  echo "$name did not come up on :$port" >&2
+  return 1
+}
+
+ensure() {
+  local name=$1 port=$2; shift 2
+  if up "$port"; then
+    echo "$name is up on :$port"
+    return 0
+  fi
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "$name is not running on :$port and '$1' is not installed" >&2
+    return 1
+  fi
+  echo "starting $name"
+  "$@" >/dev/null 2>&1 || true
+  wait_for "$name" "$port"
+}
+
+# The foundation's tests need no server (S3 runs in-process via moto on loopback).
+# Connectors that need a server add their line here, e.g.:
+# ensure PostgreSQL 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
+exit 0

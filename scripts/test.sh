@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Install dev dependencies, start the local services the tests need, run lint, types and tests.
+# Used by `make test` (the README's second Quickstart command) and by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/pip" install --quiet --upgrade pip
+"$VENV/bin/pip" install --quiet -e ".[dev,s3]"
+
+bash scripts/services.sh
+
+echo "== ruff"
+"$VENV/bin/ruff" check src tests benchmarks
+echo "== mypy"
+"$VENV/bin/mypy"
+echo "== pytest"
+"$VENV/bin/python" -m pytest "$@"
