@@ -11,7 +11,8 @@ BUILTIN_MODULES = (
     "tideflow.operators.sql",
     "tideflow.operators.python",
     "tideflow.connectors.generate",
-    "tideflow.connectors.files",
+    "tideflow.connectors.files.source",
+    "tideflow.connectors.files.sink",
     "tideflow.connectors.stdout",
     "tideflow.connectors.memory",
 )

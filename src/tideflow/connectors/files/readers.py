@@ -1,0 +1,659 @@
+"""Streaming readers, one per file format, that resume after a given number of rows."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from tideflow.connectors.files.settings import (
+    NDJSON_BLOCK,
+    CsvReadOptions,
+    FileSourceConfig,
+    ReadFormat,
+    extension,
+)
+from tideflow.core.contracts import (
+    dead_letters,
+    raw_dead_letters,
+)
+from tideflow.errors import TerminalError
+
+
+def _to_frame(data: Any) -> pl.DataFrame:
+    """Arrow table or batch -> DataFrame (``pl.from_arrow`` is typed as frame-or-series)."""
+    frame = pl.from_arrow(data)
+    if not isinstance(frame, pl.DataFrame):
+        raise TypeError(f"expected a table, got {type(frame).__name__}")
+    return frame
+
+
+def safe_name(value: str) -> str:
+    """A string usable inside a file name."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", value)
+
+
+def is_local(fs: Any) -> bool:
+    """Whether ``fs`` is the local disk (where renames are atomic and fsync applies)."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def concat_dead(parts: Iterable[pl.DataFrame | None]) -> pl.DataFrame | None:
+    """The non-empty dead-letter frames of ``parts`` as one frame, or None."""
+    frames = [p for p in parts if p is not None and p.height]
+    if not frames:
+        return None
+    return frames[0] if len(frames) == 1 else pl.concat(frames)
+
+
+def _castable(value: pa.Array, target: pa.DataType) -> bool:
+    try:
+        pc.cast(value, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False
+    return True
+
+
+def _convert_columns(
+    table: pa.Table,
+    targets: dict[str, pa.DataType],
+    null_values: pa.Array | None,
+    where: Callable[[np.ndarray], list[str]],
+) -> tuple[pa.Table, pl.DataFrame | None, np.ndarray]:
+    """Cast columns to ``targets``; rows with a value that does not convert become dead letters.
+
+    The whole column is cast at once; only when that fails is the column walked value by value
+    to find the offending rows. ``null_values`` (CSV) are the spellings of null in text that
+    becomes another type (``NA``, ``null``...); text columns keep them as text.
+    ``where(indices)`` describes rows for the reasons (file and row number). Returns the
+    converted good rows, the dead letters and the indices of the dead rows.
+    """
+    converted = table
+    problems: dict[int, list[str]] = {}
+    for name, target in targets.items():
+        index = table.schema.get_field_index(name)
+        if index < 0:
+            continue
+        column = table.column(index)
+        if (
+            null_values is not None
+            and pa.types.is_string(column.type)
+            and not pa.types.is_string(target)
+        ):
+            column = pc.if_else(pc.is_in(column, value_set=null_values), None, column)
+        if column.type == target:
+            converted = converted.set_column(index, name, column)
+            continue
+        try:
+            cast = pc.cast(column, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            flat = column.combine_chunks()
+            bad = np.zeros(len(flat), dtype=bool)
+            for i in range(len(flat)):  # only on failure: find which values do not convert
+                if flat[i].is_valid and not _castable(flat.slice(i, 1), target):
+                    bad[i] = True
+                    problems.setdefault(i, []).append(
+                        f"column {name!r}: cannot read {flat[i].as_py()!r} as {target}"
+                    )
+            cast = pc.cast(pc.if_else(pa.array(bad), None, flat), target)
+        converted = converted.set_column(index, name, cast)
+    if not problems:
+        return converted, None, np.array([], dtype=np.int64)
+    rows = np.array(sorted(problems), dtype=np.int64)
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[rows] = False
+    labels = where(rows)
+    reasons = [f"{w}: {'; '.join(problems[int(r)])}" for w, r in zip(labels, rows, strict=True)]
+    failed = _to_frame(table.take(pa.array(rows)))
+    dead = dead_letters(failed, pl.lit(pl.Series("reason", reasons, dtype=pl.String)))
+    return converted.filter(pa.array(keep)), dead, rows
+
+
+# -- source: per-format chunk readers ------------------------------------------------------
+
+
+@dataclass
+class Chunk:
+    """Records read from one file, its dead letters, and the rows consumed (good + dead)."""
+
+    data: pl.DataFrame
+    dead: pl.DataFrame | None
+    consumed: int
+
+
+class Reader(Protocol):
+    """Reads one file in chunks of at most ``limit`` rows; None at the end."""
+
+    def read(self, limit: int) -> Chunk | None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """One file to read: where it is and in which format."""
+
+    url: str
+    """How the file appears in positions and dead-letter reasons."""
+    path: str
+    """The path the filesystem understands."""
+    format: ReadFormat
+
+
+class _ParquetReader:
+    """Record batches from a Parquet file; resuming skips whole row groups by metadata."""
+
+    def __init__(
+        self, fs: Any, ref: FileRef, skip: int, batch_size: int, targets: dict[str, pa.DataType]
+    ) -> None:
+        self._ref = ref
+        self._targets = targets
+        self._fh = fs.open(ref.path, "rb")
+        parquet = pq.ParquetFile(self._fh)
+        meta = parquet.metadata
+        group, before = 0, 0
+        while group < meta.num_row_groups and before + meta.row_group(group).num_rows <= skip:
+            before += meta.row_group(group).num_rows
+            group += 1
+        self._drop = skip - before
+        self._row = skip
+        self._batches: Any = iter(())
+        if group < meta.num_row_groups:
+            groups = list(range(group, meta.num_row_groups))
+            self._batches = parquet.iter_batches(batch_size=batch_size, row_groups=groups)
+        self._pending: Any = None
+
+    def read(self, limit: int) -> Chunk | None:
+        while self._pending is None or self._pending.num_rows == 0:
+            batch = next(self._batches, None)
+            if batch is None:
+                return None
+            if self._drop:
+                dropped = min(self._drop, batch.num_rows)
+                self._drop -= dropped
+                batch = batch.slice(dropped)
+            self._pending = batch
+        take = self._pending.slice(0, limit)
+        self._pending = self._pending.slice(take.num_rows)
+        start = self._row
+        self._row += take.num_rows
+        table = pa.Table.from_batches([take])
+        dead = None
+        if self._targets:
+            table, dead, _ = _convert_columns(
+                table,
+                self._targets,
+                None,
+                lambda rows: [f"{self._ref.url}: row {start + int(r) + 1}" for r in rows],
+            )
+        return Chunk(_to_frame(table), dead, take.num_rows)
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class _CsvReader:
+    """Streaming CSV: pyarrow's reader with every column read as text, then converted.
+
+    Column types are inferred once per file from its first block (so a resumed read gets the
+    same types), and values are converted batch by batch: a value that does not fit the type
+    makes its row a dead letter instead of failing the file. Malformed rows (wrong number of
+    fields) reach ``invalid_row_handler``, which records their row number; the numbers place
+    each dead row between the good rows, so the rows consumed by every chunk, and therefore the
+    resume offset, are exact even though pyarrow parses ahead.
+    """
+
+    def __init__(
+        self,
+        fs: Any,
+        ref: FileRef,
+        skip: int,
+        opts: CsvReadOptions,
+        delimiter: str,
+        targets: dict[str, pa.DataType],
+    ) -> None:
+        self._ref = ref
+        self._header_rows = 1 if opts.has_header else 0
+        self._invalid: list[tuple[int, str, str]] = []
+        self._next = skip
+        self._pending: Any = None
+        self._eof = False
+        self._fh: Any = None
+        self._reader: Any = None
+        read_opts = {
+            "block_size": opts.block_size,
+            "use_threads": False,
+            "autogenerate_column_names": not opts.has_header,
+        }
+
+        def parse_options(handler: Callable[[Any], str]) -> Any:
+            return pa_csv.ParseOptions(
+                delimiter=delimiter,
+                quote_char=opts.quote_char,
+                newlines_in_values=opts.newlines_in_values,
+                # Blank lines must count as rows: skip_rows_after_names counts them, and the
+                # resume offset has to agree with what was consumed.
+                ignore_empty_lines=False,
+                invalid_row_handler=handler,
+            )
+
+        try:
+            with fs.open(ref.path, "rb", compression="infer") as probe_fh:
+                probe = pa_csv.open_csv(
+                    probe_fh,
+                    read_options=pa_csv.ReadOptions(**read_opts),
+                    parse_options=parse_options(lambda row: "skip"),
+                )
+                schema = probe.schema
+                probe.close()
+        except pa.ArrowInvalid as exc:
+            if "Empty CSV file" in str(exc):
+                self._eof = True
+                return
+            raise TerminalError(f"file source: cannot read CSV {ref.url}: {exc}") from exc
+        self._targets: dict[str, pa.DataType] = {}
+        for fld in schema:
+            inferred = pa.string() if pa.types.is_null(fld.type) else fld.type
+            self._targets[fld.name] = targets.get(fld.name, inferred)
+        self._nulls = pa.array(pa_csv.ConvertOptions().null_values, pa.string())
+        self._fh = fs.open(ref.path, "rb", compression="infer")
+        self._reader = pa_csv.open_csv(
+            self._fh,
+            read_options=pa_csv.ReadOptions(**read_opts, skip_rows_after_names=skip),
+            parse_options=parse_options(self._on_invalid),
+            # Everything as text: an unquoted empty field is null, a quoted one ("") is an
+            # empty string, as Polars reads and writes them.
+            convert_options=pa_csv.ConvertOptions(
+                column_types={name: pa.string() for name in schema.names},
+                strings_can_be_null=True,
+                null_values=[""],
+                quoted_strings_can_be_null=False,
+            ),
+        )
+
+    def _on_invalid(self, row: Any) -> str:
+        ordinal = self._next if row.number is None else row.number - 1 - self._header_rows
+        if row.text.strip():
+            why = f"expected {row.expected_columns} fields, found {row.actual_columns}"
+        else:
+            why = ""
+        self._invalid.append((ordinal, row.text, why))
+        return "skip"
+
+    def _row_label(self, ordinal: int) -> str:
+        # Spreadsheet numbering: the header is row 1.
+        return f"{self._ref.url}: row {ordinal + 1 + self._header_rows}"
+
+    def read(self, limit: int) -> Chunk | None:
+        while not self._eof and (self._pending is None or self._pending.num_rows == 0):
+            try:
+                self._pending = self._reader.read_next_batch()
+            except StopIteration:
+                self._eof = True
+            except pa.ArrowInvalid as exc:
+                raise TerminalError(
+                    f"file source: cannot parse {self._ref.url} after "
+                    f"{self._row_label(self._next).rpartition(': ')[2]}: {exc}; fix the file, "
+                    "or set `csv.newlines_in_values: false` if a stray quote is the cause"
+                ) from exc
+        if self._pending is not None and self._pending.num_rows:
+            take = self._pending.slice(0, limit)
+            self._pending = self._pending.slice(take.num_rows)
+        elif self._invalid:
+            take = None
+        else:
+            return None
+        start = self._next
+        self._invalid.sort(key=lambda item: item[0])
+        if take is None:  # the end of the file: whatever malformed rows are left
+            taken, end = len(self._invalid), start + len(self._invalid)
+        else:
+            # Malformed rows sit between good ones: each one before the current end pushes
+            # the end one row further.
+            taken, end = 0, start + take.num_rows
+            while taken < len(self._invalid) and self._invalid[taken][0] < end:
+                taken += 1
+                end += 1
+        bad = self._invalid[:taken]
+        del self._invalid[:taken]
+        self._next = end
+        shown = [(o, text, why) for o, text, why in bad if why]
+        dead = None
+        if shown:
+            dead = raw_dead_letters(
+                [text for _, text, _ in shown],
+                [f"{self._row_label(o)}: {why}" for o, _, why in shown],
+            )
+        if take is None:
+            return Chunk(pl.DataFrame(), dead, end - start)
+        table = pa.Table.from_batches([take])
+        bad_ordinals = np.array([o for o, _, _ in bad], dtype=np.int64)
+        ordinals: np.ndarray | None = None
+        if table.num_columns > 1:
+            # pyarrow reads a blank line as a row of empty fields. It is counted (the resume
+            # offset counts it too) but is no record; in a one-column file it is a null value.
+            blank = pc.is_null(table.column(0))
+            for column in table.columns[1:]:
+                blank = pc.and_(blank, pc.is_null(column))
+            if pc.any(blank).as_py():
+                keep = pc.invert(blank)
+                ordinals = np.setdiff1d(np.arange(start, end, dtype=np.int64), bad_ordinals)
+                ordinals = ordinals[keep.to_numpy(zero_copy_only=False)]
+                table = table.filter(keep)
+
+        def where(rows: np.ndarray) -> list[str]:
+            good = ordinals
+            if good is None:
+                good = np.setdiff1d(np.arange(start, end, dtype=np.int64), bad_ordinals)
+            return [self._row_label(int(good[r])) for r in rows]
+
+        table, conv_dead, _ = _convert_columns(table, self._targets, self._nulls, where)
+        return Chunk(_to_frame(table), concat_dead([dead, conv_dead]), end - start)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._fh is not None:
+            self._fh.close()
+
+
+def nesting_conflict(before: pl.Schema, now: pl.Schema) -> str | None:
+    """A field that is an object or list in one record and a scalar in another.
+
+    Polars would "relax" such a pair by wrapping the scalar into the struct, silently changing
+    the value; numbers and text mixing is fine (it becomes text, as when Polars parses both).
+    """
+    for name, dtype in now.items():
+        old = before.get(name)
+        if old is None or pl.Null in (old, dtype):
+            continue
+        if old.is_nested() != dtype.is_nested():
+            return f"field {name!r} is {dtype} here but {old} before"
+    return None
+
+
+def _frame_from_json_lines(
+    lines: list[bytes], labels: list[str]
+) -> tuple[pl.DataFrame, list[int], list[str]]:
+    """Parse JSON objects (one per line, all valid JSON) into one frame.
+
+    Polars parses them together; if it cannot (a field is an object in one record and a number
+    in another), records are parsed one by one and those whose types conflict with the records
+    before them are returned as failed (their indices, with reasons).
+    """
+    if not lines:
+        return pl.DataFrame(), [], []
+    try:
+        return pl.read_ndjson(io.BytesIO(b"\n".join(lines)), infer_schema_length=None), [], []
+    except (pl.exceptions.PolarsError, ValueError):
+        pass
+    frames: list[pl.DataFrame] = []
+    seen = pl.DataFrame()
+    failed: list[int] = []
+    reasons: list[str] = []
+    for i, (line, label) in enumerate(zip(lines, labels, strict=True)):  # fallback only
+        try:
+            frame = pl.read_ndjson(io.BytesIO(line))
+            conflict = nesting_conflict(seen.schema, frame.schema)
+            if conflict is None:
+                seen = pl.concat([seen, frame.clear()], how="diagonal_relaxed")
+        except (pl.exceptions.PolarsError, ValueError) as exc:
+            conflict = str(exc)
+        if conflict is not None:
+            failed.append(i)
+            reasons.append(f"{label}: field types conflict with earlier records: {conflict}")
+            continue
+        frames.append(frame)
+    data = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+    return data, failed, reasons
+
+
+def _parse_json_lines(
+    lines: list[bytes], labels: list[str]
+) -> tuple[pl.DataFrame, list[int], list[str], list[str]]:
+    """Locate bad lines one by one (the fallback when a whole chunk does not parse).
+
+    Returns the good records as a frame, the index of the line of each, and the text and reason
+    of each bad line.
+    """
+    good: list[bytes] = []
+    good_at: list[int] = []
+    good_labels: list[str] = []
+    records: list[str] = []
+    reasons: list[str] = []
+    for at, (line, label) in enumerate(zip(lines, labels, strict=True)):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            records.append(line.decode("utf-8", "replace").rstrip("\r"))
+            reasons.append(f"{label}: invalid JSON: {exc}")
+            continue
+        if not isinstance(value, dict):
+            records.append(line.decode("utf-8", "replace").rstrip("\r"))
+            reasons.append(f"{label}: expected a JSON object, found {type(value).__name__}")
+            continue
+        good.append(text)
+        good_at.append(at)
+        good_labels.append(label)
+    data, failed, more_reasons = _frame_from_json_lines(good, good_labels)
+    records += [good[i].decode("utf-8", "replace") for i in failed]
+    dropped = set(failed)
+    kept = [at for i, at in enumerate(good_at) if i not in dropped]
+    return data, kept, records, reasons + more_reasons
+
+
+class _NdjsonReader:
+    """Newline-delimited JSON, read in chunks of whole lines.
+
+    A chunk is parsed by Polars in one go; only if that fails are its lines checked one by one,
+    so good lines still flow and bad ones become dead letters naming their line.
+    """
+
+    def __init__(self, fs: Any, ref: FileRef, skip: int, targets: dict[str, pa.DataType]) -> None:
+        self._ref = ref
+        self._targets = targets
+        self._fh = fs.open(ref.path, "rb", compression="infer")
+        self._buf = bytearray()
+        self._eof = False
+        self._line = 0
+        while self._line < skip:
+            got = self._take(min(skip - self._line, 1 << 16))
+            if got is None:
+                break
+            self._line += got[1]
+
+    def _take(self, limit: int) -> tuple[bytes, int] | None:
+        """Up to ``limit`` whole lines and how many; None at the end of the file."""
+        counted, scanned = 0, 0
+        while True:
+            if len(self._buf) > scanned:
+                view = np.frombuffer(self._buf, dtype=np.uint8)[scanned:]
+                newlines = np.flatnonzero(view == 10)
+                del view  # a live view would stop the buffer from being resized
+                if counted + len(newlines) >= limit:
+                    cut = scanned + int(newlines[limit - counted - 1]) + 1
+                    counted = limit
+                    break
+                counted += len(newlines)
+                scanned = len(self._buf)
+            if self._eof:
+                cut = len(self._buf)
+                if cut and self._buf[-1] != 10:
+                    counted += 1  # a last line without a newline
+                if counted == 0:
+                    return None
+                break
+            block = self._fh.read(NDJSON_BLOCK)
+            if block:
+                self._buf += block
+            else:
+                self._eof = True
+        chunk = bytes(self._buf[:cut])
+        del self._buf[:cut]
+        return chunk, counted
+
+    def read(self, limit: int) -> Chunk | None:
+        got = self._take(limit)
+        if got is None:
+            return None
+        chunk, count = got
+        first = self._line + 1
+        self._line += count
+        records: list[str] = []
+        reasons: list[str] = []
+        good_lines: np.ndarray | None = None
+        try:
+            data = pl.read_ndjson(io.BytesIO(chunk), infer_schema_length=None)
+        except (pl.exceptions.PolarsError, ValueError):
+            lines = chunk.split(b"\n")[:count]
+            labels = [f"{self._ref.url}: line {first + i}" for i in range(len(lines))]
+            data, kept, records, reasons = _parse_json_lines(lines, labels)
+            good_lines = np.array(kept, dtype=np.int64) + first
+        dead = raw_dead_letters(records, reasons) if records else None
+        if self._targets and data.height:
+            lines_of = good_lines if good_lines is not None else self._non_blank_lines(chunk, first)
+
+            def where(rows: np.ndarray) -> list[str]:
+                return [f"{self._ref.url}: line {int(lines_of[r])}" for r in rows]
+
+            table, conv_dead, _ = _convert_columns(data.to_arrow(), self._targets, None, where)
+            data = _to_frame(table)
+            dead = concat_dead([dead, conv_dead])
+        return Chunk(data, dead, count)
+
+    @staticmethod
+    def _non_blank_lines(chunk: bytes, first: int) -> np.ndarray:
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        ends = np.flatnonzero(raw == 10)
+        if len(raw) and raw[-1] != 10:
+            ends = np.append(ends, len(raw))
+        starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.array([], np.int64)
+        blank = (ends - starts) <= 1
+        return np.flatnonzero(~blank) + first
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class _JsonReader:
+    """A JSON array of objects (or a single object), loaded whole: JSON is not streamable."""
+
+    def __init__(self, fs: Any, ref: FileRef, skip: int, targets: dict[str, pa.DataType]) -> None:
+        self._ref = ref
+        with fs.open(ref.path, "rb", compression="infer") as fh:
+            raw = fh.read()
+        dead: list[tuple[int, str, str]] = []
+        try:
+            data = pl.read_json(io.BytesIO(raw), infer_schema_length=None)
+            good_at = np.arange(data.height, dtype=np.int64)
+            total = data.height
+        except (pl.exceptions.PolarsError, ValueError):
+            data, good_at, total = self._fallback(raw, dead)
+        if targets and data.height:
+            table, conv, failed = _convert_columns(
+                data.to_arrow(),
+                targets,
+                None,
+                lambda rows: [f"{ref.url}: element {int(good_at[r])}" for r in rows],
+            )
+            if conv is not None:
+                for i, record, reason in zip(failed, conv["record"], conv["reason"], strict=True):
+                    dead.append((int(good_at[i]), record, reason))
+                good_at = np.delete(good_at, failed)
+            data = _to_frame(table)
+        dead = sorted(d for d in dead if d[0] >= skip)
+        keep = good_at >= skip
+        self._data = data.filter(pl.Series(keep)) if data.height else data
+        self._good_at = good_at[keep]
+        self._dead = deque(dead)
+        self._next = skip
+        self._total = total
+        self._offset = 0
+
+    def _fallback(
+        self, raw: bytes, dead: list[tuple[int, str, str]]
+    ) -> tuple[pl.DataFrame, np.ndarray, int]:
+        """Parse element by element to find the ones that are not usable records."""
+        url = self._ref.url
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            dead.append((0, raw.decode("utf-8", "replace"), f"{url}: invalid JSON: {exc}"))
+            return pl.DataFrame(), np.array([], dtype=np.int64), 1
+        elements = value if isinstance(value, list) else [value]
+        lines: list[bytes] = []
+        positions: list[int] = []
+        for i, element in enumerate(elements):  # fallback only
+            if isinstance(element, dict):
+                lines.append(orjson.dumps(element))
+                positions.append(i)
+            else:
+                dead.append(
+                    (
+                        i,
+                        orjson.dumps(element).decode(),
+                        f"{url}: element {i}: expected a JSON object, "
+                        f"found {type(element).__name__}",
+                    )
+                )
+        labels = [f"{url}: element {p}" for p in positions]
+        data, failed, reasons = _frame_from_json_lines(lines, labels)
+        for i, reason in zip(failed, reasons, strict=True):
+            dead.append((positions[i], lines[i].decode(), reason))
+        good = np.delete(np.array(positions, dtype=np.int64), failed)
+        return data, good, len(elements)
+
+    def read(self, limit: int) -> Chunk | None:
+        if self._offset >= self._data.height and not self._dead:
+            return None
+        take = self._data.slice(self._offset, limit)
+        self._offset += take.height
+        end = int(self._good_at[self._offset - 1]) + 1 if take.height else self._total
+        records: list[str] = []
+        reasons: list[str] = []
+        while self._dead and self._dead[0][0] < end:
+            _, record, reason = self._dead.popleft()
+            records.append(record)
+            reasons.append(reason)
+        start = self._next
+        self._next = max(end, start)
+        dead = raw_dead_letters(records, reasons) if records else None
+        return Chunk(take, dead, self._next - start)
+
+    def close(self) -> None:
+        self._data = pl.DataFrame()
+
+
+# -- source ------------------------------------------------------------------------------
+
+
+def open_reader(
+    fs: Any, ref: FileRef, skip: int, config: FileSourceConfig, targets: dict[str, pa.DataType]
+) -> Reader:
+    """A streaming reader for one file, positioned after its first ``skip`` rows."""
+    cfg = config
+    if ref.format == "parquet":
+        return _ParquetReader(fs, ref, skip, cfg.batch_size, targets)
+    if ref.format == "csv":
+        delimiter = cfg.csv.delimiter
+        if "delimiter" not in cfg.csv.model_fields_set and extension(ref.path) == ".tsv":
+            delimiter = "\t"
+        return _CsvReader(fs, ref, skip, cfg.csv, delimiter, targets)
+    if ref.format == "ndjson":
+        return _NdjsonReader(fs, ref, skip, targets)
+    return _JsonReader(fs, ref, skip, targets)
