@@ -16,6 +16,7 @@ bash scripts/services.sh
 
 echo "== ruff"
 "$VENV/bin/ruff" check src tests benchmarks
+"$VENV/bin/ruff" format --check src tests benchmarks
 echo "== mypy"
 "$VENV/bin/mypy"
 echo "== pytest"

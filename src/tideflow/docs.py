@@ -7,7 +7,8 @@ describe`` and ``docs/connectors.md`` are all rendered from them.
 from __future__ import annotations
 
 import re
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
 
@@ -23,11 +24,27 @@ def pipeline_json_schema(registry: Registry | None = None) -> dict[str, Any]:
     return schema
 
 
-def _type_text(info: FieldInfo) -> str:
-    annotation = info.annotation
-    # Plain classes print as <class 'int'>; generic aliases and unions print as written.
+def _render_type(annotation: Any) -> str:
+    # Annotated carries validators whose repr holds memory addresses; show only the base type.
+    if get_origin(annotation) is Annotated:
+        return _render_type(get_args(annotation)[0])
+    args = get_args(annotation)
+    origin = get_origin(annotation)
+    if origin in (Union, UnionType):
+        return " | ".join(_render_type(a) for a in args)
+    if origin is Literal:
+        return f"Literal[{', '.join(repr(a) for a in args)}]"
+    if origin is not None and args:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(_render_type(a) for a in args)}]"
+    if annotation is type(None):
+        return "None"
     text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    return re.sub(r"\b(typing|datetime|pathlib)\.", "", text).replace("NoneType", "None")
+    return re.sub(r"\b(typing|datetime|pathlib)\.", "", text)
+
+
+def _type_text(info: FieldInfo) -> str:
+    return _render_type(info.annotation)
 
 
 def _default_text(info: FieldInfo) -> str:
@@ -73,8 +90,15 @@ def connector_reference(registry: Registry | None = None) -> str:
     for kind in KINDS:
         parts += ["", f"## {kind.capitalize()}s"]
         for name, reg in sorted(registry.items(kind).items()):
-            parts += ["", f"### `{name}`", "", reg.summary, "",
-                      "| key | type | default | description |", "|---|---|---|---|"]
+            parts += [
+                "",
+                f"### `{name}`",
+                "",
+                reg.summary,
+                "",
+                "| key | type | default | description |",
+                "|---|---|---|---|",
+            ]
             for field, type_text, default, description in field_rows(reg):
                 cell = description.replace("|", "\\|")
                 type_cell = type_text.replace("|", "\\|")

@@ -95,8 +95,13 @@ class Pipeline:
         self._data["sources"].append({**spec, **({"name": name} if name else {})})
         return self
 
-    def step(self, type_name: str, name: str | None = None, input: str | list[str] | None = None,
-             **settings: Any) -> Pipeline:
+    def step(
+        self,
+        type_name: str,
+        name: str | None = None,
+        input: str | list[str] | None = None,
+        **settings: Any,
+    ) -> Pipeline:
         """Add a step of any registered type."""
         entry: dict[str, Any] = {"type": type_name, **settings}
         if name:
@@ -106,8 +111,13 @@ class Pipeline:
         self._data["steps"].append(entry)
         return self
 
-    def sink(self, spec: dict[str, Any], name: str | None = None,
-             input: str | list[str] | None = None, when: str | None = None) -> Pipeline:
+    def sink(
+        self,
+        spec: dict[str, Any],
+        name: str | None = None,
+        input: str | list[str] | None = None,
+        when: str | None = None,
+    ) -> Pipeline:
         """Add a sink; every sink gets the data (``when`` filters, ``input`` picks a branch)."""
         entry = dict(spec)
         for key, value in (("name", name), ("input", input), ("when", when)):
@@ -128,8 +138,9 @@ class Pipeline:
         """Remove columns."""
         return self.step("drop", name, columns=list(columns))
 
-    def cast(self, mapping: dict[str, str], strict: bool = True,
-             name: str | None = None) -> Pipeline:
+    def cast(
+        self, mapping: dict[str, str], strict: bool = True, name: str | None = None
+    ) -> Pipeline:
         """Convert column types; failures are dead-lettered when ``strict``."""
         return self.step("cast", name, columns=mapping, strict=strict)
 
@@ -145,25 +156,25 @@ class Pipeline:
         """Run a SQL query over each batch (table ``batch``)."""
         return self.step("sql", name, query=query, engine=engine)
 
-    def map(self, fn: Callable[..., Any] | str, name: str | None = None,
-            **kwargs: Any) -> Pipeline:
+    def map(self, fn: Callable[..., Any] | str, name: str | None = None, **kwargs: Any) -> Pipeline:
         """A per-record Python function ``fn(dict) -> dict | None`` (the slow path)."""
         return self._python(fn, "record", name, kwargs)
 
-    def map_batch(self, fn: Callable[..., Any] | str, name: str | None = None,
-                  **kwargs: Any) -> Pipeline:
+    def map_batch(
+        self, fn: Callable[..., Any] | str, name: str | None = None, **kwargs: Any
+    ) -> Pipeline:
         """A per-batch function ``fn(DataFrame) -> DataFrame`` (the fast path)."""
         return self._python(fn, "batch", name, kwargs)
 
-    def _python(self, fn: Callable[..., Any] | str, mode: str, name: str | None,
-                kwargs: dict[str, Any]) -> Pipeline:
+    def _python(
+        self, fn: Callable[..., Any] | str, mode: str, name: str | None, kwargs: dict[str, Any]
+    ) -> Pipeline:
         extra: dict[str, Any] = {"kwargs": kwargs} if kwargs else {}
         return self.step("python", name, function=_function_ref(fn), mode=mode, **extra)
 
     def route(self, name: str, default: str | None = None, **routes: str) -> Pipeline:
         """Split records by condition; read a branch with ``input="<name>.<route>"``."""
-        return self.step("route", name, routes=routes,
-                         **({"default": default} if default else {}))
+        return self.step("route", name, routes=routes, **({"default": default} if default else {}))
 
     # -- using ---------------------------------------------------------------------------
 

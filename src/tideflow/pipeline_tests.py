@@ -79,8 +79,10 @@ class Outcome:
 
 
 def _canonical(rows: list[dict[str, Any]], columns: list[str]) -> list[bytes]:
-    return [orjson.dumps({c: row.get(c) for c in columns}, default=str,
-                         option=orjson.OPT_SORT_KEYS) for row in rows]
+    return [
+        orjson.dumps({c: row.get(c) for c in columns}, default=str, option=orjson.OPT_SORT_KEYS)
+        for row in rows
+    ]
 
 
 def compare(actual: pl.DataFrame, expectation: Expectation) -> str | None:
@@ -131,8 +133,10 @@ def run_test_file(path: Path) -> list[Outcome]:
         spec = validate(pipeline)
         if isinstance(case.input, list):
             if len(spec.all_sources) != 1:
-                raise ConfigError(f"{path}: test {case.name!r}: the pipeline has several "
-                                  "sources; give `input` as a mapping of source name to records")
+                raise ConfigError(
+                    f"{path}: test {case.name!r}: the pipeline has several "
+                    "sources; give `input` as a mapping of source name to records"
+                )
             records = {spec.all_sources[0].name or "": case.input}
         else:
             records = case.input
@@ -147,4 +151,3 @@ def run_test_file(path: Path) -> list[Outcome]:
                 problems.append(problem)
         outcomes.append(Outcome(case.name, not problems, "\n".join(problems)))
     return outcomes
-

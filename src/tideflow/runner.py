@@ -105,8 +105,12 @@ def preview(
             engine.stop()
 
     engine = Engine(
-        preview_spec, base_dir, registry=registry, observer=RunObserver(on_output=on_output),
-        scope="preview", state=StateStore(":memory:"),
+        preview_spec,
+        base_dir,
+        registry=registry,
+        observer=RunObserver(on_output=on_output),
+        scope="preview",
+        state=StateStore(":memory:"),
     )
     timer = threading.Timer(timeout, engine.stop)
     timer.start()
@@ -157,19 +161,22 @@ def replay(
     replay_source = {"type": "memory", "name": REPLAY_SOURCE, "records": records}
     if names[step] == "sources":
         data["sources"] = [
-            replay_source | {"name": s["name"]} if s["name"] == step
+            replay_source | {"name": s["name"]}
+            if s["name"] == step
             else {"type": "memory", "name": s["name"], "records": []}
             for s in data["sources"]
         ]
     else:
-        data["sources"] = [{"type": "memory", "name": s["name"], "records": []}
-                           for s in data["sources"]] + [replay_source]
+        data["sources"] = [
+            {"type": "memory", "name": s["name"], "records": []} for s in data["sources"]
+        ] + [replay_source]
         for node in data[names[step]]:
             if node["name"] == step:
                 node["input"] = REPLAY_SOURCE
     scope = "replay-" + time.strftime("%Y%m%dT%H%M%S")
-    result = Engine(revalidate(data, registry), base_dir, registry=registry, scope=scope,
-                    state=store).run()
+    result = Engine(
+        revalidate(data, registry), base_dir, registry=registry, scope=scope, state=store
+    ).run()
     store.mark_replayed([letter.id for letter in letters])
     store.close()
     return result
@@ -207,8 +214,12 @@ def run_with_records(
         outputs.setdefault(key, []).append(frame)
 
     result = Engine(
-        test_spec, base_dir, registry=registry, observer=RunObserver(on_output=on_output),
-        scope="test", state=StateStore(":memory:"),
+        test_spec,
+        base_dir,
+        registry=registry,
+        observer=RunObserver(on_output=on_output),
+        scope="test",
+        state=StateStore(":memory:"),
     ).run()
     frames = {k: pl.concat(v, how="diagonal_relaxed") for k, v in outputs.items()}
     for name, collector in collectors.items():

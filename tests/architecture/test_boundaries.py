@@ -10,8 +10,13 @@ from pathlib import Path
 import tideflow
 
 SRC = Path(tideflow.__file__).parent
-FORBIDDEN_IN_CORE = ("tideflow.connectors", "tideflow.operators", "tideflow.service",
-                     "tideflow.cli", "tideflow.runner")
+FORBIDDEN_IN_CORE = (
+    "tideflow.connectors",
+    "tideflow.operators",
+    "tideflow.service",
+    "tideflow.cli",
+    "tideflow.runner",
+)
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -46,13 +51,37 @@ def test_import_tideflow_loads_no_driver_or_web_framework() -> None:
 
 
 def test_public_surface_is_pinned() -> None:
-    assert sorted(tideflow.__all__) == sorted([
-        "ConfigError", "Context", "Pipeline", "PipelineError", "RecordError", "Registry",
-        "RunObserver", "RunResult", "Sink", "Source", "SourceBatch", "StateError", "Step",
-        "StepOutput", "TerminalError", "TideflowError", "TransientError", "__version__",
-        "collect", "component", "connector", "default_registry", "file", "generate",
-        "load_pipeline", "records", "stdout",
-    ])
+    assert sorted(tideflow.__all__) == sorted(
+        [
+            "ConfigError",
+            "Context",
+            "Pipeline",
+            "PipelineError",
+            "RecordError",
+            "Registry",
+            "RunObserver",
+            "RunResult",
+            "Sink",
+            "Source",
+            "SourceBatch",
+            "StateError",
+            "Step",
+            "StepOutput",
+            "TerminalError",
+            "TideflowError",
+            "TransientError",
+            "__version__",
+            "collect",
+            "component",
+            "connector",
+            "default_registry",
+            "file",
+            "generate",
+            "load_pipeline",
+            "records",
+            "stdout",
+        ]
+    )
     for name in tideflow.__all__:
         assert hasattr(tideflow, name), name
 
@@ -62,9 +91,10 @@ def test_every_public_module_function_and_class_has_a_docstring() -> None:
     for path in SRC.rglob("*.py"):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
-            if isinstance(node, ast.FunctionDef | ast.ClassDef) and not node.name.startswith("_"):
-                if ast.get_docstring(node) is None:
-                    missing.append(f"{path.relative_to(SRC)}:{node.name}")
+            named = isinstance(node, ast.FunctionDef | ast.ClassDef)
+            public = named and not node.name.startswith("_")
+            if public and ast.get_docstring(node) is None:
+                missing.append(f"{path.relative_to(SRC)}:{node.name}")
     assert not missing, missing
 
 

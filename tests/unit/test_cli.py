@@ -62,8 +62,17 @@ def test_dead_letter_replay_after_fixing_the_pipeline(write_pipeline: Write) -> 
     path = write_pipeline(PIPELINE)
     assert invoke("run", str(path))[0] == 0
     # Replay through a cast that tolerates the bad value: the record now passes (as null)
-    code, output = invoke("deadletters", "replay", str(path), "--step", "typed",
-                          "--set", "steps.typed.strict=false", "--set", "steps.small.expr=v IS NULL OR v < 10")
+    code, output = invoke(
+        "deadletters",
+        "replay",
+        str(path),
+        "--step",
+        "typed",
+        "--set",
+        "steps.typed.strict=false",
+        "--set",
+        "steps.small.expr=v IS NULL OR v < 10",
+    )
     assert code == 0, output
     replayed = collected("cli-demo")
     assert replayed.height == 3 and replayed["v"].null_count() == 1
@@ -109,7 +118,8 @@ def test_validate_reports_errors_with_exit_code_2(write_pipeline: Write) -> None
     result = CliRunner().invoke(cli, ["validate", str(bad)])
     assert result.exit_code == 2
     assert "bad.yaml:7: steps[1].type: unknown step type 'fliter'; did you mean 'filter'?" in (
-        result.output)
+        result.output
+    )
 
 
 def test_connectors_list_and_describe() -> None:
@@ -173,8 +183,14 @@ tests:
 
 
 def _tideflow(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tideflow.cli.main", *args],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tideflow.cli.main", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_process_exit_codes_and_no_traceback(write_pipeline: Write) -> None:
@@ -184,7 +200,9 @@ def test_process_exit_codes_and_no_traceback(write_pipeline: Write) -> None:
     assert "Traceback" not in proc.stderr and "source.count" in proc.stderr
     failing = write_pipeline(
         "name: p\nsource: {type: memory, records: [{v: 1}]}\n"
-        "steps: [{type: select, columns: [nope]}]\nsink: {type: stdout}\n", "f.yaml")
+        "steps: [{type: select, columns: [nope]}]\nsink: {type: stdout}\n",
+        "f.yaml",
+    )
     proc = _tideflow("run", str(failing))
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr and "column(s) not in the batch" in proc.stderr
@@ -194,7 +212,9 @@ def test_secrets_from_the_environment_never_reach_the_output(write_pipeline: Wri
     path = write_pipeline(
         "name: p\nsource:\n  type: memory\n  records: [{v: 1}]\n"
         "steps: [{type: filter, expr: \"v = '${API_TOKEN}'\"}]\nsink: {type: stdout}\n"
-        "description: ${API_TOKEN}\n", "s.yaml")
+        "description: ${API_TOKEN}\n",
+        "s.yaml",
+    )
     env = {**os.environ, "API_TOKEN": "tok-very-secret-123"}
     for args in (("run", str(path), "--dry-run"), ("run", str(path), "--set", "source.x=1")):
         proc = _tideflow(*args, env=env)

@@ -34,8 +34,10 @@ CASES = [
     (
         "wrong value type",
         "name: p\nsource:\n  type: generate\n  count: lots\n" + GOOD_TAIL,
-        ["p.yaml:4: source.count: Input should be a valid integer, unable to parse string as "
-         "an integer; got 'lots'"],
+        [
+            "p.yaml:4: source.count: Input should be a valid integer, unable to parse string as "
+            "an integer; got 'lots'"
+        ],
     ),
     (
         "value out of range",
@@ -46,8 +48,10 @@ CASES = [
         "unknown cast type",
         "name: p\nsource: {type: generate}\nsteps:\n  - type: cast\n    columns: {a: integr}\n"
         + GOOD_TAIL,
-        ["p.yaml:5: steps[0].columns: unknown type 'integr'; did you mean 'int' or 'int8'?; "
-         "got {'a': 'integr'}"],
+        [
+            "p.yaml:5: steps[0].columns: unknown type 'integr'; did you mean 'int' or 'int8'?; "
+            "got {'a': 'integr'}"
+        ],
     ),
     (
         "input names nothing",
@@ -58,8 +62,10 @@ CASES = [
         "route step has no main output",
         "name: p\nsource: {type: generate}\nsteps:\n  - type: route\n    routes: {a: x > 1}\n"
         + GOOD_TAIL,
-        ["p.yaml:6: sink: 'route' has no output 'out' (set `input:` to one of its outputs); "
-         "it has: a"],
+        [
+            "p.yaml:6: sink: 'route' has no output 'out' (set `input:` to one of its outputs); "
+            "it has: a"
+        ],
     ),
     (
         "duplicate names",
@@ -75,14 +81,18 @@ CASES = [
     (
         "invalid name",
         "name: my pipeline\nsource: {type: generate}\n" + GOOD_TAIL,
-        ["p.yaml:1: name: 'my pipeline' is not a valid name: use letters, digits, `_` and `-`, "
-         "starting with a letter or `_`"],
+        [
+            "p.yaml:1: name: 'my pipeline' is not a valid name: use letters, digits, `_` and `-`, "
+            "starting with a letter or `_`"
+        ],
     ),
     (
         "unset variable",
         "name: p\nsource:\n  type: file\n  path: ${INPUT_DIR}/x.csv\n" + GOOD_TAIL,
-        ["p.yaml:4: source.path: ${INPUT_DIR} is not set; set the environment variable "
-         "INPUT_DIR, add it under `vars:`, or give a default with ${INPUT_DIR:-value}"],
+        [
+            "p.yaml:4: source.path: ${INPUT_DIR} is not set; set the environment variable "
+            "INPUT_DIR, add it under `vars:`, or give a default with ${INPUT_DIR:-value}"
+        ],
     ),
     (
         "bad yaml",

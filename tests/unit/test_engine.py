@@ -155,8 +155,7 @@ sink: {type: memory, collector: t3}
         tmp_path,
     )
     assert sorted(collected("t3")["v"]) == [1, 3]
-    assert result.counts["cast"] == {**result.counts["cast"], "in": 4, "out": 2,
-                                     "dead_lettered": 2}
+    assert result.counts["cast"] == {**result.counts["cast"], "in": 4, "out": 2, "dead_lettered": 2}
     store = StateStore(tmp_path / ".tideflow" / "state.db")
     letters = store.dead_letters("t3")
     assert sorted(letter.record for letter in letters) == ['{"v":"4.5"}', '{"v":"x"}']
@@ -242,8 +241,12 @@ sink: {type: memory, collector: t8}
     spec = load_pipeline_text(text, "p.yaml", registry=registry)
     for _ in range(2):
         seen = threading.Event()
-        engine = Engine(spec, tmp_path, registry=registry,
-                        observer=RunObserver(on_output=lambda *a: seen.set()))
+        engine = Engine(
+            spec,
+            tmp_path,
+            registry=registry,
+            observer=RunObserver(on_output=lambda *a, ev=seen: ev.set()),
+        )
         runner = threading.Thread(target=engine.run)
         runner.start()
         assert seen.wait(10)

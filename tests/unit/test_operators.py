@@ -30,11 +30,13 @@ from tideflow.operators.basic import (
 from tideflow.operators.python import Python, PythonConfig
 from tideflow.operators.sql import Sql, SqlConfig
 
-ORDERS = pl.DataFrame({
-    "id": [1, 2, 3, 4, 5],
-    "amount": [10.0, -3.0, 0.0, 250.5, None],
-    "country": ["US", "DE", "FR", "US", "NL"],
-})
+ORDERS = pl.DataFrame(
+    {
+        "id": [1, 2, 3, 4, 5],
+        "amount": [10.0, -3.0, 0.0, 250.5, None],
+        "country": ["US", "DE", "FR", "US", "NL"],
+    }
+)
 
 
 def ctx(tmp_path: Path) -> Context:
@@ -43,15 +45,19 @@ def ctx(tmp_path: Path) -> Context:
 
 def test_filter_matches_a_plain_python_predicate() -> None:
     out = Filter(FilterConfig(expr="amount > 0 and country != 'US'")).process(ORDERS)
-    expected = [r["id"] for r in ORDERS.to_dicts()
-                if r["amount"] is not None and r["amount"] > 0 and r["country"] != "US"]
+    expected = [
+        r["id"]
+        for r in ORDERS.to_dicts()
+        if r["amount"] is not None and r["amount"] > 0 and r["country"] != "US"
+    ]
     assert out.outputs[MAIN_PORT]["id"].to_list() == expected
     assert out.filtered == ORDERS.height - len(expected)
 
 
 def test_with_columns_computes_sql_expressions() -> None:
-    step = WithColumns(WithColumnsConfig(columns={"cents": "amount * 100",
-                                                  "is_us": "country = 'US'"}))
+    step = WithColumns(
+        WithColumnsConfig(columns={"cents": "amount * 100", "is_us": "country = 'US'"})
+    )
     out = step.process(ORDERS).outputs[MAIN_PORT]
     for row in out.to_dicts():
         assert row["cents"] == (None if row["amount"] is None else row["amount"] * 100)
@@ -60,7 +66,8 @@ def test_with_columns_computes_sql_expressions() -> None:
 
 def test_select_rename_drop() -> None:
     assert Select(SelectConfig(columns=["country", "id"])).process(ORDERS).outputs[
-        MAIN_PORT].columns == ["country", "id"]
+        MAIN_PORT
+    ].columns == ["country", "id"]
     renamed = Rename(RenameConfig(columns={"amount": "value"})).process(ORDERS)
     assert renamed.outputs[MAIN_PORT].columns == ["id", "value", "country"]
     dropped = Drop(DropConfig(columns=["amount"])).process(ORDERS)
@@ -70,11 +77,13 @@ def test_select_rename_drop() -> None:
 
 
 def test_cast_converts_and_dead_letters_failures_with_reasons() -> None:
-    raw = pl.DataFrame({
-        "n": ["1", " 2 ", "three", None],
-        "d": ["2026-01-02", "2026-02-30", "2026-03-04", "2026-05-06"],
-        "b": ["yes", "false", "1", "maybe"],
-    })
+    raw = pl.DataFrame(
+        {
+            "n": ["1", " 2 ", "three", None],
+            "d": ["2026-01-02", "2026-02-30", "2026-03-04", "2026-05-06"],
+            "b": ["yes", "false", "1", "maybe"],
+        }
+    )
     step = Cast(CastConfig(columns={"n": "int", "d": "date", "b": "bool"}))
     result = step.process(raw)
     good = result.outputs[MAIN_PORT]
@@ -96,8 +105,9 @@ def test_cast_non_strict_turns_failures_into_nulls() -> None:
 
 
 def test_route_first_match_wins_and_default_catches_the_rest() -> None:
-    step = Route(RouteConfig(routes={"big": "amount > 100", "positive": "amount > 0"},
-                             default="other"))
+    step = Route(
+        RouteConfig(routes={"big": "amount > 100", "positive": "amount > 0"}, default="other")
+    )
     assert Route.ports(step.config) == ("big", "positive", "other")
     out = step.process(ORDERS).outputs
     assert out["big"]["id"].to_list() == [4]
@@ -113,16 +123,20 @@ def test_route_without_default_counts_unmatched_as_filtered() -> None:
 
 @pytest.mark.parametrize("engine", ["duckdb", "polars"])
 def test_sql_step_groups_like_polars(engine: str, tmp_path: Path) -> None:
-    step = Sql(SqlConfig(
-        query="SELECT country, count(*) AS n, sum(amount) AS total FROM batch "
-              "GROUP BY country ORDER BY country",
-        engine=engine,
-    ))
+    step = Sql(
+        SqlConfig(
+            query="SELECT country, count(*) AS n, sum(amount) AS total FROM batch "
+            "GROUP BY country ORDER BY country",
+            engine=engine,
+        )
+    )
     step.open(ctx(tmp_path), None)
     result = step.process(ORDERS)
-    expected = (ORDERS.group_by("country")
-                .agg(pl.len().alias("n"), pl.col("amount").sum().alias("total"))
-                .sort("country"))
+    expected = (
+        ORDERS.group_by("country")
+        .agg(pl.len().alias("n"), pl.col("amount").sum().alias("total"))
+        .sort("country")
+    )
     got = result.outputs[MAIN_PORT]
     assert got["country"].to_list() == expected["country"].to_list()
     assert got["n"].cast(pl.Int64).to_list() == expected["n"].cast(pl.Int64).to_list()

@@ -41,7 +41,7 @@ def test_interpolation_order_env_then_vars_then_default() -> None:
 
 
 def test_dollar_dollar_is_a_literal_dollar() -> None:
-    text = BASE.replace('"id > ${threshold}"', '"name != \'$${HOME}\'"')
+    text = BASE.replace('"id > ${threshold}"', "\"name != '$${HOME}'\"")
     spec = load_pipeline_text(text, environ={})
     assert spec.steps[0].expr == "name != '${HOME}'"  # type: ignore[attr-defined]
 
@@ -53,12 +53,16 @@ def test_default_names_are_unique() -> None:
 
 
 def test_overrides_by_index_by_name_and_new_keys() -> None:
-    spec = load_pipeline_text(BASE, environ={}, overrides={
-        "source.count": "3",
-        "steps.big.expr": "id > 1",
-        "sinks[1].format": "table",
-        "checkpoint.every_records": "10",
-    })
+    spec = load_pipeline_text(
+        BASE,
+        environ={},
+        overrides={
+            "source.count": "3",
+            "steps.big.expr": "id > 1",
+            "sinks[1].format": "table",
+            "checkpoint.every_records": "10",
+        },
+    )
     assert spec.source.count == 3  # type: ignore[union-attr,attr-defined]
     assert spec.steps[0].expr == "id > 1"  # type: ignore[attr-defined]
     assert spec.all_sinks[1].format == "table"  # type: ignore[attr-defined]
@@ -100,11 +104,13 @@ def test_connector_reference_in_docs_is_current() -> None:
 
 
 def test_python_api_builds_the_same_model_as_yaml(tmp_path: Path) -> None:
-    built = (tf.Pipeline("p", vars={"threshold": 5})
-             .source(tf.generate(count=100))
-             .filter("id > 5", name="big")
-             .sink(tf.stdout())
-             .sink(tf.stdout(format="jsonl")))
+    built = (
+        tf.Pipeline("p", vars={"threshold": 5})
+        .source(tf.generate(count=100))
+        .filter("id > 5", name="big")
+        .sink(tf.stdout())
+        .sink(tf.stdout(format="jsonl"))
+    )
     from_yaml = spec_data(load_pipeline_text(BASE, environ={}))
     assert spec_data(built.build()) == from_yaml
     path = tmp_path / "p.yaml"

@@ -27,12 +27,17 @@ def test_codec_round_trips_frames_inside_json() -> None:
 def test_checkpoint_is_stored_atomically_with_dead_letters(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s.db")
     dead = dead_letters(pl.DataFrame({"a": [1, 2]}), "bad")
-    store.commit_checkpoint("p", 1, {"src": {"row": 5}}, {"win": {"n": 3}}, {"out": ["t"]},
-                            [("step", dead)], "run1")
+    store.commit_checkpoint(
+        "p", 1, {"src": {"row": 5}}, {"win": {"n": 3}}, {"out": ["t"]}, [("step", dead)], "run1"
+    )
     cp = store.load_checkpoint("p")
     assert cp is not None
     assert (cp.id, cp.positions, cp.step_states, cp.sink_tokens) == (
-        1, {"src": {"row": 5}}, {"win": {"n": 3}}, {"out": ["t"]})
+        1,
+        {"src": {"row": 5}},
+        {"win": {"n": 3}},
+        {"out": ["t"]},
+    )
     assert [d.record for d in store.dead_letters("p")] == ['{"a":1}', '{"a":2}']
 
     class Boom(Exception):
@@ -65,8 +70,9 @@ def test_dead_letter_queries_and_replay_marks(tmp_path: Path) -> None:
 def test_generate_is_deterministic_whatever_the_batch_boundaries(shape: str) -> None:
     cfg = GenerateConfig(shape=shape, seed=7, keys=5)
     whole = generate_range(cfg, 0, 10_000)
-    pieces = pl.concat([generate_range(cfg, a, min(a + 977, 10_000))
-                        for a in range(0, 10_000, 977)])
+    pieces = pl.concat(
+        [generate_range(cfg, a, min(a + 977, 10_000)) for a in range(0, 10_000, 977)]
+    )
     assert whole.equals(pieces)
     if shape != "sequence":  # a sequence has no random part
         other = generate_range(GenerateConfig(shape=shape, seed=8, keys=5), 0, 10_000)

@@ -25,8 +25,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Rich assumes 80 columns when output is not a terminal (CI logs, pipes), which truncates the
+# summary table's names; logs have no width limit, so use a wide page there.
+_PIPE_WIDTH = 160
+out = Console(highlight=False, width=None if sys.stdout.isatty() else _PIPE_WIDTH)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else _PIPE_WIDTH)
 
 
 def handle_errors(fn: F) -> F:
@@ -37,8 +40,9 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ConfigError as exc:
-            err.print(f"[red]invalid configuration[/red]\n{redact(str(exc))}", markup=True,
-                      soft_wrap=True)
+            err.print(
+                f"[red]invalid configuration[/red]\n{redact(str(exc))}", markup=True, soft_wrap=True
+            )
             sys.exit(EXIT_CONFIG)
         except TideflowError as exc:
             err.print(f"[red]error:[/red] {redact(str(exc))}", soft_wrap=True)
@@ -84,16 +88,31 @@ def cli(verbose: int) -> None:
 
 @cli.command()
 @click.argument("pipeline", type=click.Path())
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override a field, e.g. --set source.count=100 or --set sinks[0].path=out.")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a field, e.g. --set source.count=100 or --set sinks[0].path=out.",
+)
 @click.option("--dry-run", is_flag=True, help="Validate and print the plan; read no data.")
-@click.option("--preview", type=int, metavar="N",
-              help="Print the first N records after each step; write no sink, keep no state.")
+@click.option(
+    "--preview",
+    type=int,
+    metavar="N",
+    help="Print the first N records after each step; write no sink, keep no state.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
 @handle_errors
-def run(pipeline: str, sets: tuple[str, ...], dry_run: bool, preview: int | None,
-        as_json: bool, quiet: bool) -> None:
+def run(
+    pipeline: str,
+    sets: tuple[str, ...],
+    dry_run: bool,
+    preview: int | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Run a pipeline file until its sources end (or until Ctrl-C / SIGTERM)."""
     from tideflow import runner
     from tideflow.core.engine import RunObserver
@@ -112,8 +131,9 @@ def run(pipeline: str, sets: tuple[str, ...], dry_run: bool, preview: int | None
     progress = ProgressLine(err.file)
     progress.enabled = progress.enabled and not quiet
     try:
-        result = runner.run(spec, base, observer=RunObserver(on_progress=progress.update),
-                            handle_signals=True)
+        result = runner.run(
+            spec, base, observer=RunObserver(on_progress=progress.update), handle_signals=True
+        )
     finally:
         progress.done()
     if as_json:
@@ -139,8 +159,10 @@ def print_plan(spec: PipelineSpec, base: Path) -> None:
         out.print(f"  {node.kind:6} {node.name} ({node.type_name}){arrow}{when}")
     state = Engine.default_state_path(spec, base)
     cp = spec.checkpoint
-    out.print(f"  state: {state}; checkpoint every {cp.every_records} records / "
-              f"{cp.every_seconds}s; on_error: {spec.on_error.action}")
+    out.print(
+        f"  state: {state}; checkpoint every {cp.every_records} records / "
+        f"{cp.every_seconds}s; on_error: {spec.on_error.action}"
+    )
 
 
 def spec_when(spec: PipelineSpec, name: str) -> str:
@@ -286,19 +308,20 @@ def deadletters() -> None:
 @click.option("--limit", default=50, show_default=True)
 @click.option("--all", "include_replayed", is_flag=True, help="Include replayed records.")
 @handle_errors
-def deadletters_list(pipeline: str, step: str | None, reason: str | None, limit: int,
-                     include_replayed: bool) -> None:
+def deadletters_list(
+    pipeline: str, step: str | None, reason: str | None, limit: int, include_replayed: bool
+) -> None:
     """List dead letters, newest last, with a count per step and reason."""
     spec, base = load(pipeline)
     store = _store_for(spec, base)
     for step_name, why, count in store.dead_letter_summary(spec.name):
         out.print(f"{count:>8}  {step_name}: {why}", markup=False)
-    rows = store.dead_letters(spec.name, step=step, reason=reason,
-                              include_replayed=include_replayed, limit=limit)
+    rows = store.dead_letters(
+        spec.name, step=step, reason=reason, include_replayed=include_replayed, limit=limit
+    )
     for row in rows:
         mark = " (replayed)" if row.replayed_at else ""
-        out.print(f"#{row.id} [{row.step}] {row.reason}{mark}: {row.record[:120]}",
-                  markup=False)
+        out.print(f"#{row.id} [{row.step}] {row.reason}{mark}: {row.record[:120]}", markup=False)
     store.close()
 
 
@@ -321,8 +344,9 @@ def deadletters_show(pipeline: str, ids: tuple[int, ...]) -> None:
 @click.option("--id", "ids", multiple=True, type=int, help="Only these ledger ids.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a field.")
 @handle_errors
-def deadletters_replay(pipeline: str, step: str, ids: tuple[int, ...],
-                       sets: tuple[str, ...]) -> None:
+def deadletters_replay(
+    pipeline: str, step: str, ids: tuple[int, ...], sets: tuple[str, ...]
+) -> None:
     """Send dead letters through the pipeline again, from the step where they failed."""
     from tideflow import runner
     from tideflow.observe.progress import print_summary

@@ -21,10 +21,38 @@ from tideflow.spec.models import Settings
 
 _BLOCK = 4096
 _COUNTRIES = np.array(["US", "DE", "FR", "GB", "NL", "ES", "IT", "SE", "PL", "JP"])
-_FIRST = np.array(["Ada", "Alan", "Grace", "Edsger", "Barbara", "Donald", "Frances", "Ken",
-                   "Margaret", "Dennis", "Radia", "John"])
-_LAST = np.array(["Lovelace", "Turing", "Hopper", "Dijkstra", "Liskov", "Knuth", "Allen",
-                  "Thompson", "Hamilton", "Ritchie", "Perlman", "Backus"])
+_FIRST = np.array(
+    [
+        "Ada",
+        "Alan",
+        "Grace",
+        "Edsger",
+        "Barbara",
+        "Donald",
+        "Frances",
+        "Ken",
+        "Margaret",
+        "Dennis",
+        "Radia",
+        "John",
+    ]
+)
+_LAST = np.array(
+    [
+        "Lovelace",
+        "Turing",
+        "Hopper",
+        "Dijkstra",
+        "Liskov",
+        "Knuth",
+        "Allen",
+        "Thompson",
+        "Hamilton",
+        "Ritchie",
+        "Perlman",
+        "Backus",
+    ]
+)
 
 
 class GenerateConfig(Settings):
@@ -77,37 +105,50 @@ def _block(cfg: GenerateConfig, block: int) -> pl.DataFrame:
         jump = rng.choice([-1, 1], _BLOCK) * rng.uniform(25, 40, _BLOCK)
         temp = np.where(spikes, temp + jump, temp)
         gaps = rng.random(_BLOCK) < cfg.gap_rate
-        return pl.DataFrame({
-            "sensor_id": _labels("sensor", 3, cfg.keys).gather(key),
-            "ts": ts,
-            "temperature_c": pl.Series(np.where(gaps, np.nan, np.round(temp, 3))).fill_nan(None),
-            "humidity": np.round(np.clip(45 + rng.normal(0, 8, _BLOCK), 0, 100), 2),
-        })
+        return pl.DataFrame(
+            {
+                "sensor_id": _labels("sensor", 3, cfg.keys).gather(key),
+                "ts": ts,
+                "temperature_c": pl.Series(np.where(gaps, np.nan, np.round(temp, 3))).fill_nan(
+                    None
+                ),
+                "humidity": np.round(np.clip(45 + rng.normal(0, 8, _BLOCK), 0, 100), 2),
+            }
+        )
     if cfg.shape == "rooms":
-        return pl.DataFrame({
-            "event_id": index,
-            "room": _labels("room", 2, cfg.keys).gather(key),
-            "ts": ts,
-            "count": rng.integers(-2, 6, _BLOCK),
-        })
+        return pl.DataFrame(
+            {
+                "event_id": index,
+                "room": _labels("room", 2, cfg.keys).gather(key),
+                "ts": ts,
+                "count": rng.integers(-2, 6, _BLOCK),
+            }
+        )
     first = _FIRST[rng.integers(0, len(_FIRST), _BLOCK)]
     last = _LAST[rng.integers(0, len(_LAST), _BLOCK)]
     digits = rng.integers(10**15, 10**16, _BLOCK, dtype=np.int64)
     names = pl.Series(first) + " " + pl.Series(last)
-    return pl.DataFrame({
-        "order_id": index,
-        "ts": ts,
-        "customer_id": key,
-        "customer_name": names,
-        "email": (pl.Series(first).str.to_lowercase() + "." + pl.Series(last).str.to_lowercase()
-                  + "@example.com"),
-        "phone": pl.Series(rng.integers(10**9, 10**10, _BLOCK)).cast(pl.String).str.replace(
-            r"^(\d{3})(\d{3})(\d{4})$", "+1-$1-$2-$3"),
-        "card_number": pl.Series(digits).cast(pl.String),
-        "country": _COUNTRIES[rng.integers(0, len(_COUNTRIES), _BLOCK)],
-        "amount": np.round(rng.lognormal(3.5, 1.0, _BLOCK), 2),
-        "currency": "EUR",
-    })
+    return pl.DataFrame(
+        {
+            "order_id": index,
+            "ts": ts,
+            "customer_id": key,
+            "customer_name": names,
+            "email": (
+                pl.Series(first).str.to_lowercase()
+                + "."
+                + pl.Series(last).str.to_lowercase()
+                + "@example.com"
+            ),
+            "phone": pl.Series(rng.integers(10**9, 10**10, _BLOCK))
+            .cast(pl.String)
+            .str.replace(r"^(\d{3})(\d{3})(\d{4})$", "+1-$1-$2-$3"),
+            "card_number": pl.Series(digits).cast(pl.String),
+            "country": _COUNTRIES[rng.integers(0, len(_COUNTRIES), _BLOCK)],
+            "amount": np.round(rng.lognormal(3.5, 1.0, _BLOCK), 2),
+            "currency": "EUR",
+        }
+    )
 
 
 def generate_range(cfg: GenerateConfig, first: int, stop: int) -> pl.DataFrame:

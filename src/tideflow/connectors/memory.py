@@ -50,8 +50,11 @@ class MemorySource(Source):
     def __init__(self, config: MemorySourceConfig) -> None:
         super().__init__(config)
         self.offset = 0
-        self.frame = pl.from_dicts(config.records, infer_schema_length=None) if config.records \
+        self.frame = (
+            pl.from_dicts(config.records, infer_schema_length=None)
+            if config.records
             else pl.DataFrame()
+        )
 
     def open(self, ctx: Context, position: Any) -> None:
         """Resume after ``position`` records."""

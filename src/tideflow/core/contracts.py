@@ -87,9 +87,7 @@ class StepOutput:
         """A result of a step whose output row count is free (SQL, per-batch functions):
         fewer rows than came in count as filtered, more as generated."""
         diff = records_in - frame.height
-        return cls(
-            outputs={MAIN_PORT: frame}, filtered=max(diff, 0), generated=max(-diff, 0)
-        )
+        return cls(outputs={MAIN_PORT: frame}, filtered=max(diff, 0), generated=max(-diff, 0))
 
     @classmethod
     def of(cls, frame: pl.DataFrame, filtered: int = 0) -> StepOutput:

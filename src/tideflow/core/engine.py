@@ -66,8 +66,11 @@ class RunResult:
     @property
     def records_in(self) -> int:
         """Records read by all sources."""
-        return sum(c["out"] + c["dead_lettered"] for n, c in self.counts.items()
-                   if c.get("kind") == "source")
+        return sum(
+            c["out"] + c["dead_lettered"]
+            for n, c in self.counts.items()
+            if c.get("kind") == "source"
+        )
 
 
 @dataclass
@@ -168,9 +171,7 @@ class Engine:
     def counts(self) -> dict[str, dict[str, Any]]:
         """Counts per node, with its kind and type."""
         nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
-        return {
-            n.name: {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()} for n in nodes
-        }
+        return {n.name: {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()} for n in nodes}
 
     @property
     def elapsed(self) -> float:
@@ -393,8 +394,10 @@ class Engine:
         if action == "fail":
             reason = dead.get_column("reason")[0]
             raise PipelineError(
-                redact(f"{node.kind} {node.name!r} rejected {dead.height} record(s): {reason} "
-                       "(on_error is `fail`; use `dead_letter` to keep going)")
+                redact(
+                    f"{node.kind} {node.name!r} rejected {dead.height} record(s): {reason} "
+                    "(on_error is `fail`; use `dead_letter` to keep going)"
+                )
             )
         if action == "skip":
             return
@@ -439,8 +442,13 @@ class Engine:
                 states[node.name] = snap
         self.checkpoint_id += 1
         self.state.commit_checkpoint(
-            self.state_key, self.checkpoint_id, self._positions, states, tokens,
-            self._dead_buffer, self.run_id,
+            self.state_key,
+            self.checkpoint_id,
+            self._positions,
+            states,
+            tokens,
+            self._dead_buffer,
+            self.run_id,
         )
         self._dead_buffer = []
         for node in sinks:

@@ -35,8 +35,7 @@ class Counts:
     def balanced(self) -> bool:
         """Does every record that came in have a fate?"""
         return (
-            self.records_in + self.generated
-            == self.out + self.filtered + self.dead + self.consumed
+            self.records_in + self.generated == self.out + self.filtered + self.dead + self.consumed
         )
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,8 +100,12 @@ def check_graph(spec: Any, registry: Registry) -> list[tuple[tuple[str | int, ..
                 issues.append((path, f"unknown input {node!r}; {suggest(node, ports)}"))
             elif port not in ports[node]:
                 hint = "" if given else " (set `input:` to one of its outputs)"
-                issues.append((path, f"{node!r} has no output {port!r}{hint}; it has: "
-                               + ", ".join(ports[node])))
+                issues.append(
+                    (
+                        path,
+                        f"{node!r} has no output {port!r}{hint}; it has: " + ", ".join(ports[node]),
+                    )
+                )
 
     for i, step in enumerate(spec.steps):
         refs = [_parse_ref(r) for r in _as_list(step.input)] if step.input else previous
@@ -130,9 +133,7 @@ def build_graph(spec: Any, registry: Registry) -> Graph:
     def make(kind: Kind, cfg: Any) -> Any:
         return registry.get(kind, cfg.type).cls(cfg)
 
-    sources = [
-        Node(s.name, "source", s.type, make("source", s)) for s in spec.all_sources
-    ]
+    sources = [Node(s.name, "source", s.type, make("source", s)) for s in spec.all_sources]
     steps: list[Node] = []
     previous: list[tuple[str, str]] = [(s.name, MAIN_PORT) for s in sources]
     for cfg in spec.steps:
@@ -150,4 +151,3 @@ def build_graph(spec: Any, registry: Registry) -> Graph:
         for ref in node.inputs:
             consumers.setdefault(ref, []).append(node)
     return Graph(sources, steps, sinks, consumers)
-

@@ -34,9 +34,7 @@ class ProgressLine:
         """Redraw the line from the engine's counts."""
         if not self.enabled:
             return
-        read = sum(
-            c["in"] for c in engine.counts().values() if c["kind"] == "source"
-        )
+        read = sum(c["in"] for c in engine.counts().values() if c["kind"] == "source")
         elapsed = engine.elapsed
         text = (
             f"  {engine.spec.name}: {read:,} records  {_rate(read, elapsed)}  "
@@ -61,8 +59,12 @@ def summary_table(result: RunResult) -> Table:
         title_justify="left",
     )
     for column in ("node", "kind", "type", "in", "out", "filtered", "dead-lettered", "rate"):
-        table.add_column(column, justify="right" if column in
-                         ("in", "out", "filtered", "dead-lettered", "rate") else "left")
+        table.add_column(
+            column,
+            justify="right"
+            if column in ("in", "out", "filtered", "dead-lettered", "rate")
+            else "left",
+        )
     for name, c in result.counts.items():
         extra = ""
         if c.get("consumed"):
@@ -70,8 +72,13 @@ def summary_table(result: RunResult) -> Table:
         if c.get("generated"):
             extra = f" ({c['generated']:,} created)"
         table.add_row(
-            name, c["kind"], c["type"], f"{c['in']:,}", f"{c['out']:,}{extra}",
-            f"{c['filtered']:,}", f"{c['dead_lettered']:,}",
+            name,
+            c["kind"],
+            c["type"],
+            f"{c['in']:,}",
+            f"{c['out']:,}{extra}",
+            f"{c['filtered']:,}",
+            f"{c['dead_lettered']:,}",
             _rate(c["in"], result.seconds),
         )
     return table
@@ -82,15 +89,19 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
     console = console or Console()
     console.print(summary_table(result))
     if result.unbalanced:
-        console.print(f"[red]record accounting does not balance for: "
-                      f"{', '.join(result.unbalanced)}[/red]")
+        console.print(
+            f"[red]record accounting does not balance for: {', '.join(result.unbalanced)}[/red]"
+        )
     else:
-        console.print("every record accounted for: in = out + filtered + dead-lettered "
-                      "at every step")
+        console.print(
+            "every record accounted for: in = out + filtered + dead-lettered at every step"
+        )
     dead = sum(c["dead_lettered"] for c in result.counts.values())
     if dead:
-        console.print(f"{dead:,} record(s) dead-lettered; inspect them with "
-                      f"`tideflow deadletters list PIPELINE`")
+        console.print(
+            f"{dead:,} record(s) dead-lettered; inspect them with "
+            f"`tideflow deadletters list PIPELINE`"
+        )
 
 
 def counts_json(result: RunResult) -> dict[str, Any]:

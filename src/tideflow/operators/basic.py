@@ -81,15 +81,32 @@ class Drop(Step):
 
 
 TYPE_NAMES: dict[str, Any] = {
-    "int": pl.Int64, "int8": pl.Int8, "int16": pl.Int16, "int32": pl.Int32, "int64": pl.Int64,
-    "uint8": pl.UInt8, "uint16": pl.UInt16, "uint32": pl.UInt32, "uint64": pl.UInt64,
-    "float": pl.Float64, "float32": pl.Float32, "float64": pl.Float64, "double": pl.Float64,
-    "str": pl.String, "string": pl.String, "text": pl.String,
-    "bool": pl.Boolean, "boolean": pl.Boolean,
-    "date": pl.Date, "time": pl.Time,
-    "datetime": pl.Datetime("us"), "timestamp": pl.Datetime("us"),
-    "datetime_ms": pl.Datetime("ms"), "datetime_ns": pl.Datetime("ns"),
-    "datetime_utc": pl.Datetime("us", "UTC"), "timestamptz": pl.Datetime("us", "UTC"),
+    "int": pl.Int64,
+    "int8": pl.Int8,
+    "int16": pl.Int16,
+    "int32": pl.Int32,
+    "int64": pl.Int64,
+    "uint8": pl.UInt8,
+    "uint16": pl.UInt16,
+    "uint32": pl.UInt32,
+    "uint64": pl.UInt64,
+    "float": pl.Float64,
+    "float32": pl.Float32,
+    "float64": pl.Float64,
+    "double": pl.Float64,
+    "str": pl.String,
+    "string": pl.String,
+    "text": pl.String,
+    "bool": pl.Boolean,
+    "boolean": pl.Boolean,
+    "date": pl.Date,
+    "time": pl.Time,
+    "datetime": pl.Datetime("us"),
+    "timestamp": pl.Datetime("us"),
+    "datetime_ms": pl.Datetime("ms"),
+    "datetime_ns": pl.Datetime("ns"),
+    "datetime_utc": pl.Datetime("us", "UTC"),
+    "timestamptz": pl.Datetime("us", "UTC"),
     "decimal": pl.Decimal(38, 9),
 }
 
@@ -154,8 +171,10 @@ class Cast(Step):
         if source == pl.String and dtype == pl.Boolean:
             lowered = expr.str.to_lowercase().str.strip_chars()
             return (
-                pl.when(lowered.is_in(["true", "t", "yes", "y", "1"])).then(True)
-                .when(lowered.is_in(["false", "f", "no", "n", "0"])).then(False)
+                pl.when(lowered.is_in(["true", "t", "yes", "y", "1"]))
+                .then(True)
+                .when(lowered.is_in(["false", "f", "no", "n", "0"]))
+                .then(False)
                 .otherwise(None)
             )
         if source == pl.String and dtype.is_numeric():
@@ -176,13 +195,21 @@ class Cast(Step):
         for col, dtype in reversed(list(self.targets.items())):
             bad = pl.col(col).is_not_null() & pl.col(f"__cast_{col}").is_null()
             failed = failed | bad
-            reason = pl.when(bad).then(
-                pl.format("cannot cast {} value {} to {}", pl.lit(col),
-                          pl.col(col).cast(pl.String), pl.lit(str(dtype)))
-            ).otherwise(reason)
-        check = batch.with_columns(
-            [e.alias(f"__cast_{c}") for c, e in converted.items()]
-        ).select(failed.alias("failed"), reason.alias("reason"))
+            reason = (
+                pl.when(bad)
+                .then(
+                    pl.format(
+                        "cannot cast {} value {} to {}",
+                        pl.lit(col),
+                        pl.col(col).cast(pl.String),
+                        pl.lit(str(dtype)),
+                    )
+                )
+                .otherwise(reason)
+            )
+        check = batch.with_columns([e.alias(f"__cast_{c}") for c, e in converted.items()]).select(
+            failed.alias("failed"), reason.alias("reason")
+        )
         mask = check.get_column("failed")
         if not mask.any():
             return StepOutput.of(result)

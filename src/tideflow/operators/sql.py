@@ -25,8 +25,6 @@ class SqlConfig(Settings):
     )
 
 
-
-
 @component("step", "sql")
 class Sql(Step):
     """Run a SQL query over each batch (DuckDB or Polars SQL)."""

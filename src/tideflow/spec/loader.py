@@ -237,15 +237,15 @@ def _issues_from_validation(
         loc: Path_ = tuple(
             p
             for i, p in enumerate(raw_loc)
-            if not (
-                i > 0
-                and isinstance(p, str)
-                and ":" not in p
-                and _is_tag_position(raw_loc, i)
-            )
+            if not (i > 0 and isinstance(p, str) and ":" not in p and _is_tag_position(raw_loc, i))
         )
-        kind_word = {"sources": "source", "source": "source", "steps": "step",
-                     "sinks": "sink", "sink": "sink"}.get(str(loc[0]) if loc else "", "component")
+        kind_word = {
+            "sources": "source",
+            "source": "source",
+            "steps": "step",
+            "sinks": "sink",
+            "sink": "sink",
+        }.get(str(loc[0]) if loc else "", "component")
         etype = err["type"]
         if etype == "extra_forbidden":
             key = str(loc[-1])
@@ -261,8 +261,10 @@ def _issues_from_validation(
             names = registry.items(_kind_of(kind_word))
             message = f"missing `type`; expected one of: {', '.join(sorted(names))}"
         elif etype == "string_pattern_mismatch" and loc and loc[-1] == "name":
-            message = (f"{_show(err.get('input'), loc)} is not a valid name: use letters, digits, "
-                       "`_` and `-`, starting with a letter or `_`")
+            message = (
+                f"{_show(err.get('input'), loc)} is not a valid name: use letters, digits, "
+                "`_` and `-`, starting with a letter or `_`"
+            )
         elif etype == "missing":
             message = "required field is missing"
         elif etype in ("model_type", "dict_type", "model_attributes_type"):
@@ -297,9 +299,7 @@ def _show(value: Any, loc: Path_) -> str:
     return redact(text if len(text) <= 80 else text[:77] + "...")
 
 
-def validate(
-    loaded: LoadedYaml, registry: Registry | None = None
-) -> PipelineSpec:
+def validate(loaded: LoadedYaml, registry: Registry | None = None) -> PipelineSpec:
     """Validate plain pipeline data into the typed model, or raise every issue found."""
     registry = registry or default_registry
     model = pipeline_model(registry)

@@ -194,7 +194,9 @@ def pipeline_model(registry: Registry) -> type[PipelineSpec]:
         for kind in KINDS
     )
     dead_letter_model = create_model(
-        "OnError", __base__=OnErrorSpec, sink=(Optional[sink_union], None)  # noqa: UP045
+        "OnError",
+        __base__=OnErrorSpec,
+        sink=(Optional[sink_union], None),  # noqa: UP045
     )
     fields: dict[str, Any] = {
         "source": (Optional[source_union], None),  # noqa: UP045
