@@ -1,0 +1,1 @@
+"""Benchmarks: tideflow against hand-written baselines, timed in the same run."""

@@ -1,0 +1,45 @@
+"""Deterministic benchmark inputs, generated once into benchmarks/data/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+DATA = Path(__file__).parent / "data"
+COUNTRIES = np.array(["US", "DE", "FR", "GB", "NL", "ES", "IT", "SE", "PL", "JP"])
+
+
+def orders(rows: int) -> Path:
+    """A Parquet file of ``rows`` orders (written once, reused)."""
+    path = DATA / f"orders-{rows}.parquet"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    writer = None
+    chunk = 1_000_000
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        table = pa.table(
+            {
+                "id": np.arange(start, start + n, dtype=np.int64),
+                "ts": pa.array(
+                    (1_767_225_600_000_000 + np.arange(start, start + n) * 1_000_000).astype(
+                        "datetime64[us]"
+                    )
+                ),
+                "country": COUNTRIES[rng.integers(0, len(COUNTRIES), n)],
+                "amount": np.round(rng.normal(50, 40, n), 2),
+                "qty": rng.integers(1, 10, n),
+            }
+        )
+        if writer is None:
+            writer = pq.ParquetWriter(path.with_suffix(".tmp"), table.schema, compression="zstd")
+        writer.write_table(table, row_group_size=250_000)
+    assert writer is not None
+    writer.close()
+    path.with_suffix(".tmp").rename(path)
+    return path

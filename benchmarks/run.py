@@ -1,0 +1,90 @@
+"""Time tideflow against hand-written baselines in the same run and print the ratios.
+
+    python -m benchmarks.run                 # all workloads at full size
+    python -m benchmarks.run --only filter --rows 1000000 --repeat 3
+
+Targets (issue 2): filter within 1.3x of hand-written Polars; per-record Python within 2x of
+a plain Python loop. Each measurement runs in a fresh process (best of --repeat), so peak
+memory is the process's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.data import orders
+
+WORKLOADS = {
+    "filter": {
+        "rows": 5_000_000,
+        "target": 1.3,
+        "title": "Parquet -> filter + 2 columns -> Parquet vs hand-written Polars",
+    },
+    "python": {
+        "rows": 1_000_000,
+        "target": 2.0,
+        "title": "per-record Python function vs a plain Python loop",
+    },
+}
+
+
+def measure(name: str, impl: str, rows: int) -> dict[str, float]:
+    """One fresh-process measurement."""
+    out = Path(tempfile.mkdtemp(prefix=f"tideflow-bench-{name}-{impl}-"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.workloads", name, impl, str(rows), str(out)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{name}/{impl} failed:\n{proc.stderr}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    """Run the selected workloads and print a table of times, memory and ratios."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", help="comma-separated workload names")
+    parser.add_argument("--rows", type=int, help="override the row count of every workload")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
+    args = parser.parse_args()
+    names = args.only.split(",") if args.only else list(WORKLOADS)
+    failed = False
+    for name in names:
+        spec = WORKLOADS[name]
+        rows = args.rows or int(spec["rows"])  # type: ignore[call-overload]
+        orders(rows)  # generate the input outside the timings
+        results = {}
+        for impl in ("baseline", "tideflow"):
+            runs = [measure(name, impl, rows) for _ in range(args.repeat)]
+            results[impl] = min(runs, key=lambda r: r["seconds"])
+            results[impl]["peak_mb"] = max(r["peak_mb"] for r in runs)
+        base, ours = results["baseline"], results["tideflow"]
+        if base["rows"] != ours["rows"]:
+            raise SystemExit(f"{name}: tideflow wrote {ours['rows']} rows, baseline {base['rows']}")
+        ratio = ours["seconds"] / base["seconds"]
+        mem_ratio = ours["peak_mb"] / base["peak_mb"]
+        ok = ratio <= float(spec["target"])  # type: ignore[arg-type]
+        failed |= not ok
+        print(f"{name}: {spec['title']} ({rows:,} rows in, {ours['rows']:,} out)")
+        print(f"  baseline  {base['seconds']:7.2f} s  peak {base['peak_mb']:7.0f} MB")
+        print(f"  tideflow  {ours['seconds']:7.2f} s  peak {ours['peak_mb']:7.0f} MB")
+        print(
+            f"  ratio     {ratio:7.2f}x time (target <= {spec['target']}x: "
+            f"{'met' if ok else 'MISSED'}), {mem_ratio:.2f}x memory"
+        )
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,115 @@
+"""One benchmark measurement per process: ``python -m benchmarks.workloads NAME IMPL ROWS OUT``.
+
+Each prints one JSON line: wall seconds, rows written, and the process's peak RSS, so the
+runner can compare implementations that ran on the same machine in the same session.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.data import orders
+
+FILTER = "amount > 0 AND country != 'US'"
+
+
+def enrich(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-record function of workload (b): a filter and two derived fields."""
+    if record["amount"] <= 0:
+        return None
+    record["total"] = record["amount"] * record["qty"]
+    record["band"] = "high" if record["amount"] > 100 else "low"
+    return record
+
+
+def filter_polars(src: Path, out: Path) -> None:
+    """Workload (a), hand-written: lazy Polars scan -> filter -> two columns -> sink."""
+    (
+        pl.scan_parquet(src)
+        .filter((pl.col("amount") > 0) & (pl.col("country") != "US"))
+        .with_columns(
+            (pl.col("amount") * pl.col("qty")).alias("total"),
+            (pl.col("amount") * 0.92).round(2).alias("amount_eur"),
+        )
+        .sink_parquet(out / "part.parquet", compression="zstd")
+    )
+
+
+def filter_tideflow(src: Path, out: Path) -> None:
+    """Workload (a) as a tideflow pipeline."""
+    import tideflow as tf
+
+    p = (
+        tf.Pipeline(
+            "bench-filter",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(src), batch_size=500_000))
+        .filter(FILTER)
+        .with_columns(total="amount * qty", amount_eur="round(amount * 0.92, 2)")
+        .sink(tf.file(str(out / "data"), format="parquet"))
+    )
+    p.run(out)
+
+
+def python_loop(src: Path, out: Path) -> None:
+    """Workload (b), hand-written: read, plain Python loop over dicts, write."""
+    records = pq.read_table(src).to_pylist()
+    kept = [r for r in (enrich(rec) for rec in records) if r is not None]
+    pq.write_table(pa.Table.from_pylist(kept), out / "part.parquet", compression="zstd")
+
+
+def python_tideflow(src: Path, out: Path) -> None:
+    """Workload (b) as a tideflow pipeline with a per-record python step."""
+    import tideflow as tf
+
+    p = (
+        tf.Pipeline(
+            "bench-python",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(src), batch_size=100_000))
+        .map("benchmarks.workloads:enrich")
+        .sink(tf.file(str(out / "data"), format="parquet"))
+    )
+    p.run(out)
+
+
+IMPLS = {
+    ("filter", "baseline"): filter_polars,
+    ("filter", "tideflow"): filter_tideflow,
+    ("python", "baseline"): python_loop,
+    ("python", "tideflow"): python_tideflow,
+}
+
+
+def rows_written(out: Path) -> int:
+    """Rows in every Parquet file under ``out``."""
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet"))
+
+
+def main() -> None:
+    """Run one implementation of one workload and print its measurements."""
+    name, impl, rows, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+    src = orders(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    IMPLS[(name, impl)](src, out)
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rows": rows_written(out), "peak_mb": peak_mb}))
+
+
+if __name__ == "__main__":
+    main()
