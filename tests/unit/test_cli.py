@@ -49,9 +49,10 @@ def test_run_prints_a_summary_and_dead_letters_can_be_listed(write_pipeline: Wri
 
 def test_run_json_summary_counts(write_pipeline: Write) -> None:
     path = write_pipeline(PIPELINE)
-    code, output = invoke("run", str(path), "--json")
-    assert code == 0
-    counts = json.loads(output)["counts"]
+    result = CliRunner().invoke(cli, ["run", str(path), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0
+    # stdout holds only the JSON document; progress lines go to stderr.
+    counts = json.loads(result.stdout)["counts"]
     assert counts["typed"]["dead_lettered"] == 1
     assert counts["small"]["filtered"] == 1
     assert counts["small"]["out"] == 2

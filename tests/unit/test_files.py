@@ -871,3 +871,39 @@ sinks:
         "b",
         "part",
     ]
+
+
+@pytest.mark.parametrize("codec", ["gzip", "none", "snappy", "zstd"])
+def test_parquet_codecs_compress_inside_a_readable_parquet_file(tmp_path: Path, codec: str) -> None:
+    frame = pl.DataFrame({"id": range(1000), "text": [f"row {i}" for i in range(1000)]})
+    sink = FileSink(FileSinkConfig(path=str(tmp_path / "out"), compression=codec))
+    sink.open(make_ctx(tmp_path), None)
+    sink.write_batch(frame)
+    sink.commit(sink.flush())
+    sink.close()
+    [name] = committed_files(tmp_path / "out")
+    assert name.endswith(".parquet")
+    path = tmp_path / "out" / name
+    expected = "UNCOMPRESSED" if codec == "none" else codec.upper()
+    assert pq.ParquetFile(path).metadata.row_group(0).column(0).compression == expected
+    assert pl.read_parquet(path).equals(frame)
+
+
+def test_parquet_buffer_budget_writes_the_largest_partition_first(tmp_path: Path) -> None:
+    rows = 200_000
+    frame = pl.DataFrame({"part": ["big"] * (rows - 100) + ["small"] * 100, "v": range(rows)})
+    budget = 1 << 20  # a quarter of what the batch holds in memory
+    assert frame.estimated_size() > 2 * budget
+    sink = FileSink(
+        FileSinkConfig(path=str(tmp_path / "out"), partition_by=["part"], buffer_bytes=budget)
+    )
+    sink.open(make_ctx(tmp_path), None)
+    for chunk in frame.iter_slices(10_000):
+        sink.write_batch(chunk)
+    sink.commit(sink.flush())
+    sink.close()
+    big = committed_files(tmp_path / "out" / "part=big")
+    assert len(big) >= 2, "the budget must force the big partition out before the checkpoint"
+    assert len(committed_files(tmp_path / "out" / "part=small")) == 1
+    back = pl.read_parquet(tmp_path / "out" / "**" / "*.parquet", hive_partitioning=True)
+    assert sorted(back["v"].to_list()) == list(range(rows))

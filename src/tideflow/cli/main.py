@@ -104,6 +104,14 @@ def cli(verbose: int) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress line and no summary.")
+@click.option(
+    "--log-progress",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="When stderr is not a terminal, print a progress line this often.",
+)
 @handle_errors
 def run(
     pipeline: str,
@@ -112,6 +120,7 @@ def run(
     preview: int | None,
     as_json: bool,
     quiet: bool,
+    log_progress: float,
 ) -> None:
     """Run a pipeline file until its sources end (or until Ctrl-C / SIGTERM)."""
     from tideflow import runner
@@ -128,8 +137,8 @@ def run(
             out.print(f"[bold]{node}[/bold] (first {frame.height})")
             out.print(str(frame))
         return
-    progress = ProgressLine(err.file)
-    progress.enabled = progress.enabled and not quiet
+    progress = ProgressLine(err.file, log_every=log_progress)
+    progress.enabled = not quiet
     try:
         result = runner.run(
             spec, base, observer=RunObserver(on_progress=progress.update), handle_signals=True

@@ -23,30 +23,46 @@ def _rate(n: int, seconds: float) -> str:
 
 
 class ProgressLine:
-    """A one-line live display on a terminal: records read, rate, elapsed, checkpoints."""
+    """Live progress: records read, rate, elapsed, checkpoints.
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    On a terminal, one line redrawn in place. Elsewhere (a service log, CI, a pipe) a plain
+    line every ``log_every`` seconds, so a long-running stream shows it is alive without
+    flooding the log.
+    """
+
+    def __init__(self, stream: IO[str] | None = None, log_every: float = 30.0) -> None:
         self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty()
+        self.enabled = True
+        self.terminal = self.stream.isatty()
+        self.log_every = log_every
+        self._last_logged: float | None = None
         self._width = 0
 
     def update(self, engine: Engine) -> None:
-        """Redraw the line from the engine's counts."""
+        """Redraw (terminal) or log (elsewhere) the line from the engine's counts."""
         if not self.enabled:
             return
-        read = sum(c["in"] for c in engine.counts().values() if c["kind"] == "source")
         elapsed = engine.elapsed
+        if not self.terminal:
+            if self._last_logged is not None and elapsed - self._last_logged < self.log_every:
+                return
+            self._last_logged = elapsed
+        read = sum(c["in"] for c in engine.counts().values() if c["kind"] == "source")
         text = (
             f"  {engine.spec.name}: {read:,} records  {_rate(read, elapsed)}  "
             f"{elapsed:6.1f}s  checkpoints {engine.checkpoints}"
         )
+        if not self.terminal:
+            self.stream.write(f"progress:{text}\n")
+            self.stream.flush()
+            return
         self.stream.write("\r" + text.ljust(self._width))
         self._width = len(text)
         self.stream.flush()
 
     def done(self) -> None:
         """Clear the line."""
-        if self.enabled and self._width:
+        if self.enabled and self.terminal and self._width:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
 

@@ -152,6 +152,41 @@ class FileRef:
     format: ReadFormat
 
 
+class _LocalParquetReader:
+    """Record batches from a local Parquet file through Polars' reader.
+
+    A slice of a lazy scan reads only the row groups it needs, decoded in parallel: about
+    three times faster than pyarrow's ``iter_batches``. Remote files keep the pyarrow reader,
+    which streams from a file handle where Polars would first load the whole object.
+    """
+
+    def __init__(self, ref: FileRef, skip: int, targets: dict[str, pa.DataType]) -> None:
+        self._ref = ref
+        self._targets = targets
+        self._scan = pl.scan_parquet(ref.path)
+        self._row = skip
+
+    def read(self, limit: int) -> Chunk | None:
+        frame = self._scan.slice(self._row, limit).collect()
+        if frame.height == 0:
+            return None
+        start, rows = self._row, frame.height
+        self._row += rows
+        dead = None
+        if self._targets:
+            table, dead, _ = _convert_columns(
+                frame.to_arrow(),
+                self._targets,
+                None,
+                lambda rows: [f"{self._ref.url}: row {start + int(r) + 1}" for r in rows],
+            )
+            frame = _to_frame(table)
+        return Chunk(frame, dead, rows)
+
+    def close(self) -> None:
+        """Nothing to release: each read opens and closes the file."""
+
+
 class _ParquetReader:
     """Record batches from a Parquet file; resuming skips whole row groups by metadata."""
 
@@ -647,6 +682,8 @@ def open_reader(
 ) -> Reader:
     """A streaming reader for one file, positioned after its first ``skip`` rows."""
     cfg = config
+    if ref.format == "parquet" and is_local(fs):
+        return _LocalParquetReader(ref, skip, targets)
     if ref.format == "parquet":
         return _ParquetReader(fs, ref, skip, cfg.batch_size, targets)
     if ref.format == "csv":

@@ -181,7 +181,16 @@ class FileSinkConfig(Settings):
         "columns are stored in the folder names, not in the files.",
     )
     roll_bytes: int = Field(
-        128 << 20, ge=1, description="Start a new file after roughly this many bytes."
+        128 << 20,
+        ge=1,
+        description="Start a new file after roughly this many bytes (for parquet: bytes of "
+        "buffered rows in memory, before compression).",
+    )
+    buffer_bytes: int = Field(
+        256 << 20,
+        ge=1 << 20,
+        description="parquet: memory the sink may hold in rows not yet encoded, across all "
+        "partitions; past it the largest pending file is written out.",
     )
     roll_seconds: float | None = Field(
         None, gt=0, description="Also start a new file once a file has been open this long."
