@@ -200,7 +200,11 @@ class FileSinkConfig(Settings):
         description="parquet: one of " + ", ".join(PARQUET_CODECS) + " (default `zstd`); "
         "csv and ndjson: `gzip` or none (default).",
     )
-    prefix: str = Field("part", description="Start of every file name.")
+    prefix: str = Field(
+        "part",
+        description="Start of every file name. Sinks sharing a folder need different "
+        "prefixes (also across processes).",
+    )
     max_open_files: int = Field(
         64,
         ge=1,
