@@ -29,6 +29,10 @@ typecheck:
 docs:
 	$(BIN)/python -m tideflow.docs > docs/connectors.md
 
+# The whole fault-injection suite with every trial (CI runs it with fewer seeds in `make test`).
+faults:
+	TIDEFLOW_FAULTS_FULL=1 $(BIN)/python -m pytest tests/faults
+
 bench:
 	$(BIN)/python -m benchmarks.run
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,30 @@ def write_pipeline(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible server (moto) on loopback with the bucket `tideflow-test`."""
+    try:
+        import boto3
+        import s3fs  # noqa: F401
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+    except Exception as exc:  # noqa: BLE001 - any failure to start means "no S3 here"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the moto S3 server must run in CI but could not start: {exc!r}")
+        pytest.skip(f"moto S3 server unavailable: {exc!r}")
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket="tideflow-test")
+    yield endpoint
+    server.stop()

@@ -18,6 +18,7 @@ path), what was expected, what was found, and what to do.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -25,14 +26,21 @@ class TideflowError(Exception):
     """Base class of every error tideflow raises on purpose."""
 
 
+_PLAIN_KEY = re.compile(r"[^\s.\[\]'\"]+")
+
+
 def render_path(path: tuple[str | int, ...]) -> str:
-    """``('steps', 2, 'expr')`` -> ``steps[2].expr``."""
+    """``('steps', 2, 'expr')`` -> ``steps[2].expr``; keys that are empty or hold
+    separators or spaces are quoted, so every path names its field unambiguously."""
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not _PLAIN_KEY.fullmatch(text):
+                text = repr(text)
+            out += ("." if out else "") + text
     return out
 
 

@@ -71,12 +71,17 @@ CASES = [
         "duplicate names",
         "name: p\nsource: {type: generate, name: a}\nsteps:\n  - {type: filter, name: a, "
         "expr: x}\n" + GOOD_TAIL,
-        ["p.yaml: two components are named 'a'; names must be unique"],
+        ["p.yaml:4: steps[0].name: two components are named 'a'; names must be unique"],
+    ),
+    (
+        "control character",
+        "name: p\nsource: {type: generate}\n\x08" + GOOD_TAIL,
+        ["p.yaml:3: invalid YAML: character '\\x08' is not allowed in YAML text"],
     ),
     (
         "no sink",
         "name: p\nsource: {type: generate}\n",
-        ["p.yaml: give exactly one of `sink` or `sinks`"],
+        ["p.yaml:1: sink: give exactly one of `sink` or `sinks`"],
     ),
     (
         "invalid name",

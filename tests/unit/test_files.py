@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -731,32 +729,6 @@ def test_watch_wait_returns_promptly_when_stopping(tmp_path: Path) -> None:
 
 
 # -- S3 (moto) -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    try:
-        import boto3
-        import s3fs  # noqa: F401
-        from moto.server import ThreadedMotoServer
-
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        server.start()
-    except Exception as exc:  # noqa: BLE001 - any failure to start means "no S3 here"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the moto S3 server must run in CI but could not start: {exc!r}")
-        pytest.skip(f"moto S3 server unavailable: {exc!r}")
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket="tideflow-test")
-    yield endpoint
-    server.stop()
 
 
 def test_s3_sink_and_source_round_trip_with_recovery(tmp_path: Path, s3_endpoint: str) -> None:

@@ -30,6 +30,7 @@ import polars as pl
 
 from tideflow.core.contracts import MAIN_PORT, Context, SourceBatch, StepOutput
 from tideflow.core.expressions import condition_mask
+from tideflow.core.faults import crash_point
 from tideflow.core.graph import Graph, Node, build_graph
 from tideflow.errors import PipelineError, TideflowError
 from tideflow.registry import Registry, default_registry
@@ -435,6 +436,7 @@ class Engine:
                 raise PipelineError(
                     redact(f"sink {node.name!r} could not flush at checkpoint: {exc}")
                 ) from exc
+        crash_point("checkpoint.after_flush")
         states = {}
         for node in self.graph.steps:
             snap = node.component.snapshot()
@@ -450,9 +452,11 @@ class Engine:
             self._dead_buffer,
             self.run_id,
         )
+        crash_point("checkpoint.after_state")
         self._dead_buffer = []
         for node in sinks:
             node.component.commit(tokens[node.name])
+            crash_point("checkpoint.after_first_sink_commit")
         self.checkpoints += 1
         self._records_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()

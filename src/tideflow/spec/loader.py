@@ -16,13 +16,20 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from tideflow.core.graph import check_graph
 from tideflow.errors import ConfigError, ConfigIssue, render_path
 from tideflow.registry import Kind, Registry, default_registry, suggest
 from tideflow.secrets import looks_secret, redact, register_secret
-from tideflow.spec.models import ENVELOPES, PipelineSpec, component_model, pipeline_model
+from tideflow.spec.models import (
+    ENVELOPES,
+    FieldIssue,
+    PipelineSpec,
+    component_model,
+    pipeline_model,
+)
 
 Path_ = tuple[str | int, ...]
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -38,16 +45,21 @@ class LoadedYaml:
         self.lines = lines
         self.file = file
 
-    def line_of(self, path: Path_) -> int | None:
-        """The line of the deepest known prefix of ``path``."""
+    def line_of(self, path: Path_) -> int:
+        """The line of the deepest known prefix of ``path``; line 1 for the document itself
+        (where a missing top-level key belongs)."""
         for end in range(len(path), -1, -1):
             if path[:end] in self.lines:
                 return self.lines[path[:end]]
-        return None
+        return 1
 
     def issue(self, path: Path_, message: str) -> ConfigIssue:
         """An issue located at ``path``."""
         return ConfigIssue(render_path(path), message, self.file, self.line_of(path))
+
+
+MAX_VALUES = 100_000
+"""The most keys, items and scalars a pipeline file may hold once its aliases are expanded."""
 
 
 def parse_yaml(text: str, file: str | None = None) -> LoadedYaml:
@@ -56,12 +68,37 @@ def parse_yaml(text: str, file: str | None = None) -> LoadedYaml:
         doc = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else None
+        line = mark.line + 1 if mark is not None else 1
         problem = exc.problem or "invalid YAML"
         raise ConfigError([ConfigIssue("", f"invalid YAML: {problem}", file, line)]) from None
+    except ReaderError as exc:
+        # Raised for characters YAML forbids (control characters, invalid UTF-8); it carries
+        # an offset rather than a line.
+        line = text[: exc.position].count("\n") + 1
+        char = chr(exc.character) if isinstance(exc.character, int) else exc.character
+        problem = f"invalid YAML: character {char!r} is not allowed in YAML text"
+        raise ConfigError([ConfigIssue("", problem, file, line)]) from None
+    except YAMLError as exc:
+        raise ConfigError([ConfigIssue("", f"invalid YAML: {exc}", file, 1)]) from None
     lines: dict[Path_, int] = {}
+    budget = [MAX_VALUES]
 
     def plain(node: Any, path: Path_) -> Any:
+        # Aliases are expanded here; a few nested ones can stand for billions of values
+        # ("billion laughs"), so the expansion has a budget instead of exhausting memory.
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        "",
+                        f"the file expands to more than {MAX_VALUES:,} values; nested YAML "
+                        "aliases (`*name`) multiply what they repeat — use fewer",
+                        file,
+                        None,
+                    )
+                ]
+            )
         if isinstance(node, CommentedMap):
             out = {}
             for key, value in node.items():
@@ -269,6 +306,10 @@ def _issues_from_validation(
             message = "required field is missing"
         elif etype in ("model_type", "dict_type", "model_attributes_type"):
             message = f"expected a mapping, got {_show(err.get('input'), loc)}"
+        elif etype == "value_error" and isinstance(err.get("ctx", {}).get("error"), FieldIssue):
+            issue = err["ctx"]["error"]
+            loc = (*loc, *issue.path)
+            message = str(issue)
         elif etype == "value_error" and not loc:
             message = str(err["msg"]).removeprefix("Value error, ")
         else:

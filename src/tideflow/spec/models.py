@@ -9,6 +9,7 @@ drive validation, ``tideflow schema`` and ``tideflow connectors describe``.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal, Optional, Union, cast
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
@@ -17,6 +18,14 @@ from tideflow.core.expressions import SqlExpression
 from tideflow.registry import KINDS, Kind, Registry
 
 NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_\-]*$"
+
+
+class FieldIssue(ValueError):
+    """A rule broken by a whole model, reported at the field where the user can fix it."""
+
+    def __init__(self, path: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class Settings(BaseModel):
@@ -119,26 +128,42 @@ class PipelineSpec(Settings):
 
     @model_validator(mode="after")
     def _one_of_each(self) -> PipelineSpec:
-        if (self.source is None) == (self.sources is None):
-            raise ValueError("give exactly one of `source` or `sources`")
-        if (self.sink is None) == (self.sinks is None):
-            raise ValueError("give exactly one of `sink` or `sinks`")
-        if self.sources is not None and not self.sources:
-            raise ValueError("`sources` must list at least one source")
-        if self.sinks is not None and not self.sinks:
-            raise ValueError("`sinks` must list at least one sink")
+        for one, many in (("source", "sources"), ("sink", "sinks")):
+            single, several = getattr(self, one), getattr(self, many)
+            if (single is None) == (several is None):
+                where = many if several is not None else one
+                raise FieldIssue((where,), f"give exactly one of `{one}` or `{many}`")
+            if several is not None and not several:
+                raise FieldIssue((many,), f"`{many}` must list at least one {one}")
         self._name_nodes()
         return self
+
+    def _located_nodes(self) -> list[tuple[tuple[str | int, ...], SourceSpec | StepSpec]]:
+        """Every component with its place in the file."""
+        located: list[tuple[tuple[str | int, ...], SourceSpec | StepSpec]] = []
+        groups: list[tuple[str, str, Sequence[SourceSpec | StepSpec]]] = [
+            ("source", "sources", self.all_sources),
+            ("steps", "steps", self.steps),
+            ("sink", "sinks", self.all_sinks),
+        ]
+        for one, many, items in groups:
+            several = one == "steps" or getattr(self, many) is not None
+            for i, node in enumerate(items):
+                where: tuple[str | int, ...] = (many, i) if several else (one,)
+                located.append((where, node))
+        return located
 
     def _name_nodes(self) -> None:
         """Give unnamed components a unique default name; reject duplicate explicit names."""
         taken: set[str] = set()
-        nodes: list[SourceSpec | StepSpec] = [*self.all_sources, *self.steps, *self.all_sinks]
-        for node in nodes:
+        located = self._located_nodes()
+        nodes = [node for _, node in located]
+        for where, node in located:
             if node.name is not None:
                 if node.name in taken:
-                    raise ValueError(
-                        f"two components are named {node.name!r}; names must be unique"
+                    raise FieldIssue(
+                        (*where, "name"),
+                        f"two components are named {node.name!r}; names must be unique",
                     )
                 taken.add(node.name)
         for node in nodes:

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from tideflow.core.faults import crash_point
 from tideflow.errors import StateError
 from tideflow.state.codec import decode_state, encode_state
 
@@ -160,6 +161,7 @@ class StateStore:
                 "sink_tokens=excluded.sink_tokens",
                 (pipeline, checkpoint_id, now, orjson.dumps(positions), orjson.dumps(sink_tokens)),
             )
+            crash_point("checkpoint.in_state_transaction")
             for step, data in encoded.items():
                 conn.execute(
                     "INSERT INTO step_state (pipeline, step, data) VALUES (?,?,?) "

@@ -34,6 +34,7 @@ from tideflow.core.contracts import (
     Sink,
     dead_letters,
 )
+from tideflow.core.faults import crash_point
 from tideflow.errors import ConfigError, StateError, TerminalError
 from tideflow.registry import component
 
@@ -382,6 +383,7 @@ class FileSink(Sink):
             frames, out.frames, out.buffered = out.frames, [], 0
             data = pl.concat(frames, how="vertical", rechunk=False)
             data.write_parquet(out.stream, compression=self._parquet_codec)  # type: ignore[arg-type]
+            crash_point("file_sink.mid_write")  # written but neither fsync'd nor closed
         if out.stream is not out.raw:
             out.stream.close()
         if self._local:
@@ -400,6 +402,7 @@ class FileSink(Sink):
                 if self._local:
                     os.makedirs(posixpath.dirname(dst), exist_ok=True)
                     os.replace(src, dst)
+                    crash_point("file_sink.mid_rename")
                     folders.add(posixpath.dirname(dst))
                 else:
                     # No atomic rename on object stores: copy then delete. A crash between the

@@ -1,0 +1,159 @@
+"""F2 and F3 for file output: crashes at every checkpoint step and kill -9 at random moments.
+
+F2 crashes deterministically at each named crash point (``tideflow.core.faults``); F3 kills the
+process with SIGKILL at seeded random moments, locally and on an S3-compatible server. After
+the restarts the committed files must hold exactly the input: nothing lost, nothing doubled,
+no partial or orphan file, and the same content hash as the oracle.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from tests.faults.oracle import compare, content_hash, read_output, records, seeds, trials
+from tests.system.helpers import cli
+
+from tideflow.core.faults import CRASH_EXIT_CODE, POINTS
+
+N = 6_000
+PIPELINE = """
+name: faulty
+source: {type: file, path: "in/*.csv", batch_size: 250}
+steps:
+  - {type: python, name: pace, function: "pace.py:pace", mode: batch}
+sink: {type: file, path: out, format: parquet, roll_bytes: 4000}
+checkpoint: {every_records: 700}
+"""
+
+PACE = """
+import os, time
+
+def pace(batch):
+    time.sleep(float(os.environ.get("PACE", "0")))
+    return batch
+"""
+
+
+def prepare(tmp_path: Path, seed: int) -> tuple[Path, pl.DataFrame]:
+    """Input CSV files from the seeded generator and the pipeline around them."""
+    data = records(seed, N)
+    (tmp_path / "in").mkdir()
+    for i, part in enumerate(data.iter_slices(N // 4)):
+        part.write_csv(tmp_path / "in" / f"part-{i}.csv")
+    (tmp_path / "pace.py").write_text(PACE, encoding="utf-8")
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(PIPELINE, encoding="utf-8")
+    return pipeline, data
+
+
+def assert_exact_output(tmp_path: Path, expected: pl.DataFrame, context: str) -> None:
+    out = tmp_path / "out"
+    actual = read_output(out)
+    diff = compare(expected, actual)
+    assert diff.exact, f"{context}: {diff}"
+    assert content_hash(actual) == content_hash(expected), context
+    leftovers = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"]
+    assert not leftovers, f"{context}: orphan or partial files {leftovers}"
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_f2_crash_at_each_checkpoint_step_is_exactly_once(tmp_path: Path, point: str) -> None:
+    pipeline, expected = prepare(tmp_path, seed=7)
+    crashed = 0
+    for nth in range(1, trials(2, 5) + 1):
+        run = cli("run", str(pipeline), cwd=tmp_path, env={"TIDEFLOW_CRASH_AT": f"{point}:{nth}"})
+        assert run.returncode in (CRASH_EXIT_CODE, 0), run.stderr
+        crashed += run.returncode == CRASH_EXIT_CODE
+        if run.returncode == 0:
+            break  # the whole input was processed before the nth pass
+    assert crashed, f"{point} was never reached: the test proved nothing"
+    final = cli("run", str(pipeline), cwd=tmp_path)
+    assert final.returncode == 0, final.stderr
+    assert_exact_output(tmp_path, expected, f"crash at {point}")
+
+
+def kill_randomly(pipeline: Path, cwd: Path, seed: int, kills: int, env: dict[str, str]) -> int:
+    """Run and SIGKILL the pipeline ``kills`` times at seeded moments; returns kills landed."""
+    rng = random.Random(seed)
+    landed = 0
+    for _ in range(kills):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tideflow.cli.main", "run", str(pipeline)],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(rng.uniform(0.6, 2.5))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            landed += 1
+        proc.wait()
+    return landed
+
+
+@pytest.mark.parametrize("seed", seeds(2, 10))
+def test_f3_kill_9_three_times_local(tmp_path: Path, seed: int) -> None:
+    pipeline, expected = prepare(tmp_path, seed)
+    landed = kill_randomly(pipeline, tmp_path, seed, kills=3, env={"PACE": "0.05"})
+    assert landed, f"seed={seed}: no kill landed mid-run"
+    final = cli("run", str(pipeline), cwd=tmp_path)
+    assert final.returncode == 0, final.stderr
+    assert_exact_output(tmp_path, expected, f"seed={seed}")
+
+
+S3_PIPELINE = """
+name: faulty-s3
+source: {type: file, path: "in/*.csv", batch_size: 250}
+steps:
+  - {type: python, name: pace, function: "pace.py:pace", mode: batch}
+sink:
+  type: file
+  path: ${DEST}
+  format: parquet
+  roll_bytes: 4000
+  storage_options:
+    key: testing
+    secret: testing
+    endpoint_url: ${ENDPOINT}
+    client_kwargs: {region_name: us-east-1}
+checkpoint: {every_records: 700}
+"""
+
+
+@pytest.mark.parametrize("seed", seeds(1, 5, base=2000))
+def test_f3_kill_9_three_times_on_s3(tmp_path: Path, seed: int, s3_endpoint: str) -> None:
+    import fsspec
+
+    pipeline, expected = prepare(tmp_path, seed)
+    pipeline.write_text(S3_PIPELINE, encoding="utf-8")
+    dest = f"tideflow-test/f3-{seed}-{os.getpid()}-{time.time_ns()}/out"
+    env = {"PACE": "0.05", "DEST": f"s3://{dest}", "ENDPOINT": s3_endpoint}
+    landed = kill_randomly(pipeline, tmp_path, seed, kills=3, env=env)
+    assert landed, f"seed={seed}: no kill landed mid-run"
+    final = cli("run", str(pipeline), cwd=tmp_path, env=env)
+    assert final.returncode == 0, final.stderr
+
+    fs = fsspec.filesystem(
+        "s3",
+        key="testing",
+        secret="testing",
+        endpoint_url=s3_endpoint,
+        client_kwargs={"region_name": "us-east-1"},
+    )
+    fs.invalidate_cache()
+    keys = sorted(fs.find(dest))
+    assert keys and all(k.endswith(".parquet") and ".tideflow-tmp" not in k for k in keys), keys
+    local = tmp_path / "out"
+    local.mkdir()
+    for i, key in enumerate(keys):
+        fs.get(key, str(local / f"{i:05d}.parquet"))
+    assert_exact_output(tmp_path, expected, f"s3 seed={seed}")
