@@ -297,7 +297,7 @@ class _CsvReader:
             if "Empty CSV file" in str(exc):
                 self._eof = True
                 return
-            raise TerminalError(f"file source: cannot read CSV {ref.url}: {exc}") from exc
+            raise  # undecodable (e.g. invalid UTF-8 in a row): the source dead-letters the file
         self._targets: dict[str, pa.DataType] = {}
         for fld in schema:
             inferred = pa.string() if pa.types.is_null(fld.type) else fld.type

@@ -6,7 +6,9 @@ from collections import deque
 from typing import Any
 
 import fsspec
+import orjson
 import polars as pl
+import pyarrow as pa
 
 from tideflow.connectors.files.readers import (
     FileRef,
@@ -27,6 +29,7 @@ from tideflow.core.contracts import (
     Context,
     Source,
     SourceBatch,
+    raw_dead_letters,
 )
 from tideflow.errors import ConfigError, StateError
 from tideflow.registry import component
@@ -61,6 +64,10 @@ def _parse_position(position: JSON | None, name: str) -> tuple[list[str], str | 
         )
     done = [str(d) for d in position.get("done", [])]
     return done, position.get("file"), position.get("row", 0)
+
+
+DECODE_ERRORS = (pl.exceptions.PolarsError, pa.ArrowException, UnicodeDecodeError, ValueError)
+"""What a decoder raises for bytes it cannot read (not I/O failures, which end the run)."""
 
 
 @component("source", "file")
@@ -142,18 +149,23 @@ class FileSource(Source):
                 parts.append(part)
                 rows += part[0].height
                 continue
-            if self._reader is None:
-                if self._current is None:
-                    if not self._queue and not self.bounded and not listed:
-                        self._refresh()
-                        listed = True
-                    if not self._queue:
-                        break
-                    self._current, self._row = self._queue.popleft(), 0
-                self._reader = open_reader(
-                    self._fs, self._current, self._row, self.config, self._targets
-                )
-            chunk = self._reader.read(limit - rows)
+            if self._reader is None and self._current is None:
+                if not self._queue and not self.bounded and not listed:
+                    self._refresh()
+                    listed = True
+                if not self._queue:
+                    break
+                self._current, self._row = self._queue.popleft(), 0
+            assert self._current is not None
+            try:
+                if self._reader is None:
+                    self._reader = open_reader(
+                        self._fs, self._current, self._row, self.config, self._targets
+                    )
+                chunk = self._reader.read(limit - rows)
+            except DECODE_ERRORS as exc:
+                parts.append(self._undecodable(exc))
+                continue
             if chunk is None:
                 self._reader.close()
                 self._reader = None
@@ -182,6 +194,20 @@ class FileSource(Source):
         assert self._ctx is not None
         self._ctx.wait(self.config.poll_interval)
         return SourceBatch(pl.DataFrame(), position)
+
+    def _undecodable(self, exc: Exception) -> tuple[pl.DataFrame, pl.DataFrame, JSON]:
+        """The rest of a file its decoder rejects becomes one dead letter naming the file and
+        the row it stopped at; the file counts as finished and the run goes on."""
+        assert self._current is not None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        url, row = self._current.url, self._row
+        record = orjson.dumps({"file": url, "from_row": row + 1}).decode()
+        reason = f"{url}: cannot decode {self._current.format} from row {row + 1}: {exc}"
+        self._mark_done(url)
+        self._current, self._row = None, 0
+        return pl.DataFrame(), raw_dead_letters([record], [reason]), self._position()
 
     def _combine(self, parts: list[tuple[pl.DataFrame, pl.DataFrame | None, JSON]]) -> SourceBatch:
         """One batch from the parts; parts whose columns cannot be merged wait for the next.
