@@ -10,12 +10,28 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections.abc import Iterable
+
+import polars as pl
 
 _SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
 _lock = threading.Lock()
 _secrets: set[str] = set()
 MASK = "***"
+
+
+_SECRET_FIELD = re.compile(
+    r"pass(word|wd)?$|secret|token|api[_-]?key|private[_-]?key|access[_-]?key|credential",
+    re.IGNORECASE,
+)
+
+
+def is_secret_field(name: str) -> bool:
+    """True for config keys whose values are secrets even when written literally
+    (``password``, ``client_secret``, ``api_key``); stricter than :func:`looks_secret` so
+    that ordinary values such as column names under ``key_column`` are never masked."""
+    return bool(_SECRET_FIELD.search(name))
 
 
 def looks_secret(name: str) -> bool:
@@ -38,6 +54,19 @@ def redact(text: str) -> str:
     for secret in secrets:
         text = text.replace(secret, MASK)
     return text
+
+
+def redact_frame(frame: pl.DataFrame, columns: Iterable[str]) -> pl.DataFrame:
+    """:func:`redact` applied to string columns of a frame, vectorised."""
+    with _lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    exprs = []
+    for name in columns:
+        expr = pl.col(name).str.replace_all(_URL_PASSWORD.pattern, f"${{scheme}}${{user}}:{MASK}@")
+        for secret in secrets:
+            expr = expr.str.replace_all(secret, MASK, literal=True)
+        exprs.append(expr)
+    return frame.with_columns(exprs) if exprs else frame
 
 
 class RedactingFilter(logging.Filter):

@@ -34,7 +34,7 @@ from tideflow.core.faults import crash_point
 from tideflow.core.graph import Graph, Node, build_graph
 from tideflow.errors import PipelineError, TideflowError
 from tideflow.registry import Registry, default_registry
-from tideflow.secrets import redact
+from tideflow.secrets import redact, redact_frame
 from tideflow.state.store import StateStore
 
 log = logging.getLogger("tideflow.engine")
@@ -402,6 +402,8 @@ class Engine:
             )
         if action == "skip":
             return
+        # A reason quotes an exception, and an exception may quote a secret from the config.
+        dead = redact_frame(dead, ("record", "reason"))
         if self._dead_sink is not None:
             stamped = dead.with_columns(
                 pl.lit(self.spec.name).alias("pipeline"),

@@ -22,7 +22,7 @@ from ruamel.yaml.reader import ReaderError
 from tideflow.core.graph import check_graph
 from tideflow.errors import ConfigError, ConfigIssue, render_path
 from tideflow.registry import Kind, Registry, default_registry, suggest
-from tideflow.secrets import looks_secret, redact, register_secret
+from tideflow.secrets import is_secret_field, looks_secret, redact, register_secret
 from tideflow.spec.models import (
     ENVELOPES,
     FieldIssue,
@@ -173,7 +173,9 @@ def interpolate(loaded: LoadedYaml, environ: Mapping[str, str] | None = None) ->
         if isinstance(node, list):
             return [walk(v, (*path, i)) for i, v in enumerate(node)]
         if isinstance(node, str) and "$" in node:
-            return substitute(node, path)
+            node = substitute(node, path)
+        if isinstance(node, str) and path and is_secret_field(str(path[-1])):
+            register_secret(node)
         return node
 
     raw_vars = loaded.data.get("vars")
