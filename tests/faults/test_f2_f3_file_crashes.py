@@ -9,59 +9,15 @@ no partial or orphan file, and the same content hash as the oracle.
 from __future__ import annotations
 
 import os
-import random
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import polars as pl
 import pytest
-from tests.faults.oracle import compare, content_hash, read_output, records, seeds, trials
+from tests.faults.harness import assert_exact_output, kill_randomly, prepare
+from tests.faults.oracle import seeds, trials
 from tests.system.helpers import cli
 
 from tideflow.core.faults import CRASH_EXIT_CODE, POINTS
-
-N = 6_000
-PIPELINE = """
-name: faulty
-source: {type: file, path: "in/*.csv", batch_size: 250}
-steps:
-  - {type: python, name: pace, function: "pace.py:pace", mode: batch}
-sink: {type: file, path: out, format: parquet, roll_bytes: 4000}
-checkpoint: {every_records: 700}
-"""
-
-PACE = """
-import os, time
-
-def pace(batch):
-    time.sleep(float(os.environ.get("PACE", "0")))
-    return batch
-"""
-
-
-def prepare(tmp_path: Path, seed: int) -> tuple[Path, pl.DataFrame]:
-    """Input CSV files from the seeded generator and the pipeline around them."""
-    data = records(seed, N)
-    (tmp_path / "in").mkdir()
-    for i, part in enumerate(data.iter_slices(N // 4)):
-        part.write_csv(tmp_path / "in" / f"part-{i}.csv")
-    (tmp_path / "pace.py").write_text(PACE, encoding="utf-8")
-    pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(PIPELINE, encoding="utf-8")
-    return pipeline, data
-
-
-def assert_exact_output(tmp_path: Path, expected: pl.DataFrame, context: str) -> None:
-    out = tmp_path / "out"
-    actual = read_output(out)
-    diff = compare(expected, actual)
-    assert diff.exact, f"{context}: {diff}"
-    assert content_hash(actual) == content_hash(expected), context
-    leftovers = [p for p in out.rglob("*") if p.is_file() and p.suffix != ".parquet"]
-    assert not leftovers, f"{context}: orphan or partial files {leftovers}"
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -78,26 +34,6 @@ def test_f2_crash_at_each_checkpoint_step_is_exactly_once(tmp_path: Path, point:
     final = cli("run", str(pipeline), cwd=tmp_path)
     assert final.returncode == 0, final.stderr
     assert_exact_output(tmp_path, expected, f"crash at {point}")
-
-
-def kill_randomly(pipeline: Path, cwd: Path, seed: int, kills: int, env: dict[str, str]) -> int:
-    """Run and SIGKILL the pipeline ``kills`` times at seeded moments; returns kills landed."""
-    rng = random.Random(seed)
-    landed = 0
-    for _ in range(kills):
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "tideflow.cli.main", "run", str(pipeline)],
-            cwd=cwd,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(rng.uniform(0.6, 2.5))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            landed += 1
-        proc.wait()
-    return landed
 
 
 @pytest.mark.parametrize("seed", seeds(2, 10))
