@@ -29,7 +29,6 @@ from tideflow.core.contracts import (
     dead_letters,
     raw_dead_letters,
 )
-from tideflow.errors import TerminalError
 
 
 def _to_frame(data: Any) -> pl.DataFrame:
@@ -64,6 +63,51 @@ def _castable(value: pa.Array, target: pa.DataType) -> bool:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return False
     return True
+
+
+def _decode_text(
+    table: pa.Table, where: Callable[[np.ndarray], list[str]], delimiter: str
+) -> tuple[pa.Table, pl.DataFrame | None, np.ndarray]:
+    """Decode CSV fields read as bytes into text; rows holding invalid UTF-8 become dead letters.
+
+    Each column is decoded at once; only a column that fails is walked value by value to find
+    the offending rows (as for type conversion). Returns the decoded good rows, the dead
+    letters and the indices of the dead rows.
+    """
+    columns: list[pa.Array] = []
+    bad_rows: dict[int, str] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        try:
+            columns.append(pc.cast(column, pa.string()))
+            continue
+        except pa.ArrowInvalid:
+            pass
+        values = column.to_pylist()
+        decoded: list[str | None] = []
+        for row, value in enumerate(values):  # fallback only: a column with invalid bytes
+            try:
+                decoded.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                decoded.append(None)
+                bad_rows.setdefault(row, name)
+        columns.append(pa.array(decoded, pa.string()))
+    decoded_table = pa.Table.from_arrays(columns, names=table.column_names)
+    if not bad_rows:
+        return decoded_table, None, np.array([], dtype=np.int64)
+    failed = np.array(sorted(bad_rows), dtype=np.int64)
+    raw = table.take(pa.array(failed)).to_pylist()
+    records = [
+        delimiter.join("" if v is None else v.decode("utf-8", "replace") for v in row.values())
+        for row in raw
+    ]
+    labels = where(failed)
+    reasons = [
+        f"{label}: invalid UTF-8 in column {bad_rows[int(r)]!r}"
+        for label, r in zip(labels, failed, strict=True)
+    ]
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[failed] = False
+    return decoded_table.filter(pa.array(keep)), raw_dead_letters(records, reasons), failed
 
 
 def _convert_columns(
@@ -290,6 +334,8 @@ class _CsvReader:
                     probe_fh,
                     read_options=pa_csv.ReadOptions(**read_opts),
                     parse_options=parse_options(lambda row: "skip"),
+                    # Invalid UTF-8 is a problem of one row, found when reading, not of the file.
+                    convert_options=pa_csv.ConvertOptions(check_utf8=False),
                 )
                 schema = probe.schema
                 probe.close()
@@ -303,15 +349,18 @@ class _CsvReader:
             inferred = pa.string() if pa.types.is_null(fld.type) else fld.type
             self._targets[fld.name] = targets.get(fld.name, inferred)
         self._nulls = pa.array(pa_csv.ConvertOptions().null_values, pa.string())
+        self._delimiter = delimiter
         self._fh = fs.open(ref.path, "rb", compression="infer")
         self._reader = pa_csv.open_csv(
             self._fh,
             read_options=pa_csv.ReadOptions(**read_opts, skip_rows_after_names=skip),
             parse_options=parse_options(self._on_invalid),
-            # Everything as text: an unquoted empty field is null, a quoted one ("") is an
-            # empty string, as Polars reads and writes them.
+            # Everything as bytes, decoded per batch so invalid UTF-8 dead-letters its row: an
+            # unquoted empty field is null, a quoted one ("") is an empty string, as Polars
+            # reads and writes them.
             convert_options=pa_csv.ConvertOptions(
-                column_types={name: pa.string() for name in schema.names},
+                column_types={name: pa.binary() for name in schema.names},
+                check_utf8=False,
                 strings_can_be_null=True,
                 null_values=[""],
                 quoted_strings_can_be_null=False,
@@ -338,10 +387,12 @@ class _CsvReader:
             except StopIteration:
                 self._eof = True
             except pa.ArrowInvalid as exc:
-                raise TerminalError(
-                    f"file source: cannot parse {self._ref.url} after "
-                    f"{self._row_label(self._next).rpartition(': ')[2]}: {exc}; fix the file, "
-                    "or set `csv.newlines_in_values: false` if a stray quote is the cause"
+                # The parser cannot go on (a stray quote swallowing the rest, a malformed row
+                # that is not UTF-8): the source dead-letters the rest of the file, this reason.
+                raise ValueError(
+                    f"cannot parse after {self._row_label(self._next).rpartition(': ')[2]}: "
+                    f"{exc}; fix the file, or set `csv.newlines_in_values: false` if a stray "
+                    "quote is the cause"
                 ) from exc
         if self._pending is not None and self._pending.num_rows:
             take = self._pending.slice(0, limit)
@@ -394,8 +445,16 @@ class _CsvReader:
                 good = np.setdiff1d(np.arange(start, end, dtype=np.int64), bad_ordinals)
             return [self._row_label(int(good[r])) for r in rows]
 
+        table, text_dead, failed = _decode_text(table, where, self._delimiter)
+        if len(failed):
+            survivors = np.delete(np.arange(table.num_rows + len(failed)), failed)
+            located = where
+
+            def where(rows: np.ndarray) -> list[str]:
+                return located(survivors[rows])
+
         table, conv_dead, _ = _convert_columns(table, self._targets, self._nulls, where)
-        return Chunk(_to_frame(table), concat_dead([dead, conv_dead]), end - start)
+        return Chunk(_to_frame(table), concat_dead([dead, text_dead, conv_dead]), end - start)
 
     def close(self) -> None:
         if self._reader is not None:
