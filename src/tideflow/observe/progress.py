@@ -35,7 +35,7 @@ class ProgressLine:
         self.enabled = True
         self.terminal = self.stream.isatty()
         self.log_every = log_every
-        self._last_logged: float | None = None
+        self._last_logged = 0.0  # the first line after log_every: short runs need none
         self._width = 0
 
     def update(self, engine: Engine) -> None:
@@ -44,7 +44,7 @@ class ProgressLine:
             return
         elapsed = engine.elapsed
         if not self.terminal:
-            if self._last_logged is not None and elapsed - self._last_logged < self.log_every:
+            if elapsed - self._last_logged < self.log_every:
                 return
             self._last_logged = elapsed
         read = sum(c["in"] for c in engine.counts().values() if c["kind"] == "source")
