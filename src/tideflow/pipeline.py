@@ -126,6 +126,20 @@ class Pipeline:
         self._data["sinks"].append(entry)
         return self
 
+    def __getattr__(self, type_name: str) -> Callable[..., Pipeline]:
+        """Every registered step has a method of its name: ``p.window(size="1m", ...)`` is
+        ``p.step("window", size="1m", ...)``, so plugins get a Python form for free."""
+        if type_name.startswith("_") or type_name not in default_registry.items("step"):
+            raise AttributeError(
+                f"Pipeline has no attribute {type_name!r} and no step type of that name"
+            )
+
+        def add(name: str | None = None, **settings: Any) -> Pipeline:
+            return self.step(type_name, name=name, **settings)
+
+        add.__doc__ = default_registry.get("step", type_name).summary
+        return add
+
     def select(self, *columns: str, name: str | None = None) -> Pipeline:
         """Keep only these columns."""
         return self.step("select", name, columns=list(columns))
