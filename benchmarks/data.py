@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -42,4 +43,24 @@ def orders(rows: int) -> Path:
     assert writer is not None
     writer.close()
     path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def orders_ndjson(rows: int, poisoned: bool) -> Path:
+    """The orders as NDJSON; ``poisoned`` breaks every 100th line (1% malformed JSON)."""
+    path = DATA / f"orders-{rows}{'-poisoned' if poisoned else ''}.ndjson"
+    if path.exists():
+        return path
+    frame = pl.read_parquet(orders(rows))
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        for start in range(0, frame.height, 100_000):
+            chunk = frame.slice(start, 100_000).write_ndjson().encode()
+            if poisoned:
+                lines = chunk.split(b"\n")
+                for i in range(0, len(lines) - 1, 100):
+                    lines[i] = lines[i][:-1]  # drop the closing brace
+                chunk = b"\n".join(lines)
+            out.write(chunk)
+    tmp.rename(path)
     return path

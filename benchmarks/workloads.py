@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.data import orders
+from benchmarks.data import orders, orders_ndjson
 
 FILTER = "amount > 0 AND country != 'US'"
 
@@ -87,11 +87,42 @@ def python_tideflow(src: Path, out: Path) -> None:
     p.run(out)
 
 
+def _ndjson_to_parquet(src: Path, out: Path) -> None:
+    import tideflow as tf
+
+    (
+        tf.Pipeline(
+            "bench-poison",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(src), batch_size=100_000))
+        .sink(tf.file(str(out / "data"), format="parquet"))
+        .run(out)
+    )
+
+
+def poison_clean(src: Path, out: Path) -> None:
+    """Workload (c), reference: tideflow over clean NDJSON."""
+    _ndjson_to_parquet(orders_ndjson(_rows(src), poisoned=False), out)
+
+
+def poison_tideflow(src: Path, out: Path) -> None:
+    """Workload (c): the same over NDJSON with 1% malformed lines, dead-lettered."""
+    _ndjson_to_parquet(orders_ndjson(_rows(src), poisoned=True), out)
+
+
+def _rows(src: Path) -> int:
+    return pq.ParquetFile(src).metadata.num_rows
+
+
 IMPLS = {
     ("filter", "baseline"): filter_polars,
     ("filter", "tideflow"): filter_tideflow,
     ("python", "baseline"): python_loop,
     ("python", "tideflow"): python_tideflow,
+    ("poison", "baseline"): poison_clean,
+    ("poison", "tideflow"): poison_tideflow,
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 from collections import deque
@@ -479,7 +480,7 @@ def nesting_conflict(before: pl.Schema, now: pl.Schema) -> str | None:
 
 
 def _frame_from_json_lines(
-    lines: list[bytes], labels: list[str]
+    lines: list[bytes], label: Callable[[int], str]
 ) -> tuple[pl.DataFrame, list[int], list[str]]:
     """Parse JSON objects (one per line, all valid JSON) into one frame.
 
@@ -497,7 +498,7 @@ def _frame_from_json_lines(
     seen = pl.DataFrame()
     failed: list[int] = []
     reasons: list[str] = []
-    for i, (line, label) in enumerate(zip(lines, labels, strict=True)):  # fallback only
+    for i, line in enumerate(lines):  # fallback only
         try:
             frame = pl.read_ndjson(io.BytesIO(line))
             conflict = nesting_conflict(seen.schema, frame.schema)
@@ -507,45 +508,62 @@ def _frame_from_json_lines(
             conflict = str(exc)
         if conflict is not None:
             failed.append(i)
-            reasons.append(f"{label}: field types conflict with earlier records: {conflict}")
+            reasons.append(f"{label(i)}: field types conflict with earlier records: {conflict}")
             continue
         frames.append(frame)
     data = pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
     return data, failed, reasons
 
 
-def _parse_json_lines(
-    lines: list[bytes], labels: list[str]
-) -> tuple[pl.DataFrame, list[int], list[str], list[str]]:
-    """Locate bad lines one by one (the fallback when a whole chunk does not parse).
+def _json_object_or_blank(line: bytes) -> bool | None:
+    """True for a JSON object, None for a blank line, False for anything else."""
+    try:
+        return type(orjson.loads(line)) is dict
+    except orjson.JSONDecodeError:
+        return None if not line.strip() else False
 
-    Returns the good records as a frame, the index of the line of each, and the text and reason
-    of each bad line.
+
+def _parse_json_lines(
+    lines: list[bytes], first: int, url: str
+) -> tuple[pl.DataFrame, list[int], list[str], list[str]]:
+    """Locate bad lines (the fallback when a whole chunk does not parse).
+
+    ``first`` is the line number of ``lines[0]``. Returns the good records as a frame, the
+    index of the line of each, and the text and reason of each bad line.
     """
-    good: list[bytes] = []
-    good_at: list[int] = []
-    good_labels: list[str] = []
+    # A cheap first guess: an object line starts with "{" and ends with "}". If the lines that
+    # look right parse together, only the others are bad; otherwise every line is checked.
+    looks_right = [line[:1] == b"{" and line.rstrip()[-1:] == b"}" for line in lines]
+    failed: list[int] = []
+    more_reasons: list[str] = []
+    try:
+        good_at = [i for i, ok in enumerate(looks_right) if ok]
+        data = pl.read_ndjson(
+            io.BytesIO(b"\n".join(lines[i] for i in good_at)), infer_schema_length=None
+        )
+        verdicts = [
+            ok or (None if not line.strip() else False)
+            for ok, line in zip(looks_right, lines, strict=True)
+        ]
+    except (pl.exceptions.PolarsError, ValueError):
+        verdicts = [_json_object_or_blank(line) for line in lines]
+        good_at = [i for i, ok in enumerate(verdicts) if ok]
+        data, failed, more_reasons = _frame_from_json_lines(
+            [lines[i] for i in good_at], lambda i: f"{url}: line {first + good_at[i]}"
+        )
     records: list[str] = []
     reasons: list[str] = []
-    for at, (line, label) in enumerate(zip(lines, labels, strict=True)):
-        text = line.strip()
-        if not text:
-            continue
-        try:
-            value = orjson.loads(text)
-        except orjson.JSONDecodeError as exc:
+    for i, ok in enumerate(verdicts):
+        if ok is False:
+            line = lines[i]
             records.append(line.decode("utf-8", "replace").rstrip("\r"))
-            reasons.append(f"{label}: invalid JSON: {exc}")
-            continue
-        if not isinstance(value, dict):
-            records.append(line.decode("utf-8", "replace").rstrip("\r"))
-            reasons.append(f"{label}: expected a JSON object, found {type(value).__name__}")
-            continue
-        good.append(text)
-        good_at.append(at)
-        good_labels.append(label)
-    data, failed, more_reasons = _frame_from_json_lines(good, good_labels)
-    records += [good[i].decode("utf-8", "replace") for i in failed]
+            try:
+                orjson.loads(line)
+                why = "expected a JSON object"
+            except orjson.JSONDecodeError as exc:
+                why = f"invalid JSON: {exc}"
+            reasons.append(f"{url}: line {first + i}: {why}")
+    records += [lines[good_at[i]].decode("utf-8", "replace") for i in failed]
     dropped = set(failed)
     kept = [at for i, at in enumerate(good_at) if i not in dropped]
     return data, kept, records, reasons + more_reasons
@@ -564,6 +582,7 @@ class _NdjsonReader:
         self._fh = fs.open(ref.path, "rb", compression="infer")
         self._buf = bytearray()
         self._eof = False
+        self._dirty = False
         self._line = 0
         while self._line < skip:
             got = self._take(min(skip - self._line, 1 << 16))
@@ -611,13 +630,17 @@ class _NdjsonReader:
         records: list[str] = []
         reasons: list[str] = []
         good_lines: np.ndarray | None = None
-        try:
-            data = pl.read_ndjson(io.BytesIO(chunk), infer_schema_length=None)
-        except (pl.exceptions.PolarsError, ValueError):
+        data = None
+        if not self._dirty:
+            with contextlib.suppress(pl.exceptions.PolarsError, ValueError):
+                data = pl.read_ndjson(io.BytesIO(chunk), infer_schema_length=None)
+        if data is None:
             lines = chunk.split(b"\n")[:count]
-            labels = [f"{self._ref.url}: line {first + i}" for i in range(len(lines))]
-            data, kept, records, reasons = _parse_json_lines(lines, labels)
+            data, kept, records, reasons = _parse_json_lines(lines, first, self._ref.url)
             good_lines = np.array(kept, dtype=np.int64) + first
+            # Bad lines come in runs (a broken producer): after one, check lines first
+            # instead of paying for a failed whole-chunk parse every time.
+            self._dirty = bool(records)
         dead = raw_dead_letters(records, reasons) if records else None
         if self._targets and data.height:
             lines_of = good_lines if good_lines is not None else self._non_blank_lines(chunk, first)
@@ -705,8 +728,9 @@ class _JsonReader:
                         f"found {type(element).__name__}",
                     )
                 )
-        labels = [f"{url}: element {p}" for p in positions]
-        data, failed, reasons = _frame_from_json_lines(lines, labels)
+        data, failed, reasons = _frame_from_json_lines(
+            lines, lambda i: f"{url}: element {positions[i]}"
+        )
         for i, reason in zip(failed, reasons, strict=True):
             dead.append((positions[i], lines[i].decode(), reason))
         good = np.delete(np.array(positions, dtype=np.int64), failed)
