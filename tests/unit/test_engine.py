@@ -75,12 +75,45 @@ class Ticker(Source):
         return SourceBatch(ids, self.next)
 
 
+class CountConfig(Settings):
+    """Settings of the acknowledging test source."""
+
+    count: int
+    per_batch: int = 10
+
+
+ACKED: list[tuple[Any, list[int]]] = []
+"""(position acknowledged, ids committed to the memory collector at that moment)."""
+
+
+class Acknowledging(Source):
+    """A bounded source that records each acknowledgement and what was committed by then."""
+
+    config_model = CountConfig
+
+    def open(self, ctx: Context, position: Any) -> None:
+        self.next = int(position or 0)
+
+    def read_batch(self) -> SourceBatch | None:
+        if self.next >= self.config.count:
+            return None
+        end = min(self.next + self.config.per_batch, self.config.count)
+        ids = pl.DataFrame({"id": range(self.next, end)})
+        self.next = end
+        return SourceBatch(ids, end)
+
+    def checkpointed(self, position: Any) -> None:
+        committed = collected("acks")
+        ACKED.append((position, committed["id"].to_list() if committed.height else []))
+
+
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry()
     reg.load_plugins()
     reg.register("sink", "crashing")(CrashingSink)
     reg.register("source", "ticker")(Ticker)
+    reg.register("source", "acking")(Acknowledging)
     return reg
 
 
@@ -285,3 +318,22 @@ sink: {type: memory, collector: t9}
     engine.run()
     # processed batch + one queued + one being produced: at most 3 batches of read-ahead
     assert max(gaps) <= 30
+
+
+def test_sources_are_acknowledged_only_after_the_sinks_commit(
+    tmp_path: Path, registry: Registry
+) -> None:
+    clear("acks")
+    ACKED.clear()
+    text = """
+name: acks
+source: {type: acking, count: 95}
+sink: {type: memory, collector: acks}
+checkpoint: {every_records: 30}
+"""
+    run(text, tmp_path, registry)
+    assert ACKED, "the source was never acknowledged"
+    for position, committed in ACKED:
+        # Everything up to the acknowledged position is committed when the ack happens.
+        assert committed == list(range(position)), (position, committed[-3:])
+    assert ACKED[-1][0] == 95

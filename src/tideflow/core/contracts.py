@@ -149,6 +149,12 @@ class Source(Component):
         so the engine can notice a stop request.
         """
 
+    def checkpointed(self, position: JSON | None) -> None:
+        """Called after a checkpoint covering everything up to ``position`` is durable and
+        the sinks have committed: the moment to acknowledge upstream (Kafka offsets, XACK,
+        AMQP ack, MQTT PUBACK, a webhook's response). Never earlier, or a crash would lose
+        acknowledged records. The default does nothing."""
+
     def close(self) -> None:
         """Release resources."""
 

@@ -459,6 +459,18 @@ class Engine:
         for node in sinks:
             node.component.commit(tokens[node.name])
             crash_point("checkpoint.after_first_sink_commit")
+        for node in self.graph.sources:
+            # The data is durable: an acknowledgement that fails only means the upstream
+            # redelivers records the positions already cover, so the run goes on.
+            try:
+                node.component.checkpointed(self._positions.get(node.name))
+            except Exception as exc:  # noqa: BLE001 - any failure: warn, resume from positions
+                log.warning(
+                    "source %s could not acknowledge checkpoint %d: %s",
+                    node.name,
+                    self.checkpoint_id,
+                    redact(str(exc)),
+                )
         self.checkpoints += 1
         self._records_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
