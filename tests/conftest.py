@@ -47,3 +47,26 @@ def s3_endpoint() -> Iterator[str]:
     ).create_bucket(Bucket="tideflow-test")
     yield endpoint
     server.stop()
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the shared PostgreSQL server (127.0.0.1:5432); its URL.
+
+    Fails in CI and skips elsewhere when the server cannot be reached.
+    """
+    import uuid
+
+    import psycopg
+
+    name = f"tf_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL on 127.0.0.1:5432 is needed in CI: {exc}")
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is not reachable: {exc}")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

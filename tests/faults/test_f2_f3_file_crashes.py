@@ -93,3 +93,18 @@ def test_f3_kill_9_three_times_on_s3(tmp_path: Path, seed: int, s3_endpoint: str
     for i, key in enumerate(keys):
         fs.get(key, str(local / f"{i:05d}.parquet"))
     assert_exact_output(tmp_path, expected, f"s3 seed={seed}")
+
+
+def test_f3_kill_9_with_state_in_postgresql(tmp_path: Path, postgres_database: str) -> None:
+    pipeline, expected = prepare(tmp_path, seed=4000)
+    pipeline.write_text(
+        pipeline.read_text().replace("name: faulty\n", "name: faulty\nstate: ${STATE_URL}\n"),
+        encoding="utf-8",
+    )
+    env = {"PACE": "0.05", "STATE_URL": postgres_database}
+    landed = kill_randomly(pipeline, tmp_path, 4000, kills=3, env=env)
+    assert landed, "no kill landed mid-run"
+    final = cli("run", str(pipeline), cwd=tmp_path, env=env)
+    assert final.returncode == 0, final.stderr
+    assert_exact_output(tmp_path, expected, "state in PostgreSQL")
+    assert not (tmp_path / ".tideflow" / "state.db").exists(), "state went to SQLite instead"

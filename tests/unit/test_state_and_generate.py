@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -11,7 +12,7 @@ import pytest
 from tideflow.connectors.generate import Generate, GenerateConfig, generate_range
 from tideflow.core.contracts import Context, dead_letters
 from tideflow.state.codec import decode_state, encode_state
-from tideflow.state.store import StateStore
+from tideflow.state.store import StateStore, open_state_store
 
 
 def test_codec_round_trips_frames_inside_json() -> None:
@@ -24,8 +25,18 @@ def test_codec_round_trips_frames_inside_json() -> None:
         decode_state(b"pickle?")
 
 
-def test_checkpoint_is_stored_atomically_with_dead_letters(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "s.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StateStore]:
+    """The same tests against both backends; PostgreSQL gets a database of its own."""
+    if request.param == "sqlite":
+        opened = open_state_store(str(tmp_path / "s.db"), tmp_path)
+    else:
+        opened = open_state_store(request.getfixturevalue("postgres_database"), tmp_path)
+    yield opened
+    opened.close()
+
+
+def test_checkpoint_is_stored_atomically_with_dead_letters(store: StateStore) -> None:
     dead = dead_letters(pl.DataFrame({"a": [1, 2]}), "bad")
     store.commit_checkpoint(
         "p", 1, {"src": {"row": 5}}, {"win": {"n": 3}}, {"out": ["t"]}, [("step", dead)], "run1"
@@ -55,8 +66,7 @@ def test_checkpoint_is_stored_atomically_with_dead_letters(tmp_path: Path) -> No
     del Boom
 
 
-def test_dead_letter_queries_and_replay_marks(tmp_path: Path) -> None:
-    store = StateStore(tmp_path / "s.db")
+def test_dead_letter_queries_and_replay_marks(store: StateStore) -> None:
     frame = pl.DataFrame({"record": ["1", "2", "3"], "reason": ["late", "cast x", "cast y"]})
     store.commit_checkpoint("p", 1, {}, {}, {}, [("cast", frame)], "r")
     assert [d.record for d in store.dead_letters("p", reason="cast")] == ["2", "3"]
@@ -98,3 +108,13 @@ def test_generate_source_resumes_at_its_position(tmp_path: Path) -> None:
     while (batch := src.read_batch()) is not None:
         seen += batch.data["id"].to_list()
     assert seen == list(range(12, 25))
+
+
+def test_runs_are_recorded_in_both_backends(store: StateStore) -> None:
+    store.start_run("r1", "p")
+    store.end_run("r1", "succeeded", {"src": {"in": 3}})
+    store.start_run("r2", "p")
+    runs = store.runs("p")
+    assert [r["id"] for r in runs] == ["r2", "r1"]
+    assert runs[1]["status"] == "succeeded" and runs[1]["counts"] == {"src": {"in": 3}}
+    assert runs[0]["status"] == "running" and runs[0]["ended_at"] is None

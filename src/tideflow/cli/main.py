@@ -155,9 +155,9 @@ def run(
 
 def print_plan(spec: PipelineSpec, base: Path) -> None:
     """Describe what a run would do."""
-    from tideflow.core.engine import Engine
     from tideflow.core.graph import build_graph
     from tideflow.registry import default_registry
+    from tideflow.state.store import state_path
 
     graph = build_graph(spec, default_registry)
     out.print(f"pipeline [bold]{spec.name}[/bold] is valid")
@@ -166,7 +166,9 @@ def print_plan(spec: PipelineSpec, base: Path) -> None:
         arrow = f"  <- {inputs}" if inputs else ""
         when = f"  when {spec_when(spec, node.name)}" if node.when is not None else ""
         out.print(f"  {node.kind:6} {node.name} ({node.type_name}){arrow}{when}")
-    state = Engine.default_state_path(spec, base)
+    state = (
+        redact(spec.state) if spec.state and "://" in spec.state else state_path(spec.state, base)
+    )
     cp = spec.checkpoint
     out.print(
         f"  state: {state}; checkpoint every {cp.every_records} records / "
@@ -263,10 +265,9 @@ def state() -> None:
 
 
 def _store_for(spec: PipelineSpec, base: Path) -> Any:
-    from tideflow.core.engine import Engine
-    from tideflow.state.store import StateStore
+    from tideflow.state.store import open_state_store
 
-    return StateStore(Engine.default_state_path(spec, base))
+    return open_state_store(spec.state, base)
 
 
 @state.command("show")

@@ -35,7 +35,7 @@ from tideflow.core.graph import Graph, Node, build_graph
 from tideflow.errors import PipelineError, TideflowError
 from tideflow.registry import Registry, default_registry
 from tideflow.secrets import redact, redact_frame
-from tideflow.state.store import StateStore
+from tideflow.state.store import StateStore, open_state_store, state_path
 
 log = logging.getLogger("tideflow.engine")
 
@@ -100,7 +100,7 @@ class Engine:
         self.registry = registry or default_registry
         self.base_dir = Path(base_dir).resolve()
         self.graph = graph or build_graph(spec, self.registry)
-        self.state = state or StateStore(self.default_state_path(spec, self.base_dir))
+        self.state = state or open_state_store(spec.state, self.base_dir)
         self._owns_state = state is None
         self.observer = observer or RunObserver()
         self.scope = scope
@@ -123,11 +123,8 @@ class Engine:
 
     @staticmethod
     def default_state_path(spec: Any, base_dir: Path) -> Path:
-        """``state:`` if given (relative to the pipeline file), else ``.tideflow/state.db``."""
-        if spec.state:
-            path = Path(spec.state)
-            return path if path.is_absolute() else base_dir / path
-        return base_dir / ".tideflow" / "state.db"
+        """Where a SQLite state store for ``spec`` lives (see ``state.store.state_path``)."""
+        return state_path(spec.state, base_dir)
 
     def _init_dead_letter_sink(self) -> None:
         cfg = self.spec.on_error.sink

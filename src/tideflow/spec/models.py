@@ -119,8 +119,8 @@ class PipelineSpec(Settings):
     on_error: OnErrorSpec = Field(default_factory=OnErrorSpec)
     state: str | None = Field(
         None,
-        description="State store: a SQLite file path; default `.tideflow/state.db` beside the "
-        "pipeline file.",
+        description="State store: a SQLite file path (default `.tideflow/state.db` beside the "
+        "pipeline file), or a `postgresql://` URL to share state between workers.",
     )
     queue_size: int = Field(
         4, ge=1, le=1024, description="Batches buffered per source (back-pressure)."

@@ -1,8 +1,10 @@
 """The state store: checkpoints, step state, the dead-letter ledger and run history.
 
-SQLite by default (``.tideflow/state.db``). A checkpoint — source positions, step state, sink
+SQLite by default (``.tideflow/state.db``); PostgreSQL (``state: postgresql://...``) when
+workers on several machines share state. A checkpoint — source positions, step state, sink
 commit tokens and the dead letters since the last one — is written in one transaction, so it
-is either wholly there or not at all.
+is either wholly there or not at all. Both backends run the same SQL (written with ``?``
+placeholders, which the PostgreSQL backend turns into ``%s``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,41 +22,42 @@ import orjson
 import polars as pl
 
 from tideflow.core.faults import crash_point
-from tideflow.errors import StateError
+from tideflow.errors import MissingDependencyError, StateError
+from tideflow.secrets import redact
 from tideflow.state.codec import decode_state, encode_state
 
-_SCHEMA = """
+_SCHEMA_TEMPLATE = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     pipeline TEXT PRIMARY KEY,
     id INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    positions BLOB NOT NULL,
-    sink_tokens BLOB NOT NULL
+    created_at {real} NOT NULL,
+    positions {blob} NOT NULL,
+    sink_tokens {blob} NOT NULL
 );
 CREATE TABLE IF NOT EXISTS step_state (
     pipeline TEXT NOT NULL,
     step TEXT NOT NULL,
-    data BLOB NOT NULL,
+    data {blob} NOT NULL,
     PRIMARY KEY (pipeline, step)
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {serial},
     pipeline TEXT NOT NULL,
     step TEXT NOT NULL,
     reason TEXT NOT NULL,
     record TEXT NOT NULL,
-    created_at REAL NOT NULL,
+    created_at {real} NOT NULL,
     run_id TEXT NOT NULL,
-    replayed_at REAL
+    replayed_at {real}
 );
 CREATE INDEX IF NOT EXISTS dead_letters_by_pipeline ON dead_letters (pipeline, step, reason);
 CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     pipeline TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    ended_at REAL,
+    started_at {real} NOT NULL,
+    ended_at {real},
     status TEXT NOT NULL,
-    counts BLOB,
+    counts {blob},
     error TEXT
 );
 """
@@ -86,26 +89,46 @@ class DeadLetter:
 
 
 class StateStore:
-    """A SQLite state store; safe to use from several threads of one process."""
+    """A SQLite state store; safe to use from several threads of one process.
+
+    ``path`` is the database file; its folder is the run's local state directory.
+    """
+
+    _begin = "BEGIN IMMEDIATE"
+    _pg = False
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(
+            self._conn: Any = sqlite3.connect(
                 str(self.path), check_same_thread=False, isolation_level=None, timeout=30
             )
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.executescript(_SCHEMA)
+            self._conn.executescript(
+                _SCHEMA_TEMPLATE.format(
+                    real="REAL", blob="BLOB", serial="INTEGER PRIMARY KEY AUTOINCREMENT"
+                )
+            )
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"cannot open the state store {self.path}: {exc}") from exc
-        self._lock = threading.Lock()
+
+    def _sql(self, text: str) -> str:
+        """The backend's spelling of a statement written for SQLite."""
+        return text
+
+    def _execute(self, conn: Any, sql: str, args: Any = ()) -> Any:
+        return conn.execute(self._sql(sql), args)
+
+    def _executemany(self, conn: Any, sql: str, rows: Iterable[Any]) -> None:
+        conn.executemany(self._sql(sql), rows)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[Any]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
+            self._conn.execute(self._begin)
             try:
                 yield self._conn
             except BaseException:
@@ -123,12 +146,13 @@ class StateStore:
     def load_checkpoint(self, pipeline: str) -> Checkpoint | None:
         """The last checkpoint, with step states, or None if the pipeline never checkpointed."""
         with self._lock:
-            row = self._conn.execute(
+            row = self._execute(
+                self._conn,
                 "SELECT id, created_at, positions, sink_tokens FROM checkpoints WHERE pipeline=?",
                 (pipeline,),
             ).fetchone()
-            states = self._conn.execute(
-                "SELECT step, data FROM step_state WHERE pipeline=?", (pipeline,)
+            states = self._execute(
+                self._conn, "SELECT step, data FROM step_state WHERE pipeline=?", (pipeline,)
             ).fetchall()
         if row is None:
             return None
@@ -154,7 +178,8 @@ class StateStore:
         now = time.time()
         encoded = {step: encode_state(state) for step, state in step_states.items()}
         with self._transaction() as conn:
-            conn.execute(
+            self._execute(
+                conn,
                 "INSERT INTO checkpoints (pipeline, id, created_at, positions, sink_tokens) "
                 "VALUES (?,?,?,?,?) ON CONFLICT(pipeline) DO UPDATE SET id=excluded.id, "
                 "created_at=excluded.created_at, positions=excluded.positions, "
@@ -163,15 +188,17 @@ class StateStore:
             )
             crash_point("checkpoint.in_state_transaction")
             for step, data in encoded.items():
-                conn.execute(
+                self._execute(
+                    conn,
                     "INSERT INTO step_state (pipeline, step, data) VALUES (?,?,?) "
                     "ON CONFLICT(pipeline, step) DO UPDATE SET data=excluded.data",
                     (pipeline, step, data),
                 )
             for step, frame in dead_letters:
-                conn.executemany(
-                    "INSERT INTO dead_letters (pipeline, step, reason, record, created_at, run_id)"
-                    " VALUES (?,?,?,?,?,?)",
+                self._executemany(
+                    conn,
+                    "INSERT INTO dead_letters (pipeline, step, reason, record, created_at, "
+                    "run_id) VALUES (?,?,?,?,?,?)",
                     (
                         (pipeline, step, reason, record, now, run_id)
                         for record, reason in frame.select("record", "reason").iter_rows()
@@ -181,10 +208,10 @@ class StateStore:
     def reset(self, pipeline: str, dead_letters: bool = False) -> None:
         """Forget a pipeline's checkpoint and state (and its dead letters if asked)."""
         with self._transaction() as conn:
-            conn.execute("DELETE FROM checkpoints WHERE pipeline=?", (pipeline,))
-            conn.execute("DELETE FROM step_state WHERE pipeline=?", (pipeline,))
+            self._execute(conn, "DELETE FROM checkpoints WHERE pipeline=?", (pipeline,))
+            self._execute(conn, "DELETE FROM step_state WHERE pipeline=?", (pipeline,))
             if dead_letters:
-                conn.execute("DELETE FROM dead_letters WHERE pipeline=?", (pipeline,))
+                self._execute(conn, "DELETE FROM dead_letters WHERE pipeline=?", (pipeline,))
 
     # -- dead letters --------------------------------------------------------------------
 
@@ -204,7 +231,7 @@ class StateStore:
             sql += " AND step=?"
             args.append(step)
         if reason:
-            sql += " AND instr(reason, ?) > 0"
+            sql += " AND strpos(reason, ?) > 0" if self._pg else " AND instr(reason, ?) > 0"
             args.append(reason)
         if ids:
             sql += f" AND id IN ({','.join('?' * len(ids))})"
@@ -216,23 +243,27 @@ class StateStore:
             sql += " LIMIT ?"
             args.append(limit)
         with self._lock:
-            rows = self._conn.execute(sql, args).fetchall()
+            rows = self._execute(self._conn, sql, args).fetchall()
         return [DeadLetter(*row) for row in rows]
 
     def dead_letter_summary(self, pipeline: str) -> list[tuple[str, str, int]]:
         """(step, reason, count) for the pipeline's dead letters not yet replayed."""
         with self._lock:
-            return self._conn.execute(
+            rows: list[tuple[str, str, int]] = self._execute(
+                self._conn,
                 "SELECT step, reason, count(*) FROM dead_letters WHERE pipeline=? AND "
                 "replayed_at IS NULL GROUP BY step, reason ORDER BY 3 DESC",
                 (pipeline,),
             ).fetchall()
+        return [(step, reason, int(n)) for step, reason, n in rows]
 
     def mark_replayed(self, ids: list[int]) -> None:
         """Mark ledger rows as replayed."""
         with self._transaction() as conn:
-            conn.executemany(
-                "UPDATE dead_letters SET replayed_at=? WHERE id=?", ((time.time(), i) for i in ids)
+            self._executemany(
+                conn,
+                "UPDATE dead_letters SET replayed_at=? WHERE id=?",
+                [(time.time(), i) for i in ids],
             )
 
     # -- runs ----------------------------------------------------------------------------
@@ -240,7 +271,8 @@ class StateStore:
     def start_run(self, run_id: str, pipeline: str) -> None:
         """Record that a run started."""
         with self._transaction() as conn:
-            conn.execute(
+            self._execute(
+                conn,
                 "INSERT INTO runs (id, pipeline, started_at, status) VALUES (?,?,?, 'running')",
                 (run_id, pipeline, time.time()),
             )
@@ -248,7 +280,8 @@ class StateStore:
     def end_run(self, run_id: str, status: str, counts: Any, error: str | None = None) -> None:
         """Record how a run ended."""
         with self._transaction() as conn:
-            conn.execute(
+            self._execute(
+                conn,
                 "UPDATE runs SET ended_at=?, status=?, counts=?, error=? WHERE id=?",
                 (time.time(), status, orjson.dumps(counts), error, run_id),
             )
@@ -256,7 +289,8 @@ class StateStore:
     def runs(self, pipeline: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent runs of a pipeline, newest first."""
         with self._lock:
-            rows = self._conn.execute(
+            rows = self._execute(
+                self._conn,
                 "SELECT id, started_at, ended_at, status, counts, error FROM runs "
                 "WHERE pipeline=? ORDER BY started_at DESC LIMIT ?",
                 (pipeline, limit),
@@ -268,3 +302,64 @@ class StateStore:
             item["counts"] = orjson.loads(item["counts"]) if item["counts"] else None
             out.append(item)
         return out
+
+
+class PostgresStateStore(StateStore):
+    """The state store in PostgreSQL, shared by workers on several machines.
+
+    One connection, used under a lock like the SQLite one; each checkpoint is one transaction.
+    """
+
+    _begin = "BEGIN"
+    _pg = True
+
+    def __init__(self, url: str, local_dir: str | Path) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise MissingDependencyError("psycopg", "postgres") from exc
+        self.url = url
+        self.path = Path(local_dir) / "state.postgres"
+        self._lock = threading.Lock()
+        try:
+            self._conn = psycopg.connect(url, autocommit=True)
+            with self._lock:
+                self._conn.execute("SELECT pg_advisory_lock(7316)")  # one schema creator at once
+                try:
+                    self._conn.execute(
+                        _SCHEMA_TEMPLATE.format(
+                            real="DOUBLE PRECISION", blob="BYTEA", serial="BIGSERIAL PRIMARY KEY"
+                        )
+                    )
+                finally:
+                    self._conn.execute("SELECT pg_advisory_unlock(7316)")
+        except psycopg.Error as exc:
+            raise StateError(redact(f"cannot open the state store {url}: {exc}")) from exc
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", "%s")
+
+    def _executemany(self, conn: Any, sql: str, rows: Iterable[Any]) -> None:
+        with conn.cursor() as cursor:
+            cursor.executemany(self._sql(sql), rows)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._conn.close()
+
+
+def open_state_store(location: str | None, base_dir: Path) -> StateStore:
+    """The store named by a pipeline's ``state:``: a PostgreSQL URL, or a SQLite file path
+    (relative to the pipeline file); ``.tideflow/state.db`` beside the pipeline by default."""
+    if location and location.startswith(("postgresql://", "postgres://")):
+        return PostgresStateStore(location, base_dir / ".tideflow")
+    return StateStore(state_path(location, base_dir))
+
+
+def state_path(location: str | None, base_dir: Path) -> Path:
+    """Where a SQLite state store lives."""
+    if location:
+        path = Path(location)
+        return path if path.is_absolute() else base_dir / path
+    return base_dir / ".tideflow" / "state.db"
