@@ -35,7 +35,7 @@ from tideflow.core.graph import Graph, Node, build_graph
 from tideflow.errors import PipelineError, TideflowError
 from tideflow.registry import Registry, default_registry
 from tideflow.secrets import redact, redact_frame
-from tideflow.state.store import StateStore, open_state_store, state_path
+from tideflow.state.store import StateStore, open_state_store
 
 log = logging.getLogger("tideflow.engine")
 
@@ -120,11 +120,6 @@ class Engine:
         self._progress_interval = progress_interval
         self._last_progress = 0.0
         self._init_dead_letter_sink()
-
-    @staticmethod
-    def default_state_path(spec: Any, base_dir: Path) -> Path:
-        """Where a SQLite state store for ``spec`` lives (see ``state.store.state_path``)."""
-        return state_path(spec.state, base_dir)
 
     def _init_dead_letter_sink(self) -> None:
         cfg = self.spec.on_error.sink
