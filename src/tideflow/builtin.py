@@ -15,6 +15,8 @@ BUILTIN_MODULES = (
     "tideflow.connectors.files.sink",
     "tideflow.connectors.stdout",
     "tideflow.connectors.memory",
+    "tideflow.connectors.sql.source",
+    "tideflow.connectors.sql.sink",
 )
 
 

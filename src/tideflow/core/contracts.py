@@ -187,7 +187,16 @@ class Step(Component):
 
 
 class Sink(Component):
-    """Writes batches; output becomes visible only through ``commit`` after a checkpoint."""
+    """Writes batches; output becomes visible only through ``commit`` after a checkpoint.
+
+    A sink whose target can store the pipeline's checkpoint in the same transaction as the
+    data (``keeps_checkpoint``) gives exactly-once delivery without a two-phase commit: the
+    engine attaches the encoded checkpoint before ``flush``, the sink commits both together,
+    and on start the engine adopts the sink's stored checkpoint when it is newer than the
+    state store's.
+    """
+
+    keeps_checkpoint: bool = False
 
     @abstractmethod
     def open(self, ctx: Context, pending: JSON | None) -> None:
@@ -207,6 +216,19 @@ class Sink(Component):
 
     def commit(self, token: JSON | None) -> None:
         """Make the data covered by ``token`` visible. Must be idempotent."""
+
+    def end_of_input(self) -> None:
+        """Every bounded source has ended and all records were written; the next checkpoint
+        is the run's last (a sink that replaces its target swaps it in then)."""
+
+    def stored_checkpoint(self, ctx: Context) -> bytes | None:
+        """The checkpoint last committed with the data (``keeps_checkpoint`` sinks only);
+        called before ``open``."""
+        return None
+
+    def attach_checkpoint(self, payload: bytes) -> None:
+        """Commit ``payload`` (the encoded checkpoint) with the data at the next ``flush``
+        (``keeps_checkpoint`` sinks only)."""
 
     def close(self) -> None:
         """Release resources."""

@@ -35,6 +35,7 @@ from tideflow.core.graph import Graph, Node, build_graph
 from tideflow.errors import PipelineError, TideflowError
 from tideflow.registry import Registry, default_registry
 from tideflow.secrets import redact, redact_frame
+from tideflow.state.codec import decode_state, encode_state
 from tideflow.state.store import StateStore, open_state_store
 
 log = logging.getLogger("tideflow.engine")
@@ -202,7 +203,52 @@ class Engine:
             scope=self.scope,
         )
 
+    def _keeper(self) -> Node | None:
+        """The sink that stores checkpoints with its data, if any (at most one may)."""
+        keepers = [n for n in self.graph.sinks if n.component.keeps_checkpoint]
+        if len(keepers) > 1:
+            raise PipelineError(
+                "only one sink can keep the checkpoint with its data (transactional); found "
+                + ", ".join(repr(n.name) for n in keepers)
+            )
+        return keepers[0] if keepers else None
+
+    def _adopt_stored_checkpoint(self, keeper: Node) -> None:
+        """After a crash between the keeper's commit and the state store's, the keeper holds
+        the newer checkpoint: copy it into the state store before anything opens."""
+        payload = keeper.component.stored_checkpoint(self._context(keeper))
+        current = self.state.load_checkpoint(self.state_key)
+        if payload is None:
+            if current is not None:
+                raise PipelineError(
+                    f"sink {keeper.name!r} holds no checkpoint, but the state store holds "
+                    f"checkpoint {current.id}: the target was changed outside tideflow; reset "
+                    f"the pipeline's state (`tideflow state reset`) to load it again"
+                )
+            return
+        stored = decode_state(payload)
+        if current is not None and current.id > stored["id"]:
+            raise PipelineError(
+                f"sink {keeper.name!r} holds checkpoint {stored['id']}, older than the state "
+                f"store's {current.id}: the target was changed outside tideflow; reset the "
+                f"pipeline's state (`tideflow state reset`) to load it again"
+            )
+        if current is None or current.id < stored["id"]:
+            log.info("adopting checkpoint %d stored by sink %s", stored["id"], keeper.name)
+            self.state.commit_checkpoint(
+                self.state_key,
+                stored["id"],
+                stored["positions"],
+                stored["states"],
+                stored["tokens"],
+                [(step, frame) for step, frame in stored["dead"]],
+                self.run_id,
+            )
+
     def _open(self) -> None:
+        keeper = self._keeper()
+        if keeper is not None:
+            self._adopt_stored_checkpoint(keeper)
         checkpoint = self.state.load_checkpoint(self.state_key)
         tokens = checkpoint.sink_tokens if checkpoint else {}
         states = checkpoint.step_states if checkpoint else {}
@@ -284,6 +330,8 @@ class Engine:
             self._maybe_progress()
         if bounded_end and not self.stop_event.is_set():
             self._finish_steps()
+            for node in self.graph.sinks:
+                node.component.end_of_input()
         self._emit_progress()
 
     # -- processing ----------------------------------------------------------------------
@@ -420,16 +468,10 @@ class Engine:
     def _checkpoint(self) -> None:
         """Flush sinks, then store positions, state, tokens and dead letters atomically."""
         sinks = self.graph.sinks + ([self._dead_sink] if self._dead_sink else [])
+        keepers = [n for n in sinks if n.component.keeps_checkpoint]
         tokens = {}
-        for node in sinks:
-            try:
-                tokens[node.name] = node.component.flush()
-            except TideflowError:
-                raise
-            except Exception as exc:
-                raise PipelineError(
-                    redact(f"sink {node.name!r} could not flush at checkpoint: {exc}")
-                ) from exc
+        for node in [n for n in sinks if n not in keepers]:
+            tokens[node.name] = self._flush(node)
         crash_point("checkpoint.after_flush")
         states = {}
         for node in self.graph.steps:
@@ -437,6 +479,17 @@ class Engine:
             if snap is not None:
                 states[node.name] = snap
         self.checkpoint_id += 1
+        for node in keepers:
+            payload = {
+                "id": self.checkpoint_id,
+                "positions": self._positions,
+                "states": states,
+                "tokens": tokens,
+                "dead": [[step, frame] for step, frame in self._dead_buffer],
+            }
+            node.component.attach_checkpoint(encode_state(payload))
+            tokens[node.name] = self._flush(node)
+            crash_point("checkpoint.after_keeper_commit")
         self.state.commit_checkpoint(
             self.state_key,
             self.checkpoint_id,
@@ -470,6 +523,16 @@ class Engine:
             self.observer.on_checkpoint(self.checkpoint_id)
 
     # -- reporting -----------------------------------------------------------------------
+
+    def _flush(self, node: Node) -> Any:
+        try:
+            return node.component.flush()
+        except TideflowError:
+            raise
+        except Exception as exc:
+            raise PipelineError(
+                redact(f"sink {node.name!r} could not flush at checkpoint: {exc}")
+            ) from exc
 
     def _maybe_progress(self) -> None:
         if time.monotonic() - self._last_progress >= self._progress_interval:

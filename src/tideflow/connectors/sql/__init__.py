@@ -1,0 +1,1 @@
+"""SQL databases: the ``sql`` source and sink (PostgreSQL, MySQL/MariaDB, SQLite, DuckDB)."""

@@ -1,0 +1,708 @@
+"""What differs between databases: drivers, quoting, types, bulk paths and upsert syntax.
+
+Each dialect uses the fastest path its database offers and stays columnar where the driver
+allows it:
+
+- PostgreSQL: ADBC (libpq ``COPY`` in binary) both ways — reads stream Arrow record
+  batches, writes ingest Arrow into a temporary staging table.
+- DuckDB: its own Arrow interface — reads stream record batches, writes register the Arrow
+  table as a view.
+- MySQL/MariaDB: PyMySQL with an unbuffered cursor for reads and ``LOAD DATA LOCAL INFILE``
+  of a Polars-written CSV into an all-text staging table for writes, so that the server, in
+  strict mode, does every type conversion and reports bad values as errors.
+- SQLite: the standard library driver; ``executemany`` into a temporary staging table.
+
+From the staging table, one ``INSERT ... SELECT`` moves rows into the target (merging on the
+key for upserts), so the same bisection over the staging row numbers finds rejected rows on
+every database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import polars as pl
+import pyarrow as pa
+
+from tideflow.connectors.sql.urls import DatabaseUrl
+from tideflow.errors import ConfigError, MissingDependencyError
+
+ROW = "__tf_row"
+_ROW_ERRORS = {
+    "IntegrityError",
+    "DataError",
+    "ConstraintException",
+    "ConversionException",
+    "InvalidInputException",
+    "OutOfRangeException",
+    "MismatchTypeException",
+}
+# MySQL/MariaDB error codes that reject a value or a row, not the statement or connection.
+_MYSQL_ROW_ERRORS = {1048, 1062, 1264, 1265, 1292, 1366, 1406, 1411, 1452, 1690, 3140, 4025}
+"""Staging column numbering a batch's rows, for bisecting rejected rows."""
+
+
+def json_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """Nested columns (lists, structs) as JSON text: every database can load text."""
+    nested = [
+        c for c, t in frame.schema.items() if isinstance(t, pl.List | pl.Array | pl.Struct)
+    ]
+    if not nested:
+        return frame
+    # Encoding a one-field struct and cutting off its wrapper keeps this in Polars.
+    return frame.with_columns(
+        pl.when(pl.col(c).is_not_null())
+        .then(pl.struct(pl.col(c).alias("v")).struct.json_encode().str.slice(5).str.head(-1))
+        .alias(c)
+        for c in nested
+    )
+
+
+class Dialect(ABC):
+    """One database's SQL and driver."""
+
+    name: ClassVar[str]
+    max_identifier: ClassVar[int]
+    savepoints: ClassVar[bool] = True
+    transactional_ddl: ClassVar[bool] = True
+    cast_on_insert: ClassVar[bool] = True
+    types: ClassVar[dict[str, str]]
+    reverse_types: ClassVar[dict[str, str]]
+
+    def quote(self, identifier: str) -> str:
+        """Quote an identifier, escaping embedded quotes; refuse what no database accepts."""
+        if not identifier or "\x00" in identifier:
+            raise ConfigError(f"invalid SQL identifier {identifier!r}: empty or contains NUL")
+        if len(identifier.encode()) > self.max_identifier:
+            raise ConfigError(
+                f"SQL identifier {identifier[:40]!r}... is {len(identifier.encode())} bytes; "
+                f"{self.name} allows at most {self.max_identifier}"
+            )
+        return '"' + identifier.replace('"', '""') + '"'
+
+    def table(self, name: str, schema: str | None) -> str:
+        """A quoted, optionally schema-qualified table name."""
+        return f"{self.quote(schema)}.{self.quote(name)}" if schema else self.quote(name)
+
+    def placeholder(self, index: int) -> str:
+        """The bound-parameter marker for parameter number ``index`` (from 1)."""
+        return "?"
+
+    def sql_type(self, declared: str) -> str:
+        """The SQL spelling of a kind or a declared ``decimal(p,s)`` / ``varchar(n)``."""
+        if declared.startswith(("decimal", "numeric")) and "(" in declared:
+            return "DECIMAL" + declared[declared.index("(") :]
+        if declared.startswith("varchar"):
+            return "VARCHAR" + declared[declared.index("(") :]
+        return self.types[declared]
+
+    def key_type(self, declared: str) -> str:
+        """The SQL type of a key column (MySQL cannot index unbounded text)."""
+        return self.sql_type(declared)
+
+    def index_column(self, column: str, declared: str) -> str:
+        """A column as an index lists it."""
+        return self.quote(column)
+
+    def kind_of_sql(self, sql_type: str) -> str:
+        """The kind of an existing column's declared type, as the catalogue reports it."""
+        text = sql_type.strip().lower()
+        for prefix, kind in self.reverse_types.items():
+            if text.startswith(prefix):
+                return kind
+        return "text"
+
+    @abstractmethod
+    def connect(self, url: DatabaseUrl) -> Any:
+        """Open a DB-API connection."""
+
+    def begin(self, conn: Any) -> None:  # noqa: B027 - most drivers begin implicitly
+        """Start a transaction (drivers without implicit transactions)."""
+
+    def commit(self, conn: Any) -> None:
+        """Commit the current transaction."""
+        conn.commit()
+
+    def end_read(self, conn: Any) -> None:
+        """End the transaction a query opened, so the next one sees new rows (drivers
+        that open transactions implicitly)."""
+        conn.commit()
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back the current transaction."""
+        conn.rollback()
+
+    def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement; return its rows (empty for statements without results)."""
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, tuple(params)) if params else cur.execute(sql)
+            return list(cur.fetchall()) if cur.description else []
+        finally:
+            cur.close()
+
+    @abstractmethod
+    def stream(
+        self, conn: Any, sql: str, params: Sequence[Any], batch_size: int
+    ) -> Iterator[pl.DataFrame]:
+        """Run a query and yield its result in frames of at most ``batch_size`` rows,
+        never holding the whole result in memory."""
+
+    @abstractmethod
+    def columns(self, conn: Any, table: str, schema: str | None) -> dict[str, str] | None:
+        """Existing column name -> declared SQL type, in table order; None if no table."""
+
+    @abstractmethod
+    def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
+        """Load ``frame`` (with a ``__tf_row`` column) into a staging relation; its name."""
+
+    def unstage(self, conn: Any, staging: str) -> None:
+        """Drop a staging relation."""
+        self.execute(conn, f"DROP TABLE IF EXISTS {self.quote(staging)}")
+
+    def upsert_clause(self, keys: list[str], columns: list[str]) -> str:
+        """The ``ON CONFLICT`` clause merging on ``keys``."""
+        rest = [c for c in columns if c not in keys]
+        target = ", ".join(self.quote(k) for k in keys)
+        if not rest:
+            return f" ON CONFLICT ({target}) DO NOTHING"
+        sets = ", ".join(f"{self.quote(c)} = excluded.{self.quote(c)}" for c in rest)
+        return f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+
+    def alter_type(self, table: str, column: str, sql_type: str) -> str:
+        """DDL changing a column's type."""
+        return f"ALTER TABLE {table} ALTER COLUMN {self.quote(column)} TYPE {sql_type}"
+
+    def rename_table(self, table: str, new_name: str) -> str:
+        """DDL renaming a (qualified) table to an unqualified ``new_name``."""
+        return f"ALTER TABLE {table} RENAME TO {self.quote(new_name)}"
+
+    def is_row_error(self, exc: Exception) -> bool:
+        """True when the database rejected data (a value, a constraint), not the connection."""
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(state, str) and state[:2] in ("22", "23"):
+            return True
+        return type(exc).__name__ in _ROW_ERRORS
+
+    def select_expr(self, column: str, sql_type: str, kind: str) -> str:
+        """How the merge reads a staging column: converted to the target column's type."""
+        quoted = "s." + self.quote(column)
+        return f"CAST({quoted} AS {sql_type})" if self.cast_on_insert else quoted
+
+
+class PostgresDialect(Dialect):
+    """PostgreSQL through ADBC."""
+
+    name = "postgresql"
+    max_identifier = 63
+    types: ClassVar[dict[str, str]] = {
+        "boolean": "BOOLEAN",
+        "smallint": "SMALLINT",
+        "integer": "INTEGER",
+        "bigint": "BIGINT",
+        "real": "REAL",
+        "double": "DOUBLE PRECISION",
+        "decimal": "NUMERIC",
+        "text": "TEXT",
+        "date": "DATE",
+        "time": "TIME",
+        "timestamp": "TIMESTAMP",
+        "timestamptz": "TIMESTAMPTZ",
+        "binary": "BYTEA",
+        "json": "JSONB",
+    }
+    reverse_types: ClassVar[dict[str, str]] = {
+        "boolean": "boolean",
+        "smallint": "smallint",
+        "integer": "integer",
+        "bigint": "bigint",
+        "real": "real",
+        "double": "double",
+        "numeric": "decimal",
+        "timestamp with time zone": "timestamptz",
+        "timestamp": "timestamp",
+        "time": "time",
+        "date": "date",
+        "bytea": "binary",
+        "json": "json",
+    }
+
+    def placeholder(self, index: int) -> str:
+        """libpq numbers its parameters."""
+        return f"${index}"
+
+    def connect(self, url: DatabaseUrl) -> Any:
+        """Connect with ADBC (autocommit off: every statement is in a transaction)."""
+        try:
+            import adbc_driver_postgresql.dbapi as adbc
+        except ImportError as exc:
+            raise MissingDependencyError("adbc-driver-postgresql", "postgres") from exc
+        return adbc.connect(url.libpq)
+
+    def stream(
+        self, conn: Any, sql: str, params: Sequence[Any], batch_size: int
+    ) -> Iterator[pl.DataFrame]:
+        """Stream Arrow record batches (COPY binary under the hood), re-chunked."""
+        cur = conn.cursor()
+        try:
+            cur.execute(sql, parameters=tuple(params) if params else None)
+            yield from _rechunk(cur.fetch_record_batch(), batch_size)
+        finally:
+            cur.close()
+
+    def columns(self, conn: Any, table: str, schema: str | None) -> dict[str, str] | None:
+        """From ``pg_attribute``, with ``format_type`` spelling of each type."""
+        target = self.table(table, schema)
+        exists = self.execute(conn, "SELECT to_regclass($1)::text", (target,))
+        if not exists or exists[0][0] is None:
+            return None
+        rows = self.execute(
+            conn,
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum",
+            (target,),
+        )
+        return {name: kind for name, kind in rows}
+
+    def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
+        """ADBC bulk ingest (binary COPY) into a temporary table."""
+        staging = "tf_stage"
+        self.unstage(conn, staging)
+        cur = conn.cursor()
+        try:
+            cur.adbc_ingest(staging, _arrow(frame), mode="create", temporary=True)
+        finally:
+            cur.close()
+        return staging
+
+
+class DuckDBDialect(Dialect):
+    """DuckDB through its native Arrow interface."""
+
+    name = "duckdb"
+    max_identifier = 255
+    savepoints = False
+    types: ClassVar[dict[str, str]] = {
+        **PostgresDialect.types,
+        "double": "DOUBLE",
+        "decimal": "DECIMAL(38, 9)",
+        "text": "VARCHAR",
+        "binary": "BLOB",
+        "json": "JSON",
+    }
+    reverse_types: ClassVar[dict[str, str]] = {
+        "boolean": "boolean",
+        "smallint": "smallint",
+        "tinyint": "smallint",
+        "integer": "integer",
+        "bigint": "bigint",
+        "hugeint": "decimal",
+        "float": "real",
+        "real": "real",
+        "double": "double",
+        "decimal": "decimal",
+        "timestamp with time zone": "timestamptz",
+        "timestamp": "timestamp",
+        "time": "time",
+        "date": "date",
+        "blob": "binary",
+        "json": "json",
+    }
+
+    def connect(self, url: DatabaseUrl) -> Any:
+        """Open the database file (created if missing)."""
+        import duckdb
+
+        return duckdb.connect(url.path)
+
+    def begin(self, conn: Any) -> None:
+        """DuckDB autocommits unless a transaction is opened."""
+        conn.execute("BEGIN TRANSACTION")
+
+    def end_read(self, conn: Any) -> None:
+        """Reads autocommit."""
+
+    def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """On the connection itself: a DuckDB cursor would not see registered views."""
+        result = conn.execute(sql, list(params))
+        return list(result.fetchall()) if result.description else []
+
+    def stream(
+        self, conn: Any, sql: str, params: Sequence[Any], batch_size: int
+    ) -> Iterator[pl.DataFrame]:
+        """Stream Arrow record batches."""
+        cur = conn.cursor()
+        try:
+            reader = cur.execute(sql, list(params)).fetch_record_batch(batch_size)
+            yield from _rechunk(reader, batch_size)
+        finally:
+            cur.close()
+
+    def columns(self, conn: Any, table: str, schema: str | None) -> dict[str, str] | None:
+        """From ``information_schema.columns``."""
+        rows = self.execute(
+            conn,
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? AND table_schema = coalesce(?, current_schema()) "
+            "ORDER BY ordinal_position",
+            (table, schema),
+        )
+        return {name: kind for name, kind in rows} or None
+
+    def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
+        """Register the Arrow table as a view: no copy at all."""
+        conn.register("tf_stage", _arrow(frame))
+        return "tf_stage"
+
+    def unstage(self, conn: Any, staging: str) -> None:
+        """Unregister the view."""
+        with contextlib.suppress(Exception):
+            conn.unregister(staging)
+
+
+class SQLiteDialect(Dialect):
+    """SQLite through the standard library driver."""
+
+    name = "sqlite"
+    max_identifier = 1024
+    cast_on_insert = False
+    types: ClassVar[dict[str, str]] = {
+        "boolean": "BOOLEAN",
+        "smallint": "INTEGER",
+        "integer": "INTEGER",
+        "bigint": "INTEGER",
+        "real": "REAL",
+        "double": "REAL",
+        "decimal": "NUMERIC",
+        "text": "TEXT",
+        "date": "DATE",
+        "time": "TIME",
+        "timestamp": "TIMESTAMP",
+        "timestamptz": "TIMESTAMPTZ",
+        "binary": "BLOB",
+        "json": "JSON",
+    }
+    reverse_types: ClassVar[dict[str, str]] = {
+        "boolean": "boolean",
+        "bigint": "bigint",
+        "smallint": "smallint",
+        "tinyint": "smallint",
+        "int": "bigint",
+        "real": "double",
+        "double": "double",
+        "float": "double",
+        "numeric": "decimal",
+        "decimal": "decimal",
+        "timestamptz": "timestamptz",
+        "timestamp": "timestamp",
+        "datetime": "timestamp",
+        "time": "time",
+        "date": "date",
+        "blob": "binary",
+        "json": "json",
+    }
+
+    def connect(self, url: DatabaseUrl) -> Any:
+        """Open the file; transactions are explicit (``isolation_level=None``)."""
+        conn = sqlite3.connect(url.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        return conn
+
+    def begin(self, conn: Any) -> None:
+        """SQLite autocommits unless a transaction is opened."""
+        conn.execute("BEGIN IMMEDIATE")
+
+    def end_read(self, conn: Any) -> None:
+        """Reads autocommit."""
+
+    def commit(self, conn: Any) -> None:
+        """Commit if a transaction is open."""
+        if conn.in_transaction:
+            conn.execute("COMMIT")
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back if a transaction is open."""
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+    def alter_type(self, table: str, column: str, sql_type: str) -> str:
+        """SQLite columns hold any value: widening needs no DDL."""
+        return ""
+
+    def stream(
+        self, conn: Any, sql: str, params: Sequence[Any], batch_size: int
+    ) -> Iterator[pl.DataFrame]:
+        """``fetchmany`` in batches."""
+        cur = conn.execute(sql, tuple(params))
+        names = [d[0] for d in cur.description]
+        yield from _row_batches(cur, names, batch_size)
+
+    def columns(self, conn: Any, table: str, schema: str | None) -> dict[str, str] | None:
+        """From ``pragma_table_info``."""
+        rows = self.execute(
+            conn, "SELECT name, type FROM pragma_table_info(?, ?) ORDER BY cid", (table, schema)
+        )
+        return {name: kind for name, kind in rows} or None
+
+    def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
+        """``executemany`` into a temporary table; temporal values as ISO text."""
+        staging = "tf_stage"
+        self.unstage(conn, staging)
+        frame = _temporal_as_text(frame)
+        cols = ", ".join(self.quote(c) for c in frame.columns)
+        conn.execute(f"CREATE TEMP TABLE {self.quote(staging)} ({cols})")
+        marks = ", ".join("?" for _ in frame.columns)
+        conn.executemany(f"INSERT INTO {self.quote(staging)} VALUES ({marks})", frame.iter_rows())
+        return staging
+
+
+class MySQLDialect(Dialect):
+    """MySQL and MariaDB through PyMySQL."""
+
+    name = "mysql"
+    max_identifier = 64
+    transactional_ddl = False
+    cast_on_insert = False
+    types: ClassVar[dict[str, str]] = {
+        "boolean": "BOOLEAN",
+        "smallint": "SMALLINT",
+        "integer": "INT",
+        "bigint": "BIGINT",
+        "real": "FLOAT",
+        "double": "DOUBLE",
+        "decimal": "DECIMAL(38, 9)",
+        "text": "LONGTEXT",
+        "date": "DATE",
+        "time": "TIME(6)",
+        "timestamp": "DATETIME(6)",
+        "timestamptz": "DATETIME(6)",
+        "binary": "LONGBLOB",
+        "json": "JSON",
+    }
+    reverse_types: ClassVar[dict[str, str]] = {
+        "tinyint(1)": "boolean",
+        "tinyint": "smallint",
+        "smallint": "smallint",
+        "mediumint": "integer",
+        "int": "integer",
+        "bigint": "bigint",
+        "float": "real",
+        "double": "double",
+        "decimal": "decimal",
+        "datetime": "timestamp",
+        "timestamp": "timestamp",
+        "time": "time",
+        "date": "date",
+        "longblob": "binary",
+        "blob": "binary",
+        "json": "json",
+    }
+
+    def quote(self, identifier: str) -> str:
+        """Backticks, doubled inside."""
+        super().quote(identifier)
+        if identifier.endswith(" "):
+            raise ConfigError(f"MySQL identifiers cannot end with a space: {identifier!r}")
+        return "`" + identifier.replace("`", "``") + "`"
+
+    def placeholder(self, index: int) -> str:
+        """PyMySQL's format style."""
+        return "%s"
+
+    def key_type(self, declared: str) -> str:
+        """Indexed text needs a length in MySQL."""
+        return "VARCHAR(255)" if declared in ("text", "json") else self.sql_type(declared)
+
+    def index_column(self, column: str, declared: str) -> str:
+        """Unbounded text is indexed by a prefix."""
+        return self.quote(column) + ("(255)" if declared in ("text", "json") else "")
+
+    def connect(self, url: DatabaseUrl) -> Any:
+        """Connect with ``LOAD DATA LOCAL`` allowed and strict conversions."""
+        try:
+            import pymysql
+        except ImportError as exc:
+            raise MissingDependencyError("pymysql", "mysql") from exc
+        conn = pymysql.connect(
+            host=url.host,
+            port=url.port or 3306,
+            user=url.user or "root",
+            password=url.password,
+            database=url.database or None,
+            local_infile=True,
+            charset="utf8mb4",
+            autocommit=False,
+        )
+        self.execute(conn, "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION'")
+        self.execute(conn, "SET SESSION time_zone = '+00:00'")
+        return conn
+
+    def stream(
+        self, conn: Any, sql: str, params: Sequence[Any], batch_size: int
+    ) -> Iterator[pl.DataFrame]:
+        """An unbuffered server-side cursor read with ``fetchmany``."""
+        import pymysql.cursors
+
+        cur = conn.cursor(pymysql.cursors.SSCursor)
+        try:
+            cur.execute(sql, tuple(params) if params else None)
+            names = [d[0] for d in cur.description]
+            yield from _row_batches(cur, names, batch_size)
+        finally:
+            cur.close()
+
+    def columns(self, conn: Any, table: str, schema: str | None) -> dict[str, str] | None:
+        """From ``information_schema.columns`` (``column_type`` keeps ``tinyint(1)``)."""
+        rows = self.execute(
+            conn,
+            "SELECT column_name, column_type FROM information_schema.columns "
+            "WHERE table_name = %s AND table_schema = coalesce(%s, database()) "
+            "ORDER BY ordinal_position",
+            (table, schema),
+        )
+        return {name: kind for name, kind in rows} or None
+
+    def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
+        """``LOAD DATA LOCAL INFILE`` into all-text columns; the server converts on insert."""
+        staging = "tf_stage"
+        self.execute(conn, f"DROP TEMPORARY TABLE IF EXISTS {self.quote(staging)}")
+        cols = ", ".join(
+            f"{self.quote(c)} {'BIGINT' if c == ROW else 'LONGBLOB' if kinds.get(c) == 'binary' else 'LONGTEXT'}"  # noqa: E501
+            for c in frame.columns
+        )
+        self.execute(conn, f"CREATE TEMPORARY TABLE {self.quote(staging)} ({cols})")
+        text = _temporal_as_text(frame, mysql=True).with_columns(
+            pl.col(pl.Boolean).cast(pl.Int8), pl.col(pl.Binary).bin.encode("hex")
+        )
+        fd, path = tempfile.mkstemp(suffix=".csv", prefix="tideflow-")
+        os.close(fd)
+        try:
+            text.write_csv(path, include_header=False, null_value="NULL", quote_style="non_numeric")
+            self.execute(
+                conn,
+                f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.quote(staging)} "
+                "CHARACTER SET utf8mb4 FIELDS TERMINATED BY ',' OPTIONALLY ENCLOSED BY '\"' "
+                "ESCAPED BY '' LINES TERMINATED BY '\\n'",
+                (path,),
+            )
+        finally:
+            os.unlink(path)
+        return staging
+
+    def unstage(self, conn: Any, staging: str) -> None:
+        """Drop the temporary table."""
+        self.execute(conn, f"DROP TEMPORARY TABLE IF EXISTS {self.quote(staging)}")
+
+    def upsert_clause(self, keys: list[str], columns: list[str]) -> str:
+        """``ON DUPLICATE KEY UPDATE`` from the staging row."""
+        rest = [c for c in columns if c not in keys] or keys[:1]
+        sets = ", ".join(f"{self.quote(c)} = s.{self.quote(c)}" for c in rest)
+        return f" ON DUPLICATE KEY UPDATE {sets}"
+
+    def is_row_error(self, exc: Exception) -> bool:
+        """By MySQL error code."""
+        code = exc.args[0] if exc.args else None
+        return code in _MYSQL_ROW_ERRORS or super().is_row_error(exc)
+
+    def select_expr(self, column: str, sql_type: str, kind: str) -> str:
+        """The server converts text on insert; binary travels as hex."""
+        quoted = "s." + self.quote(column)
+        return f"UNHEX({quoted})" if kind == "binary" else quoted
+
+    def alter_type(self, table: str, column: str, sql_type: str) -> str:
+        """``MODIFY COLUMN`` (nullable: widening never adds a constraint)."""
+        return f"ALTER TABLE {table} MODIFY COLUMN {self.quote(column)} {sql_type}"
+
+    def rename_table(self, table: str, new_name: str) -> str:
+        """MySQL's spelling."""
+        return f"RENAME TABLE {table} TO {self.quote(new_name)}"
+
+
+DIALECTS: dict[str, type[Dialect]] = {
+    "postgresql": PostgresDialect,
+    "duckdb": DuckDBDialect,
+    "sqlite": SQLiteDialect,
+    "mysql": MySQLDialect,
+}
+
+
+def dialect_for(url: DatabaseUrl) -> Dialect:
+    """The dialect of a parsed URL."""
+    return DIALECTS[url.dialect]()
+
+
+# -- frame conversion --------------------------------------------------------------------------
+
+
+def _arrow(frame: pl.DataFrame) -> pa.Table:
+    """Arrow with plain (not view) strings, which every ADBC driver ingests."""
+    table = json_columns(frame).to_arrow()
+    schema = pa.schema(
+        [
+            f.with_type(pa.large_string()) if pa.types.is_string_view(f.type) else f
+            for f in table.schema
+        ]
+    )
+    return table.cast(schema)
+
+
+def _temporal_as_text(frame: pl.DataFrame, mysql: bool = False) -> pl.DataFrame:
+    """Dates and times as ISO text; MySQL wants UTC wall time with a space separator."""
+    frame = json_columns(frame)
+    exprs = []
+    for name, dtype in frame.schema.items():
+        col = pl.col(name)
+        if isinstance(dtype, pl.Datetime):
+            if dtype.time_zone and mysql:
+                col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
+            fmt = "%Y-%m-%d %H:%M:%S%.6f" + ("" if mysql or not dtype.time_zone else "%:z")
+            exprs.append(col.dt.strftime(fmt).alias(name))
+        elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Decimal):
+            exprs.append(col.cast(pl.String).alias(name))
+    return frame.with_columns(exprs) if exprs else frame
+
+
+def _rechunk(reader: Any, batch_size: int) -> Iterator[pl.DataFrame]:
+    """Regroup Arrow record batches into frames of ``batch_size`` rows."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    yielded = False
+    schema = reader.schema
+    for batch in reader:
+        pending.append(batch)
+        rows += batch.num_rows
+        while rows >= batch_size:
+            table = pa.Table.from_batches(pending, schema=schema)
+            yield _frame(table.slice(0, batch_size))
+            yielded = True
+            rest = table.slice(batch_size)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows or not yielded:
+        # An empty result still yields one empty frame: it carries the column types.
+        yield _frame(pa.Table.from_batches(pending, schema=schema))
+
+
+def _frame(table: pa.Table) -> pl.DataFrame:
+    frame = pl.from_arrow(table, rechunk=False)
+    assert isinstance(frame, pl.DataFrame)
+    return frame
+
+
+def _row_batches(cur: Any, names: list[str], batch_size: int) -> Iterator[pl.DataFrame]:
+    """Frames from a DB-API cursor's ``fetchmany`` (drivers without an Arrow path)."""
+    first = True
+    while True:
+        rows = cur.fetchmany(batch_size)
+        if not rows and not first:
+            return
+        first = False
+        yield pl.DataFrame(rows, schema=names, orient="row", infer_schema_length=None)
+        if len(rows) < batch_size:
+            return

@@ -1,0 +1,415 @@
+"""The ``sql`` sink: bulk loads into PostgreSQL, MySQL/MariaDB, SQLite and DuckDB.
+
+Every batch goes to a staging relation by the database's bulk path, then into the target
+with one ``INSERT ... SELECT`` (an upsert merges on the key). When the database rejects some
+rows, the batch is bisected over the staging row numbers inside savepoints: good rows load,
+each rejected row goes to the dead-letter ledger with the database's message, and the search
+costs O(bad rows x log(batch)) statements instead of one per row.
+
+Delivery:
+
+- default: each batch commits in its own transaction as it arrives (at-least-once; with
+  ``upsert`` a replay rewrites the same rows, so the result is exact);
+- ``transactional: true``: batches stay in one open transaction until the checkpoint,
+  which commits them together with the pipeline's checkpoint (source positions, step state)
+  stored in the target database. After a crash the engine resumes from that stored
+  checkpoint, so every record lands exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Literal
+
+import polars as pl
+from pydantic import Field, model_validator
+
+from tideflow.connectors.sql.dialects import ROW, Dialect, dialect_for
+from tideflow.connectors.sql.schema import (
+    ColumnModel,
+    IndexModel,
+    SchemaPolicy,
+    TablePlan,
+    plan,
+    wanted_columns,
+)
+from tideflow.connectors.sql.urls import DatabaseUrl, parse_url
+from tideflow.core.contracts import Context, Sink, dead_letters, empty_dead_letters
+from tideflow.errors import PipelineError
+from tideflow.registry import component
+from tideflow.secrets import redact
+from tideflow.spec.models import Settings
+
+CHECKPOINT_TABLE = "tideflow_checkpoints"
+"""Where a transactional sink keeps the pipeline's checkpoint, in the target database."""
+
+
+class SqlSinkConfig(Settings):
+    """Settings of the ``sql`` sink."""
+
+    url: str = Field(
+        description="Database URL: postgresql://user:pass@host/db, mysql://root@host/db, "
+        "sqlite:///file.db or duckdb:///file.duckdb (relative to the pipeline file)."
+    )
+    table: str = Field(description="Target table (created when missing).")
+    db_schema: str | None = Field(
+        None, description="Database schema (namespace) of the table; the default if unset."
+    )
+    mode: Literal["append", "upsert", "replace"] = Field(
+        "append",
+        description="append rows; upsert (merge on `key`); replace the table's contents "
+        "(load a new table, swap it in atomically at the end of the run).",
+    )
+    key: list[str] = Field(
+        default_factory=list, description="Key columns: the primary key; required by upsert."
+    )
+    schema_policy: SchemaPolicy = Field(
+        "evolve",
+        description="When the table differs from the data: evolve (add columns, widen "
+        "types), strict (fail), recreate (drop and rebuild the table).",
+    )
+    columns: dict[str, ColumnModel] = Field(
+        default_factory=dict,
+        description="Declared columns (type, nullable) overriding the types inferred "
+        "from the data; declared columns missing from the data are created as well.",
+    )
+    indexes: list[IndexModel] = Field(
+        default_factory=list, description="Indexes created with the table."
+    )
+    transactional: bool = Field(
+        False,
+        description="Exactly-once: commit rows and the pipeline checkpoint in one "
+        "transaction per checkpoint (PostgreSQL, SQLite; not MySQL, whose DDL commits "
+        "implicitly, nor DuckDB, which has no savepoints).",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SqlSinkConfig:
+        if self.mode == "upsert" and not self.key:
+            raise ValueError("mode upsert needs `key`: the columns to merge on")
+        if self.transactional:
+            scheme = self.url.split("://", 1)[0].split("+", 1)[0].lower()
+            if scheme not in ("postgresql", "postgres", "sqlite"):
+                raise ValueError(
+                    "transactional: true works with PostgreSQL and SQLite targets only "
+                    f"(got {scheme!r}): MySQL commits implicitly on DDL and DuckDB has "
+                    "no savepoints for isolating rejected rows"
+                )
+        return self
+
+
+def replace_table_name(table: str) -> str:
+    """The table a ``replace`` load fills before it is swapped in."""
+    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    return f"{table[:40]}__tf_new_{digest}"
+
+
+@component("sink", "sql")
+class SqlSink(Sink):
+    """Load batches into a SQL table: append, upsert or replace, exactly-once on request."""
+
+    config_model = SqlSinkConfig
+    config: SqlSinkConfig
+
+    def __init__(self, config: SqlSinkConfig) -> None:
+        super().__init__(config)
+        self.keeps_checkpoint = config.transactional
+        self.dialect: Dialect | None = None
+        self.url: DatabaseUrl | None = None
+        self.conn: Any = None
+        self.pipeline = ""
+        self._table: TablePlan | None = None
+        self._planned: dict[str, pl.DataType] = {}
+        self._in_transaction = False
+        self._checkpoint: bytes | None = None
+        self._loading = False
+        self._end = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _connect(self, ctx: Context) -> None:
+        if self.conn is not None:
+            return
+        self.pipeline = ctx.pipeline if ctx.scope == "main" else f"{ctx.pipeline}#{ctx.scope}"
+        self.url = parse_url(self.config.url, ctx.base_dir)
+        self.dialect = dialect_for(self.url)
+        try:
+            self.conn = self.dialect.connect(self.url)
+        except Exception as exc:
+            raise PipelineError(
+                redact(f"sql sink cannot connect to {self.url.raw}: {exc}")
+            ) from exc
+
+    def open(self, ctx: Context, pending: Any) -> None:
+        """Connect; finish a swap the last checkpoint decided; forget an aborted load."""
+        self._connect(ctx)
+        if self.config.transactional:
+            self._in_tx(self._ensure_checkpoint_table)
+        if self.config.mode != "replace":
+            return
+        new = replace_table_name(self.config.table)
+        if self.config.transactional:
+            # The new table commits atomically with the checkpoint the run resumes from.
+            assert self.dialect is not None
+            self._loading = self.dialect.columns(self.conn, new, self.config.db_schema) is not None
+            self._commit()
+            return
+        state = pending.get("replace") if isinstance(pending, dict) else None
+        if state == "swap":
+            self._in_tx(self._swap)
+        # Resuming a load keeps what the checkpoint covers; otherwise start over.
+        self._loading = state == "loading"
+        if not self._loading:
+            self._in_tx(lambda: self._drop(new))
+
+    def close(self) -> None:
+        """Roll back anything uncommitted and disconnect."""
+        if self.conn is None:
+            return
+        if self._in_transaction:
+            self._rollback()
+        self.conn.close()
+        self.conn = None
+
+    def stored_checkpoint(self, ctx: Context) -> bytes | None:
+        """The checkpoint committed with the rows (transactional mode)."""
+        self._connect(ctx)
+        assert self.dialect is not None
+        if self.dialect.columns(self.conn, CHECKPOINT_TABLE, self.config.db_schema) is None:
+            self._commit()
+            return None
+        rows = self._exec(
+            f"SELECT payload FROM {self._q(CHECKPOINT_TABLE)} WHERE pipeline = {self._p(1)}",
+            (self.pipeline,),
+        )
+        self._commit()
+        return bytes(rows[0][0]) if rows else None
+
+    def attach_checkpoint(self, payload: bytes) -> None:
+        """Store ``payload`` with the rows at the next flush."""
+        self._checkpoint = payload
+
+    def end_of_input(self) -> None:
+        """Every bounded source ended: a ``replace`` load swaps at the next checkpoint."""
+        self._end = True
+
+    # -- writing --------------------------------------------------------------------------
+
+    def write_batch(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """Load ``batch``; return the rows the database rejected, with its reasons."""
+        if self.config.mode == "upsert":
+            # One statement cannot update a row twice: the last record of a key wins.
+            batch = batch.unique(self.config.key, keep="last", maintain_order=True)
+        if self.config.transactional:
+            self._begin()
+            self._prepare_table(batch.schema)
+        else:
+            # DDL commits on its own so that a rejected row never rolls a new table back.
+            self._in_tx(lambda: self._prepare_table(batch.schema))
+            self._begin()
+        try:
+            dead = self._load(batch)
+        except BaseException:
+            self._rollback()
+            raise
+        if not self.config.transactional:
+            self._commit()
+        return dead
+
+    def flush(self) -> Any:
+        """Commit the open transaction with the checkpoint (transactional mode); decide
+        the swap of a finished ``replace`` load."""
+        swap = self.config.mode == "replace" and self._end and self._loading
+        if self.config.transactional:
+            self._begin()
+            if swap:
+                self._swap()
+            if self._checkpoint is not None:
+                self._store_checkpoint(self._checkpoint)
+            self._commit()
+            self._checkpoint = None
+            return None
+        if self.config.mode == "replace":
+            return {"replace": "swap" if swap else "loading" if self._loading else "idle"}
+        return None
+
+    def commit(self, token: Any) -> None:
+        """Swap in a finished ``replace`` load (idempotent)."""
+        if isinstance(token, dict) and token.get("replace") == "swap":
+            self._in_tx(self._swap)
+
+    # -- planning ---------------------------------------------------------------------------
+
+    def plan_schema(self, schema: pl.Schema) -> TablePlan:
+        """The DDL the sink would run for batches of ``schema`` (``tideflow schema plan``)."""
+        assert self.dialect is not None
+        existing = self.dialect.columns(self.conn, self._target_name(), self.config.db_schema)
+        return plan(
+            self.dialect,
+            self._target_name(),
+            self.config.db_schema,
+            existing,
+            wanted_columns(schema, self.config.columns),
+            self.config.key,
+            self.config.columns,
+            self.config.indexes,
+            self.config.schema_policy,
+        )
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _target_name(self) -> str:
+        if self.config.mode == "replace":
+            return replace_table_name(self.config.table)
+        return self.config.table
+
+    def _prepare_table(self, schema: pl.Schema) -> None:
+        """Create or change the target so the batch loads; kept until the schema moves."""
+        if self._table is not None and self._planned == dict(schema):
+            return
+        self._begin()
+        table_plan = self.plan_schema(schema)
+        for statement in table_plan.statements:
+            self._exec(statement)
+        self._table, self._planned = table_plan, dict(schema)
+        if self.config.mode == "replace":
+            self._loading = True
+
+    def _load(self, batch: pl.DataFrame) -> pl.DataFrame:
+        assert self.dialect is not None and self._table is not None
+        d, table = self.dialect, self._table
+        staged = batch.with_columns(pl.int_range(batch.height, dtype=pl.Int64).alias(ROW))
+        staging = d.stage(self.conn, staged, table.kinds)
+        cols = ", ".join(d.quote(c) for c in batch.columns)
+        select = ", ".join(
+            d.select_expr(c, table.sql_types[c], table.kinds[c]) for c in batch.columns
+        )
+        upsert = self.config.mode == "upsert"
+        merge = d.upsert_clause(self.config.key, batch.columns) if upsert else ""
+        row = f"s.{d.quote(ROW)}"
+        insert = (
+            f"INSERT INTO {d.table(self._target_name(), self.config.db_schema)} ({cols}) "
+            f"SELECT {select} FROM {d.quote(staging)} s "
+            f"WHERE {row} >= {{lo}} AND {row} < {{hi}}{merge}"
+        )
+        try:
+            rejected = self._bisect(insert, 0, batch.height, commit_each=False)
+        finally:
+            d.unstage(self.conn, staging)
+        if not rejected:
+            return empty_dead_letters()
+        index = pl.DataFrame(
+            {"__tf_i": [r for r, _ in rejected], "reason": [why for _, why in rejected]},
+            schema={"__tf_i": pl.UInt32, "reason": pl.String},
+        )
+        bad = batch.with_row_index("__tf_i").join(index, on="__tf_i").sort("__tf_i")
+        return dead_letters(bad.drop("__tf_i", "reason"), pl.lit(bad.get_column("reason")))
+
+    def _bisect(self, insert: str, lo: int, hi: int, commit_each: bool) -> list[tuple[int, str]]:
+        """Insert rows [lo, hi); on a data error split the range, down to single rows.
+
+        With savepoints, the batch stays one transaction. Without (DuckDB), a failed attempt
+        rolls back the transaction, so while isolating bad rows each accepted range commits
+        on its own.
+        """
+        assert self.dialect is not None
+        d = self.dialect
+        # Row numbers are integers generated here, so formatting them into SQL is safe.
+        statement = insert.format(lo=lo, hi=hi)
+        if d.savepoints:
+            self._exec("SAVEPOINT tf_rows")
+        try:
+            self._exec(statement)
+        except Exception as exc:
+            if not d.is_row_error(exc):
+                raise
+            if d.savepoints:
+                self._exec("ROLLBACK TO SAVEPOINT tf_rows")
+            else:
+                self._rollback()
+            if hi - lo == 1:
+                return [(lo, redact(f"{d.name} rejected the row: {_first_line(exc)}"))]
+            mid = (lo + hi) // 2
+            isolate = not d.savepoints
+            return self._bisect(insert, lo, mid, isolate) + self._bisect(insert, mid, hi, isolate)
+        if d.savepoints:
+            self._exec("RELEASE SAVEPOINT tf_rows")
+        elif commit_each:
+            self._commit()
+        return []
+
+    def _swap(self) -> None:
+        assert self.dialect is not None
+        d = self.dialect
+        new = replace_table_name(self.config.table)
+        if d.columns(self.conn, new, self.config.db_schema) is None:
+            return
+        self._drop(self.config.table)
+        self._exec(d.rename_table(d.table(new, self.config.db_schema), self.config.table))
+        self._loading = False
+        self._table = None
+
+    def _drop(self, table: str) -> None:
+        assert self.dialect is not None
+        self._exec(f"DROP TABLE IF EXISTS {self.dialect.table(table, self.config.db_schema)}")
+
+    def _ensure_checkpoint_table(self) -> None:
+        blob = "BYTEA" if self.url and self.url.dialect == "postgresql" else "BLOB"
+        self._exec(
+            f"CREATE TABLE IF NOT EXISTS {self._q(CHECKPOINT_TABLE)} "
+            f"(pipeline TEXT PRIMARY KEY, payload {blob} NOT NULL)"
+        )
+
+    def _store_checkpoint(self, payload: bytes) -> None:
+        table = self._q(CHECKPOINT_TABLE)
+        self._exec(
+            f"INSERT INTO {table} (pipeline, payload) VALUES ({self._p(1)}, {self._p(2)}) "
+            "ON CONFLICT (pipeline) DO UPDATE SET payload = excluded.payload",
+            (self.pipeline, payload),
+        )
+
+    def _q(self, table: str) -> str:
+        assert self.dialect is not None
+        return self.dialect.table(table, self.config.db_schema)
+
+    def _p(self, index: int) -> str:
+        assert self.dialect is not None
+        return self.dialect.placeholder(index)
+
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        assert self.dialect is not None
+        self._begin()
+        return self.dialect.execute(self.conn, sql, params)
+
+    def _in_tx(self, fn: Any) -> None:
+        self._begin()
+        try:
+            fn()
+        except BaseException:
+            self._rollback()
+            raise
+        self._commit()
+
+    def _begin(self) -> None:
+        if not self._in_transaction:
+            assert self.dialect is not None
+            self.dialect.begin(self.conn)
+            self._in_transaction = True
+
+    def _commit(self) -> None:
+        if self._in_transaction:
+            assert self.dialect is not None
+            self.dialect.commit(self.conn)
+            self._in_transaction = False
+
+    def _rollback(self) -> None:
+        if self._in_transaction:
+            assert self.dialect is not None
+            self.dialect.rollback(self.conn)
+            self._in_transaction = False
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
