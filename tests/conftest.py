@@ -70,3 +70,30 @@ def postgres_database() -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def mysql_database() -> Iterator[str]:
+    """A fresh database on the shared MariaDB/MySQL server (127.0.0.1:3306); its URL.
+
+    Fails in CI and skips elsewhere when the server cannot be reached.
+    """
+    import uuid
+
+    import pymysql
+
+    name = f"tf_test_{uuid.uuid4().hex[:12]}"
+    try:
+        admin = pymysql.connect(host="127.0.0.1", port=3306, user="root", autocommit=True)
+    except pymysql.MySQLError as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"MariaDB/MySQL on 127.0.0.1:3306 is needed in CI: {exc}")
+        pytest.skip(f"MariaDB/MySQL on 127.0.0.1:3306 is not reachable: {exc}")
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    try:
+        yield f"mysql://root@127.0.0.1:3306/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE `{name}`")
+        admin.close()

@@ -18,8 +18,10 @@ import orjson
 import polars as pl
 
 from tideflow.connectors.memory import clear, collected
+from tideflow.core.contracts import MAIN_PORT, Context, PlansSchema
 from tideflow.core.engine import Engine, RunObserver, RunResult
-from tideflow.errors import ConfigError
+from tideflow.core.graph import build_graph
+from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import Registry, default_registry
 from tideflow.spec.loader import LoadedYaml, validate
 from tideflow.spec.models import PipelineSpec
@@ -226,3 +228,41 @@ def run_with_records(
         frames[name] = collected(collector)
         clear(collector)
     return TestOutcome(frames, result)
+
+
+def schema_plans(
+    spec: PipelineSpec, base_dir: str | Path, registry: Registry | None = None
+) -> dict[str, list[str]]:
+    """The DDL each schema-managing sink would run, from the schema of a preview's records.
+
+    Nothing is written: the preview replaces sinks by memory sinks, and planning only reads
+    the database catalogue.
+    """
+    registry = registry or default_registry
+    shown = preview(spec, base_dir, rows=100, registry=registry)
+    graph = build_graph(spec, registry)
+    plans: dict[str, list[str]] = {}
+    for node in graph.sinks:
+        if not isinstance(node.component, PlansSchema):
+            continue
+        frames = [
+            shown.frames.get(name if port == MAIN_PORT else f"{name}.{port}")
+            for name, port in node.inputs
+        ]
+        present = [f for f in frames if f is not None]
+        if not present:
+            raise PipelineError(
+                f"sink {node.name!r}: no records reached it in a preview, so its table's "
+                "columns are unknown; run the pipeline once, or declare `columns`"
+            )
+        schema = pl.concat(present, how="diagonal_relaxed").schema
+        ctx = Context(
+            pipeline=spec.name,
+            name=node.name,
+            base_dir=Path(base_dir).resolve(),
+            state_dir=Path(base_dir).resolve() / ".tideflow",
+            stop_event=threading.Event(),
+            scope="plan",
+        )
+        plans[node.name] = node.component.plan_ddl(ctx, schema)
+    return plans

@@ -259,6 +259,25 @@ def schema(ctx: click.Context) -> None:
     click.echo(json.dumps(pipeline_json_schema(), indent=2))
 
 
+@schema.command("plan")
+@click.argument("pipeline", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting.")
+@handle_errors
+def schema_plan(pipeline: str, sets: tuple[str, ...]) -> None:
+    """Print the DDL the pipeline's SQL sinks would run (tables to create or change),
+    without running it. The columns come from a preview of the pipeline's first records."""
+    from tideflow.runner import schema_plans
+
+    spec, base = load(pipeline, sets)
+    plans = schema_plans(spec, base)
+    if not plans:
+        click.echo("-- no sink in this pipeline manages a table schema")
+    for sink, statements in plans.items():
+        click.echo(f"-- sink {sink}: " + ("no change" if not statements else ""))
+        for statement in statements:
+            click.echo(statement + ";")
+
+
 @cli.group()
 def state() -> None:
     """Inspect or reset a pipeline's checkpoint and state."""

@@ -14,7 +14,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import polars as pl
 from pydantic import BaseModel
@@ -232,3 +232,12 @@ class Sink(Component):
 
     def close(self) -> None:
         """Release resources."""
+
+
+@runtime_checkable
+class PlansSchema(Protocol):
+    """A sink that manages its target's schema and can say what DDL it would run."""
+
+    def plan_ddl(self, ctx: Context, schema: pl.Schema) -> list[str]:
+        """The statements the sink would run for batches of ``schema``; runs none."""
+        ...

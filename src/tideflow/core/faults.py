@@ -16,6 +16,7 @@ CRASH_EXIT_CODE = 86
 
 POINTS = (
     "checkpoint.after_flush",
+    "checkpoint.after_keeper_commit",
     "checkpoint.in_state_transaction",
     "checkpoint.after_state",
     "checkpoint.after_first_sink_commit",

@@ -25,6 +25,7 @@ import sqlite3
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import polars as pl
@@ -50,9 +51,7 @@ _MYSQL_ROW_ERRORS = {1048, 1062, 1264, 1265, 1292, 1366, 1406, 1411, 1452, 1690,
 
 def json_columns(frame: pl.DataFrame) -> pl.DataFrame:
     """Nested columns (lists, structs) as JSON text: every database can load text."""
-    nested = [
-        c for c, t in frame.schema.items() if isinstance(t, pl.List | pl.Array | pl.Struct)
-    ]
+    nested = [c for c, t in frame.schema.items() if isinstance(t, pl.List | pl.Array | pl.Struct)]
     if not nested:
         return frame
     # Encoding a one-field struct and cutting off its wrapper keeps this in Polars.
@@ -183,6 +182,11 @@ class Dialect(ABC):
         """DDL renaming a (qualified) table to an unqualified ``new_name``."""
         return f"ALTER TABLE {table} RENAME TO {self.quote(new_name)}"
 
+    def for_writing(self) -> Dialect:
+        """The dialect a sink writes with (a database may read and write by different
+        drivers)."""
+        return self
+
     def is_row_error(self, exc: Exception) -> bool:
         """True when the database rejected data (a value, a constraint), not the connection."""
         state = getattr(exc, "sqlstate", None)
@@ -259,28 +263,80 @@ class PostgresDialect(Dialect):
     def columns(self, conn: Any, table: str, schema: str | None) -> dict[str, str] | None:
         """From ``pg_attribute``, with ``format_type`` spelling of each type."""
         target = self.table(table, schema)
-        exists = self.execute(conn, "SELECT to_regclass($1)::text", (target,))
+        mark = self.placeholder(1)
+        exists = self.execute(conn, f"SELECT to_regclass({mark})::text", (target,))
         if not exists or exists[0][0] is None:
             return None
         rows = self.execute(
             conn,
             "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
-            "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped "
+            f"WHERE attrelid = to_regclass({mark}) AND attnum > 0 AND NOT attisdropped "
             "ORDER BY attnum",
             (target,),
         )
         return {name: kind for name, kind in rows}
 
     def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
-        """ADBC bulk ingest (binary COPY) into a temporary table."""
+        """Reads only: the sink writes through :class:`PostgresWriter`."""
+        raise NotImplementedError("PostgreSQL writes go through PostgresWriter")
+
+    def for_writing(self) -> Dialect:
+        """psycopg: ADBC cannot recover from an error inside a transaction (no savepoint
+        rollback), which isolating rejected rows needs."""
+        return PostgresWriter()
+
+
+class PostgresWriter(PostgresDialect):
+    """PostgreSQL writes through psycopg: ``COPY`` of Polars-written CSV into text staging
+    columns; the ``INSERT ... SELECT`` casts, so a bad value is a row error, not a load
+    failure."""
+
+    def placeholder(self, index: int) -> str:
+        """psycopg's format style."""
+        return "%s"
+
+    def connect(self, url: DatabaseUrl) -> Any:
+        """Connect with psycopg (a transaction opens implicitly)."""
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise MissingDependencyError("psycopg", "postgres") from exc
+        return psycopg.connect(url.libpq)
+
+    def stream(
+        self, conn: Any, sql: str, params: Sequence[Any], batch_size: int
+    ) -> Iterator[pl.DataFrame]:
+        """A named (server-side) cursor read with ``fetchmany``."""
+        with conn.cursor(name="tf_read") as cur:
+            cur.execute(sql, tuple(params) if params else None)
+            yield from _row_batches(cur, [d[0] for d in cur.description], batch_size)
+
+    def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
+        """``COPY`` CSV into a temporary all-text table."""
         staging = "tf_stage"
         self.unstage(conn, staging)
-        cur = conn.cursor()
-        try:
-            cur.adbc_ingest(staging, _arrow(frame), mode="create", temporary=True)
-        finally:
-            cur.close()
+        cols = ", ".join(
+            f"{self.quote(c)} {'BIGINT' if c == ROW else 'TEXT'}" for c in frame.columns
+        )
+        self.execute(conn, f"CREATE TEMP TABLE {self.quote(staging)} ({cols})")
+        data = _as_csv(frame, utc_wall_time=False)
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY {self.quote(staging)} FROM STDIN (FORMAT csv, NULL 'NULL')") as copy,
+        ):
+            copy.write(data)
         return staging
+
+    def select_expr(self, column: str, sql_type: str, kind: str) -> str:
+        """Text to the column's type; binary travels as hex."""
+        quoted = "s." + self.quote(column)
+        if kind == "binary":
+            return f"decode({quoted}, 'hex')"
+        return f"CAST({quoted} AS {sql_type})"
+
+    def for_writing(self) -> Dialect:
+        """Already the writer."""
+        return self
 
 
 class DuckDBDialect(Dialect):
@@ -356,14 +412,25 @@ class DuckDBDialect(Dialect):
         )
         return {name: kind for name, kind in rows} or None
 
+    def __init__(self) -> None:
+        self._staged: pa.Table | None = None
+
     def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
         """Register the Arrow table as a view: no copy at all."""
-        conn.register("tf_stage", _arrow(frame))
+        self._staged = _arrow(frame)
+        conn.register("tf_stage", self._staged)
         return "tf_stage"
+
+    def rollback(self, conn: Any) -> None:
+        """Roll back; a registration made inside the transaction goes with it, so redo it."""
+        conn.rollback()
+        if self._staged is not None:
+            conn.register("tf_stage", self._staged)
 
     def unstage(self, conn: Any, staging: str) -> None:
         """Unregister the view."""
-        with contextlib.suppress(Exception):
+        self._staged = None
+        with contextlib.suppress(duckdb_error()):
             conn.unregister(staging)
 
 
@@ -578,13 +645,10 @@ class MySQLDialect(Dialect):
             for c in frame.columns
         )
         self.execute(conn, f"CREATE TEMPORARY TABLE {self.quote(staging)} ({cols})")
-        text = _temporal_as_text(frame, mysql=True).with_columns(
-            pl.col(pl.Boolean).cast(pl.Int8), pl.col(pl.Binary).bin.encode("hex")
-        )
         fd, path = tempfile.mkstemp(suffix=".csv", prefix="tideflow-")
         os.close(fd)
         try:
-            text.write_csv(path, include_header=False, null_value="NULL", quote_style="non_numeric")
+            Path(path).write_bytes(_as_csv(frame.with_columns(pl.col(pl.Boolean).cast(pl.Int8))))
             self.execute(
                 conn,
                 f"LOAD DATA LOCAL INFILE %s INTO TABLE {self.quote(staging)} "
@@ -625,6 +689,13 @@ class MySQLDialect(Dialect):
         return f"RENAME TABLE {table} TO {self.quote(new_name)}"
 
 
+def duckdb_error() -> type[Exception]:
+    """DuckDB's base exception class (imported only when DuckDB is used)."""
+    import duckdb
+
+    return duckdb.Error  # type: ignore[no-any-return]
+
+
 DIALECTS: dict[str, type[Dialect]] = {
     "postgresql": PostgresDialect,
     "duckdb": DuckDBDialect,
@@ -653,16 +724,27 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
     return table.cast(schema)
 
 
-def _temporal_as_text(frame: pl.DataFrame, mysql: bool = False) -> pl.DataFrame:
-    """Dates and times as ISO text; MySQL wants UTC wall time with a space separator."""
+def _as_csv(frame: pl.DataFrame, utc_wall_time: bool = True) -> bytes:
+    """CSV for a server-side bulk load into text columns: no header, strings quoted, null as
+    an unquoted ``NULL`` (a quoted "NULL" stays a string), binary as hex."""
+    text = _temporal_as_text(frame, utc_wall_time).with_columns(pl.col(pl.Binary).bin.encode("hex"))
+    return text.write_csv(
+        include_header=False, null_value="NULL", quote_style="non_numeric"
+    ).encode()
+
+
+def _temporal_as_text(frame: pl.DataFrame, utc_wall_time: bool = False) -> pl.DataFrame:
+    """Dates and times as ISO text. ``utc_wall_time`` (MySQL, which has no zone-aware type)
+    turns zone-aware times into UTC without an offset."""
     frame = json_columns(frame)
     exprs = []
     for name, dtype in frame.schema.items():
         col = pl.col(name)
         if isinstance(dtype, pl.Datetime):
-            if dtype.time_zone and mysql:
+            if dtype.time_zone and utc_wall_time:
                 col = col.dt.convert_time_zone("UTC").dt.replace_time_zone(None)
-            fmt = "%Y-%m-%d %H:%M:%S%.6f" + ("" if mysql or not dtype.time_zone else "%:z")
+            zone = "" if utc_wall_time or not dtype.time_zone else "%:z"
+            fmt = "%Y-%m-%d %H:%M:%S%.6f" + zone
             exprs.append(col.dt.strftime(fmt).alias(name))
         elif dtype in (pl.Date, pl.Time) or isinstance(dtype, pl.Decimal):
             exprs.append(col.cast(pl.String).alias(name))

@@ -132,7 +132,7 @@ class SqlSink(Sink):
             return
         self.pipeline = ctx.pipeline if ctx.scope == "main" else f"{ctx.pipeline}#{ctx.scope}"
         self.url = parse_url(self.config.url, ctx.base_dir)
-        self.dialect = dialect_for(self.url)
+        self.dialect = dialect_for(self.url).for_writing()
         try:
             self.conn = self.dialect.connect(self.url)
         except Exception as exc:
@@ -255,6 +255,15 @@ class SqlSink(Sink):
             self.config.indexes,
             self.config.schema_policy,
         )
+
+    def plan_ddl(self, ctx: Context, schema: pl.Schema) -> list[str]:
+        """The DDL for batches of ``schema``, without running it (``tideflow schema plan``)."""
+        self._connect(ctx)
+        try:
+            return [s for s in self.plan_schema(schema).statements if s]
+        finally:
+            self._rollback()
+            self.close()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -412,4 +421,3 @@ class SqlSink(Sink):
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
-

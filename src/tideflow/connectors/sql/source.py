@@ -79,8 +79,10 @@ class SqlSourceConfig(Settings):
         if self.columns is not None and self.table is None:
             raise ValueError("`columns` selects from `table`; write them into `query` instead")
         if self.poll_interval is not None and self.cursor is None:
-            raise ValueError("`poll_interval` needs a `cursor`: without one every poll would "
-                             "read the whole table again")
+            raise ValueError(
+                "`poll_interval` needs a `cursor`: without one every poll would "
+                "read the whole table again"
+            )
         if self.partitions > 1 and (self.partition_column is None or self.cursor is not None):
             raise ValueError("`partitions` needs `partition_column` and a full read (no cursor)")
         return self
@@ -294,9 +296,11 @@ class SqlSource(Source):
             where = f"{cursor} IS NOT NULL" if last is None else f"{cursor} > {d.placeholder(1)}"
             params = () if last is None else (last,)
             page = pl.concat(
-                list(self._stream(
-                    f"{self._select()} WHERE {where} ORDER BY {cursor} LIMIT {size + 1}", params
-                )),
+                list(
+                    self._stream(
+                        f"{self._select()} WHERE {where} ORDER BY {cursor} LIMIT {size + 1}", params
+                    )
+                ),
                 how="vertical_relaxed",
             )
             if page.height <= size:

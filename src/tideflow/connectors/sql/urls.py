@@ -58,8 +58,7 @@ def parse_url(url: str, base_dir: Path) -> DatabaseUrl:
     dialect = SCHEMES.get(scheme.split("+", 1)[0].lower())
     if dialect is None:
         raise ConfigError(
-            f"unsupported database {scheme!r} in URL; supported: "
-            + ", ".join(sorted(set(SCHEMES)))
+            f"unsupported database {scheme!r} in URL; supported: " + ", ".join(sorted(set(SCHEMES)))
         )
     parts = urlsplit(f"x://{rest}")
     password = unquote(parts.password or "")

@@ -1,0 +1,161 @@
+"""The ``sql`` sink on every supported database, checked with each database's plain driver."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+from tests.sql.conftest import Database
+from tests.sql.helpers import (
+    dead_letter_rows,
+    normalise,
+    run_yaml,
+    sql_sink_pipeline,
+    typed_frame,
+    write_parquet_input,
+)
+from tests.system.helpers import cli
+
+from tideflow.connectors.sql.sink import replace_table_name
+from tideflow.core.engine import RunObserver
+from tideflow.errors import PipelineError
+
+
+def test_append_loads_every_type_exactly(db: Database, tmp_path: Path) -> None:
+    frame = typed_frame(500)
+    write_parquet_input(tmp_path, frame)
+    result = run_yaml(tmp_path, sql_sink_pipeline("load", {"table": "items"}), {"DB_URL": db.url})
+    assert result.counts["sql"]["out"] == frame.height
+    assert_frame_equal(normalise(db.table("items"), frame), frame)
+
+
+def test_upsert_merges_on_the_key_last_write_wins(db: Database, tmp_path: Path) -> None:
+    first = typed_frame(200, seed=1)
+    # The second load overlaps the first and repeats some keys inside itself.
+    second = pl.concat([typed_frame(150, seed=2, start=100), typed_frame(30, seed=3, start=120)])
+    pipeline = sql_sink_pipeline("merge", {"table": "items", "mode": "upsert", "key": ["id"]})
+    write_parquet_input(tmp_path, first, prefix="a")
+    run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    write_parquet_input(tmp_path, second, prefix="b")
+    run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    expected = pl.concat([first, second]).unique("id", keep="last", maintain_order=True).sort("id")
+    assert_frame_equal(normalise(db.table("items"), expected), expected)
+
+
+def test_rejected_rows_go_to_dead_letters_and_their_neighbours_load(
+    db: Database, tmp_path: Path
+) -> None:
+    frame = typed_frame(300)
+    bad_ids = {7, 8, 150, 299}
+    frame = frame.with_columns(
+        pl.when(pl.col("id").is_in(bad_ids)).then(None).otherwise(pl.col("small")).alias("small")
+    )
+    write_parquet_input(tmp_path, frame)
+    sink = {"table": "items", "columns": {"small": {"type": "integer", "nullable": False}}}
+    result = run_yaml(tmp_path, sql_sink_pipeline("rejects", sink), {"DB_URL": db.url})
+    counts = result.counts["sql"]
+    assert counts["in"] == counts["out"] + counts["dead_lettered"]
+    assert counts["dead_lettered"] == len(bad_ids)
+    letters = dead_letter_rows(tmp_path, "rejects")
+    assert {json.loads(record)["id"] for record, _ in letters} == bad_ids
+    assert all(db.kind in reason for _, reason in letters)
+    good = frame.filter(~pl.col("id").is_in(bad_ids))
+    assert_frame_equal(normalise(db.table("items"), good), good)
+
+
+def test_evolve_adds_columns_and_widens_types(db: Database, tmp_path: Path) -> None:
+    pipeline = sql_sink_pipeline("evolve", {"table": "t"})
+    first = pl.DataFrame({"id": [1, 2], "n": [1, 2]}, schema={"id": pl.Int64, "n": pl.Int32})
+    second = pl.DataFrame(
+        {"id": [3], "n": [2**40], "extra": ["new"]},
+        schema={"id": pl.Int64, "n": pl.Int64, "extra": pl.String},
+    )
+    write_parquet_input(tmp_path, first, parts=1, prefix="a")
+    run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    write_parquet_input(tmp_path, second, parts=1, prefix="b")
+    run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    expected = pl.concat([first.cast({"n": pl.Int64}), second], how="diagonal")
+    assert_frame_equal(normalise(db.table("t"), expected), expected)
+
+
+def test_strict_refuses_a_difference_and_names_it(db: Database, tmp_path: Path) -> None:
+    pipeline = sql_sink_pipeline("strict", {"table": "t", "schema_policy": "strict"})
+    write_parquet_input(tmp_path, pl.DataFrame({"id": [1]}), parts=1, prefix="a")
+    run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    write_parquet_input(tmp_path, pl.DataFrame({"id": [2], "extra": ["x"]}), parts=1, prefix="b")
+    with pytest.raises(PipelineError, match=r"'extra'.*strict"):
+        run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    assert db.table("t")["id"].to_list() == [1]
+
+
+def test_evolve_refuses_a_narrowing_change_that_recreate_accepts(
+    db: Database, tmp_path: Path
+) -> None:
+    write_parquet_input(tmp_path, pl.DataFrame({"id": [1], "v": [1.5]}), parts=1, prefix="a")
+    run_yaml(tmp_path, sql_sink_pipeline("p", {"table": "t"}), {"DB_URL": db.url})
+    write_parquet_input(tmp_path, pl.DataFrame({"id": [2], "v": [True]}), parts=1, prefix="b")
+    if db.kind != "sqlite":  # SQLite columns hold any value: there is nothing to refuse
+        with pytest.raises(PipelineError, match=r"'v'.*evolve only adds columns"):
+            run_yaml(tmp_path, sql_sink_pipeline("p", {"table": "t"}), {"DB_URL": db.url})
+    recreate = sql_sink_pipeline("p", {"table": "t", "schema_policy": "recreate"})
+    run_yaml(tmp_path, recreate, {"DB_URL": db.url})
+    table = db.table("t")
+    assert table["id"].to_list() == [2]
+    assert bool(table["v"][0]) is True
+
+
+def test_replace_swaps_only_at_the_end_of_the_run(db: Database, tmp_path: Path) -> None:
+    old = typed_frame(50, seed=1)
+    new = typed_frame(400, seed=2, start=1000)
+    pipeline = sql_sink_pipeline("swap", {"table": "items", "mode": "replace"})
+    write_parquet_input(tmp_path, old, prefix="a")
+    run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    (tmp_path / "in").rename(tmp_path / "old-in")
+    write_parquet_input(tmp_path, new, parts=8, prefix="b")
+    seen_mid_run: list[int] = []
+
+    def on_checkpoint(_: int) -> None:
+        seen_mid_run.append(db.table("items").height)
+
+    text = pipeline + "checkpoint: {every_records: 50}\n"
+    # A new pipeline name starts from scratch: every file of the new folder is read.
+    run_yaml(
+        tmp_path,
+        text.replace("name: swap", "name: swap2"),
+        {"DB_URL": db.url},
+        RunObserver(on_checkpoint=on_checkpoint),
+    )
+    assert len(seen_mid_run) > 2
+    assert set(seen_mid_run[:-1]) == {old.height}, "readers saw a partial load"
+    assert_frame_equal(normalise(db.table("items"), new), new)
+    leftovers = [t for t in (replace_table_name("items"),) if db.exists(t)]
+    assert not leftovers
+
+
+def test_schema_plan_prints_ddl_without_running_it(db: Database, tmp_path: Path) -> None:
+    write_parquet_input(tmp_path, typed_frame(20), parts=1)
+    sink = {
+        "table": "planned",
+        "mode": "upsert",
+        "key": ["id"],
+        "indexes": [{"columns": ["name", "day"]}],
+    }
+    (tmp_path / "p.yaml").write_text(sql_sink_pipeline("plan", sink), encoding="utf-8")
+    out = cli("schema", "plan", "p.yaml", cwd=tmp_path, env={"DB_URL": db.url})
+    assert out.returncode == 0, out.stderr
+    assert "CREATE TABLE" in out.stdout and "PRIMARY KEY" in out.stdout
+    assert "CREATE INDEX" in out.stdout
+    assert not db.exists("planned"), "schema plan must not change the database"
+
+
+def test_transactional_is_refused_where_ddl_or_savepoints_break_it(tmp_path: Path) -> None:
+    write_parquet_input(tmp_path, pl.DataFrame({"id": [1]}), parts=1)
+    (tmp_path / "p.yaml").write_text(
+        sql_sink_pipeline("tx", {"table": "t", "transactional": True}), encoding="utf-8"
+    )
+    out = cli("validate", "p.yaml", cwd=tmp_path, env={"DB_URL": "mysql://root@127.0.0.1/x"})
+    assert out.returncode == 2
+    assert "transactional" in out.stderr + out.stdout and "Traceback" not in out.stderr
