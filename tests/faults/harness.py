@@ -55,8 +55,16 @@ def assert_exact_output(tmp_path: Path, expected: pl.DataFrame, context: str) ->
     assert not leftovers, f"{context}: orphan or partial files {leftovers}"
 
 
-def kill_randomly(pipeline: Path, cwd: Path, seed: int, kills: int, env: dict[str, str]) -> int:
-    """Run and SIGKILL the pipeline ``kills`` times at seeded moments; returns kills landed."""
+def kill_randomly(
+    pipeline: Path,
+    cwd: Path,
+    seed: int,
+    kills: int,
+    env: dict[str, str],
+    window: tuple[float, float] = (0.6, 2.5),
+) -> int:
+    """Run and SIGKILL the pipeline ``kills`` times at seeded moments (``window`` seconds
+    after each start); returns the kills that landed mid-run."""
     rng = random.Random(seed)
     landed = 0
     for _ in range(kills):
@@ -67,7 +75,7 @@ def kill_randomly(pipeline: Path, cwd: Path, seed: int, kills: int, env: dict[st
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(0.6, 2.5))
+        time.sleep(rng.uniform(*window))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             landed += 1

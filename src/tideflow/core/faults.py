@@ -20,6 +20,7 @@ POINTS = (
     "checkpoint.in_state_transaction",
     "checkpoint.after_state",
     "checkpoint.after_first_sink_commit",
+    "sql_sink.before_commit",
     "file_sink.mid_rename",
     "file_sink.mid_write",
 )

@@ -396,7 +396,8 @@ class DuckDBDialect(Dialect):
         """Stream Arrow record batches."""
         cur = conn.cursor()
         try:
-            reader = cur.execute(sql, list(params)).fetch_record_batch(batch_size)
+            relation = cur.sql(sql, params=list(params) if params else None)
+            reader = relation.to_arrow_reader(batch_size)
             yield from _rechunk(reader, batch_size)
         finally:
             cur.close()
@@ -693,7 +694,7 @@ def duckdb_error() -> type[Exception]:
     """DuckDB's base exception class (imported only when DuckDB is used)."""
     import duckdb
 
-    return duckdb.Error  # type: ignore[no-any-return]
+    return duckdb.Error
 
 
 DIALECTS: dict[str, type[Dialect]] = {

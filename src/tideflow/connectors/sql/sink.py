@@ -35,6 +35,7 @@ from tideflow.connectors.sql.schema import (
 )
 from tideflow.connectors.sql.urls import DatabaseUrl, parse_url
 from tideflow.core.contracts import Context, Sink, dead_letters, empty_dead_letters
+from tideflow.core.faults import crash_point
 from tideflow.errors import PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
@@ -226,6 +227,7 @@ class SqlSink(Sink):
                 self._swap()
             if self._checkpoint is not None:
                 self._store_checkpoint(self._checkpoint)
+            crash_point("sql_sink.before_commit")
             self._commit()
             self._checkpoint = None
             return None
