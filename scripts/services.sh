@@ -30,7 +30,8 @@ ensure() {
   wait_for "$name" "$port"
 }
 
-# The foundation's tests need no server (S3 runs in-process via moto on loopback).
-# Connectors that need a server add their line here, e.g.:
-# ensure PostgreSQL 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql)" main start
-exit 0
+# S3 runs in-process (moto on loopback); Kafka (tansu) is started by its test fixture.
+status=0
+ensure PostgreSQL 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql 2>/dev/null)" main start || status=1
+ensure MariaDB 3306 start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || status=1
+exit $status

@@ -12,7 +12,7 @@ fi
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet -e ".[dev,s3]"
 
-bash scripts/services.sh
+bash scripts/services.sh || echo "some services are down: the tests that need them will fail (CI) or skip"
 
 echo "== ruff"
 "$VENV/bin/ruff" check src tests benchmarks

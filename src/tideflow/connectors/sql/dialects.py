@@ -178,9 +178,10 @@ class Dialect(ABC):
         """DDL changing a column's type."""
         return f"ALTER TABLE {table} ALTER COLUMN {self.quote(column)} TYPE {sql_type}"
 
-    def rename_table(self, table: str, new_name: str) -> str:
-        """DDL renaming a (qualified) table to an unqualified ``new_name``."""
-        return f"ALTER TABLE {table} RENAME TO {self.quote(new_name)}"
+    def swap_tables(self, target: str, new: str, schema: str | None, exists: bool) -> list[str]:
+        """DDL putting table ``new`` in the place of ``target`` (run in one transaction)."""
+        drop = [f"DROP TABLE {self.table(target, schema)}"] if exists else []
+        return [*drop, f"ALTER TABLE {self.table(new, schema)} RENAME TO {self.quote(target)}"]
 
     def for_writing(self) -> Dialect:
         """The dialect a sink writes with (a database may read and write by different
@@ -685,9 +686,17 @@ class MySQLDialect(Dialect):
         """``MODIFY COLUMN`` (nullable: widening never adds a constraint)."""
         return f"ALTER TABLE {table} MODIFY COLUMN {self.quote(column)} {sql_type}"
 
-    def rename_table(self, table: str, new_name: str) -> str:
-        """MySQL's spelling."""
-        return f"RENAME TABLE {table} TO {self.quote(new_name)}"
+    def swap_tables(self, target: str, new: str, schema: str | None, exists: bool) -> list[str]:
+        """DDL is not transactional here, but one ``RENAME TABLE`` of several pairs is
+        atomic: readers see the old table or the new one, never none."""
+        if not exists:
+            return [f"RENAME TABLE {self.table(new, schema)} TO {self.table(target, schema)}"]
+        old = f"{new}_old"
+        return [
+            f"RENAME TABLE {self.table(target, schema)} TO {self.table(old, schema)}, "
+            f"{self.table(new, schema)} TO {self.table(target, schema)}",
+            f"DROP TABLE {self.table(old, schema)}",
+        ]
 
 
 def duckdb_error() -> type[Exception]:

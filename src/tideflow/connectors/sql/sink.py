@@ -353,10 +353,12 @@ class SqlSink(Sink):
         assert self.dialect is not None
         d = self.dialect
         new = replace_table_name(self.config.table)
-        if d.columns(self.conn, new, self.config.db_schema) is None:
+        schema = self.config.db_schema
+        if d.columns(self.conn, new, schema) is None:
             return
-        self._drop(self.config.table)
-        self._exec(d.rename_table(d.table(new, self.config.db_schema), self.config.table))
+        exists = d.columns(self.conn, self.config.table, schema) is not None
+        for statement in d.swap_tables(self.config.table, new, schema, exists):
+            self._exec(statement)
         self._loading = False
         self._table = None
 
