@@ -273,7 +273,7 @@ def schema_plan(pipeline: str, sets: tuple[str, ...]) -> None:
     if not plans:
         click.echo("-- no sink in this pipeline manages a table schema")
     for sink, statements in plans.items():
-        click.echo(f"-- sink {sink}: " + ("no change" if not statements else ""))
+        click.echo(f"-- sink {sink}" + ("" if statements else ": no change"))
         for statement in statements:
             click.echo(statement + ";")
 

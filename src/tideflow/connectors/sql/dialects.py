@@ -183,6 +183,10 @@ class Dialect(ABC):
         drop = [f"DROP TABLE {self.table(target, schema)}"] if exists else []
         return [*drop, f"ALTER TABLE {self.table(new, schema)} RENAME TO {self.quote(target)}"]
 
+    def restore_types(self, frame: pl.DataFrame, declared: dict[str, str]) -> pl.DataFrame:
+        """Frames read from a table, typed as its columns declare (drivers that lose types)."""
+        return frame
+
     def for_writing(self) -> Dialect:
         """The dialect a sink writes with (a database may read and write by different
         drivers)."""
@@ -490,6 +494,25 @@ class SQLiteDialect(Dialect):
 
     def end_read(self, conn: Any) -> None:
         """Reads autocommit."""
+
+    def restore_types(self, frame: pl.DataFrame, declared: dict[str, str]) -> pl.DataFrame:
+        """SQLite returns dates, times and booleans as text and integers: give them back the
+        types their columns declare."""
+        exprs = []
+        for name, sql_type in declared.items():
+            if name not in frame.columns:
+                continue
+            kind, col, dtype = self.kind_of_sql(sql_type), pl.col(name), frame.schema[name]
+            if kind == "boolean" and dtype.is_integer():
+                exprs.append(col.cast(pl.Boolean))
+            elif dtype != pl.String:
+                continue
+            elif kind == "date":
+                exprs.append(col.str.to_date(strict=False))
+            elif kind in ("timestamp", "timestamptz"):
+                parsed = col.str.to_datetime(time_unit="us", strict=False, time_zone="UTC")
+                exprs.append(parsed if kind == "timestamptz" else parsed.dt.replace_time_zone(None))
+        return frame.with_columns(exprs) if exprs else frame
 
     def commit(self, conn: Any) -> None:
         """Commit if a transaction is open."""

@@ -132,6 +132,7 @@ class SqlSource(Source):
         self._partition_queue: queue.Queue[Any] | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._declared: dict[str, str] = {}
 
     def open(self, ctx: Context, position: Any) -> None:
         """Connect and plan the read from ``position``."""
@@ -139,6 +140,12 @@ class SqlSource(Source):
         self.url = parse_url(self.config.url, ctx.base_dir)
         self.dialect = dialect_for(self.url)
         self.conn = self._connect()
+        if self.config.table is not None:
+            found = self.dialect.columns(self.conn, self.config.table, self.config.db_schema)
+            self.dialect.end_read(self.conn)
+            if found is None:
+                raise PipelineError(f"sql source: table {self.config.table!r} does not exist")
+            self._declared = found
         if self.config.cursor is not None:
             start = decode_value(position["cursor"]) if position else self.config.initial_value
             self._batches = self._incremental(start)
@@ -202,7 +209,8 @@ class SqlSource(Source):
 
     def _stream(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[pl.DataFrame]:
         assert self.dialect is not None
-        yield from self.dialect.stream(self.conn, sql, params, self.config.batch_size)
+        for frame in self.dialect.stream(self.conn, sql, params, self.config.batch_size):
+            yield self.dialect.restore_types(frame, self._declared)
         self.dialect.end_read(self.conn)
 
     # -- full reads ---------------------------------------------------------------------------
@@ -277,7 +285,7 @@ class SqlSource(Source):
             for frame in _skipping(frames, skip):
                 if self._stop.is_set():
                     return
-                out.put((part, frame))
+                out.put((part, self.dialect.restore_types(frame, self._declared)))
             out.put((part, None))
         except Exception as exc:  # noqa: BLE001 - handed to the reading thread to raise
             out.put(PipelineError(redact(f"sql source range {part} failed: {exc}")))
