@@ -72,8 +72,9 @@ def test_crash_at_each_step_of_a_transactional_checkpoint(
     env = {"DB_URL": postgres_database}
     crashed = 0
     for nth in range(1, trials(2, 5) + 1):
-        run = cli("run", str(pipeline), cwd=tmp_path,
-                  env={**env, "TIDEFLOW_CRASH_AT": f"{point}:{nth}"})
+        run = cli(
+            "run", str(pipeline), cwd=tmp_path, env={**env, "TIDEFLOW_CRASH_AT": f"{point}:{nth}"}
+        )
         assert run.returncode in (CRASH_EXIT_CODE, 0), run.stderr
         crashed += run.returncode == CRASH_EXIT_CODE
         if run.returncode == 0:

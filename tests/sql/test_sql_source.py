@@ -10,8 +10,13 @@ from pathlib import Path
 import polars as pl
 from polars.testing import assert_frame_equal
 from tests.sql.conftest import Database
-from tests.sql.helpers import normalise, run_yaml, sql_sink_pipeline, typed_frame
-from tests.sql.helpers import write_parquet_input
+from tests.sql.helpers import (
+    normalise,
+    run_yaml,
+    sql_sink_pipeline,
+    typed_frame,
+    write_parquet_input,
+)
 from tests.system.helpers import read_parquet_tree
 
 from tideflow.connectors.memory import clear, collected
@@ -58,14 +63,10 @@ def test_query_and_column_selection(db: Database, tmp_path: Path) -> None:
     assert_frame_equal(normalise(got, expected), expected)
 
 
-def test_a_full_read_resumes_after_the_rows_already_delivered(
-    db: Database, tmp_path: Path
-) -> None:
+def test_a_full_read_resumes_after_the_rows_already_delivered(db: Database, tmp_path: Path) -> None:
     frame = typed_frame(100)
     load(db, tmp_path, frame)
-    source = SqlSource(
-        SqlSourceConfig(url=db.url, table="items", order_by=["id"], batch_size=30)
-    )
+    source = SqlSource(SqlSourceConfig(url=db.url, table="items", order_by=["id"], batch_size=30))
     ctx = Context("p", "sql", tmp_path, tmp_path, threading.Event())
     source.open(ctx, {"rows": 45, "done": False})
     frames = []
@@ -116,9 +117,7 @@ def test_incremental_reads_only_new_and_changed_rows(db: Database, tmp_path: Pat
     second = both.join(first, on=["id", "version", "v"], how="anti")
     table = db.table("events")
     expected = table.filter(pl.col("version") > top).sort("id")
-    assert_frame_equal(
-        second.sort("id").select(expected.columns), expected, check_dtypes=False
-    )
+    assert_frame_equal(second.sort("id").select(expected.columns), expected, check_dtypes=False)
     assert both.height == first.height + expected.height, "a row was read twice"
 
 
@@ -136,8 +135,12 @@ def test_polling_picks_up_rows_inserted_while_running(db: Database, tmp_path: Pa
     runner.start()
     try:
         q = db.quote
-        db.run(*(f"INSERT INTO {q('feed')} ({q('id')}, {q('v')}) VALUES ({i}, 'n')"
-                 for i in range(4, 9)))
+        db.run(
+            *(
+                f"INSERT INTO {q('feed')} ({q('id')}, {q('v')}) VALUES ({i}, 'n')"
+                for i in range(4, 9)
+            )
+        )
         deadline = time.monotonic() + 60
         while collected("sql-poll").height < 8 and time.monotonic() < deadline:
             time.sleep(0.05)
