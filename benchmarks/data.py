@@ -64,3 +64,18 @@ def orders_ndjson(rows: int, poisoned: bool) -> Path:
             out.write(chunk)
     tmp.rename(path)
     return path
+
+
+def orders_csv(rows: int) -> tuple[Path, Path]:
+    """The orders as CSV, and a second CSV with 10% of them changed (new amounts)."""
+    first = DATA / f"orders-{rows}.csv"
+    changed = DATA / f"orders-{rows}-changed.csv"
+    if not (first.exists() and changed.exists()):
+        frame = pl.read_parquet(orders(rows))
+        frame.write_csv(first)
+        rng = np.random.default_rng(2)
+        ids = np.sort(rng.choice(rows, size=rows // 10, replace=False))
+        frame.filter(pl.col("id").is_in(ids)).with_columns(
+            (pl.col("amount") + 1).round(2)
+        ).write_csv(changed)
+    return first, changed

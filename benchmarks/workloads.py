@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.data import orders, orders_ndjson
+from benchmarks.data import orders, orders_csv, orders_ndjson
 
 FILTER = "amount > 0 AND country != 'US'"
 
@@ -112,6 +112,113 @@ def poison_tideflow(src: Path, out: Path) -> None:
     _ndjson_to_parquet(orders_ndjson(_rows(src), poisoned=True), out)
 
 
+SQL_URL = "postgresql://postgres@127.0.0.1:5432/tideflow_bench"
+SQL_SCHEMA = {
+    "id": pl.Int64,
+    "ts": pl.Datetime("us"),
+    "country": pl.String,
+    "amount": pl.Float64,
+    "qty": pl.Int64,
+}
+
+
+def _fresh_bench_table() -> None:
+    """An empty ``tideflow_bench`` database (outside the timings)."""
+    import psycopg
+
+    with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
+        if not c.execute("SELECT 1 FROM pg_database WHERE datname='tideflow_bench'").fetchone():
+            c.execute("CREATE DATABASE tideflow_bench")
+    with psycopg.connect(SQL_URL, autocommit=True) as c:
+        c.execute("DROP TABLE IF EXISTS orders")
+
+
+def _table_rows() -> int:
+    import psycopg
+
+    with psycopg.connect(SQL_URL) as c:
+        row = c.execute("SELECT count(*) FROM orders").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def sql_copy(src: Path, out: Path) -> None:
+    """Workload (d), hand-written: Polars CSV -> cast/filter -> COPY into a temporary table
+    -> INSERT ... ON CONFLICT, for the load and then the 10% re-run."""
+    import psycopg
+
+    with psycopg.connect(SQL_URL) as conn:
+        conn.execute(
+            "CREATE TABLE orders (id BIGINT PRIMARY KEY, ts TIMESTAMP, country TEXT, "
+            "amount DOUBLE PRECISION, qty BIGINT)"
+        )
+        for path in orders_csv(_rows(src)):
+            frame = pl.read_csv(path, schema=SQL_SCHEMA).filter(pl.col("amount") > 0)
+            conn.execute(
+                "CREATE TEMP TABLE stage (id BIGINT, ts TIMESTAMP, country TEXT, "
+                "amount DOUBLE PRECISION, qty BIGINT) ON COMMIT DROP"
+            )
+            with conn.cursor().copy("COPY stage FROM STDIN (FORMAT csv)") as copy:
+                copy.write(frame.write_csv(include_header=False).encode())
+            conn.execute(
+                "INSERT INTO orders SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET "
+                "ts = excluded.ts, country = excluded.country, amount = excluded.amount, "
+                "qty = excluded.qty"
+            )
+            conn.commit()
+    (out / "rows").write_text(str(_table_rows()))
+
+
+def sql_pandas(src: Path, out: Path) -> None:
+    """Workload (d), reference: pandas ``to_sql(method="multi")`` (append; pandas has no
+    upsert, so the re-run's rows are merged by hand with the same INSERT ... ON CONFLICT)."""
+    import pandas as pd
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(SQL_URL.replace("postgresql://", "postgresql+psycopg://"))
+    first, changed = orders_csv(_rows(src))
+    frame = pd.read_csv(first, parse_dates=["ts"])
+    frame = frame[frame["amount"] > 0]
+    frame.to_sql("orders", engine, index=False, method="multi", chunksize=10_000)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE orders ADD PRIMARY KEY (id)")
+    update = pd.read_csv(changed, parse_dates=["ts"])
+    update = update[update["amount"] > 0]
+    update.to_sql("stage", engine, index=False, method="multi", chunksize=10_000)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO orders SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET "
+            "amount = excluded.amount; DROP TABLE stage"
+        )
+    (out / "rows").write_text(str(_table_rows()))
+
+
+def sql_tideflow(src: Path, out: Path) -> None:
+    """Workload (d) as a tideflow pipeline: file (CSV) -> cast -> filter -> sql upsert."""
+    import shutil
+
+    import tideflow as tf
+
+    folder = out / "in"
+    folder.mkdir()
+    first, changed = orders_csv(_rows(src))
+    pipeline = (
+        tf.Pipeline(
+            "bench-sql",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(folder / "*.csv"), batch_size=250_000))
+        .cast({"ts": "datetime", "amount": "float64"})
+        .filter("amount > 0")
+        .sink(tf.sql(url=SQL_URL, table="orders", mode="upsert", key=["id"]))
+    )
+    for path in (first, changed):
+        shutil.copy(path, folder / path.name)
+        pipeline.run(out)
+    (out / "rows").write_text(str(_table_rows()))
+
+
 def _rows(src: Path) -> int:
     return pq.ParquetFile(src).metadata.num_rows
 
@@ -123,11 +230,16 @@ IMPLS = {
     ("python", "tideflow"): python_tideflow,
     ("poison", "baseline"): poison_clean,
     ("poison", "tideflow"): poison_tideflow,
+    ("sql", "baseline"): sql_copy,
+    ("sql", "tideflow"): sql_tideflow,
+    ("sql", "pandas"): sql_pandas,
 }
 
 
 def rows_written(out: Path) -> int:
-    """Rows in every Parquet file under ``out``."""
+    """Rows in every Parquet file under ``out`` (or the count a SQL workload left)."""
+    if (out / "rows").exists():
+        return int((out / "rows").read_text())
     return sum(pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet"))
 
 
@@ -142,6 +254,8 @@ def main() -> None:
         from tideflow.registry import default_registry
 
         default_registry.load_plugins()
+    if name == "sql":
+        _fresh_bench_table()
     started = time.perf_counter()
     IMPLS[(name, impl)](src, out)
     seconds = time.perf_counter() - started
