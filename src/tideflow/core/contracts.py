@@ -106,6 +106,9 @@ class Context:
     stop_event: threading.Event
     scope: str = "main"
     """``main`` for normal runs; replays and tests get their own scope so outputs never clash."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """Counters the component reports beside its record counts (``retries``, ...); the
+    engine shows them in the run summary and metrics."""
 
     @property
     def log(self) -> logging.Logger:

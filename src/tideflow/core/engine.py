@@ -201,6 +201,7 @@ class Engine:
             state_dir=self.state.path.parent,
             stop_event=self.stop_event,
             scope=self.scope,
+            metrics=node.counts.metrics,
         )
 
     def _keeper(self) -> Node | None:

@@ -31,6 +31,8 @@ class Counts:
     consumed: int = 0
     batches: int = 0
     seconds: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    """What the component reports through ``Context.metrics`` (retries, outage seconds)."""
 
     def balanced(self) -> bool:
         """Does every record that came in have a fate?"""
@@ -49,6 +51,7 @@ class Counts:
             "generated": self.generated,
             "batches": self.batches,
             "seconds": round(self.seconds, 6),
+            **{k: round(v, 6) for k, v in self.metrics.items()},
         }
 
 

@@ -44,6 +44,8 @@ _ROW_ERRORS = {
     "OutOfRangeException",
     "MismatchTypeException",
 }
+# MySQL/MariaDB error codes of a refused or lost connection or a server going away.
+_MYSQL_CONNECTION_ERRORS = {1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 # MySQL/MariaDB error codes that reject a value or a row, not the statement or connection.
 _MYSQL_ROW_ERRORS = {1048, 1062, 1264, 1265, 1292, 1366, 1406, 1411, 1452, 1690, 3140, 4025}
 """Staging column numbering a batch's rows, for bisecting rejected rows."""
@@ -191,6 +193,16 @@ class Dialect(ABC):
         """The dialect a sink writes with (a database may read and write by different
         drivers)."""
         return self
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """True for failures an outage explains (refused or lost connection, a server
+        shutting down or starting up), which a retry after reconnecting can fix."""
+        state = getattr(exc, "sqlstate", None)
+        if isinstance(state, str) and state:
+            # connection exception, operator intervention (shutdown), insufficient resources
+            return state[:2] in ("08", "57", "53")
+        names = {c.__name__ for c in type(exc).__mro__}
+        return bool(names & {"OperationalError", "InterfaceError"})
 
     def is_row_error(self, exc: Exception) -> bool:
         """True when the database rejected data (a value, a constraint), not the connection."""
@@ -390,6 +402,10 @@ class DuckDBDialect(Dialect):
     def end_read(self, conn: Any) -> None:
         """Reads autocommit."""
 
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """Another process holding the database file's lock."""
+        return type(exc).__name__ == "IOException" and "lock" in str(exc).lower()
+
     def execute(self, conn: Any, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """On the connection itself: a DuckDB cursor would not see registered views."""
         result = conn.execute(sql, list(params))
@@ -494,6 +510,10 @@ class SQLiteDialect(Dialect):
 
     def end_read(self, conn: Any) -> None:
         """Reads autocommit."""
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """A local file has no outages, only a writer holding the lock too long."""
+        return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 
     def restore_types(self, frame: pl.DataFrame, declared: dict[str, str]) -> pl.DataFrame:
         """SQLite returns dates, times and booleans as text and integers: give them back the
@@ -694,6 +714,11 @@ class MySQLDialect(Dialect):
         rest = [c for c in columns if c not in keys] or keys[:1]
         sets = ", ".join(f"{self.quote(c)} = s.{self.quote(c)}" for c in rest)
         return f" ON DUPLICATE KEY UPDATE {sets}"
+
+    def is_connection_error(self, exc: BaseException) -> bool:
+        """By MySQL client/server error code."""
+        code = exc.args[0] if exc.args else None
+        return code in _MYSQL_CONNECTION_ERRORS
 
     def is_row_error(self, exc: Exception) -> bool:
         """By MySQL error code."""

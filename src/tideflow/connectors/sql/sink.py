@@ -18,8 +18,10 @@ Delivery:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -36,10 +38,13 @@ from tideflow.connectors.sql.schema import (
 from tideflow.connectors.sql.urls import DatabaseUrl, parse_url
 from tideflow.core.contracts import Context, Sink, dead_letters, empty_dead_letters
 from tideflow.core.faults import crash_point
+from tideflow.core.retry import RetryPolicy, with_retries
 from tideflow.errors import PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
 from tideflow.spec.models import Settings
+
+T = TypeVar("T")
 
 CHECKPOINT_TABLE = "tideflow_checkpoints"
 """Where a transactional sink keeps the pipeline's checkpoint, in the target database."""
@@ -76,6 +81,10 @@ class SqlSinkConfig(Settings):
     )
     indexes: list[IndexModel] = Field(
         default_factory=list, description="Indexes created with the table."
+    )
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy,
+        description="Retries through a database outage (backoff with jitter).",
     )
     transactional: bool = Field(
         False,
@@ -123,6 +132,9 @@ class SqlSink(Sink):
         self._planned: dict[str, pl.DataType] = {}
         self._in_transaction = False
         self._checkpoint: bytes | None = None
+        self._uncommitted: list[pl.DataFrame] = []
+        self._flushed = False
+        self.ctx: Context | None = None
         self._loading = False
         self._end = False
 
@@ -131,19 +143,75 @@ class SqlSink(Sink):
     def _connect(self, ctx: Context) -> None:
         if self.conn is not None:
             return
+        self.ctx = ctx
         self.pipeline = ctx.pipeline if ctx.scope == "main" else f"{ctx.pipeline}#{ctx.scope}"
         self.url = parse_url(self.config.url, ctx.base_dir)
         self.dialect = dialect_for(self.url).for_writing()
+        self.conn = self._retrying(self._open_connection, "cannot connect")
+
+    def _open_connection(self) -> Any:
+        assert self.dialect is not None and self.url is not None
         try:
-            self.conn = self.dialect.connect(self.url)
+            return self.dialect.connect(self.url)
         except Exception as exc:
+            if self.dialect.is_connection_error(exc):
+                raise  # retried
             raise PipelineError(
                 redact(f"sql sink cannot connect to {self.url.raw}: {exc}")
             ) from exc
 
+    def _reconnect(self) -> None:
+        """A fresh connection after an outage; temporary tables and caches went with the
+        old one."""
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = None
+        self._in_transaction = False
+        self._table = None
+        assert self.ctx is not None
+        self.conn = self._open_connection()
+
+    def _retrying(
+        self,
+        operation: Callable[[], T],
+        what: str,
+        replay: bool = False,
+        committed: Callable[[], bool] | None = None,
+    ) -> T:
+        """Run ``operation`` through outages: reconnect, and (transactional) replay the
+        batches of the open transaction, which the outage rolled back — unless
+        ``committed`` says the interrupted commit went through after all."""
+        assert self.ctx is not None and self.dialect is not None
+
+        def recover() -> None:
+            self._reconnect()
+            if committed is not None and committed():
+                self._flushed = True
+            elif replay:
+                for batch in self._uncommitted:
+                    self._write(batch)
+
+        def attempt() -> T:
+            if self.conn is None:  # the last reconnect failed: the server is still away
+                recover()
+            return operation()
+
+        return with_retries(
+            attempt,
+            self.dialect.is_connection_error,
+            self.ctx,
+            self.config.retry,
+            f"sql sink {self.config.table!r} {what}",
+            recover,
+        )
+
     def open(self, ctx: Context, pending: Any) -> None:
         """Connect; finish a swap the last checkpoint decided; forget an aborted load."""
         self._connect(ctx)
+        self._retrying(lambda: self._open_target(pending), "opening")
+
+    def _open_target(self, pending: Any) -> None:
         if self.config.transactional:
             self._in_tx(self._ensure_checkpoint_table)
         if self.config.mode != "replace":
@@ -167,14 +235,19 @@ class SqlSink(Sink):
         """Roll back anything uncommitted and disconnect."""
         if self.conn is None:
             return
-        if self._in_transaction:
-            self._rollback()
-        self.conn.close()
-        self.conn = None
+        try:
+            if self._in_transaction:
+                self._rollback()
+        finally:
+            self.conn.close()
+            self.conn = None
 
     def stored_checkpoint(self, ctx: Context) -> bytes | None:
         """The checkpoint committed with the rows (transactional mode)."""
         self._connect(ctx)
+        return self._retrying(self._read_checkpoint, "reading its checkpoint")
+
+    def _read_checkpoint(self) -> bytes | None:
         assert self.dialect is not None
         if self.dialect.columns(self.conn, CHECKPOINT_TABLE, self.config.db_schema) is None:
             self._commit()
@@ -201,6 +274,14 @@ class SqlSink(Sink):
         if self.config.mode == "upsert":
             # One statement cannot update a row twice: the last record of a key wins.
             batch = batch.unique(self.config.key, keep="last", maintain_order=True)
+        transactional = self.config.transactional
+        dead = self._retrying(lambda: self._write(batch), "writing", replay=transactional)
+        if transactional:
+            # Until the checkpoint commits, an outage rolls this batch back: keep it to replay.
+            self._uncommitted.append(batch)
+        return dead
+
+    def _write(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self.config.transactional:
             self._begin()
             self._prepare_table(batch.schema)
@@ -222,23 +303,40 @@ class SqlSink(Sink):
         the swap of a finished ``replace`` load."""
         swap = self.config.mode == "replace" and self._end and self._loading
         if self.config.transactional:
-            self._begin()
-            if swap:
-                self._swap()
-            if self._checkpoint is not None:
-                self._store_checkpoint(self._checkpoint)
-            crash_point("sql_sink.before_commit")
-            self._commit()
+            self._flushed = False
+            self._retrying(
+                lambda: self._commit_checkpoint(swap),
+                "committing",
+                replay=True,
+                committed=self._committed_already,
+            )
+            self._uncommitted = []
             self._checkpoint = None
             return None
         if self.config.mode == "replace":
             return {"replace": "swap" if swap else "loading" if self._loading else "idle"}
         return None
 
+    def _commit_checkpoint(self, swap: bool) -> None:
+        if self._flushed:
+            return  # the outage hit after the commit went through
+        self._begin()
+        if swap:
+            self._swap()
+        if self._checkpoint is not None:
+            self._store_checkpoint(self._checkpoint)
+        crash_point("sql_sink.before_commit")
+        self._commit()
+
+    def _committed_already(self) -> bool:
+        """After a reconnect: did the interrupted commit reach the database? (Checkpoint
+        payloads differ from one checkpoint to the next: they carry its number.)"""
+        return self._checkpoint is not None and self._read_checkpoint() == self._checkpoint
+
     def commit(self, token: Any) -> None:
         """Swap in a finished ``replace`` load (idempotent)."""
         if isinstance(token, dict) and token.get("replace") == "swap":
-            self._in_tx(self._swap)
+            self._retrying(lambda: self._in_tx(self._swap), "swapping in the new table")
 
     # -- planning ---------------------------------------------------------------------------
 

@@ -15,12 +15,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import decimal
 import queue
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import polars as pl
 from pydantic import Field, model_validator
@@ -28,10 +29,13 @@ from pydantic import Field, model_validator
 from tideflow.connectors.sql.dialects import Dialect, dialect_for
 from tideflow.connectors.sql.urls import DatabaseUrl, parse_url
 from tideflow.core.contracts import Context, Source, SourceBatch
+from tideflow.core.retry import RetryPolicy, with_retries
 from tideflow.errors import PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
 from tideflow.spec.models import Settings
+
+T = TypeVar("T")
 
 
 class SqlSourceConfig(Settings):
@@ -71,6 +75,10 @@ class SqlSourceConfig(Settings):
         None, description="Full reads: a numeric column to split the read by value range."
     )
     partitions: int = Field(1, ge=1, le=64, description="Parallel range reads.")
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy,
+        description="Retries through a database outage (backoff with jitter).",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SqlSourceConfig:
@@ -133,19 +141,30 @@ class SqlSource(Source):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._declared: dict[str, str] = {}
+        self._position: Any = None
 
     def open(self, ctx: Context, position: Any) -> None:
         """Connect and plan the read from ``position``."""
         self.ctx = ctx
         self.url = parse_url(self.config.url, ctx.base_dir)
         self.dialect = dialect_for(self.url)
-        self.conn = self._connect()
+        self.conn = self._retrying(self._connect, "cannot connect")
         if self.config.table is not None:
-            found = self.dialect.columns(self.conn, self.config.table, self.config.db_schema)
-            self.dialect.end_read(self.conn)
+            found = self._retrying(self._table_columns, "reading the catalogue")
             if found is None:
                 raise PipelineError(f"sql source: table {self.config.table!r} does not exist")
             self._declared = found
+        self._position = position
+        self._plan(position)
+
+    def _table_columns(self) -> dict[str, str] | None:
+        assert self.dialect is not None and self.config.table is not None
+        found = self.dialect.columns(self.conn, self.config.table, self.config.db_schema)
+        self.dialect.end_read(self.conn)
+        return found
+
+    def _plan(self, position: Any) -> None:
+        """Set up the reads that follow ``position``."""
         if self.config.cursor is not None:
             start = decode_value(position["cursor"]) if position else self.config.initial_value
             self._batches = self._incremental(start)
@@ -157,8 +176,38 @@ class SqlSource(Source):
             self._batches = self._full(skip)
 
     def read_batch(self) -> SourceBatch | None:
-        """The next batch; an empty batch while an incremental poll waits."""
-        assert self._batches is not None
+        """The next batch; an empty batch while an incremental poll waits. Through an
+        outage, the read is retried from the last batch delivered."""
+        batch = self._retrying(self._next, "reading", recover=self._recover)
+        if batch is not None:
+            self._position = batch.position
+        return batch
+
+    def _retrying(
+        self, operation: Callable[[], T], what: str, recover: Callable[[], None] | None = None
+    ) -> T:
+        assert self.ctx is not None and self.dialect is not None
+        return with_retries(
+            operation,
+            self.dialect.is_connection_error,
+            self.ctx,
+            self.config.retry,
+            f"sql source {self._relation_name()} {what}",
+            recover,
+        )
+
+    def _recover(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+        self.conn = None
+        self.conn = self._connect()
+        self._plan(self._position)
+
+    def _next(self) -> SourceBatch | None:
+        if self.conn is None:  # the last reconnect failed: the server is still away
+            self._recover()
+        assert self._batches is not None and self.dialect is not None
         try:
             return next(self._batches)
         except StopIteration:
@@ -166,6 +215,8 @@ class SqlSource(Source):
         except PipelineError:
             raise
         except Exception as exc:
+            if self.dialect.is_connection_error(exc):
+                raise
             raise PipelineError(
                 redact(f"sql source failed reading {self._relation_name()}: {exc}")
             ) from exc
@@ -186,6 +237,8 @@ class SqlSource(Source):
         try:
             return self.dialect.connect(self.url)
         except Exception as exc:
+            if self.dialect.is_connection_error(exc):
+                raise  # retried
             raise PipelineError(
                 redact(f"sql source cannot connect to {self.url.raw}: {exc}")
             ) from exc

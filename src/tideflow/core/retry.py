@@ -1,0 +1,88 @@
+"""Retrying an operation through an outage: exponential backoff with full jitter.
+
+A connector marks which failures are transient (a refused connection, a server restarting);
+anything else is raised at once. Each wait is drawn uniformly from ``[0, min(cap, first *
+2**attempt)]`` (full jitter, so many workers do not reconnect in lockstep), the first retry
+comes within ``first`` seconds, and the outage is logged when it starts and when it ends and
+counted in the node's metrics (``retries``, ``outage_seconds``).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import Field
+
+from tideflow.core.contracts import Context
+from tideflow.errors import PipelineError
+from tideflow.secrets import redact
+from tideflow.spec.models import Settings
+
+T = TypeVar("T")
+
+
+class RetryPolicy(Settings):
+    """How long and how often to retry through an outage."""
+
+    first: float = Field(0.5, gt=0, description="Longest wait before the first retry (s).")
+    cap: float = Field(30.0, gt=0, description="Longest wait between two retries (s).")
+    give_up_after: float = Field(
+        900.0, gt=0, description="Fail the run when an outage lasts longer than this (s)."
+    )
+
+
+def with_retries(
+    operation: Callable[[], T],
+    is_transient: Callable[[BaseException], bool],
+    ctx: Context,
+    policy: RetryPolicy,
+    what: str,
+    recover: Callable[[], None] | None = None,
+) -> T:
+    """Run ``operation``; on a transient failure wait, call ``recover`` (reconnect, replay)
+    and try again, until it succeeds, the policy gives up, or the run is stopped."""
+    attempt = 0
+    started = 0.0
+    while True:
+        try:
+            result = operation()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            now = time.monotonic()
+            if attempt == 0:
+                started = now
+                ctx.log.warning("%s: %s; retrying with backoff", what, redact(_first_line(exc)))
+            elif now - started > policy.give_up_after:
+                raise PipelineError(
+                    redact(
+                        f"{what}: still failing after {now - started:.0f} s and {attempt} "
+                        f"retries (give_up_after is {policy.give_up_after:.0f} s): "
+                        f"{_first_line(exc)}"
+                    )
+                ) from exc
+            delay = random.uniform(0, min(policy.cap, policy.first * 2**attempt))  # nosec B311 - jitter, not security
+            attempt += 1
+            ctx.metrics["retries"] = ctx.metrics.get("retries", 0) + 1
+            if ctx.wait(delay):
+                raise PipelineError(f"{what}: stopped while waiting to retry") from exc
+            if recover is not None:
+                try:
+                    recover()
+                except Exception as again:
+                    if not is_transient(again):
+                        raise
+            continue
+        if attempt:
+            outage = time.monotonic() - started
+            ctx.metrics["outage_seconds"] = ctx.metrics.get("outage_seconds", 0.0) + outage
+            ctx.log.warning("%s: recovered after %.1f s and %d retries", what, outage, attempt)
+        return result
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
