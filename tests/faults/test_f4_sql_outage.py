@@ -70,7 +70,7 @@ def test_the_sink_waits_out_an_outage_and_loses_nothing(
     time.sleep(OUTAGE_SECONDS)
     assert proc.poll() is None, "the run gave up during the outage: " + proc.communicate()[1]
     private_postgres.start()
-    stdout, stderr = proc.communicate(timeout=300)
+    _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr
     assert "retrying with backoff" in stderr and "recovered after" in stderr, stderr
 
