@@ -159,3 +159,28 @@ def test_transactional_is_refused_where_ddl_or_savepoints_break_it(tmp_path: Pat
     out = cli("validate", "p.yaml", cwd=tmp_path, env={"DB_URL": "mysql://root@127.0.0.1/x"})
     assert out.returncode == 2
     assert "transactional" in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+def test_nested_data_is_stored_as_json_and_reads_back_equal(
+    db: Database, tmp_path: Path
+) -> None:
+    docs = [
+        {"id": 1, "doc": {"a": 1, "b": {"c": "x'y\"z"}}, "tags": ["p", "q"]},
+        {"id": 2, "doc": {"a": None, "b": {"c": "ü"}}, "tags": []},
+        {"id": 3, "doc": None, "tags": None},
+    ]
+    write_parquet_input(tmp_path, pl.DataFrame(docs), parts=1)
+    run_yaml(tmp_path, sql_sink_pipeline("docs", {"table": "docs"}), {"DB_URL": db.url})
+    table = db.table("docs")
+
+    def parsed(value: object) -> object:
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+    for column in ("doc", "tags"):
+        assert [parsed(v) for v in table[column].to_list()] == [d[column] for d in docs]
+    if db.kind == "postgresql":
+        types = db.query(
+            "SELECT data_type FROM information_schema.columns WHERE table_name = 'docs' "
+            "AND column_name IN ('doc', 'tags')"
+        )
+        assert set(types["data_type"].to_list()) == {"jsonb"}
