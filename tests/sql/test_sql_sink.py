@@ -161,9 +161,7 @@ def test_transactional_is_refused_where_ddl_or_savepoints_break_it(tmp_path: Pat
     assert "transactional" in out.stderr + out.stdout and "Traceback" not in out.stderr
 
 
-def test_nested_data_is_stored_as_json_and_reads_back_equal(
-    db: Database, tmp_path: Path
-) -> None:
+def test_nested_data_is_stored_as_json_and_reads_back_equal(db: Database, tmp_path: Path) -> None:
     docs = [
         {"id": 1, "doc": {"a": 1, "b": {"c": "x'y\"z"}}, "tags": ["p", "q"]},
         {"id": 2, "doc": {"a": None, "b": {"c": "ü"}}, "tags": []},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -148,3 +149,15 @@ def test_polling_picks_up_rows_inserted_while_running(db: Database, tmp_path: Pa
         engine.stop()
         runner.join(timeout=30)
     assert sorted(collected("sql-poll")["id"].to_list()) == list(range(1, 9))
+
+
+def test_a_timestamp_cursor_with_ties_reads_each_row_once(db: Database, tmp_path: Path) -> None:
+    base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    stamps = [base + dt.timedelta(seconds=i // 5) for i in range(60)]
+    rows = pl.DataFrame({"id": list(range(60)), "updated_at": stamps})
+    load(db, tmp_path, rows, table="stamped")
+    text = read_pipeline("stamps", "table: stamped, cursor: updated_at, batch_size: 7")
+    run_yaml(tmp_path, text, {"DB_URL": db.url})
+    run_yaml(tmp_path, text, {"DB_URL": db.url})  # nothing new: reads nothing
+    got = read_parquet_tree(tmp_path / "out")
+    assert sorted(got["id"].to_list()) == list(range(60))

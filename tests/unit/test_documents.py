@@ -11,7 +11,11 @@ from tideflow.errors import PipelineError
 from tideflow.operators.documents import Flatten, FlattenConfig
 
 RECORDS = [
-    {"id": 1, "user": {"name": "ada", "address": {"city": "London", "zip": "N1"}}, "tags": ["a", "b"]},
+    {
+        "id": 1,
+        "user": {"name": "ada", "address": {"city": "London", "zip": "N1"}},
+        "tags": ["a", "b"],
+    },
     {"id": 2, "user": {"name": "alan", "address": {"city": None, "zip": "M1"}}, "tags": []},
     {"id": 3, "user": None, "tags": None},
 ]
@@ -34,8 +38,15 @@ def test_flatten_matches_a_plain_python_flattening() -> None:
     result = Flatten(FlattenConfig()).process(frame)
     got = result.outputs["out"]
     # Polars gives a null struct null fields, which is what a flat table can say.
-    full = [r | ({"user": {"name": None, "address": {"city": None, "zip": None}}}
-                 if r["user"] is None else {}) for r in RECORDS]
+    full = [
+        r
+        | (
+            {"user": {"name": None, "address": {"city": None, "zip": None}}}
+            if r["user"] is None
+            else {}
+        )
+        for r in RECORDS
+    ]
     expected = [flatten_record(r) for r in full]
     assert got.to_dicts() == expected
     assert result.filtered == result.generated == 0

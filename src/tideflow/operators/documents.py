@@ -48,7 +48,9 @@ def _json_dtype(column: pl.Series) -> pl.DataType:
     try:
         return pl.read_ndjson(io.BytesIO(text.encode()), infer_schema_length=None).schema["v"]
     except pl.exceptions.ComputeError as exc:
-        raise RecordError(f"flatten: column {column.name!r} holds text that is not JSON: {exc}")
+        raise RecordError(
+            f"flatten: column {column.name!r} holds text that is not JSON: {exc}"
+        ) from exc
 
 
 @component("step", "flatten")

@@ -36,6 +36,7 @@ from tideflow.secrets import redact
 from tideflow.spec.models import Settings
 
 T = TypeVar("T")
+CURSOR = "__tf_cursor"
 
 
 class SqlSourceConfig(Settings):
@@ -250,15 +251,21 @@ class SqlSource(Source):
         """The table, or the query as a subquery, to select from."""
         assert self.dialect is not None
         if self.config.query is not None:
-            return f"({self.config.query}) tf_q"
+            return f"({self.config.query})"
         assert self.config.table is not None
         return self.dialect.table(self.config.table, self.config.db_schema)
 
-    def _select(self) -> str:
+    def _select(self, with_cursor: bool = False) -> str:
+        """The SELECT of the relation; ``with_cursor`` adds the cursor again under its own
+        name, untouched by type restoration, so values are bound back exactly as the
+        database returned them (SQLite compares timestamps as text)."""
         assert self.dialect is not None
-        cols = self.config.columns
-        names = ", ".join(self.dialect.quote(c) for c in cols) if cols else "*"
-        return f"SELECT {names} FROM {self._relation()}"
+        d, cols = self.dialect, self.config.columns
+        names = ", ".join(f"tf_r.{d.quote(c)}" for c in cols) if cols else "tf_r.*"
+        if with_cursor:
+            assert self.config.cursor is not None
+            names += f", tf_r.{d.quote(self.config.cursor)} AS {d.quote(CURSOR)}"
+        return f"SELECT {names} FROM {self._relation()} tf_r"
 
     def _stream(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[pl.DataFrame]:
         assert self.dialect is not None
@@ -286,7 +293,7 @@ class SqlSource(Source):
         skips: dict[str, int] = {} if done else dict(position["rows"])
         col = self.dialect.quote(self.config.partition_column)
         lo, hi = self.dialect.execute(
-            self.conn, f"SELECT min({col}), max({col}) FROM {self._relation()}"
+            self.conn, f"SELECT min({col}), max({col}) FROM {self._relation()} tf_r"
         )[0]
         self.dialect.end_read(self.conn)
         if lo is None:
@@ -351,23 +358,19 @@ class SqlSource(Source):
     def _incremental(self, last: Any) -> Iterator[SourceBatch | None]:
         assert self.dialect is not None and self.config.cursor is not None
         d = self.dialect
-        cursor = d.quote(self.config.cursor)
+        cursor = "tf_r." + d.quote(self.config.cursor)
         size = self.config.batch_size
+        select = self._select(with_cursor=True)
         while True:
             where = f"{cursor} IS NOT NULL" if last is None else f"{cursor} > {d.placeholder(1)}"
             params = () if last is None else (last,)
-            page = pl.concat(
-                list(
-                    self._stream(
-                        f"{self._select()} WHERE {where} ORDER BY {cursor} LIMIT {size + 1}", params
-                    )
-                ),
-                how="vertical_relaxed",
-            )
+            query = f"{select} WHERE {where} ORDER BY {cursor} LIMIT {size + 1}"
+            page = pl.concat(list(self._stream(query, params)), how="vertical_relaxed")
+            values = page.get_column(CURSOR)
             if page.height <= size:
                 if page.height:
-                    last = page.get_column(self.config.cursor)[-1]
-                    yield SourceBatch(page, {"cursor": encode_value(last)})
+                    last = values[-1]
+                    yield SourceBatch(page.drop(CURSOR), {"cursor": encode_value(last)})
                 if self.bounded:
                     return
                 yield SourceBatch(pl.DataFrame(), {"cursor": encode_value(last)})
@@ -377,16 +380,15 @@ class SqlSource(Source):
                 continue
             # More rows follow: hold back the page's last cursor value, which may continue.
             # (Rows are in the database's order; equality, unlike `<`, ignores collation.)
-            values = page.get_column(self.config.cursor)
             edge = values[size]
-            complete = page.head(int((values == edge).arg_true()[0]))
-            if complete.height:
-                last = complete.get_column(self.config.cursor)[-1]
-                yield SourceBatch(complete, {"cursor": encode_value(last)})
+            cut = int((values == edge).arg_true()[0])
+            if cut:
+                last = values[cut - 1]
+                yield SourceBatch(page.head(cut).drop(CURSOR), {"cursor": encode_value(last)})
                 continue
             # A whole page shares one value: read all rows with it, then move past it.
-            equal = f"{self._select()} WHERE {cursor} = {d.placeholder(1)}"
-            frames = list(self._stream(equal, (edge,)))
+            equal = f"{select} WHERE {cursor} = {d.placeholder(1)}"
+            frames = [f.drop(CURSOR) for f in self._stream(equal, (edge,))]
             for frame in frames[:-1]:
                 yield SourceBatch(frame, {"cursor": encode_value(last)})
             last = edge
