@@ -30,7 +30,13 @@ def test_f7_sigterm_mid_run_then_restart_is_exact(tmp_path: Path, seed: int) -> 
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(rng.uniform(0.8, 2.0))
+    # Wait until the run is under way (its sink has opened, after the signal handlers are
+    # installed): on a loaded machine the interpreter's start-up alone can take seconds.
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "out").exists() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the run never started"
+        time.sleep(0.05)
+    time.sleep(rng.uniform(0.2, 1.2))
     interrupted = proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=STOP_BOUND_SECONDS)

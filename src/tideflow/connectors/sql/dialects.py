@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sqlite3
 import tempfile
 from abc import ABC, abstractmethod
@@ -44,6 +45,11 @@ _ROW_ERRORS = {
     "OutOfRangeException",
     "MismatchTypeException",
 }
+_TERMINAL_CONNECT = re.compile(
+    r"does not exist|authentication failed|password|no pg_hba\.conf|permission denied|"
+    r"not permitted|invalid (dsn|connection option)|certificate",
+    re.IGNORECASE,
+)
 # MySQL/MariaDB error codes of a refused or lost connection or a server going away.
 _MYSQL_CONNECTION_ERRORS = {1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
 # MySQL/MariaDB error codes that reject a value or a row, not the statement or connection.
@@ -174,7 +180,7 @@ class Dialect(ABC):
         if not rest:
             return f" ON CONFLICT ({target}) DO NOTHING"
         sets = ", ".join(f"{self.quote(c)} = excluded.{self.quote(c)}" for c in rest)
-        return f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+        return f" ON CONFLICT ({target}) DO UPDATE SET {sets}"  # nosec B608 - identifiers quoted, values bound
 
     def alter_type(self, table: str, column: str, sql_type: str) -> str:
         """DDL changing a column's type."""
@@ -202,7 +208,11 @@ class Dialect(ABC):
             # connection exception, operator intervention (shutdown), insufficient resources
             return state[:2] in ("08", "57", "53")
         names = {c.__name__ for c in type(exc).__mro__}
-        return bool(names & {"OperationalError", "InterfaceError"})
+        if not names & {"OperationalError", "InterfaceError"}:
+            return False
+        # Errors raised while connecting carry no SQLSTATE: a wrong password or database
+        # name must fail at once instead of being retried for the whole give-up period.
+        return _TERMINAL_CONNECT.search(str(exc)) is None
 
     def is_row_error(self, exc: Exception) -> bool:
         """True when the database rejected data (a value, a constraint), not the connection."""
@@ -286,7 +296,7 @@ class PostgresDialect(Dialect):
             return None
         rows = self.execute(
             conn,
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "  # nosec B608 - identifiers quoted, values bound
             f"WHERE attrelid = to_regclass({mark}) AND attnum > 0 AND NOT attisdropped "
             "ORDER BY attnum",
             (target,),
@@ -571,7 +581,7 @@ class SQLiteDialect(Dialect):
         cols = ", ".join(self.quote(c) for c in frame.columns)
         conn.execute(f"CREATE TEMP TABLE {self.quote(staging)} ({cols})")
         marks = ", ".join("?" for _ in frame.columns)
-        conn.executemany(f"INSERT INTO {self.quote(staging)} VALUES ({marks})", frame.iter_rows())
+        conn.executemany(f"INSERT INTO {self.quote(staging)} VALUES ({marks})", frame.iter_rows())  # nosec B608 - identifiers quoted, values bound
         return staging
 
 
