@@ -10,6 +10,7 @@ BUILTIN_MODULES = (
     "tideflow.operators.basic",
     "tideflow.operators.sql",
     "tideflow.operators.python",
+    "tideflow.operators.timeseries.window",
     "tideflow.connectors.generate",
     "tideflow.connectors.files.source",
     "tideflow.connectors.files.sink",
