@@ -261,10 +261,13 @@ class Window(Step):
         starts = reach.is_null() | (pl.col(WS) - reach >= self.gap)
         both = both.with_columns(starts.cum_sum().alias("__g"))
         if floor is not None:
+            # A chain of new rows only, ending before the floor, is a session that would
+            # already have closed: its rows are late.
             ended = pl.col(LAST).max().over("__g") + self.gap <= floor
-            lost = both.filter(ended & ~pl.col("__state").any().over("__g"))
-            late = rows.get_column("__row").is_in(lost.get_column("__row").implode())
-            both = both.filter(~pl.col("__row").is_in(lost.get_column("__row").implode()))
+            both = both.with_columns((ended & ~pl.col("__state").any().over("__g")).alias("__lost"))
+            lost = both.filter(pl.col("__lost")).get_column("__row")
+            late = rows.get_column("__row").is_in(lost.implode())
+            both = both.filter(~pl.col("__lost")).drop("__lost")
         else:
             late = pl.Series("late", [False] * rows.height, dtype=pl.Boolean)
         merged = both.group_by("__g").agg(

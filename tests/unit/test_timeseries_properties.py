@@ -1,0 +1,298 @@
+"""Property tests: streaming time-series steps equal a batch computation of the same data.
+
+Random events are delivered out of order (within ``max_out_of_orderness``), split into random
+batches, and the step is snapshotted, encoded with the state codec, decoded and restored into
+a fresh instance at random batch boundaries. The concatenated streaming output must equal an
+independent batch computation (Polars ``group_by_dynamic`` or plain Python) over all events.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tideflow.core.contracts import MAIN_PORT, Context, Step, StepOutput
+from tideflow.state.codec import decode_state, encode_state
+
+EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+DELAY = 10  # seconds of out-of-orderness the generated streams use
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+AGGS = {
+    "n": "count()",
+    "n_v": "count(v)",
+    "total": "sum(v)",
+    "avg": "mean(v)",
+    "lo": "min(v)",
+    "hi": "max(v)",
+    "first_v": "first(v)",
+    "last_v": "last(v)",
+    "sd": "stddev(v)",
+    "var": "variance(v)",
+    "distinct": "count_distinct(v)",
+    "med": "median(v)",
+    "p75": "quantile(v, 0.75)",
+}
+
+
+@st.composite
+def streams(draw: Any, max_n: int = 60, span: int = 300) -> dict[str, Any]:
+    """Events with unique times (so first/last are well defined), their arrival order
+    (each event delayed by at most DELAY seconds), batch cut points and restore points."""
+    n = draw(st.integers(0, max_n))
+    times = draw(st.lists(st.integers(0, span), min_size=n, max_size=n, unique=True))
+    keys = draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=n, max_size=n))
+    values = draw(st.lists(st.one_of(st.none(), st.integers(-20, 20)), min_size=n, max_size=n))
+    delays = draw(st.lists(st.integers(0, DELAY), min_size=n, max_size=n))
+    cuts = sorted(draw(st.lists(st.integers(0, n), max_size=8)))
+    restores = draw(st.sets(st.integers(0, 9)))
+    events = pl.DataFrame(
+        {
+            "ts": [EPOCH + timedelta(seconds=t) for t in times],
+            "k": keys,
+            "v": pl.Series(values, dtype=pl.Int64).cast(pl.Float64),
+            "arrival": [t + d for t, d in zip(times, delays, strict=True)],
+        },
+        schema={
+            "ts": pl.Datetime("us", "UTC"),
+            "k": pl.String,
+            "v": pl.Float64,
+            "arrival": pl.Int64,
+        },
+    )
+    # Arrival order: by time + delay, so when an event arrives nothing seen is more than
+    # DELAY seconds newer than it (the out-of-orderness bound holds).
+    arrived = events.sort("arrival", maintain_order=True).drop("arrival")
+    return {"events": arrived, "cuts": cuts, "restores": restores}
+
+
+def ctx() -> Context:
+    return Context("p", "s", Path("."), Path("."), threading.Event())
+
+
+def stream_through(
+    make: Callable[[], Step], data: dict[str, Any]
+) -> tuple[pl.DataFrame, list[StepOutput]]:
+    """Feed the batches, restoring from an encoded snapshot at the chosen boundaries."""
+    events: pl.DataFrame = data["events"]
+    bounds = [0, *data["cuts"], events.height]
+    step = make()
+    step.open(ctx(), None)
+    results: list[StepOutput] = []
+    for i, (lo, hi) in enumerate(pairwise(bounds)):
+        results.append(step.process(events.slice(lo, hi - lo)))
+        if i in data["restores"]:
+            state = decode_state(encode_state(step.snapshot()))
+            step = make()
+            step.open(ctx(), state)
+    results.append(step.finish())
+    frames = [r.outputs[MAIN_PORT] for r in results if r.outputs[MAIN_PORT].height]
+    out = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
+    records_in = events.height
+    assert_balanced(records_in, results)
+    return out, results
+
+
+def assert_balanced(records_in: int, results: list[StepOutput]) -> None:
+    """``in + generated == out + filtered + dead + consumed`` over the whole stream."""
+    out = sum(f.height for r in results for f in r.outputs.values())
+    dead = sum(r.dead.height for r in results if r.dead is not None)
+    generated = sum(r.generated for r in results)
+    rest = sum(r.filtered + r.consumed for r in results)
+    assert records_in + generated == out + dead + rest
+    assert dead == 0, "no record is late when the out-of-orderness bound holds"
+
+
+def py_aggs(rows: list[tuple[int, float | None]]) -> dict[str, Any]:
+    """The aggregations of AGGS in plain Python over (time, value) rows."""
+    rows = sorted(rows)
+    vals = [v for _, v in rows if v is not None]
+    distinct = len({v for _, v in rows})  # null is a distinct value too, as in SQL n_unique
+    return {
+        "n": len(rows),
+        "n_v": len(vals),
+        "total": float(sum(vals)),
+        "avg": statistics.fmean(vals) if vals else None,
+        "lo": min(vals) if vals else None,
+        "hi": max(vals) if vals else None,
+        "first_v": rows[0][1],
+        "last_v": rows[-1][1],
+        "sd": statistics.stdev(vals) if len(vals) > 1 else None,
+        "var": statistics.variance(vals) if len(vals) > 1 else None,
+        "distinct": distinct,
+        "med": statistics.median(vals) if vals else None,
+        "p75": pl.Series(vals, dtype=pl.Float64).quantile(0.75, "nearest") if vals else None,
+    }
+
+
+def assert_rows_equal(got: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+    """Row lists equal, floats to 1e-9 relative."""
+    assert len(got) == len(expected), (got, expected)
+    for g, e in zip(got, expected, strict=True):
+        assert g.keys() == e.keys()
+        for name, value in e.items():
+            other = g[name]
+            if isinstance(value, float) and other is not None:
+                assert math.isclose(other, value, rel_tol=1e-9, abs_tol=1e-9), (name, g, e)
+            else:
+                assert other == value, (name, g, e)
+
+
+def rows_of(frame: pl.DataFrame, order: list[str]) -> list[dict[str, Any]]:
+    if frame.height == 0:
+        return []
+    return frame.sort(order).to_dicts()
+
+
+# -- window ------------------------------------------------------------------------------
+
+
+def window_step(**kw: Any) -> Callable[[], Step]:
+    from tideflow.operators.timeseries.window import Window, WindowConfig
+
+    cfg = {
+        "time_column": "ts",
+        "keys": ["k"],
+        "aggregations": AGGS,
+        "max_out_of_orderness": f"{DELAY}s",
+        **kw,
+    }
+    return lambda: Window(WindowConfig(**cfg))
+
+
+def polars_reference(events: pl.DataFrame, size: int) -> pl.DataFrame:
+    """Tumbling windows by Polars' own batch operator."""
+    v = pl.col("v")
+    return (
+        events.sort("ts")
+        .group_by_dynamic(
+            "ts",
+            every=f"{size}s",
+            closed="left",
+            label="left",
+            include_boundaries=True,
+            group_by="k",
+        )
+        .agg(
+            pl.len().alias("n"),
+            v.count().alias("n_v"),
+            v.sum().alias("total"),
+            v.mean().alias("avg"),
+            v.min().alias("lo"),
+            v.max().alias("hi"),
+            v.first().alias("first_v"),
+            v.last().alias("last_v"),
+            v.std().alias("sd"),
+            v.var().alias("var"),
+            v.n_unique().alias("distinct"),
+            v.median().alias("med"),
+            v.quantile(0.75, "nearest").alias("p75"),
+        )
+        .rename({"_lower_boundary": "window_start", "_upper_boundary": "window_end"})
+        .select("window_start", "window_end", "k", *AGGS)
+        .with_columns(pl.col("n").cast(pl.Int64), pl.col("n_v").cast(pl.Int64))
+    )
+
+
+def normalise(frame: pl.DataFrame) -> pl.DataFrame:
+    """Counts as Int64 so streaming and reference rows compare by value."""
+    return frame.with_columns(
+        pl.col(c).cast(pl.Int64) for c in ("n", "n_v", "distinct") if c in frame.columns
+    )
+
+
+@SETTINGS
+@given(streams(), st.sampled_from([7, 10, 45]))
+def test_tumbling_windows_equal_group_by_dynamic(data: dict[str, Any], size: int) -> None:
+    out, _ = stream_through(window_step(size=f"{size}s"), data)
+    expected = polars_reference(data["events"], size)
+    order = ["window_start", "k"]
+    assert_rows_equal(rows_of(normalise(out), order), rows_of(normalise(expected), order))
+
+
+@SETTINGS
+@given(streams(), st.sampled_from([(20, 5), (30, 10), (9, 4)]))
+def test_sliding_windows_equal_plain_python(data: dict[str, Any], shape: tuple[int, int]) -> None:
+    size, slide = shape
+    out, _ = stream_through(window_step(kind="sliding", size=f"{size}s", slide=f"{slide}s"), data)
+    events = data["events"]
+    groups: dict[tuple[int, str], list[tuple[int, float | None]]] = {}
+    for ts, k, v in events.iter_rows():
+        t = int((ts - EPOCH).total_seconds())
+        first = (t - size) // slide + 1  # first start s with s + size > t, s a multiple of slide
+        for start in range(first * slide, t + 1, slide):
+            groups.setdefault((start, k), []).append((t, v))
+    expected = [
+        {
+            "window_start": EPOCH + timedelta(seconds=s),
+            "window_end": EPOCH + timedelta(seconds=s + size),
+            "k": k,
+            **py_aggs(rows),
+        }
+        for (s, k), rows in sorted(groups.items())
+    ]
+    assert_rows_equal(rows_of(normalise(out), ["window_start", "k"]), expected)
+
+
+def python_sessions(events: pl.DataFrame, gap: int) -> list[dict[str, Any]]:
+    """Sessions in plain Python: per key, sorted by time, a new session when the distance to
+    the previous event is at least ``gap``."""
+    by_key: dict[str, list[tuple[int, float | None]]] = {}
+    for ts, k, v in events.iter_rows():
+        by_key.setdefault(k, []).append((int((ts - EPOCH).total_seconds()), v))
+    result = []
+    for k, rows in by_key.items():
+        rows.sort()
+        session = [rows[0]]
+        for row in rows[1:]:
+            if row[0] - session[-1][0] >= gap:
+                result.append((k, session))
+                session = []
+            session.append(row)
+        result.append((k, session))
+    return sorted(
+        (
+            {
+                "window_start": EPOCH + timedelta(seconds=s[0][0]),
+                "window_end": EPOCH + timedelta(seconds=s[-1][0] + gap),
+                "k": k,
+                **py_aggs(s),
+            }
+            for k, s in result
+        ),
+        key=lambda r: (r["window_start"], r["k"]),
+    )
+
+
+@SETTINGS
+@given(streams(), st.sampled_from([3, 8, 25]))
+def test_session_windows_equal_plain_python(data: dict[str, Any], gap: int) -> None:
+    out, _ = stream_through(window_step(kind="session", gap=f"{gap}s"), data)
+    expected = python_sessions(data["events"], gap)
+    assert_rows_equal(rows_of(normalise(out), ["window_start", "k"]), expected)
+
+
+@SETTINGS
+@given(streams(), st.sampled_from(["tumbling", "session"]))
+def test_on_update_converges_to_the_on_close_result(data: dict[str, Any], kind: str) -> None:
+    shape = {"size": "10s"} if kind == "tumbling" else {"gap": "6s"}
+    closed, _ = stream_through(window_step(kind=kind, **shape), data)
+    updates, _ = stream_through(window_step(kind=kind, emit="on_update", **shape), data)
+    if closed.height == 0:
+        assert updates.height == 0
+        return
+    # The last update of each window is its final value. Sessions that merged leave behind
+    # superseded rows under an older start; keep only rows whose window still exists.
+    latest = updates.unique(["window_start", "k"], keep="last", maintain_order=True)
+    latest = latest.join(closed.select("window_start", "k"), on=["window_start", "k"], how="semi")
+    order = ["window_start", "k"]
+    assert_rows_equal(rows_of(normalise(latest), order), rows_of(normalise(closed), order))
