@@ -11,6 +11,8 @@ BUILTIN_MODULES = (
     "tideflow.operators.sql",
     "tideflow.operators.python",
     "tideflow.operators.timeseries.window",
+    "tideflow.operators.timeseries.aggregate",
+    "tideflow.operators.timeseries.dedupe",
     "tideflow.connectors.generate",
     "tideflow.connectors.files.source",
     "tideflow.connectors.files.sink",

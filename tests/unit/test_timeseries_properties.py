@@ -95,7 +95,7 @@ def stream_through(
             step = make()
             step.open(ctx(), state)
     results.append(step.finish())
-    frames = [r.outputs[MAIN_PORT] for r in results if r.outputs[MAIN_PORT].height]
+    frames = [f for r in results if (f := r.outputs.get(MAIN_PORT)) is not None and f.height]
     out = pl.concat(frames, how="vertical_relaxed") if frames else pl.DataFrame()
     records_in = events.height
     assert_balanced(records_in, results)
@@ -296,3 +296,50 @@ def test_on_update_converges_to_the_on_close_result(data: dict[str, Any], kind: 
     latest = latest.join(closed.select("window_start", "k"), on=["window_start", "k"], how="semi")
     order = ["window_start", "k"]
     assert_rows_equal(rows_of(normalise(latest), order), rows_of(normalise(closed), order))
+
+
+# -- aggregate and dedupe ------------------------------------------------------------------
+
+MERGEABLE = {k: v for k, v in AGGS.items() if k not in ("distinct", "med", "p75")}
+
+
+@SETTINGS
+@given(streams())
+def test_running_aggregates_end_at_the_batch_group_by(data: dict[str, Any]) -> None:
+    from tideflow.operators.timeseries.aggregate import Aggregate, AggregateConfig
+
+    cfg = AggregateConfig(keys=["k"], aggregations=MERGEABLE, time_column="ts")
+    updates, results = stream_through(lambda: Aggregate(cfg), data)
+    # Every batch emits exactly the keys it contained.
+    events: pl.DataFrame = data["events"]
+    assert sum(r.generated for r in results) == updates.height
+    by_key: dict[str, list[tuple[int, float | None]]] = {}
+    for ts, k, v in events.iter_rows():
+        by_key.setdefault(k, []).append((int((ts - EPOCH).total_seconds()), v))
+    expected = [
+        {"k": k, **{n: val for n, val in py_aggs(rows).items() if n in MERGEABLE}}
+        for k, rows in sorted(by_key.items())
+    ]
+    latest = updates.unique("k", keep="last", maintain_order=True) if updates.height else updates
+    assert_rows_equal(rows_of(normalise(latest), ["k"]), expected)
+
+
+@SETTINGS
+@given(streams(max_n=80, span=120), st.sampled_from([1, 4, 15]))
+def test_dedupe_equals_sorting_then_comparing_with_the_previous(
+    data: dict[str, Any], horizon: int
+) -> None:
+    from tideflow.operators.timeseries.dedupe import Dedupe, DedupeConfig
+
+    cfg = DedupeConfig(
+        time_column="ts", keys=["k"], horizon=f"{horizon}s", max_out_of_orderness=f"{DELAY}s"
+    )
+    out, results = stream_through(lambda: Dedupe(cfg), data)
+    previous: dict[str, datetime] = {}
+    expected = []
+    for ts, k, v in sorted(data["events"].iter_rows(), key=lambda r: (r[1], r[0])):
+        if k not in previous or ts - previous[k] >= timedelta(seconds=horizon):
+            expected.append({"ts": ts, "k": k, "v": v})
+        previous[k] = ts
+    assert_rows_equal(rows_of(out, ["k", "ts"]), sorted(expected, key=lambda r: (r["k"], r["ts"])))
+    assert sum(r.filtered for r in results) == data["events"].height - len(expected)
