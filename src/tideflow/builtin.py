@@ -13,6 +13,7 @@ BUILTIN_MODULES = (
     "tideflow.operators.timeseries.window",
     "tideflow.operators.timeseries.aggregate",
     "tideflow.operators.timeseries.dedupe",
+    "tideflow.operators.timeseries.interpolate",
     "tideflow.connectors.generate",
     "tideflow.connectors.files.source",
     "tideflow.connectors.files.sink",

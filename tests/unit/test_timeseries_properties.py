@@ -343,3 +343,65 @@ def test_dedupe_equals_sorting_then_comparing_with_the_previous(
         previous[k] = ts
     assert_rows_equal(rows_of(out, ["k", "ts"]), sorted(expected, key=lambda r: (r["k"], r["ts"])))
     assert sum(r.filtered for r in results) == data["events"].height - len(expected)
+
+
+# -- interpolate ---------------------------------------------------------------------------
+
+
+def python_grid(
+    events: pl.DataFrame, interval: int, method: str, max_gap: int | None
+) -> list[dict[str, Any]]:
+    """Resampling in plain Python, one key at a time over its sorted points."""
+    by_key: dict[str, list[tuple[int, float | None]]] = {}
+    for ts, k, v in events.iter_rows():
+        by_key.setdefault(k, []).append((int((ts - EPOCH).total_seconds()), v))
+    out = []
+    for k, points in by_key.items():
+        points.sort()
+        t_first, v_first = points[0]
+        if t_first % interval == 0:
+            out.append((t_first, k, v_first))
+        for (t0, v0), (t1, v1) in pairwise(points):
+            if max_gap is not None and t1 - t0 > max_gap:
+                if t1 % interval == 0:
+                    out.append((t1, k, v1))
+                continue
+            g = (t0 // interval + 1) * interval
+            while g <= t1:
+                if g == t1:
+                    value = v1
+                elif method == "ffill":
+                    value = v0
+                elif method == "none" or v0 is None or v1 is None:
+                    value = None
+                else:
+                    value = v0 + (v1 - v0) * (g - t0) / (t1 - t0)
+                out.append((g, k, value))
+                g += interval
+    return [{"ts": EPOCH + timedelta(seconds=g), "k": k, "v": v} for g, k, v in sorted(out)]
+
+
+@SETTINGS
+@given(
+    streams(max_n=40, span=200),
+    st.sampled_from([1, 3, 7]),
+    st.sampled_from(["linear", "ffill", "none"]),
+    st.sampled_from([None, 12]),
+)
+def test_interpolation_equals_plain_python(
+    data: dict[str, Any], interval: int, method: str, max_gap: int | None
+) -> None:
+    from tideflow.operators.timeseries.interpolate import Interpolate, InterpolateConfig
+
+    cfg = InterpolateConfig(
+        time_column="ts",
+        keys=["k"],
+        columns=["v"],
+        interval=f"{interval}s",
+        method=method,  # type: ignore[arg-type]
+        max_gap=None if max_gap is None else f"{max_gap}s",
+        max_out_of_orderness=f"{DELAY}s",
+    )
+    out, _ = stream_through(lambda: Interpolate(cfg), data)
+    expected = python_grid(data["events"], interval, method, max_gap)
+    assert_rows_equal(rows_of(out, ["ts", "k"]), expected)
