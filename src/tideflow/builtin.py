@@ -14,6 +14,8 @@ BUILTIN_MODULES = (
     "tideflow.operators.timeseries.aggregate",
     "tideflow.operators.timeseries.dedupe",
     "tideflow.operators.timeseries.interpolate",
+    "tideflow.operators.timeseries.outliers",
+    "tideflow.operators.timeseries.normalize",
     "tideflow.connectors.generate",
     "tideflow.connectors.files.source",
     "tideflow.connectors.files.sink",
