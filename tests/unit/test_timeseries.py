@@ -15,8 +15,9 @@ import pytest
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
+from tideflow.connectors.generate import GenerateConfig, _block
 from tideflow.connectors.memory import clear, collected
-from tideflow.core.contracts import MAIN_PORT, Context, StepOutput
+from tideflow.core.contracts import MAIN_PORT, Context, Sink, StepOutput
 from tideflow.core.engine import Engine
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.operators.timeseries._common import parse_duration
@@ -26,7 +27,9 @@ from tideflow.operators.timeseries.interpolate import Interpolate, InterpolateCo
 from tideflow.operators.timeseries.normalize import Normalize, NormalizeConfig
 from tideflow.operators.timeseries.outliers import Outliers, OutliersConfig
 from tideflow.operators.timeseries.window import Window, WindowConfig
+from tideflow.registry import Registry
 from tideflow.spec.loader import load_pipeline_text
+from tideflow.spec.models import Settings
 from tideflow.state.codec import decode_state, encode_state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -259,8 +262,6 @@ def test_interpolation_bridges_batches_and_respects_max_gap() -> None:
 
 
 def test_resample_is_an_alias() -> None:
-    from tideflow.registry import Registry
-
     reg = Registry()
     reg.load_plugins()
     assert reg.get("step", "resample").cls.config_model is InterpolateConfig
@@ -428,3 +429,76 @@ checkpoint: {every_records: 1000}
     assert result.unbalanced == []
     assert result.counts["window"]["consumed"] == 5000
     assert result.counts["window"]["generated"] == got.height
+
+
+class _CrashConfig(Settings):
+    """Settings of the crashing test sink."""
+
+    collector: str
+    crash_after: int = -1
+
+
+class _CrashingSink(Sink):
+    """Commits to a memory collector; raises once ``crash_after`` rows were written."""
+
+    config_model = _CrashConfig
+
+    def open(self, ctx: Context, pending: Any) -> None:
+        self.written = 0
+        self.pending: list[pl.DataFrame] = []
+
+    def write_batch(self, batch: pl.DataFrame) -> None:
+        self.written += batch.height
+        if 0 <= self.config.crash_after <= self.written:
+            raise RuntimeError("simulated crash")
+        self.pending.append(batch)
+
+    def commit(self, token: Any) -> None:
+        from tideflow.connectors import memory
+
+        with memory._lock:
+            memory._collected.setdefault(self.config.collector, []).extend(self.pending)
+        self.pending = []
+
+
+def test_window_state_survives_crashes_exactly_once(tmp_path: Path) -> None:
+    """Crash twice mid-run; the resumed runs restore window state from the state store and
+    the committed output equals one uninterrupted batch computation."""
+    registry = Registry()
+    registry.load_plugins()
+    registry.register("sink", "crashing")(_CrashingSink)
+    clear("ts-crash")
+    text = """
+name: ts-crash
+source: {type: generate, shape: sensors, count: 6000, keys: 3, batch_size: 250, seed: 3}
+steps:
+  - {type: window, time_column: ts, keys: [sensor_id], size: 20s, max_out_of_orderness: 2s,
+     aggregations: {n: count(), total: sum(humidity), sd: stddev(humidity)}}
+checkpoint: {every_records: 700}
+sink: {type: crashing, collector: ts-crash, crash_after: CRASH}
+"""
+    for crash_after in (90, 150):
+        spec = load_pipeline_text(
+            text.replace("CRASH", str(crash_after)), "p.yaml", registry=registry
+        )
+        with pytest.raises(PipelineError, match="simulated crash"):
+            Engine(spec, tmp_path, registry=registry).run()
+    spec = load_pipeline_text(text.replace("CRASH", "-1"), "p.yaml", registry=registry)
+    result = Engine(spec, tmp_path, registry=registry).run()
+    assert result.records_in < 6000  # it resumed
+    got = collected("ts-crash").sort("window_start", "sensor_id")
+    source = pl.concat([_block(GenerateConfig(shape="sensors", keys=3, seed=3), b) for b in (0, 1)])
+    expected = (
+        source.head(6000)
+        .sort("ts")
+        .group_by_dynamic("ts", every="20s", group_by="sensor_id", include_boundaries=True)
+        .agg(
+            pl.len().cast(pl.Int64).alias("n"),
+            pl.col("humidity").sum().alias("total"),
+            pl.col("humidity").std().alias("sd"),
+        )
+        .rename({"_lower_boundary": "window_start", "_upper_boundary": "window_end"})
+        .select(got.columns)
+        .sort("window_start", "sensor_id")
+    )
+    assert_frame_equal(got, expected, rel_tol=1e-9)
