@@ -107,39 +107,61 @@ class Outliers(Step):
             both = pl.concat([prior.select(values.columns), values], how="vertical_relaxed")
         # Per-key arrival number: the history of a row is the `window` rows before it.
         both = both.with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over(self.gkeys).alias(SEQ))
-        history = (
-            both.sort([*self.gkeys, SEQ], nulls_last=True)
-            .rolling(index_column=SEQ, period=f"{n}i", closed="left", group_by=self.gkeys)
-            .agg(pl.col(V).alias(HIST))
-        )
-        rows = both.join(history, on=[*self.gkeys, SEQ], how="left", nulls_equal=True).filter(
-            pl.col("__row").is_not_null()
-        )
-        score = self._method_score(pl.col(HIST), pl.col(V))
-        enough = pl.col(HIST).list.len() >= self.config.min_points
-        rows = rows.select("__row", pl.when(enough).then(score).alias("score")).with_columns(
-            (pl.col("score").abs() > self.threshold).alias("is_outlier")
+        both = both.sort([*self.gkeys, SEQ], nulls_last=True)
+        if self.config.method == "mad":
+            history = both.rolling(
+                index_column=SEQ, period=f"{n}i", closed="left", group_by=self.gkeys
+            ).agg(pl.col(V).alias(HIST))
+            both = both.join(
+                history, on=[*self.gkeys, SEQ], how="left", nulls_equal=True, maintain_order="left"
+            )
+        enough = pl.min_horizontal(pl.col(SEQ), n) >= self.config.min_points
+        # Statistics first, as columns: the score refers to each several times.
+        both = both.with_columns(**self._statistics())
+        rows = both.with_columns(pl.when(enough).then(self._method_score()).alias("score"))
+        rows = rows.filter(pl.col("__row").is_not_null()).select(
+            "__row", "score", (pl.col("score").abs() > self.threshold).alias("is_outlier")
         )
         self.tail = both.filter(pl.col(SEQ) > pl.col(SEQ).max().over(self.gkeys) - n).select(
             *self.gkeys, V
         )
         return frame.select("__row").join(rows, on="__row", how="left", maintain_order="left")
 
-    def _method_score(self, hist: pl.Expr, x: pl.Expr) -> pl.Expr:
-        def stat(expr: pl.Expr) -> pl.Expr:
-            return hist.list.eval(expr).list.first()
-
-        el = pl.element()
+    def _statistics(self) -> dict[str, pl.Expr]:
+        """Location (``__c``) and spread statistics of each row's history. Rows are sorted by
+        key and arrival, so rolling expressions over the shifted values see exactly the
+        previous ``window`` values of the key."""
+        n = self.config.window
+        previous = pl.col(V).shift(1)
+        if self.config.method == "zscore":
+            return {
+                "__c": previous.rolling_mean(n, min_samples=1).over(self.gkeys),
+                "__s": previous.rolling_std(n, min_samples=2).over(self.gkeys),
+            }
         if self.config.method == "iqr":
-            q1 = stat(el.quantile(0.25, "linear"))
-            q3 = stat(el.quantile(0.75, "linear"))
+            return {
+                name: previous.rolling_quantile(q, "linear", window_size=n, min_samples=1).over(
+                    self.gkeys
+                )
+                for name, q in (("__q1", 0.25), ("__q3", 0.75))
+            }
+        # MAD has no rolling form: `_score` built each row's history list (a rolling
+        # group_by); median and median absolute deviation are list operations on it.
+        centre = pl.col(HIST).list.median()
+        return {
+            "__c": centre,
+            "__s": (pl.col(HIST) - centre).list.eval(pl.element().abs()).list.median(),
+        }
+
+    def _method_score(self) -> pl.Expr:
+        x = pl.col(V)
+        if self.config.method == "zscore":
+            return _ratio(x - pl.col("__c"), pl.col("__s"))
+        if self.config.method == "iqr":
+            q1, q3 = pl.col("__q1"), pl.col("__q3")
             outside = pl.when(x > q3).then(x - q3).when(x < q1).then(q1 - x).otherwise(0.0)
             return _ratio(outside, q3 - q1)
-        if self.config.method == "mad":
-            centre = stat(el.median())
-            spread = stat((el - el.median()).abs().median())
-            return _ratio(0.6745 * (x - centre), spread)
-        return _ratio(x - hist.list.mean(), hist.list.std())
+        return _ratio(0.6745 * (x - pl.col("__c")), pl.col("__s"))
 
 
 def _ratio(distance: pl.Expr, spread: pl.Expr) -> pl.Expr:
