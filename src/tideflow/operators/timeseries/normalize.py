@@ -110,19 +110,22 @@ class Normalize(Step):
             # value) keep the running sums well conditioned; the formulas below need the shift
             # to be the stored mean whenever there is one.
             shift = pl.when(n0 > 0).then(mean0).otherwise(x.drop_nulls().first().over(g))
-            d = (x - shift).fill_null(0.0)
-            count = n0 + x.is_not_null().cast(pl.Float64).cum_sum().over(g)
-            dsum = d.cum_sum().over(g)
-            mean = pl.when(count > 0).then(shift + dsum / count)
-            m2 = m20 + (d * d).cum_sum().over(g) - pl.when(count > 0).then(dsum**2 / count)
-            lo = pl.min_horizontal(pl.col(f"__min_{c}"), x.cum_min().over(g))
-            hi = pl.max_horizontal(pl.col(f"__max_{c}"), x.cum_max().over(g))
+            # Staged so that every running sum is computed once and then reused.
+            frame = frame.with_columns((x - shift).fill_null(0.0).alias("__d"), shift.alias("__h"))
+            d = pl.col("__d")
             frame = frame.with_columns(
-                count.alias(f"__cn_{c}"),
-                mean.alias(f"__cmean_{c}"),
-                m2.clip(lower_bound=0.0).alias(f"__cm2_{c}"),
-                lo.alias(f"__cmin_{c}"),
-                hi.alias(f"__cmax_{c}"),
+                (n0 + x.is_not_null().cast(pl.Float64).cum_sum().over(g)).alias(f"__cn_{c}"),
+                d.cum_sum().over(g).alias("__ds"),
+                (d * d).cum_sum().over(g).alias("__dq"),
+                pl.min_horizontal(pl.col(f"__min_{c}"), x.cum_min().over(g)).alias(f"__cmin_{c}"),
+                pl.max_horizontal(pl.col(f"__max_{c}"), x.cum_max().over(g)).alias(f"__cmax_{c}"),
+            )
+            count, dsum = pl.col(f"__cn_{c}"), pl.col("__ds")
+            frame = frame.with_columns(
+                pl.when(count > 0).then(pl.col("__h") + dsum / count).alias(f"__cmean_{c}"),
+                (m20 + pl.col("__dq") - pl.when(count > 0).then(dsum**2 / count))
+                .clip(lower_bound=0.0)
+                .alias(f"__cm2_{c}"),
             )
             if self.config.method == "minmax":
                 value = _scale(
