@@ -174,11 +174,14 @@ def test_late_session_record_is_dead_lettered_but_one_joining_an_open_session_is
     step.process(frame([0, 2, 30], k=["a"] * 3))  # watermark 30: session [0, 7) closes
     joins = step.process(frame([28], k=["a"]))  # before the watermark, joins the open session
     assert joins.dead is None
-    late = step.process(frame([10], k=["a"]))  # would be a session [10, 15): closed already
-    assert late.dead is not None and late.dead["reason"].to_list() == ["late"]
+    # 6 is behind the watermark and joins no open session (it would extend the closed one);
+    # 40 is on time; 12 is behind the watermark with nothing open near it.
+    mixed = step.process(frame([6, 40, 12], k=["a"] * 3))
+    assert mixed.dead is not None and mixed.dead["reason"].to_list() == ["late", "late"]
+    assert mixed.consumed == 1
     last = step.finish().outputs[MAIN_PORT]
     assert last.select("window_start", "window_end", "count").to_dicts() == [
-        {"window_start": at(28)[0], "window_end": at(35)[0], "count": 2}
+        {"window_start": at(40)[0], "window_end": at(45)[0], "count": 1}
     ]
 
 

@@ -257,17 +257,20 @@ class Window(Step):
         both = pl.concat(parts, how="vertical_relaxed").sort(
             [*self.gkeys, WS], maintain_order=True, nulls_last=True
         )
-        reach = pl.col(LAST).cum_max().shift(1).over(self.gkeys)
-        starts = reach.is_null() | (pl.col(WS) - reach >= self.gap)
-        both = both.with_columns(starts.cum_sum().alias("__g"))
+        both = self._chain(both)
         if floor is not None:
-            # A chain of new rows only, ending before the floor, is a session that would
-            # already have closed: its rows are late.
-            ended = pl.col(LAST).max().over("__g") + self.gap <= floor
-            both = both.with_columns((ended & ~pl.col("__state").any().over("__g")).alias("__lost"))
-            lost = both.filter(pl.col("__lost")).get_column("__row")
-            late = rows.get_column("__row").is_in(lost.implode())
-            both = both.filter(~pl.col("__lost")).drop("__lost")
+            # A new record behind the floor that joins no open session may belong to a session
+            # that has closed (and was emitted): it is late. Closed sessions ended at or before
+            # the floor, so a record at or after the floor can never touch one.
+            joins_open = pl.col("__state").any().over("__g")
+            lost = (~pl.col("__state") & (pl.col(WS) < floor) & ~joins_open).alias("__lost")
+            both = both.with_columns(lost)
+            late = rows.get_column("__row").is_in(
+                both.filter(pl.col("__lost")).get_column("__row").implode()
+            )
+            if late.any():  # without the late rows, the other rows may chain differently
+                both = self._chain(both.filter(~pl.col("__lost")))
+            both = both.drop("__lost")
         else:
             late = pl.Series("late", [False] * rows.height, dtype=pl.Boolean)
         merged = both.group_by("__g").agg(
@@ -286,6 +289,13 @@ class Window(Step):
             )
             self.raw = kept if self.raw is None else pl.concat([self.raw, kept])
         return late, touched
+
+    def _chain(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Number the sessions (``__g``) of rows sorted by key and start: a row starts a new
+        session when its start is ``gap`` or more past the furthest end before it."""
+        reach = pl.col(LAST).cum_max().shift(1).over(self.gkeys)
+        starts = reach.is_null() | (pl.col(WS) - reach >= self.gap)
+        return frame.with_columns(starts.cum_sum().alias("__g"))
 
     # -- emitting ------------------------------------------------------------------------
 
