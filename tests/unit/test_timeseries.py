@@ -505,3 +505,42 @@ sink: {type: crashing, collector: ts-crash, crash_after: CRASH}
         .sort("window_start", "sensor_id")
     )
     assert_frame_equal(got, expected, rel_tol=1e-9)
+
+
+def test_python_api_chains_time_series_steps_and_routes_outliers(tmp_path: Path) -> None:
+    import tideflow as tf
+
+    for c in ("ts-api-win", "ts-api-out", "ts-api-in"):
+        clear(c)
+    result = (
+        tf.Pipeline("ts-api")
+        .source(tf.generate(shape="sensors", count=3000, keys=3, spike_rate=0.02, seed=5))
+        .dedupe(time_column="ts", keys=["sensor_id"], horizon="1s")
+        .outliers(column="temperature_c", keys=["sensor_id"], window=30, mode="route")
+        .window(
+            time_column="ts",
+            keys=["sensor_id"],
+            size="5m",
+            aggregations={"n": "count()", "hi": "max(temperature_c)"},
+        )
+        .sink(tf.memory(collector="ts-api-win"))
+        .sink(tf.memory(collector="ts-api-out"), input="outliers.outliers")
+        .sink(tf.memory(collector="ts-api-in"), input="generate")
+        .run(tmp_path)
+    )
+    assert result.unbalanced == []
+    source, spikes = collected("ts-api-in"), collected("ts-api-out")
+    windows = collected("ts-api-win")
+    # Every reading is 1s after the previous one of its sensor: no repeats within 1s.
+    assert result.counts["dedupe"]["filtered"] == 0
+    assert spikes.height > 0 and int(windows["n"].sum()) + spikes.height == source.height
+    expected = (
+        source.join(spikes, on=["sensor_id", "ts"], how="anti")
+        .sort("ts")
+        .group_by_dynamic("ts", every="5m", group_by="sensor_id")
+        .agg(pl.len().cast(pl.Int64).alias("n"), pl.col("temperature_c").max().alias("hi"))
+        .sort("ts", "sensor_id")
+    )
+    got = windows.sort("window_start", "sensor_id")
+    assert got["n"].to_list() == expected["n"].to_list()
+    assert got["hi"].to_list() == expected["hi"].to_list()
