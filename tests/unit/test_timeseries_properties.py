@@ -277,10 +277,18 @@ def python_sessions(events: pl.DataFrame, gap: int) -> list[dict[str, Any]]:
 
 
 @SETTINGS
-@given(streams(), st.sampled_from([3, 8, 25]))
-def test_session_windows_equal_plain_python(data: dict[str, Any], gap: int) -> None:
+@given(streams(), st.sampled_from([3, 8, 25]), st.booleans())
+def test_session_windows_equal_plain_python(
+    data: dict[str, Any], gap: int, null_keys: bool
+) -> None:
+    events: pl.DataFrame = data["events"]
+    if null_keys:  # key "c" becomes null, a key of its own
+        nulls = events.with_columns(pl.when(pl.col("k") != "c").then(pl.col("k")).alias("k"))
+        data = {**data, "events": nulls}
     out, _ = stream_through(window_step(kind="session", gap=f"{gap}s"), data)
-    expected = python_sessions(data["events"], gap)
+    if null_keys and out.height:
+        out = out.with_columns(pl.col("k").fill_null("c"))
+    expected = python_sessions(events, gap)
     assert_rows_equal(rows_of(normalise(out), ["window_start", "k"]), expected)
 
 
@@ -438,3 +446,26 @@ def test_tumbling_with_late_records_equals_the_batch_of_accepted_records(
     expected = polars_reference(accepted, size)
     order = ["window_start", "k"]
     assert_rows_equal(rows_of(normalise(out), order), rows_of(normalise(expected), order))
+
+
+@SETTINGS
+@given(streams(), st.booleans())
+def test_tumbling_without_keys_or_with_null_keys(data: dict[str, Any], no_keys: bool) -> None:
+    """No key columns: one series; a null key is a key of its own, as in a group_by."""
+    events: pl.DataFrame = data["events"].with_columns(
+        pl.when(pl.col("k") == "c").then(None).otherwise(pl.col("k")).alias("k")
+    )
+    data = {**data, "events": events}
+    out, _ = stream_through(window_step(size="20s", keys=[] if no_keys else ["k"]), data)
+    if no_keys:
+        expected = polars_reference(events.with_columns(pl.lit("all").alias("k")), 20).drop("k")
+        order = ["window_start"]
+    else:
+        expected = polars_reference(events, 20)
+        order = ["window_start", "k"]
+    if out.height == 0:
+        assert expected.height == 0
+        return
+    got = out if no_keys else out.with_columns(pl.col("k").fill_null("~"))
+    want = expected if no_keys else expected.with_columns(pl.col("k").fill_null("~"))
+    assert_rows_equal(rows_of(normalise(got), order), rows_of(normalise(want), order))

@@ -335,7 +335,9 @@ class Window(Step):
         assert self.raw is not None
         if self.session:
             members = self._session_members(closed)
-            return self.raw.join(members.select(*self.gkeys, T), on=[*self.gkeys, T], how="anti")
+            return self.raw.join(
+                members.select(*self.gkeys, T), on=[*self.gkeys, T], how="anti", nulls_equal=True
+            )
         return self.raw.join(
             closed.select(*self.gkeys, WS), on=[*self.gkeys, WS], how="anti", nulls_equal=True
         )
@@ -362,7 +364,9 @@ class Window(Step):
             if self.session:
                 members = self._session_members(windows)
             else:
-                members = self.raw.join(windows.select(group), on=group, how="semi")
+                members = self.raw.join(
+                    windows.select(group), on=group, how="semi", nulls_equal=True
+                )
             extra = members.group_by(group).agg(*holistic_exprs(self.specs))
             values = values.join(extra, on=group, how="left", nulls_equal=True)
         return values.sort([WS, *self.gkeys], nulls_last=True).select(
