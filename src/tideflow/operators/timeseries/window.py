@@ -116,9 +116,12 @@ class Window(Step):
     """Aggregate records per key over event-time windows.
 
     Outputs ``window_start``, ``window_end``, the keys and one column per aggregation. A
-    record whose windows have all closed (event time before watermark - allowed_lateness) is
-    dead-lettered with reason ``late``; records taken into state count as ``consumed`` and
-    emitted window rows as ``generated``. ``finish`` (bounded input ended) closes every window.
+    window closes when the watermark reaches its end + ``allowed_lateness``. A record is
+    dead-lettered with reason ``late`` when what it belongs to was already emitted: all its
+    tumbling/sliding windows have closed (a sliding window record still counts in its open
+    windows), or, for sessions, it is behind watermark - allowed_lateness and joins no open
+    session. Records taken into state count as ``consumed`` and emitted window rows as
+    ``generated``. ``finish`` (bounded input ended) closes every window.
 
     Defaults from the environment: ``WINDOW_SIZE`` is the default ``size``;
     ``AGGREGATION_TYPE`` (e.g. ``max``) is applied to ``columns`` when ``aggregations`` is
