@@ -53,8 +53,9 @@ class Outliers(Step):
 
     A value is scored against the values of its key that arrived before it (arrival order);
     every non-null value, outlier or not, then joins the history. Nulls get no score and are
-    never outliers. A history without spread (all equal) scores any other value +-inf. State: the last ``window`` values per key. With ``mode: route`` read the
-    outliers with ``input: <step>.outliers``.
+    never outliers. A history without spread (all equal) scores any other value +-inf.
+    State: the last ``window`` values per key. With ``mode: route`` read the outliers with
+    ``input: <step>.outliers``.
     """
 
     config_model = OutliersConfig
