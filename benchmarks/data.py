@@ -79,3 +79,26 @@ def orders_csv(rows: int) -> tuple[Path, Path]:
             (pl.col("amount") + 1).round(2)
         ).write_csv(changed)
     return first, changed
+
+
+def events(rows: int) -> Path:
+    """``rows`` events from 1,000 keys, one per millisecond-ish, each up to 5 s out of order."""
+    path = DATA / f"events-{rows}.parquet"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    base = 1_767_225_600_000_000  # 2026-01-01 in microseconds
+    step = 1_000  # one event per millisecond on average
+    times = base + np.arange(rows, dtype=np.int64) * step
+    jitter = rng.integers(0, 5_000_000, rows)  # up to 5 s late
+    table = pa.table(
+        {
+            "ts": pa.array((times - jitter).astype("datetime64[us]")),
+            "key": rng.integers(0, 1000, rows).astype(np.int32),
+            "value": np.round(rng.normal(20, 5, rows), 3),
+        }
+    )
+    pq.write_table(table, path.with_suffix(".tmp"), compression="zstd", row_group_size=500_000)
+    path.with_suffix(".tmp").rename(path)
+    return path

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.data import orders, orders_ndjson
+from benchmarks.data import events, orders, orders_ndjson
 
 WORKLOADS = {
     "filter": {
@@ -40,6 +40,14 @@ WORKLOADS = {
         "title": "CSV -> cast + filter -> PostgreSQL upsert, then a re-run with 10% changed, "
         "vs hand-written COPY + INSERT ... ON CONFLICT (pandas to_sql for reference)",
         "reference": "pandas",
+    },
+    "window": {
+        "rows": 5_000_000,
+        "target": 1.5,
+        "memory_target": 2.0,
+        "reference": "group_by",
+        "title": "5M events, 1,000 keys, <= 5 s out of order -> 1-minute windows per key "
+        "(count/mean/min/max) vs hand-written Polars group_by_dynamic",
     },
     "poison": {
         "rows": 1_000_000,
@@ -86,6 +94,8 @@ def main() -> None:
         spec = WORKLOADS[name]
         rows = args.rows or int(spec["rows"])  # type: ignore[call-overload]
         orders(rows)  # generate the inputs outside the timings
+        if name == "window":
+            events(rows)
         if name == "poison":
             orders_ndjson(rows, poisoned=False)
             orders_ndjson(rows, poisoned=True)
