@@ -15,6 +15,10 @@ BUILTIN_MODULES = (
     "tideflow.connectors.files.sink",
     "tideflow.connectors.stdout",
     "tideflow.connectors.memory",
+    "tideflow.connectors.http.source",
+    "tideflow.connectors.http.sink",
+    "tideflow.connectors.http.enrich",
+    "tideflow.operators.pii",
 )
 
 

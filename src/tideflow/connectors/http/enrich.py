@@ -1,0 +1,240 @@
+"""The ``http_enrich`` step: look records up in an API and merge the answer into them.
+
+Lookups are made per *distinct* key in a batch (not per row), several at once on a thread
+pool, and remembered in a TTL cache; the answers become a small frame that is joined to the
+batch, so the merge itself is columnar. A key whose lookup fails after retries sends its
+records to the dead-letter ledger with the status code and response body.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import polars as pl
+
+from tideflow.connectors.http.settings import HttpEnrichConfig
+from tideflow.core.contracts import JSON, Context, Step, StepOutput
+from tideflow.errors import PipelineError, TideflowError
+from tideflow.registry import component
+
+_NOT_FOUND = object()
+
+
+class TtlCache:
+    """A thread-safe LRU cache whose entries expire ``ttl`` seconds after they were stored."""
+
+    def __init__(self, ttl: float, size: int) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._items: OrderedDict[tuple[Any, ...], tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        """The cached value, or ``_NOT_FOUND`` when absent or expired."""
+        with self._lock:
+            item = self._items.get(key)
+            if item is None or item[0] < time.monotonic():
+                self.misses += 1
+                if item is not None:
+                    del self._items[key]
+                return _NOT_FOUND
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[1]
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        """Store a value (evicting the least recently used past ``size``)."""
+        if self.ttl <= 0 or self.size <= 0:
+            return
+        with self._lock:
+            self._items[key] = (time.monotonic() + self.ttl, value)
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+@component("step", "http_enrich")
+class HttpEnrich(Step):
+    """Merge fields looked up in an HTTP API (per distinct key or per batch of keys)."""
+
+    config_model = HttpEnrichConfig
+
+    def __init__(self, config: HttpEnrichConfig) -> None:
+        super().__init__(config)
+        self.config: HttpEnrichConfig = config
+        self._client: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._ctx: Context | None = None
+        self.cache = TtlCache(config.cache_ttl, config.cache_size)
+        self._warned: set[str] = set()
+
+    @property
+    def client(self) -> Any:
+        """The :class:`~tideflow.connectors.http.client.HttpClient` (counts requests)."""
+        return self._client
+
+    def open(self, ctx: Context, state: JSON | None) -> None:
+        """Create the client and the worker pool."""
+        from tideflow.connectors.http.client import HttpClient
+
+        cfg = self.config
+        self._ctx = ctx
+        headers = dict(cfg.headers)
+        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, ctx.stop_event, headers)
+        self._pool = ThreadPoolExecutor(
+            max_workers=cfg.rate_limit.concurrency, thread_name_prefix=f"http-enrich-{ctx.name}"
+        )
+
+    def close(self) -> None:
+        """Stop the workers and close connections."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def process(self, batch: pl.DataFrame) -> StepOutput:
+        """Look up each distinct key once (cache first), join the answers to the batch."""
+        cfg = self.config
+        missing = [k for k in cfg.keys if k not in batch.columns]
+        if missing:
+            raise PipelineError(
+                f"http_enrich: key column(s) {', '.join(missing)} not in the batch; "
+                f"columns: {', '.join(batch.columns)}"
+            )
+        if batch.height == 0:
+            return StepOutput.of(batch)
+        distinct = batch.select(cfg.keys).unique(maintain_order=True)
+        keys = distinct.to_dicts()
+        answers: dict[tuple[Any, ...], Any] = {}
+        todo = []
+        for key in keys:
+            ident = tuple(key.values())
+            cached = self.cache.get(ident)
+            if cached is _NOT_FOUND:
+                todo.append(key)
+            else:
+                answers[ident] = cached
+        answers.update(self._lookup(todo))
+        found: list[dict[str, Any]] = []
+        failed: list[dict[str, Any]] = []
+        for key in keys:
+            answer = answers[tuple(key.values())]
+            if isinstance(answer, str):  # a failure reason
+                failed.append({**key, "__reason": answer})
+            elif answer is None and cfg.not_found == "dead_letter":
+                failed.append({**key, "__reason": "not found: " + ", ".join(map(str, key.values()))})
+            else:
+                found.append({**key, **self._fields(answer or {}, batch.columns)})
+        out = batch
+        dead = None
+        if failed:
+            bad = pl.from_dicts(failed, infer_schema_length=None).with_columns(
+                [pl.col(k).cast(batch.schema[k]) for k in cfg.keys]
+            )
+            marked = batch.join(bad, on=cfg.keys, how="left", nulls_equal=True)
+            dead_rows = marked.filter(pl.col("__reason").is_not_null())
+            dead = dead_rows.select(
+                pl.struct(dead_rows.drop("__reason").columns).struct.json_encode().alias("record"),
+                pl.col("__reason").alias("reason"),
+            )
+            out = marked.filter(pl.col("__reason").is_null()).drop("__reason")
+        if found:
+            lookup = pl.from_dicts(found, infer_schema_length=None).with_columns(
+                [pl.col(k).cast(batch.schema[k]) for k in cfg.keys]
+            )
+            out = out.join(lookup, on=cfg.keys, how="left", nulls_equal=True, maintain_order="left")
+        return StepOutput(outputs={"out": out}, dead=dead)
+
+    def _fields(self, answer: Any, existing: list[str]) -> dict[str, Any]:
+        cfg = self.config
+        if not isinstance(answer, dict):
+            answer = {"value": answer}
+        names = cfg.fields if cfg.fields is not None else list(answer)
+        merged = {}
+        for name in names:
+            column = cfg.prefix + name
+            if name in cfg.keys and not cfg.prefix:
+                continue
+            if column in existing:
+                if column not in self._warned and self._ctx is not None:
+                    self._warned.add(column)
+                    self._ctx.log.warning(
+                        "http_enrich: response field %r is already a column; kept the "
+                        "record's value (set `prefix` to keep both)",
+                        column,
+                    )
+                continue
+            merged[column] = answer.get(name)
+        return merged
+
+    def _lookup(self, keys: list[dict[str, Any]]) -> dict[tuple[Any, ...], Any]:
+        """Answers for keys not in the cache: a dict/None per key, or a failure reason."""
+        if not keys:
+            return {}
+        assert self._pool is not None
+        size = self.config.batch_size
+        if size == 1:
+            results = self._pool.map(self._one, keys)
+            pairs = list(zip((tuple(k.values()) for k in keys), results, strict=True))
+        else:
+            groups = [keys[i : i + size] for i in range(0, len(keys), size)]
+            pairs = [p for group in self._pool.map(self._many, groups) for p in group]
+        for ident, answer in pairs:
+            if not isinstance(answer, str):
+                self.cache.put(ident, answer)
+        return dict(pairs)
+
+    def _one(self, key: dict[str, Any]) -> Any:
+        from tideflow.connectors.http.client import describe_failure, dig, render
+
+        cfg = self.config
+        try:
+            url = render(cfg.url, key)
+            params = render(cfg.params, key)
+            response = self._client.send(cfg.method, url, params=params)
+        except TideflowError as exc:
+            return str(exc)
+        if response.status_code == 404:
+            return None
+        if not 200 <= response.status_code < 300:
+            return describe_failure(response, 300)
+        try:
+            return dig(response.json(), cfg.response_path)
+        except ValueError as exc:
+            return f"response from {response.request.url} is not JSON: {exc}"
+
+    def _many(self, keys: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], Any]]:
+        from tideflow.connectors.http.client import describe_failure, dig, render
+
+        cfg = self.config
+        idents = [tuple(k.values()) for k in keys]
+        try:
+            response = self._client.send(
+                cfg.method if cfg.method != "GET" else "POST",
+                render(cfg.url, {}),
+                params=render(cfg.params, {}),
+                json=keys,
+            )
+        except TideflowError as exc:
+            return [(i, str(exc)) for i in idents]
+        if not 200 <= response.status_code < 300:
+            reason = describe_failure(response, 300)
+            return [(i, reason) for i in idents]
+        try:
+            items = dig(response.json(), cfg.response_path)
+        except ValueError as exc:
+            return [(i, f"response is not JSON: {exc}") for i in idents]
+        if not isinstance(items, list):
+            return [(i, "batched lookup response is not a list of objects") for i in idents]
+        by_key = {
+            tuple(item.get(k) for k in cfg.keys): item for item in items if isinstance(item, dict)
+        }
+        return [(i, by_key.get(i)) for i in idents]
