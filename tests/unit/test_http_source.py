@@ -19,6 +19,8 @@ from tideflow.errors import TerminalError
 from tideflow.secrets import redact
 from tideflow.spec.loader import load_pipeline_text
 
+pytestmark = pytest.mark.timeout(60)
+
 FAST_RETRY = {"backoff": 0.01, "max_backoff": 0.5, "max_attempts": 10}
 
 
@@ -113,7 +115,7 @@ def style_config(api: FakeApi, style: str, **extra: Any) -> dict[str, Any]:
 def test_every_paging_style_reads_every_record_once_despite_transient_failures(
     api: FakeApi, tmp_path: Path, style: str
 ) -> None:
-    data, positions, source = read_all(style_config(api, style), tmp_path)
+    data, positions, _ = read_all(style_config(api, style), tmp_path)
     assert sorted(data["id"].to_list()) == list(range(1, 538))
     assert data["id"].n_unique() == 537
     assert api.stats.transient_failures > 0  # the server did fail, and retries covered it
@@ -194,7 +196,10 @@ def test_unbounded_source_polls_until_stopped(api: FakeApi, tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("server_auth", "client_auth"),
     [
-        ({"type": "bearer", "token": "s3cret-bearer"}, {"type": "bearer", "token": "s3cret-bearer"}),
+        (
+            {"type": "bearer", "token": "s3cret-bearer"},
+            {"type": "bearer", "token": "s3cret-bearer"},
+        ),
         (
             {"type": "basic", "username": "ann", "password": "pw-1234"},
             {"type": "basic", "username": "ann", "password": "pw-1234"},
@@ -221,8 +226,9 @@ def test_auth_styles(
 
 def test_oauth2_client_credentials_refreshes_the_token(tmp_path: Path) -> None:
     server_auth = {"type": "oauth2", "client_id": "app", "client_secret": "cs-98765"}
-    # tokens live 0.05 s on the server and the client refreshes early, so several are issued
-    with FakeApi(records=300, auth=server_auth, token_lifetime=0.05) as api:
+    # the server revokes each token after 4 requests: the client gets a 401, fetches a new
+    # token and carries on (counted by the server, not timed)
+    with FakeApi(records=300, auth=server_auth, token_uses=4) as api:
         cfg = style_config(
             api,
             "offset",
@@ -232,11 +238,12 @@ def test_oauth2_client_credentials_refreshes_the_token(tmp_path: Path) -> None:
                 "client_id": "app",
                 "client_secret": "cs-98765",
             },
-            rate_limit={"requests_per_second": 100},
         )
         data, _, _ = read_all(cfg, tmp_path)
-        assert data.height == 300
-        assert api.stats.tokens_issued >= 2
+        assert sorted(data["id"].to_list()) == list(range(1, 301))
+        # 16 pages of 20 (the last one empty): 4 tokens, one 401 per revoked token
+        assert api.stats.tokens_issued == 4
+        assert api.stats.unauthorized == 3
 
 
 def test_wrong_credentials_fail_with_an_actionable_error_without_the_secret(
@@ -258,17 +265,18 @@ def test_retry_after_is_honoured_and_the_client_rate_limit_is_respected(tmp_path
         data, _, _ = read_all(cfg, tmp_path)  # no client limit: the server pushes back
         assert sorted(data["id"].to_list()) == list(range(1, 401))
         assert api.stats.rate_limited > 0
-    with FakeApi(records=400, rate_limit=5, window=0.5, retry_after=0.3) as api:
+    with FakeApi(records=200, rate_limit=5, window=0.5, retry_after=0.3) as api:
         cfg = style_config(
             api,
             "offset",
             pagination={"style": "offset", "page_size": 20},
-            rate_limit={"requests_per_second": 8},
+            rate_limit={"requests_per_second": 4},
         )
-        data, _, _ = read_all(cfg, tmp_path)  # 8/s is 4 per window: never refused
-        assert data.height == 400
+        data, _, source = read_all(cfg, tmp_path)  # 4/s is 2 per window: never refused
+        assert data.height == 200
         assert api.stats.rate_limited == 0
-        assert api.stats.max_in_window <= 5
+        assert api.stats.max_in_window <= 3  # counted by the server
+        assert source.client is None  # closed
 
 
 def test_http_source_in_a_pipeline_resumes_after_a_stopped_run(
@@ -303,6 +311,56 @@ sink: {{type: file, path: out, format: parquet}}
     assert not second.stopped
     out = pl.read_parquet(str(tmp_path / "out" / "*.parquet"))
     assert sorted(out["id"].to_list()) == list(range(1, 538))
+
+
+def test_a_next_url_keeps_its_own_query_string(tmp_path: Path) -> None:
+    # regression: the follow-up URL's `after=` was dropped, so page 1 came back forever
+    with FakeApi(records=40) as api:
+        cfg = style_config(api, "next_url", params={"limit": 10})
+        data, positions, _ = read_all(cfg, tmp_path)
+        assert sorted(data["id"].to_list()) == list(range(1, 41))
+        assert api.stats.paths["/next"] == 4
+        assert [p["next"] for p in positions][-1] is None
+
+
+def test_a_cursor_that_does_not_advance_is_a_terminal_error_not_a_loop(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    cfg = {
+        "url": api.url("/page"),
+        "records_path": "data.items",
+        # `total` never changes, so taking it as the cursor names the same page again
+        "pagination": {"style": "cursor", "cursor_path": "total"},
+        "retry": FAST_RETRY,
+    }
+    with pytest.raises(TerminalError, match="paging would never end"):
+        read_all(cfg, tmp_path)
+
+
+def test_with_params_merges_into_the_query_string() -> None:
+    from tideflow.connectors.http.client import with_params
+
+    url = with_params("http://h/x?after=3&limit=5", {"limit": 10, "tag": ["a", "b"], "n": None})
+    assert url == "http://h/x?after=3&limit=10&tag=a&tag=b"
+    assert with_params("http://h/x?a=1", {}) == "http://h/x?a=1"
+
+
+def test_stop_while_backing_off_returns_an_empty_batch_at_the_same_position(
+    tmp_path: Path,
+) -> None:
+    stop = threading.Event()
+    with FakeApi(records=10, fail_rate=1.0) as api:  # every request fails with 503
+        cfg = style_config(api, "offset", retry={"backoff": 30, "max_attempts": 5})
+        source = HttpSource(HttpSourceConfig.model_validate(cfg))
+        source.open(make_ctx(tmp_path, stop), {"since": None, "seen": None, "next": {"offset": 0}})
+        timer = threading.Timer(0.2, stop.set)
+        timer.start()
+        batch = source.read_batch()  # would wait 30 s before the 2nd attempt without the stop
+        timer.join()
+        source.close()
+    assert batch is not None and batch.data.height == 0
+    assert batch.position == {"since": None, "seen": None, "next": {"offset": 0}}
+    assert api.stats.transient_failures == 1
 
 
 def test_non_json_and_bad_records_path_are_terminal(api: FakeApi, tmp_path: Path) -> None:

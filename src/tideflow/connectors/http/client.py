@@ -1,36 +1,42 @@
 """One HTTP client for the source, sink and enrich step: authentication, a shared rate limit,
 and retries with exponential backoff and jitter that honour ``Retry-After``.
 
-``httpx`` is imported here, and this module is imported only when a component opens, so
-``import tideflow`` does not need the ``http`` extra.
+Built on the standard library (``urllib.request``), so the HTTP components need no extra
+package. Every request goes over a real socket; tests serve a real API on loopback
+(:mod:`tideflow.connectors.http.fake_api`).
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
+import http.client
 import random
 import re
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import orjson
 
 from tideflow.connectors.http.settings import AuthConfig, RateLimitConfig, RetryConfig
-from tideflow.errors import MissingDependencyError, TerminalError, TransientError
+from tideflow.errors import TerminalError, TransientError
 from tideflow.secrets import redact, register_secret
 
-if TYPE_CHECKING:
-    import httpx
-
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
+USER_AGENT = "tideflow-http/1"
 
 
-def import_httpx() -> Any:
-    """``httpx``, or an error naming the extra to install."""
-    try:
-        import httpx
-    except ImportError as exc:
-        raise MissingDependencyError("httpx", "http") from exc
-    return httpx
+class Interrupted(TransientError):
+    """The run was asked to stop while a request waited for its slot or a retry."""
+
+
+class _TransportFailure(Exception):
+    """A request got no HTTP response (refused, reset, timed out); retried by the client."""
 
 
 def render(template: Any, values: dict[str, Any]) -> Any:
@@ -51,6 +57,17 @@ def render(template: Any, values: dict[str, Any]) -> Any:
     return template
 
 
+def has_placeholders(template: Any) -> bool:
+    """True when ``template`` (a string, dict or list) holds a ``{{name}}`` placeholder."""
+    if isinstance(template, str):
+        return TEMPLATE.search(template) is not None
+    if isinstance(template, dict):
+        return any(has_placeholders(v) for v in template.values())
+    if isinstance(template, list):
+        return any(has_placeholders(v) for v in template)
+    return False
+
+
 def _lookup(values: dict[str, Any], name: str) -> Any:
     if name not in values:
         raise TerminalError(
@@ -61,7 +78,11 @@ def _lookup(values: dict[str, Any], name: str) -> Any:
 
 
 def _text(value: Any) -> str:
-    return "" if value is None else str(value)
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def dig(body: Any, path: str | None) -> Any:
@@ -78,6 +99,108 @@ def dig(body: Any, path: str | None) -> Any:
     return body
 
 
+def with_params(url: str, params: dict[str, Any] | None) -> str:
+    """``url`` with ``params`` merged into its query string.
+
+    Parameters already in the URL are kept (a ``next`` URL from the server carries its own
+    paging parameters) unless ``params`` names them, in which case ``params`` wins. ``None``
+    values are left out, lists repeat the parameter, booleans are ``true``/``false``.
+    """
+    if not params:
+        return url
+    parts = urlsplit(url)
+    kept = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params]
+    added: list[tuple[str, str]] = []
+    for key, value in params.items():
+        if value is None:
+            continue
+        values = value if isinstance(value, list | tuple) else [value]
+        added.extend((key, _text(v)) for v in values)
+    return urlunsplit(parts._replace(query=urlencode(kept + added)))
+
+
+@dataclass
+class Response:
+    """An HTTP response: status, headers (lower-case names), body and what was asked."""
+
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+    method: str
+    url: str
+    elapsed: float = 0.0
+    _json: Any = field(default=None, repr=False)
+
+    @property
+    def text(self) -> str:
+        """The body as text (invalid UTF-8 replaced)."""
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        """The body parsed as JSON; raises ``ValueError`` when it is not JSON."""
+        if self._json is None:
+            try:
+                self._json = orjson.loads(self.content)
+            except orjson.JSONDecodeError as exc:
+                raise ValueError(f"body is not JSON ({exc})") from exc
+        return self._json
+
+    @property
+    def ok(self) -> bool:
+        """True for 2xx."""
+        return 200 <= self.status_code < 300
+
+
+def _headers(message: Any) -> dict[str, str]:
+    """Header names lower-cased; repeated headers (``Link``) joined with ``, ``."""
+    out: dict[str, str] = {}
+    for name, value in message.items():
+        key = name.lower()
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def _open(
+    opener: urllib.request.OpenerDirector,
+    method: str,
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    timeout: float,
+) -> Response:
+    """Send one request; raise :class:`_TransportFailure` when no response came back."""
+    request = urllib.request.Request(url, data=body, headers=headers, method=method)
+    started = time.monotonic()
+    try:
+        with opener.open(request, timeout=timeout) as reply:
+            content = reply.read()
+            return Response(
+                reply.status,
+                _headers(reply.headers),
+                content,
+                method,
+                reply.url,
+                time.monotonic() - started,
+            )
+    except urllib.error.HTTPError as exc:  # a non-2xx status is still a response
+        try:
+            content = exc.read()
+        except (OSError, http.client.HTTPException):
+            content = b""
+        finally:
+            exc.close()
+        return Response(
+            exc.code, _headers(exc.headers), content, method, url, time.monotonic() - started
+        )
+    except (OSError, http.client.HTTPException, ValueError) as exc:
+        # URLError, timeouts, resets and refused connections are OSErrors; a malformed
+        # status line is an HTTPException; ValueError is an unusable URL
+        if isinstance(exc, ValueError) and not isinstance(exc, OSError):
+            raise TerminalError(redact(f"{method} {url}: {exc}")) from exc
+        reason = getattr(exc, "reason", None) or exc
+        raise _TransportFailure(f"{type(exc).__name__}: {reason}") from exc
+
+
 class RateLimiter:
     """Spaces request starts at least ``interval`` seconds apart, across threads."""
 
@@ -86,16 +209,16 @@ class RateLimiter:
         self._lock = threading.Lock()
         self._next = 0.0
 
-    def acquire(self, stop: threading.Event) -> None:
-        """Wait for this request's slot (returns early when the run stops)."""
-        if self.interval <= 0:
-            return
+    def acquire(self, stop: threading.Event) -> bool:
+        """Wait for this request's slot; False when the run was asked to stop meanwhile."""
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next)
-            self._next = slot + self.interval
+            if self.interval > 0:
+                self._next = slot + self.interval
         if slot > now:
-            stop.wait(slot - now)
+            return not stop.wait(slot - now)
+        return not stop.is_set()
 
     def pause(self, seconds: float) -> None:
         """The server asked everyone to wait (``Retry-After``): push every slot back."""
@@ -103,14 +226,16 @@ class RateLimiter:
             self._next = max(self._next, time.monotonic() + seconds)
 
 
-def retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: Response) -> float | None:
     """Seconds from a ``Retry-After`` header (delta seconds or an HTTP date)."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     value = value.strip()
-    if value.replace(".", "", 1).isdigit():
-        return float(value)
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -119,30 +244,35 @@ def retry_after(response: httpx.Response) -> float | None:
 
 
 class Auth:
-    """Adds credentials to requests; OAuth2 tokens are fetched and refreshed here."""
+    """Adds credentials to requests; OAuth2 tokens are fetched and refreshed here.
 
-    def __init__(self, config: AuthConfig, retry: RetryConfig) -> None:
+    Every credential (and every OAuth2 token fetched) is registered as a secret, so it is
+    masked wherever tideflow prints text.
+    """
+
+    def __init__(self, config: AuthConfig) -> None:
         self.config = config
-        self.retry = retry
         for secret in (config.token, config.password, config.api_key, config.client_secret):
             if secret:
                 register_secret(secret)
+        if config.type == "basic":
+            pair = f"{config.username}:{config.password}".encode()
+            basic = base64.b64encode(pair).decode()
+            register_secret(basic)
+            self._basic = "Basic " + basic
         self._lock = threading.Lock()
         self._token: str | None = None
         self._expires = 0.0
 
-    def apply(self, client: httpx.Client, headers: dict[str, str], params: dict[str, Any]) -> None:
+    def apply(self, client: HttpClient, headers: dict[str, str], params: dict[str, Any]) -> None:
         """Add the credentials to a request's headers or parameters."""
         cfg = self.config
         if cfg.type == "bearer":
             headers["Authorization"] = f"Bearer {cfg.token}"
         elif cfg.type == "basic":
-            import base64
-
-            pair = f"{cfg.username}:{cfg.password}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+            headers["Authorization"] = self._basic
         elif cfg.type == "api_key":
-            target = headers if cfg.key_in == "header" else params
+            target: dict[str, Any] = headers if cfg.key_in == "header" else params
             target[cfg.key_name] = cfg.api_key
         elif cfg.type == "oauth2":
             headers["Authorization"] = f"Bearer {self._oauth_token(client)}"
@@ -155,40 +285,47 @@ class Auth:
             self._token = None
         return True
 
-    def _oauth_token(self, client: httpx.Client) -> str:
+    def _oauth_token(self, client: HttpClient) -> str:
         with self._lock:
             if self._token is not None and time.monotonic() < self._expires:
                 return self._token
             cfg = self.config
-            data = {"grant_type": "client_credentials"}
-            if cfg.scope:
-                data["scope"] = cfg.scope
             assert cfg.token_url and cfg.client_id and cfg.client_secret
-            httpx = import_httpx()
-            try:
-                response = client.post(
-                    cfg.token_url,
-                    data=data,
-                    auth=httpx.BasicAuth(cfg.client_id, cfg.client_secret),
-                    timeout=self.retry.timeout,
-                )
-            except httpx.TransportError as exc:
-                raise TransientError(
-                    redact(f"OAuth2 token request to {cfg.token_url} failed: {exc}")
-                ) from exc
+            form = {"grant_type": "client_credentials"}
+            if cfg.scope:
+                form["scope"] = cfg.scope
+            pair = base64.b64encode(f"{cfg.client_id}:{cfg.client_secret}".encode()).decode()
+            register_secret(pair)
+            response = client.raw(
+                "POST",
+                cfg.token_url,
+                urlencode(form).encode(),
+                {
+                    "Authorization": "Basic " + pair,
+                    "Content-Type": "application/x-www-form-urlencoded",
+                    "Accept": "application/json",
+                },
+            )
+            if response.status_code in client.retry.statuses:
+                raise _TransportFailure(f"token endpoint answered {response.status_code}")
             if response.status_code != 200:
                 raise TerminalError(
-                    f"OAuth2 token request to {cfg.token_url} returned "
-                    f"{response.status_code}; check client_id / client_secret / scope"
+                    redact(
+                        f"OAuth2 token request to {cfg.token_url} returned "
+                        f"{response.status_code}; check client_id / client_secret / scope"
+                    )
                 )
-            body = response.json()
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
             token = body.get("access_token") if isinstance(body, dict) else None
-            if not isinstance(token, str):
+            if not isinstance(token, str) or not token:
                 raise TerminalError(
                     f"OAuth2 token response from {cfg.token_url} has no access_token"
                 )
             register_secret(token)
-            lifetime = float(body.get("expires_in", 3600))
+            lifetime = float(body.get("expires_in") or 3600)
             # refresh a little early so a request never carries a token about to expire
             self._expires = time.monotonic() + max(lifetime - min(30.0, lifetime / 10), 0.0)
             self._token = token
@@ -196,33 +333,41 @@ class Auth:
 
 
 class HttpClient:
-    """Sends requests with auth, rate limit and retries. Thread-safe (httpx.Client is)."""
+    """Sends requests with auth, rate limit and retries. Thread-safe.
+
+    ``stop`` interrupts waiting (for a rate-limit slot or a retry): :meth:`send` then raises
+    :class:`Interrupted`. Components whose work must finish before a checkpoint (the sink,
+    the enrich step) pass an event that is never set, so their retries run to the end.
+    """
 
     def __init__(
         self,
         auth: AuthConfig,
         rate_limit: RateLimitConfig,
         retry: RetryConfig,
-        stop: threading.Event,
+        stop: threading.Event | None = None,
         headers: dict[str, str] | None = None,
+        seed: int | None = None,
     ) -> None:
-        httpx = import_httpx()
-        self._httpx = httpx
         self.retry = retry
-        self.stop = stop
+        self.stop = stop or threading.Event()
         self.limiter = RateLimiter(rate_limit)
-        self.auth = Auth(auth, retry)
-        limits = httpx.Limits(max_connections=max(rate_limit.concurrency, 1) + 2)
-        self.client: httpx.Client = httpx.Client(
-            headers=headers or {}, timeout=retry.timeout, limits=limits, follow_redirects=True
-        )
+        self.auth = Auth(auth)
+        self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
+        self._opener = urllib.request.build_opener()
+        self._random = random.Random(seed)
         self.requests = 0
         self.retries = 0
         self._count_lock = threading.Lock()
 
     def close(self) -> None:
-        """Close connections."""
-        self.client.close()
+        """Release resources (each request uses its own connection; nothing is pooled)."""
+
+    def raw(self, method: str, url: str, body: bytes | None, headers: dict[str, str]) -> Response:
+        """One request, no auth, no retry; raises :class:`_TransportFailure` on no response."""
+        with self._count_lock:
+            self.requests += 1
+        return _open(self._opener, method, url, body, headers, self.retry.timeout)
 
     def send(
         self,
@@ -233,70 +378,69 @@ class HttpClient:
         json: Any = None,
         content: bytes | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> Response:
         """Send one request, retrying timeouts, connection errors and retryable statuses.
 
         Returns the last response (the caller decides what a non-2xx status means). Raises
-        :class:`TransientError` when a connection keeps failing; a stop request ends the
-        waiting and returns what the last attempt got.
+        :class:`TransientError` when no response came back after every attempt, and
+        :class:`Interrupted` when the run is stopped while waiting.
         """
-        httpx = self._httpx
+        body = content
+        base_headers = {**self.headers, **(headers or {})}
+        if json is not None:
+            body = orjson.dumps(json)
+            base_headers.setdefault("Content-Type", "application/json")
         attempt = 0
         refreshed = False
         while True:
             attempt += 1
-            self.limiter.acquire(self.stop)
-            req_headers = dict(headers or {})
+            if not self.limiter.acquire(self.stop):
+                raise Interrupted(f"{method} {redact(url)} interrupted: the run is stopping")
+            req_headers = dict(base_headers)
             req_params = dict(params or {})
-            self.auth.apply(self.client, req_headers, req_params)
-            with self._count_lock:
-                self.requests += 1
             try:
-                response = self.client.request(
-                    method,
-                    url,
-                    params=req_params,
-                    json=json,
-                    content=content,
-                    headers=req_headers,
-                )
-            except (httpx.TimeoutException, httpx.TransportError) as exc:
-                if attempt >= self.retry.max_attempts or self.stop.is_set():
+                self.auth.apply(self, req_headers, req_params)
+                response = self.raw(method, with_params(url, req_params), body, req_headers)
+            except _TransportFailure as exc:
+                if attempt >= self.retry.max_attempts:
                     raise TransientError(
-                        redact(
-                            f"{method} {url} failed after {attempt} attempt(s): "
-                            f"{type(exc).__name__}: {exc}"
-                        )
+                        redact(f"{method} {url} failed after {attempt} attempt(s): {exc}")
                     ) from exc
-                self._wait(attempt, None)
+                self._wait(attempt, None, method, url)
                 continue
             if response.status_code == 401 and not refreshed and self.auth.invalidate():
-                refreshed = True  # the OAuth2 token expired early: fetch a new one, once
+                refreshed = True  # the OAuth2 token was revoked or expired early: once more
+                attempt -= 1
                 continue
             if response.status_code not in self.retry.statuses:
                 return response
-            if attempt >= self.retry.max_attempts or self.stop.is_set():
+            if attempt >= self.retry.max_attempts:
                 return response
             after = retry_after(response)
             if after is not None:
                 self.limiter.pause(after)
-            self._wait(attempt, after)
+            self._wait(attempt, after, method, url)
 
-    def _wait(self, attempt: int, after: float | None) -> None:
+    def backoff(self, attempt: int, after: float | None) -> float:
+        """Seconds to wait before attempt ``attempt + 1``: exponential with jitter, at least
+        the server's ``Retry-After`` (which is not capped by ``max_backoff``)."""
+        cfg = self.retry
+        delay: float = min(cfg.backoff * 2.0 ** (attempt - 1), cfg.max_backoff)
+        delay *= 1 - cfg.jitter * self._random.random()
+        if after is not None:
+            delay = max(delay, after)
+        return delay
+
+    def _wait(self, attempt: int, after: float | None, method: str, url: str) -> None:
         with self._count_lock:
             self.retries += 1
-        cfg = self.retry
-        delay = min(cfg.backoff * 2 ** (attempt - 1), cfg.max_backoff)
-        delay *= 1 - cfg.jitter * random.random()
-        if after is not None:
-            delay = max(delay, min(after, max(cfg.max_backoff, after)))
-        self.stop.wait(delay)
+        if self.stop.wait(self.backoff(attempt, after)):
+            raise Interrupted(f"{method} {redact(url)} interrupted: the run is stopping")
 
 
-def describe_failure(response: httpx.Response, limit: int) -> str:
+def describe_failure(response: Response, limit: int) -> str:
     """``HTTP 503 from POST url: <body>`` with the body cut to ``limit`` characters."""
-    body = response.text
+    body = response.text.strip()
     if len(body) > limit:
         body = body[:limit] + "..."
-    req = response.request
-    return redact(f"HTTP {response.status_code} from {req.method} {req.url}: {body}")
+    return redact(f"HTTP {response.status_code} from {response.method} {response.url}: {body}")

@@ -130,7 +130,9 @@ class HttpEnrich(Step):
             if isinstance(answer, str):  # a failure reason
                 failed.append({**key, "__reason": answer})
             elif answer is None and cfg.not_found == "dead_letter":
-                failed.append({**key, "__reason": "not found: " + ", ".join(map(str, key.values()))})
+                failed.append(
+                    {**key, "__reason": "not found: " + ", ".join(map(str, key.values()))}
+                )
             else:
                 found.append({**key, **self._fields(answer or {}, batch.columns)})
         out = batch

@@ -18,8 +18,10 @@ Endpoints (each list endpoint takes ``since``: only records with ``updated_at > 
 - ``POST /search`` with ``{"page": p, "per_page": n, "since": s}`` -> like ``/page``
 - ``GET /lookup/<id>`` -> ``{"id": id, "score": ...}`` (404 for ids divisible by 13)
 - ``POST /lookup`` with ``[{"id": ...}, ...]`` -> a list of lookups
-- ``POST /sink`` (an object or an array) -> records them; ``POST /webhook-relay`` likewise
-- ``POST /oauth/token`` -> a client-credentials token
+- ``POST /sink`` (an object or an array) -> records them; ``422`` (keeping none) when one
+  has ``"invalid": true``; ``POST /webhook-relay`` likewise
+- ``POST /oauth/token`` -> a client-credentials token (form body, HTTP basic client auth),
+  revoked after ``token_uses`` requests when that is set
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class FakeApi:
         retry_after: float = 0.2,
         auth: dict[str, str] | None = None,
         token_lifetime: float = 3600.0,
+        token_uses: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -86,11 +89,12 @@ class FakeApi:
         self.retry_after = retry_after
         self.auth = auth or {}
         self.token_lifetime = token_lifetime
+        self.token_uses = token_uses
         self.stats = ApiStats()
         self.lock = threading.Lock()
         self._random = random.Random(seed)
         self._recent: deque[float] = deque()
-        self._tokens: dict[str, float] = {}
+        self._tokens: dict[str, int] = {}
         handler = type("Handler", (_Handler,), {"api": self})
         self.server = ThreadingHTTPServer((host, port), handler)
         self.server.daemon_threads = True
@@ -114,8 +118,11 @@ class FakeApi:
         return self
 
     def stop(self) -> None:
-        """Stop serving."""
-        self.server.shutdown()
+        """Stop serving (``shutdown`` would wait forever if serving never started)."""
+        if self._thread is not None:
+            self.server.shutdown()
+            self._thread.join(timeout=5)
+            self._thread = None
         self.server.server_close()
 
     def __enter__(self) -> FakeApi:
@@ -171,10 +178,15 @@ class FakeApi:
             name = self.auth.get("name", "X-API-Key")
             return headers.get(name) == self.auth["key"] or query.get(name) == self.auth["key"]
         if kind == "oauth2":
+            # a token is revoked after `token_uses` requests: deterministic, unlike a clock
             token = got.removeprefix("Bearer ")
             with self.lock:
-                expiry = self._tokens.get(token)
-            return expiry is not None and expiry > time.monotonic()
+                left = self._tokens.get(token)
+                if left is None or left == 0:
+                    return False
+                if left > 0:  # -1: never revoked
+                    self._tokens[token] = left - 1
+            return True
         return False
 
     def issue_token(self, headers: Any) -> tuple[int, Any]:
@@ -185,7 +197,7 @@ class FakeApi:
         with self.lock:
             self.stats.tokens_issued += 1
             token = f"tok-{self.stats.tokens_issued}-{self._random.random():.12f}"
-            self._tokens[token] = time.monotonic() + self.token_lifetime
+            self._tokens[token] = -1 if self.token_uses is None else self.token_uses
         return 200, {"access_token": token, "expires_in": self.token_lifetime}
 
     def newer(self, since: str | None) -> list[dict[str, Any]]:
@@ -194,7 +206,7 @@ class FakeApi:
             rows = list(self.records)
         if since in (None, ""):
             return rows
-        floor = float(since)  # type: ignore[arg-type]
+        floor = float(since)
         return [r for r in rows if r["updated_at"] > floor]
 
 
@@ -226,7 +238,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _body(self) -> Any:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        if self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            return {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode("utf-8", errors="replace")
 
     def do_GET(self) -> None:
         self._handle("GET")
@@ -260,6 +279,10 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.api
         if method == "POST" and path in ("/sink", "/webhook-relay"):
             items = body if isinstance(body, list) else [body]
+            invalid = [i for i in items if not isinstance(i, dict) or i.get("invalid")]
+            if invalid:  # a client error: nothing of this request is kept
+                self._reply(422, {"error": "invalid record", "record": invalid[0]})
+                return
             with api.lock:
                 api.stats.posted.extend(items)
                 key = self.headers.get("Idempotency-Key")

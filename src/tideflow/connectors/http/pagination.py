@@ -104,8 +104,8 @@ def next_state(
         return nxt
     if cfg.style == "cursor":
         cursor = dig(body, cfg.cursor_path)
-        if cursor is None or cursor == "" or cursor == state.get("cursor"):
-            return None
+        if cursor is None or cursor == "":
+            return None  # a repeated cursor is caught by the source, which names the loop
         return {"cursor": cursor}
     if cfg.style == "next_url":
         url = dig(body, cfg.next_url_path)

@@ -13,10 +13,19 @@ read to the end.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urljoin
 
 import polars as pl
 
 from tideflow.connectors.http import pagination
+from tideflow.connectors.http.client import (
+    HttpClient,
+    Interrupted,
+    Response,
+    describe_failure,
+    dig,
+    render,
+)
 from tideflow.connectors.http.settings import HttpSourceConfig
 from tideflow.core.contracts import JSON, Context, Source, SourceBatch
 from tideflow.errors import StateError, TerminalError, TransientError
@@ -59,7 +68,7 @@ class HttpSource(Source):
         self.config: HttpSourceConfig = config
         self.bounded = config.poll_interval is None
         self._ctx: Context | None = None
-        self._client: Any = None
+        self._client: HttpClient | None = None
         self._since: Any = None
         self._seen: Any = None
         self._next: dict[str, Any] | None = None
@@ -67,14 +76,12 @@ class HttpSource(Source):
         self._swept = False
 
     @property
-    def client(self) -> Any:
-        """The :class:`~tideflow.connectors.http.client.HttpClient` (counts requests)."""
+    def client(self) -> HttpClient | None:
+        """The HTTP client while open (it counts requests and retries)."""
         return self._client
 
     def open(self, ctx: Context, position: JSON | None) -> None:
         """Resume from ``position``: in the middle of a sweep, or between sweeps."""
-        from tideflow.connectors.http.client import HttpClient
-
         self._ctx = ctx
         cfg = self.config
         self._since = cfg.incremental.initial if cfg.incremental else None
@@ -102,7 +109,11 @@ class HttpSource(Source):
         return {"since": self._since, "seen": self._seen, "next": self._next}
 
     def read_batch(self) -> SourceBatch | None:
-        """Fetch one page; its records with the position after it."""
+        """Fetch one page; its records with the position after it.
+
+        A stop request while a request waits (rate limit, backoff) returns an empty batch at
+        the unchanged position, so the engine can drain and checkpoint promptly.
+        """
         assert self._ctx is not None
         if self._next is None:
             if self._swept:
@@ -113,7 +124,10 @@ class HttpSource(Source):
             self._next = pagination.first_state(self.config.pagination)
             self._seen = None
             self._pages = 0
-        return self._fetch(self._next)
+        try:
+            return self._fetch(self._next)
+        except Interrupted:
+            return SourceBatch(pl.DataFrame(), self.position())
 
     def _fetch(self, state: dict[str, Any]) -> SourceBatch:
         cfg = self.config
@@ -124,8 +138,6 @@ class HttpSource(Source):
         values = pagination.template_values(cfg.pagination, state)
         values["since"] = self._since
         if cfg.body is not None:
-            from tideflow.connectors.http.client import render
-
             body = render(cfg.body, values)
         inc = cfg.incremental
         if inc is not None and self._since is not None:
@@ -133,15 +145,16 @@ class HttpSource(Source):
                 params[inc.param] = self._since
             else:
                 body = {**(body if isinstance(body, dict) else {}), inc.param: self._since}
+        assert self._client is not None
         response = self._client.send(cfg.method, url, params=params, json=body)
         self._check(response)
         try:
             payload = response.json()
         except ValueError as exc:
             raise TerminalError(
-                redact(f"{cfg.method} {response.request.url} did not return JSON: {exc}")
+                redact(f"{cfg.method} {response.url} did not return JSON: {exc}")
             ) from exc
-        found = pagination_records(payload, cfg.records_path, str(response.request.url))
+        found = pagination_records(payload, cfg.records_path, response.url)
         frame = records_frame(found, cfg.flatten)
         if inc is not None and frame.height:
             if inc.field not in frame.columns:
@@ -152,10 +165,18 @@ class HttpSource(Source):
             self._seen = _larger(self._seen, frame.get_column(inc.field).max())
         self._pages += 1
         nxt = pagination.next_state(
-            cfg.pagination, state, payload, dict(response.headers), len(found), self._pages
+            cfg.pagination, state, payload, response.headers, len(found), self._pages
         )
         if nxt is not None and "url" in nxt:
-            nxt = {"url": str(response.request.url.join(nxt["url"]))}
+            nxt = {"url": urljoin(response.url, nxt["url"])}
+        if nxt is not None and nxt == state:
+            raise TerminalError(
+                redact(
+                    f"{cfg.url}: the response names the page just read ({state}) as the next "
+                    "one; paging would never end. Check `pagination` (style, cursor_path, "
+                    "next_url_path) against the API's documentation"
+                )
+            )
         self._next = nxt
         if nxt is None:  # the sweep is complete: the cursor may now cover what it read
             self._since = _larger(self._since, self._seen)
@@ -163,9 +184,7 @@ class HttpSource(Source):
             self._swept = True
         return SourceBatch(frame, self.position())
 
-    def _check(self, response: Any) -> None:
-        from tideflow.connectors.http.client import describe_failure
-
+    def _check(self, response: Response) -> None:
         status = response.status_code
         if 200 <= status < 300:
             return
@@ -181,7 +200,7 @@ class HttpSource(Source):
 
 def pagination_records(payload: Any, path: str | None, url: str) -> list[Any]:
     """The record list at ``path`` (a single object counts as one record)."""
-    found = pagination.dig(payload, path) if path else payload
+    found = dig(payload, path) if path else payload
     if found is None:  # an empty last page often leaves the key out
         return []
     if isinstance(found, dict):
