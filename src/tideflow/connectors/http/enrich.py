@@ -16,12 +16,19 @@ from typing import Any
 
 import polars as pl
 
+from tideflow.connectors.http.client import HttpClient, describe_failure, dig, render
 from tideflow.connectors.http.settings import HttpEnrichConfig
-from tideflow.core.contracts import JSON, Context, Step, StepOutput
+from tideflow.core.contracts import JSON, MAIN_PORT, Context, Step, StepOutput
 from tideflow.errors import PipelineError, TideflowError
 from tideflow.registry import component
 
 _NOT_FOUND = object()
+
+
+class Failure(str):
+    """The reason a lookup failed (kept apart from answers, which may be strings too)."""
+
+    __slots__ = ()
 
 
 class TtlCache:
@@ -68,25 +75,26 @@ class HttpEnrich(Step):
     def __init__(self, config: HttpEnrichConfig) -> None:
         super().__init__(config)
         self.config: HttpEnrichConfig = config
-        self._client: Any = None
+        self._client: HttpClient | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ctx: Context | None = None
         self.cache = TtlCache(config.cache_ttl, config.cache_size)
         self._warned: set[str] = set()
 
     @property
-    def client(self) -> Any:
-        """The :class:`~tideflow.connectors.http.client.HttpClient` (counts requests)."""
+    def client(self) -> HttpClient | None:
+        """The HTTP client while open (it counts requests and retries)."""
         return self._client
 
     def open(self, ctx: Context, state: JSON | None) -> None:
-        """Create the client and the worker pool."""
-        from tideflow.connectors.http.client import HttpClient
+        """Create the client and the worker pool.
 
+        Lookups are not interrupted by a stop request: a batch is enriched (or its failed
+        records dead-lettered) before the checkpoint that covers it.
+        """
         cfg = self.config
         self._ctx = ctx
-        headers = dict(cfg.headers)
-        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, ctx.stop_event, headers)
+        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, None, dict(cfg.headers))
         self._pool = ThreadPoolExecutor(
             max_workers=cfg.rate_limit.concurrency, thread_name_prefix=f"http-enrich-{ctx.name}"
         )
@@ -127,7 +135,7 @@ class HttpEnrich(Step):
         failed: list[dict[str, Any]] = []
         for key in keys:
             answer = answers[tuple(key.values())]
-            if isinstance(answer, str):  # a failure reason
+            if isinstance(answer, Failure):
                 failed.append({**key, "__reason": answer})
             elif answer is None and cfg.not_found == "dead_letter":
                 failed.append(
@@ -141,7 +149,9 @@ class HttpEnrich(Step):
             bad = pl.from_dicts(failed, infer_schema_length=None).with_columns(
                 [pl.col(k).cast(batch.schema[k]) for k in cfg.keys]
             )
-            marked = batch.join(bad, on=cfg.keys, how="left", nulls_equal=True)
+            marked = batch.join(
+                bad, on=cfg.keys, how="left", nulls_equal=True, maintain_order="left"
+            )
             dead_rows = marked.filter(pl.col("__reason").is_not_null())
             dead = dead_rows.select(
                 pl.struct(dead_rows.drop("__reason").columns).struct.json_encode().alias("record"),
@@ -153,7 +163,7 @@ class HttpEnrich(Step):
                 [pl.col(k).cast(batch.schema[k]) for k in cfg.keys]
             )
             out = out.join(lookup, on=cfg.keys, how="left", nulls_equal=True, maintain_order="left")
-        return StepOutput(outputs={"out": out}, dead=dead)
+        return StepOutput(outputs={MAIN_PORT: out}, dead=dead)
 
     def _fields(self, answer: Any, existing: list[str]) -> dict[str, Any]:
         cfg = self.config
@@ -190,32 +200,32 @@ class HttpEnrich(Step):
             groups = [keys[i : i + size] for i in range(0, len(keys), size)]
             pairs = [p for group in self._pool.map(self._many, groups) for p in group]
         for ident, answer in pairs:
-            if not isinstance(answer, str):
+            if not isinstance(answer, Failure):  # failures are asked again next time
                 self.cache.put(ident, answer)
         return dict(pairs)
 
     def _one(self, key: dict[str, Any]) -> Any:
-        from tideflow.connectors.http.client import describe_failure, dig, render
-
+        """The answer for one key: an object, None (not found) or a :class:`Failure`."""
+        assert self._client is not None
         cfg = self.config
         try:
             url = render(cfg.url, key)
             params = render(cfg.params, key)
             response = self._client.send(cfg.method, url, params=params)
         except TideflowError as exc:
-            return str(exc)
+            return Failure(f"http_enrich: {exc}")
         if response.status_code == 404:
             return None
-        if not 200 <= response.status_code < 300:
-            return describe_failure(response, 300)
+        if not response.ok:
+            return Failure(f"http_enrich: {describe_failure(response, 300)}")
         try:
             return dig(response.json(), cfg.response_path)
         except ValueError as exc:
-            return f"response from {response.request.url} is not JSON: {exc}"
+            return Failure(f"http_enrich: response from {response.url} is not JSON: {exc}")
 
     def _many(self, keys: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], Any]]:
-        from tideflow.connectors.http.client import describe_failure, dig, render
-
+        """Answers for a group of keys from one batched request."""
+        assert self._client is not None
         cfg = self.config
         idents = [tuple(k.values()) for k in keys]
         try:
@@ -226,16 +236,19 @@ class HttpEnrich(Step):
                 json=keys,
             )
         except TideflowError as exc:
-            return [(i, str(exc)) for i in idents]
-        if not 200 <= response.status_code < 300:
-            reason = describe_failure(response, 300)
-            return [(i, reason) for i in idents]
+            failure = Failure(f"http_enrich: {exc}")
+            return [(i, failure) for i in idents]
+        if not response.ok:
+            failure = Failure(f"http_enrich: {describe_failure(response, 300)}")
+            return [(i, failure) for i in idents]
         try:
             items = dig(response.json(), cfg.response_path)
         except ValueError as exc:
-            return [(i, f"response is not JSON: {exc}") for i in idents]
+            failure = Failure(f"http_enrich: response is not JSON: {exc}")
+            return [(i, failure) for i in idents]
         if not isinstance(items, list):
-            return [(i, "batched lookup response is not a list of objects") for i in idents]
+            failure = Failure("http_enrich: batched lookup response is not a list of objects")
+            return [(i, failure) for i in idents]
         by_key = {
             tuple(item.get(k) for k in cfg.keys): item for item in items if isinstance(item, dict)
         }

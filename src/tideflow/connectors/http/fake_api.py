@@ -48,6 +48,8 @@ class ApiStats:
     rate_limited: int = 0
     unauthorized: int = 0
     max_in_window: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
     paths: Counter[str] = field(default_factory=Counter)
     posted: list[Any] = field(default_factory=list)
     idempotency_keys: list[str] = field(default_factory=list)
@@ -77,6 +79,7 @@ class FakeApi:
         window: float = 1.0,
         retry_after: float = 0.2,
         auth: dict[str, str] | None = None,
+        delay: float = 0.0,
         token_lifetime: float = 3600.0,
         token_uses: int | None = None,
         host: str = "127.0.0.1",
@@ -88,6 +91,7 @@ class FakeApi:
         self.window = window
         self.retry_after = retry_after
         self.auth = auth or {}
+        self.delay = delay
         self.token_lifetime = token_lifetime
         self.token_uses = token_uses
         self.stats = ApiStats()
@@ -254,6 +258,19 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle("POST")
 
     def _handle(self, method: str) -> None:
+        api = self.api
+        with api.lock:
+            api.stats.in_flight += 1
+            api.stats.max_in_flight = max(api.stats.max_in_flight, api.stats.in_flight)
+        try:
+            if api.delay:
+                time.sleep(api.delay)  # widen the window in which requests overlap
+            self._serve(method)
+        finally:
+            with api.lock:
+                api.stats.in_flight -= 1
+
+    def _serve(self, method: str) -> None:
         api = self.api
         parts = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}

@@ -1,5 +1,15 @@
 """The ``http`` sink: send records to an API, one per request or as JSON arrays.
 
+What a response means:
+
+- 2xx: delivered.
+- a retryable status (429, 5xx, see ``retry.statuses``) or no response at all: retried with
+  backoff; still failing after ``retry.max_attempts``, the run fails (the records are not
+  lost: the run resumes from the last checkpoint and sends them again).
+- any other status (400, 404, 422...): the receiver rejected *these* records, so the rows of
+  that request go to the dead-letter ledger with the status and the start of the response
+  body as the reason, and the run goes on.
+
 Delivery is **at least once**. Requests are sent in ``write_batch`` so that a record the
 receiver still rejects after retries can be returned as a dead letter (with the status code and
 response body) in the same checkpoint as the records around it. A crash after a request and
@@ -12,14 +22,19 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import orjson
 import polars as pl
 
+from tideflow.connectors.http.client import (
+    HttpClient,
+    describe_failure,
+    has_placeholders,
+    render,
+)
 from tideflow.connectors.http.settings import HttpSinkConfig
 from tideflow.core.contracts import JSON, Context, Sink, dead_letters
-from tideflow.errors import TideflowError, TransientError
+from tideflow.errors import TerminalError, TransientError
 from tideflow.registry import component
 
 
@@ -48,23 +63,30 @@ class HttpSink(Sink):
     def __init__(self, config: HttpSinkConfig) -> None:
         super().__init__(config)
         self.config: HttpSinkConfig = config
-        self._client: Any = None
+        self._client: HttpClient | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._ctx: Context | None = None
+        self._templated_url = has_placeholders(config.url)
 
     @property
-    def client(self) -> Any:
-        """The :class:`~tideflow.connectors.http.client.HttpClient` (counts requests)."""
+    def client(self) -> HttpClient | None:
+        """The HTTP client while open (it counts requests and retries)."""
         return self._client
 
     def open(self, ctx: Context, pending: JSON | None) -> None:
-        """Create the client; nothing is pending, as requests are sent as batches arrive."""
-        from tideflow.connectors.http.client import HttpClient
+        """Create the client; nothing is pending, as requests are sent as batches arrive.
 
+        The client is not interrupted by a stop request: a batch the engine hands over is
+        sent (or fails) before the checkpoint that covers it.
+        """
         cfg = self.config
         self._ctx = ctx
+        if cfg.batch_size > 1 and has_placeholders(cfg.url):
+            raise TerminalError(
+                "http sink: `url` placeholders need `batch_size: 1` (one record per request)"
+            )
         headers = {"Content-Type": "application/json", **cfg.headers}
-        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, ctx.stop_event, headers)
+        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, None, headers)
         self._pool = ThreadPoolExecutor(
             max_workers=cfg.rate_limit.concurrency, thread_name_prefix=f"http-sink-{ctx.name}"
         )
@@ -102,33 +124,38 @@ class HttpSink(Sink):
         return dead_letters(batch[failed], pl.lit(pl.Series(reasons, dtype=pl.String)))
 
     def _send(self, chunk: list[int], rows: list[str], key_rows: list[str]) -> str | None:
-        """Send one request; None on success, else the reason for the dead letters."""
-        from tideflow.connectors.http.client import describe_failure, render
+        """Send one request; None on success, the dead-letter reason on a client error.
 
+        Raises :class:`TransientError` when the receiver still fails (5xx, 429, no response)
+        after every retry.
+        """
+        assert self._client is not None
         cfg = self.config
         texts = [rows[i] for i in chunk]
         headers: dict[str, str] = {}
         if cfg.idempotency_header:
             headers[cfg.idempotency_header] = idempotency_key([key_rows[i] for i in chunk])
-        try:
-            if cfg.batch_size == 1:
+        if cfg.batch_size == 1:
+            url = cfg.url
+            content = texts[0].encode()
+            if self._templated_url or cfg.body is not None:
                 record = orjson.loads(texts[0])
                 url = render(cfg.url, record)
-                if cfg.body is None:
-                    content = texts[0].encode()
-                else:
+                if cfg.body is not None:
                     content = orjson.dumps(render(cfg.body, record))
+        else:
+            url = cfg.url
+            if cfg.body is None:
+                content = ("[" + ",".join(texts) + "]").encode()
             else:
-                url = render(cfg.url, {})
-                if cfg.body is None:
-                    content = ("[" + ",".join(texts) + "]").encode()
-                else:
-                    content = orjson.dumps([render(cfg.body, orjson.loads(t)) for t in texts])
-            response = self._client.send(cfg.method, url, content=content, headers=headers)
-        except TransientError as exc:
-            return str(exc)
-        except TideflowError as exc:
-            return str(exc)
-        if 200 <= response.status_code < 300:
+                content = orjson.dumps([render(cfg.body, orjson.loads(t)) for t in texts])
+        response = self._client.send(cfg.method, url, content=content, headers=headers)
+        if response.ok:
             return None
-        return describe_failure(response, cfg.max_body_chars)
+        reason = describe_failure(response, cfg.max_body_chars)
+        if response.status_code in cfg.retry.statuses or response.status_code >= 500:
+            raise TransientError(
+                f"http sink: {reason} (still failing after {cfg.retry.max_attempts} attempts; "
+                "the run resumes from its last checkpoint and sends these records again)"
+            )
+        return reason
