@@ -117,7 +117,9 @@ class FakeApi:
 
     def start(self) -> FakeApi:
         """Serve in a background thread."""
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self._thread.start()
         return self
 
