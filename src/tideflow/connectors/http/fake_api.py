@@ -100,7 +100,7 @@ class FakeApi:
         self._recent: deque[float] = deque()
         self._tokens: dict[str, int] = {}
         handler = type("Handler", (_Handler,), {"api": self})
-        self.server = ThreadingHTTPServer((host, port), handler)
+        self.server = _Server((host, port), handler)
         self.server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
@@ -216,6 +216,13 @@ class FakeApi:
         return [r for r in rows if r["updated_at"] > floor]
 
 
+class _Server(ThreadingHTTPServer):
+    # the default listen backlog (5) overflows under concurrent clients, and the kernel then
+    # retries the refused SYN only after a second
+    request_queue_size = 128
+    daemon_threads = True
+
+
 def _int(query: dict[str, str], name: str, default: int) -> int:
     return int(query.get(name, default))
 
@@ -232,6 +239,7 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet."""
 
     def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._done()  # before the client can see the answer and send its next request
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -261,6 +269,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self, method: str) -> None:
         api = self.api
+        self._active = True
         with api.lock:
             api.stats.in_flight += 1
             api.stats.max_in_flight = max(api.stats.max_in_flight, api.stats.in_flight)
@@ -269,8 +278,14 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(api.delay)  # widen the window in which requests overlap
             self._serve(method)
         finally:
-            with api.lock:
-                api.stats.in_flight -= 1
+            self._done()
+
+    def _done(self) -> None:
+        """Count this request as no longer in flight (once)."""
+        if getattr(self, "_active", False):
+            self._active = False
+            with self.api.lock:
+                self.api.stats.in_flight -= 1
 
     def _serve(self, method: str) -> None:
         api = self.api
