@@ -367,3 +367,18 @@ def test_non_json_and_bad_records_path_are_terminal(api: FakeApi, tmp_path: Path
     cfg = {"url": api.url("/page"), "records_path": "total", "retry": FAST_RETRY}
     with pytest.raises(TerminalError, match="not a list of records"):
         read_all(cfg, tmp_path)
+
+
+def test_credentials_in_headers_and_params_are_registered_as_secrets(
+    api: FakeApi, tmp_path: Path
+) -> None:
+    cfg = style_config(
+        api,
+        "offset",
+        headers={"Authorization": "Token hdr-secret-7781", "X-Trace": "visible-trace"},
+        params={"api_token": "qry-secret-5512"},
+    )
+    data, _, _ = read_all(cfg, tmp_path)
+    assert data.height == 537
+    text = redact("hdr-secret-7781 Token hdr-secret-7781 qry-secret-5512 visible-trace")
+    assert text == "*** *** *** visible-trace"

@@ -25,10 +25,25 @@ import orjson
 
 from tideflow.connectors.http.settings import AuthConfig, RateLimitConfig, RetryConfig
 from tideflow.errors import TerminalError, TransientError
-from tideflow.secrets import redact, register_secret
+from tideflow.secrets import looks_secret, redact, register_secret
 
 TEMPLATE = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*\}\}")
 USER_AGENT = "tideflow-http/1"
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+
+
+def register_secret_values(values: dict[str, Any]) -> None:
+    """Register header or parameter values that carry credentials (``Authorization``,
+    ``Cookie``, ``X-API-Key``, ``api_token``...) so they never appear in logs or errors.
+    For ``Authorization: Bearer abc`` both the whole value and ``abc`` are registered."""
+    for name, value in values.items():
+        if not isinstance(value, str) or not value:
+            continue
+        if name.lower() in SECRET_HEADERS or looks_secret(name):
+            register_secret(value)
+            scheme, _, credential = value.partition(" ")
+            if credential and scheme.isalpha():
+                register_secret(credential.strip())
 
 
 class Interrupted(TransientError):
@@ -354,6 +369,7 @@ class HttpClient:
         self.limiter = RateLimiter(rate_limit)
         self.auth = Auth(auth)
         self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
+        register_secret_values(self.headers)
         self._opener = urllib.request.build_opener()
         self._random = random.Random(seed)
         self.requests = 0

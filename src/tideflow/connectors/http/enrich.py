@@ -16,7 +16,13 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.connectors.http.client import HttpClient, describe_failure, dig, render
+from tideflow.connectors.http.client import (
+    HttpClient,
+    describe_failure,
+    dig,
+    register_secret_values,
+    render,
+)
 from tideflow.connectors.http.settings import HttpEnrichConfig
 from tideflow.core.contracts import JSON, MAIN_PORT, Context, Step, StepOutput
 from tideflow.errors import PipelineError, TideflowError
@@ -94,6 +100,7 @@ class HttpEnrich(Step):
         """
         cfg = self.config
         self._ctx = ctx
+        register_secret_values(cfg.params)
         self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, None, dict(cfg.headers))
         self._pool = ThreadPoolExecutor(
             max_workers=cfg.rate_limit.concurrency, thread_name_prefix=f"http-enrich-{ctx.name}"

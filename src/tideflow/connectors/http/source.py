@@ -24,6 +24,7 @@ from tideflow.connectors.http.client import (
     Response,
     describe_failure,
     dig,
+    register_secret_values,
     render,
 )
 from tideflow.connectors.http.settings import HttpSourceConfig
@@ -96,6 +97,7 @@ class HttpSource(Source):
                 position["seen"],
                 position["next"],
             )
+        register_secret_values(cfg.params)
         self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, ctx.stop_event, cfg.headers)
 
     def close(self) -> None:
