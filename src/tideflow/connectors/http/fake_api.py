@@ -371,3 +371,32 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(404, {"error": "not found"})
         else:
             self._reply(200, result)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tideflow.connectors.http.fake_api --port 8765``: serve until Ctrl-C."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="A small JSON API on loopback, for examples.")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--records", type=int, default=1000)
+    parser.add_argument("--fail-rate", type=float, default=0.0)
+    parser.add_argument("--rate-limit", type=int, default=None, help="requests per second")
+    args = parser.parse_args(argv)
+    api = FakeApi(
+        records=args.records,
+        fail_rate=args.fail_rate,
+        rate_limit=args.rate_limit,
+        port=args.port,
+    )
+    print(f"serving {args.records} records on {api.url()} (Ctrl-C stops)", flush=True)
+    try:
+        api.server.serve_forever(poll_interval=0.1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        api.server.server_close()
+
+
+if __name__ == "__main__":
+    main()
