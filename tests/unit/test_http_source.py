@@ -382,3 +382,51 @@ def test_credentials_in_headers_and_params_are_registered_as_secrets(
     assert data.height == 537
     text = redact("hdr-secret-7781 Token hdr-secret-7781 qry-secret-5512 visible-trace")
     assert text == "*** *** *** visible-trace"
+
+
+def test_incremental_value_in_a_post_body_and_max_pages(api: FakeApi, tmp_path: Path) -> None:
+    cfg = {
+        "url": api.url("/search"),
+        "method": "POST",
+        "body": {"page": "{{page}}", "per_page": "{{limit}}"},
+        "records_path": "data.items",
+        "pagination": {"style": "page", "page_size": 10, "max_pages": 3},
+        "incremental": {"field": "updated_at", "param": "since", "initial": 500, "send_in": "body"},
+        "retry": FAST_RETRY,
+    }
+    data, positions, _ = read_all(cfg, tmp_path)
+    assert data["id"].to_list() == list(range(501, 531))  # since=500 in the body, 3 pages
+    assert positions[-1] == {"since": 530, "seen": None, "next": None}
+
+
+def test_flatten_nested_objects(tmp_path: Path) -> None:
+    with FakeApi(records=3) as api:
+        cfg = {"url": api.url("/page"), "records_path": "data", "flatten": True}
+        data, _, _ = read_all(cfg, tmp_path)
+    assert data.height == 1
+    assert "items" in data.columns  # `data` is one object: one record, `items` kept as a list
+
+
+def test_retry_after_header_forms_and_backoff_bounds() -> None:
+    import email.utils
+    import time
+
+    from tideflow.connectors.http.client import HttpClient, Response, retry_after
+    from tideflow.connectors.http.settings import AuthConfig, RateLimitConfig, RetryConfig
+
+    def response(value: str) -> Response:
+        return Response(429, {"retry-after": value}, b"", "GET", "http://x")
+
+    assert retry_after(response("2.5")) == 2.5
+    assert retry_after(response("soon")) is None
+    date = email.utils.formatdate(time.time() + 3600, usegmt=True)
+    after = retry_after(response(date))
+    assert after is not None and 3500 < after <= 3600
+    client = HttpClient(
+        AuthConfig(), RateLimitConfig(), RetryConfig(backoff=1, max_backoff=5, jitter=0.5), seed=1
+    )
+    waits = [client.backoff(attempt, None) for attempt in range(1, 7)]
+    for attempt, wait in enumerate(waits, start=1):
+        full = min(2 ** (attempt - 1), 5)
+        assert full * 0.5 <= wait <= full  # jitter takes at most half
+    assert client.backoff(1, 42.0) == 42.0  # Retry-After wins, even past max_backoff
