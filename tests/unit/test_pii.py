@@ -69,11 +69,12 @@ def test_detector_finds_pii_and_leaves_ordinary_text(
 
 
 def test_every_detector_at_once_with_the_default_settings() -> None:
+    assert PiiConfig().detect == "auto"
     text = (
         "ann@example.com, +1 (555) 123-4567, 4111 1111 1111 1111, 10.0.0.1, 2001:db8::1, "
         "GB82 WEST 1234 5698 7654 32"
     )
-    out = run({}, pl.DataFrame({"t": [text]}))["t"][0]
+    out = run({"detect": "auto"}, pl.DataFrame({"t": [text]}))["t"][0]
     assert out == "[EMAIL], [PHONE], [CREDIT_CARD], [IPV4], [IPV6], [IBAN]"
 
 
@@ -216,3 +217,73 @@ def test_a_large_batch_is_processed_with_expressions() -> None:
     assert out["t"].str.contains("@example").sum() == 0
     assert out["t"].str.contains("4111 1111").sum() == 0
     assert step.audit == {"t:email": n, "t:credit_card": n}
+
+
+# -- tideflow pii scan ---------------------------------------------------------------------
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    from click.testing import CliRunner
+
+    from tideflow.cli.main import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def test_scan_frame_counts_values_per_column_and_detector_with_masked_examples() -> None:
+    from tideflow.operators.pii import scan_frame
+
+    frame = pl.DataFrame(
+        {
+            "note": ["card 4111 1111 1111 1111", "mail ann@example.com", None, "plain"],
+            "n": [1, 2, 3, 4],
+        }
+    )
+    found = scan_frame(frame)
+    assert found.select("column", "detector", "values", "of").rows() == [
+        ("note", "credit_card", 1, 3),
+        ("note", "email", 1, 3),
+    ]  # the card is not counted again as a phone number
+    examples = found["example"].to_list()
+    assert examples == ["***************1111", "***********.com"]
+    assert scan_frame(pl.DataFrame({"t": ["nothing here"]})).height == 0
+
+
+def test_pii_scan_command_on_a_data_file(tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    path.write_text("id,email,note\n1,ann@example.com,call 555-123-4567\n2,bob@example.org,hi\n")
+    code, output = invoke("pii", "scan", str(path))
+    assert code == 0, output
+    assert "2 record(s) scanned" in output
+    assert "email: email in 2 of 2 value(s)" in output
+    assert "note: phone in 1 of 2 value(s), e.g. ********4567" in output
+    assert "ann@example.com" not in output  # examples are masked
+    code, output = invoke("pii", "scan", str(tmp_path / "people.txt"))
+    assert code == 2 and "cannot scan .txt" in output
+
+
+def test_pii_scan_command_reads_a_pipelines_source_without_running_it(tmp_path: Path) -> None:
+    from tideflow.connectors.http.fake_api import FakeApi
+
+    with FakeApi(records=250) as api:
+        pipeline = tmp_path / "p.yaml"
+        pipeline.write_text(
+            f"""
+name: scan-me
+source:
+  type: http
+  url: {api.url("/offset")}
+  records_path: items
+  pagination: {{style: offset, page_size: 100}}
+sink: {{type: file, path: out, format: parquet}}
+"""
+        )
+        code, output = invoke("pii", "scan", str(pipeline), "--rows", "150")
+        assert code == 0, output
+        assert api.stats.paths["/offset"] == 2  # stopped once 150 records were read
+    assert "scan-me (source http): 150 record(s) scanned" in output
+    assert "email: email in 150 of 150" in output
+    assert "note: phone in 150 of 150" in output
+    assert not (tmp_path / "out").exists()  # nothing written
+    assert not (tmp_path / ".tideflow").exists()  # no state kept

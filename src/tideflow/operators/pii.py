@@ -135,11 +135,11 @@ class PiiConfig(Settings):
         description="Columns that are personal data as a whole, with the action for each: "
         "`{email: hash, card: mask, ssn: drop}`.",
     )
-    detect: list[str] = Field(
-        default_factory=lambda: [*DETECTORS],
+    detect: list[str] | Literal["auto"] = Field(
+        "auto",
         description="Detectors that scan free text: `email`, `phone`, `credit_card` "
         "(Luhn-checked), `ipv4`, `ipv6` (`ip` for both), `iban` (checksum-verified), and the "
-        "names under `patterns`. Default: every built-in one; `[]` scans nothing.",
+        "names under `patterns`. `auto` (the default): every built-in one; `[]`: none.",
     )
     scan: list[str] | Literal["auto"] = Field(
         "auto",
@@ -186,7 +186,8 @@ class PiiConfig(Settings):
     @model_validator(mode="after")
     def _consistent(self) -> PiiConfig:
         known = [*DETECTORS, *ALIASES, *self.patterns]
-        for name in [*self.detect, *self.actions]:
+        detect = [] if self.detect == "auto" else self.detect
+        for name in [*detect, *self.actions]:
             if name not in known:
                 raise ValueError(f"unknown detector {name!r}: {suggest(name, known)}")
         uses_hash = (
@@ -215,7 +216,7 @@ class Pii(Step):
         self._ctx: Context | None = None
         self._salt: bytes | None = None
         names: list[str] = []
-        for name in config.detect:
+        for name in DETECTORS if config.detect == "auto" else config.detect:
             names.extend(ALIASES.get(name, (name,)))
         names.extend(p for p in config.patterns if p not in names)
         # user patterns run first (the most specific), then the built-ins in their order
@@ -357,3 +358,50 @@ class Pii(Step):
         if not digests:
             return text
         return text.replace_strict(distinct, pl.Series(digests), return_dtype=pl.String)
+
+
+def scan_frame(
+    frame: pl.DataFrame,
+    detect: list[str] | Literal["auto"] = "auto",
+    patterns: dict[str, str] | None = None,
+    keep_last: int = 4,
+) -> pl.DataFrame:
+    """Which text columns of ``frame`` hold personal data: one row per (column, detector)
+    that fired, with how many values matched and one example, masked.
+
+    The same detectors and checks as the step, read-only; what ``tideflow pii scan`` prints.
+    """
+    config = PiiConfig(detect=detect, patterns=patterns or {}, keep_last=keep_last, action="redact")
+    step = Pii(config)
+    rows: list[dict[str, object]] = []
+    for column in step._scan_columns(frame):  # every text column
+        series = frame.get_column(column)
+        for name, pattern, check in step._detectors:
+            found = series.str.extract_all(pattern)
+            spans = found.explode().drop_nulls()
+            if check is not None and spans.len():
+                spans = spans.filter(check(spans))
+            if not spans.len():
+                continue
+            valid = spans.unique()
+            hits = series.str.contains_any(valid.to_list())
+            rows.append(
+                {
+                    "column": column,
+                    "detector": name,
+                    "values": int(hits.sum()),
+                    "of": series.len() - series.null_count(),
+                    "example": step._masked(valid.sort().head(1))[0],
+                }
+            )
+            # later detectors must not count what this one found (a card is no phone)
+            marker = pl.Series([f"[{name.upper()}]"] * valid.len(), dtype=pl.String)
+            series = series.str.replace_many(valid.implode(), marker.implode(), leftmost=True)
+    schema = {
+        "column": pl.String,
+        "detector": pl.String,
+        "values": pl.Int64,
+        "of": pl.Int64,
+        "example": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
