@@ -27,6 +27,7 @@ def test_api_to_parquet_example_reads_every_page_once_masks_pii_and_is_increment
         first = cli("run", str(example / "pipeline.yaml"), env=env)
         assert first.returncode == 0, first.stdout + first.stderr
         assert "api-to-parquet: succeeded" in first.stdout
+        assert "pii: pii rules fired: email:hash=1,000, name:mask=1,000" in first.stdout
         assert api.stats.transient_failures > 0
         written = read_parquet_tree(example / "out" / "records")
         assert sorted(written["id"].to_list()) == list(range(1, 1001))

@@ -74,6 +74,13 @@ def test_api_to_api_pipeline_delivers_each_record_once_masked_and_enriched(
         assert sorted(orjson.loads(x.record)["id"] for x in letters) == list(range(13, 301, 13))
         assert all(x.reason == f"not found: {orjson.loads(x.record)['id']}" for x in letters)
         assert result.counts["http_enrich"]["dead_lettered"] == len(letters)
+        # the audit trail of the run: which PII rules changed how many values
+        assert result.counts["pii"]["report"] == {
+            "pii rules fired": {"email:hash": 300, "name:mask": 300, "note:phone": 300}
+        }
+        source = result.counts["http"]["report"]
+        assert source["requests"] == api.stats.paths["/page"]
+        assert source["retries"] > 0
 
         # second run: the incremental cursor sends `since`, so only the new records come
         api.add_records(30)

@@ -131,6 +131,12 @@ class Component(ABC):
     def __init__(self, config: Any) -> None:
         self.config = config
 
+    def report(self) -> dict[str, JSON] | None:
+        """Figures of this component for the run summary, beside its record counts (the
+        ``pii`` step's rules fired, an HTTP component's requests and retries). Stored with the
+        run, so it is an audit trail. None (the default): nothing to add."""
+        return None
+
 
 class Source(Component):
     """Produces batches. Bounded sources return ``None`` when done."""

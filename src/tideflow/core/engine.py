@@ -164,7 +164,13 @@ class Engine:
     def counts(self) -> dict[str, dict[str, Any]]:
         """Counts per node, with its kind and type."""
         nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
-        return {n.name: {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()} for n in nodes}
+        counts = {}
+        for n in nodes:
+            counts[n.name] = {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()}
+            report = n.component.report()
+            if report:
+                counts[n.name]["report"] = report
+        return counts
 
     @property
     def elapsed(self) -> float:

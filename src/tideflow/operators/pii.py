@@ -239,6 +239,10 @@ class Pii(Step):
             register_secret(salt)
             self._salt = salt.encode()
 
+    def report(self) -> dict[str, JSON] | None:
+        """The audit trail for the run summary: values changed per rule."""
+        return {"pii rules fired": dict(sorted(self.audit.items()))}
+
     def close(self) -> None:
         """Log the audit trail: which rules changed how many values."""
         if self._ctx is not None and self.audit:

@@ -82,6 +82,7 @@ class HttpEnrich(Step):
         super().__init__(config)
         self.config: HttpEnrichConfig = config
         self._client: HttpClient | None = None
+        self._figures: dict[str, JSON] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._ctx: Context | None = None
         self.cache = TtlCache(config.cache_ttl, config.cache_size)
@@ -91,6 +92,15 @@ class HttpEnrich(Step):
     def client(self) -> HttpClient | None:
         """The HTTP client while open (it counts requests and retries)."""
         return self._client
+
+    def report(self) -> dict[str, JSON] | None:
+        """Requests sent and retried, for the run summary."""
+        figures = self._figures
+        if self._client is not None:
+            figures = {"requests": self._client.requests, "retries": self._client.retries}
+        if figures:
+            figures = {**figures, "cache hits": self.cache.hits}
+        return figures or None
 
     def open(self, ctx: Context, state: JSON | None) -> None:
         """Create the client and the worker pool.
@@ -112,6 +122,7 @@ class HttpEnrich(Step):
             self._pool.shutdown(wait=True)
             self._pool = None
         if self._client is not None:
+            self._figures = {"requests": self._client.requests, "retries": self._client.retries}
             self._client.close()
             self._client = None
 

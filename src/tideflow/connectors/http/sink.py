@@ -64,6 +64,7 @@ class HttpSink(Sink):
         super().__init__(config)
         self.config: HttpSinkConfig = config
         self._client: HttpClient | None = None
+        self._figures: dict[str, JSON] = {}
         self._pool: ThreadPoolExecutor | None = None
         self._ctx: Context | None = None
         self._templated_url = has_placeholders(config.url)
@@ -72,6 +73,13 @@ class HttpSink(Sink):
     def client(self) -> HttpClient | None:
         """The HTTP client while open (it counts requests and retries)."""
         return self._client
+
+    def report(self) -> dict[str, JSON] | None:
+        """Requests sent and retried, for the run summary."""
+        figures = self._figures
+        if self._client is not None:
+            figures = {"requests": self._client.requests, "retries": self._client.retries}
+        return figures or None
 
     def open(self, ctx: Context, pending: JSON | None) -> None:
         """Create the client; nothing is pending, as requests are sent as batches arrive.
@@ -97,6 +105,7 @@ class HttpSink(Sink):
             self._pool.shutdown(wait=True)
             self._pool = None
         if self._client is not None:
+            self._figures = {"requests": self._client.requests, "retries": self._client.retries}
             self._client.close()
             self._client = None
 

@@ -70,6 +70,7 @@ class HttpSource(Source):
         self.bounded = config.poll_interval is None
         self._ctx: Context | None = None
         self._client: HttpClient | None = None
+        self._figures: dict[str, JSON] = {}
         self._since: Any = None
         self._seen: Any = None
         self._next: dict[str, Any] | None = None
@@ -80,6 +81,13 @@ class HttpSource(Source):
     def client(self) -> HttpClient | None:
         """The HTTP client while open (it counts requests and retries)."""
         return self._client
+
+    def report(self) -> dict[str, JSON] | None:
+        """Requests sent and retried, for the run summary."""
+        figures = self._figures
+        if self._client is not None:
+            figures = {"requests": self._client.requests, "retries": self._client.retries}
+        return figures or None
 
     def open(self, ctx: Context, position: JSON | None) -> None:
         """Resume from ``position``: in the middle of a sweep, or between sweeps."""
@@ -103,6 +111,7 @@ class HttpSource(Source):
     def close(self) -> None:
         """Close connections."""
         if self._client is not None:
+            self._figures = {"requests": self._client.requests, "retries": self._client.retries}
             self._client.close()
             self._client = None
 
