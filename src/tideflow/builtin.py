@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "tideflow.connectors.http.source",
     "tideflow.connectors.http.sink",
     "tideflow.connectors.http.enrich",
+    "tideflow.connectors.http.webhook",
     "tideflow.operators.pii",
 )
 
