@@ -110,9 +110,17 @@ class HttpSink(Sink):
             self._client = None
 
     def write_batch(self, batch: pl.DataFrame) -> pl.DataFrame | None:
-        """Send the batch; records rejected after retries come back as dead letters."""
+        """Send the batch; the rows of requests the receiver rejected (4xx) come back as dead
+        letters, with the status and the start of the response body as the reason."""
         assert self._pool is not None
         cfg = self.config
+        if cfg.idempotency_columns:
+            missing = [c for c in cfg.idempotency_columns if c not in batch.columns]
+            if missing:
+                raise TerminalError(
+                    f"http sink: idempotency_columns not in the batch: {', '.join(missing)}; "
+                    f"columns: {', '.join(batch.columns)}"
+                )
         rows = row_json(batch)
         chunks = [
             list(range(start, min(start + cfg.batch_size, len(rows))))
