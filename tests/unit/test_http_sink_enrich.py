@@ -298,3 +298,41 @@ def test_enrich_missing_key_column_is_a_clear_error(tmp_path: Path) -> None:
     step = HttpEnrich(HttpEnrichConfig.model_validate({"url": "http://x/{{id}}", "keys": ["id"]}))
     with pytest.raises(Exception, match="key column"):
         step.process(pl.DataFrame({"other": [1]}))
+
+
+def test_sink_rate_limit_is_respected_as_counted_by_the_server(tmp_path: Path) -> None:
+    # the server refuses more than 3 requests in any 0.5 s; the sink asks for 2 per second
+    with FakeApi(rate_limit=3, window=0.5) as api:
+        sink = open_sink(
+            {
+                "url": api.url("/sink"),
+                "rate_limit": {"requests_per_second": 2, "concurrency": 4},
+                "retry": FAST_RETRY,
+            },
+            tmp_path,
+        )
+        try:
+            assert sink.write_batch(people(6)) is None
+        finally:
+            sink.close()
+        assert api.stats.rate_limited == 0
+        assert api.stats.max_in_window <= 2
+        assert sorted(api.posted_ids()) == [1, 2, 3, 4, 5, 6]
+
+
+def test_sink_honours_retry_after_from_a_rate_limiting_receiver(tmp_path: Path) -> None:
+    with FakeApi(rate_limit=2, window=0.3, retry_after=0.3) as api:
+        sink = open_sink(
+            {"url": api.url("/sink"), "rate_limit": {"concurrency": 4}, "retry": FAST_RETRY},
+            tmp_path,
+        )
+        try:
+            assert sink.write_batch(people(8)) is None
+        finally:
+            sink.close()
+        assert api.stats.rate_limited > 0  # pushed back with 429 + Retry-After ...
+        assert sorted(api.posted_ids()) == list(range(1, 9))  # ... and every record arrived
+        assert sink.report() == {
+            "requests": api.stats.requests,
+            "retries": api.stats.rate_limited,
+        }

@@ -430,3 +430,41 @@ def test_retry_after_header_forms_and_backoff_bounds() -> None:
         full = min(2 ** (attempt - 1), 5)
         assert full * 0.5 <= wait <= full  # jitter takes at most half
     assert client.backoff(1, 42.0) == 42.0  # Retry-After wins, even past max_backoff
+
+
+def test_redirects_keep_credentials_only_within_the_same_origin(tmp_path: Path) -> None:
+    from tideflow.connectors.http.client import HttpClient
+    from tideflow.connectors.http.settings import AuthConfig, RateLimitConfig, RetryConfig
+
+    auth = AuthConfig(type="bearer", token="redirect-secret-1")
+    with FakeApi() as first, FakeApi() as other:
+        client = HttpClient(auth, RateLimitConfig(), RetryConfig(), headers={"X-Api-Key": "k-9"})
+        same = client.send(
+            "GET", first.url("/redirect"), params={"to": first.url("/echo-headers")}
+        ).json()
+        cross = client.send(
+            "GET", first.url("/redirect"), params={"to": other.url("/echo-headers")}
+        ).json()
+    assert same["authorization"] == "Bearer redirect-secret-1"
+    assert same["x-api-key"] == "k-9"
+    assert "authorization" not in cross and "x-api-key" not in cross  # another origin
+    assert cross["user-agent"].startswith("tideflow")
+
+
+def test_an_api_key_in_the_query_never_shows_in_errors(tmp_path: Path) -> None:
+    with FakeApi(records=10, auth={"type": "api_key", "key": "right", "name": "key"}) as api:
+        cfg = style_config(
+            api,
+            "offset",
+            auth={
+                "type": "api_key",
+                "api_key": "wrong-query-key-3",
+                "key_in": "query",
+                "key_name": "key",
+            },
+        )
+        with pytest.raises(TerminalError) as err:
+            read_all(cfg, tmp_path)
+    assert "401" in str(err.value)
+    assert "wrong-query-key-3" not in str(err.value)  # masked in the error itself
+    assert "key=" in str(err.value)  # the URL is shown, its key masked

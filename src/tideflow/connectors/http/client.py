@@ -216,6 +216,32 @@ def _open(
         raise _TransportFailure(f"{type(exc).__name__}: {reason}") from exc
 
 
+class _RedirectHandler(urllib.request.HTTPRedirectHandler):
+    """Follows redirects like urllib does, but never carries credentials to another origin
+    (scheme, host or port), as browsers and httpx do not."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and _origin(new.full_url) != _origin(req.full_url):
+            for name in list(new.headers):
+                if name.lower() in SECRET_HEADERS or looks_secret(name):
+                    del new.headers[name]
+        return new
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port
+
+
 class RateLimiter:
     """Spaces request starts at least ``interval`` seconds apart, across threads."""
 
@@ -370,7 +396,7 @@ class HttpClient:
         self.auth = Auth(auth)
         self.headers = {"User-Agent": USER_AGENT, "Accept": "application/json", **(headers or {})}
         register_secret_values(self.headers)
-        self._opener = urllib.request.build_opener()
+        self._opener = urllib.request.build_opener(_RedirectHandler())
         self._random = random.Random(seed)
         self.requests = 0
         self.retries = 0

@@ -20,6 +20,7 @@ Endpoints (each list endpoint takes ``since``: only records with ``updated_at > 
 - ``POST /lookup`` with ``[{"id": ...}, ...]`` -> a list of lookups
 - ``POST /sink`` (an object or an array) -> records them; ``422`` (keeping none) when one
   has ``"invalid": true``; ``POST /webhook-relay`` likewise
+- ``GET /redirect?to=URL`` -> ``302`` to ``URL``; ``GET /echo-headers`` -> the request's headers
 - ``POST /oauth/token`` -> a client-credentials token (form body, HTTP basic client auth),
   revoked after ``token_uses`` requests when that is set
 """
@@ -323,6 +324,12 @@ class _Handler(BaseHTTPRequestHandler):
                 if key:
                     api.stats.idempotency_keys.append(key)
             self._reply(200, {"accepted": len(items)})
+            return
+        if path == "/redirect":  # 302 to `to` (for redirect tests)
+            self._reply(302, {}, {"Location": query["to"]})
+            return
+        if path == "/echo-headers":
+            self._reply(200, {k.lower(): v for k, v in self.headers.items()})
             return
         if path.startswith("/lookup"):
             self._lookup(method, path, body)

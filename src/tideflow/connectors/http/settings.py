@@ -185,8 +185,9 @@ class HttpSourceConfig(Settings):
     poll_interval: float | None = Field(
         None,
         gt=0,
-        description="Seconds between sweeps: the source runs until stopped. Omitted: one "
-        "sweep, then the run ends.",
+        description="Seconds between sweeps: the source runs until stopped (with "
+        "`incremental`, each sweep asks only for what is new; without, it reads everything "
+        "again). Omitted: one sweep, then the run ends.",
     )
     flatten: bool = Field(False, description="Flatten nested objects into `parent.child` columns.")
 
