@@ -468,3 +468,11 @@ def test_an_api_key_in_the_query_never_shows_in_errors(tmp_path: Path) -> None:
     assert "401" in str(err.value)
     assert "wrong-query-key-3" not in str(err.value)  # masked in the error itself
     assert "key=" in str(err.value)  # the URL is shown, its key masked
+
+
+def test_records_of_conflicting_shapes_are_a_clear_error() -> None:
+    from tideflow.connectors.http.source import records_frame
+
+    assert records_frame([{"a": 1}, {"a": 2.5}, 7], flatten=False).columns == ["a", "value"]
+    with pytest.raises(TerminalError, match="do not share a schema"):
+        records_frame([{"a": [1]}, {"a": "x"}], flatten=False)

@@ -39,9 +39,15 @@ def records_frame(records: list[Any], flatten: bool) -> pl.DataFrame:
     if not records:
         return pl.DataFrame()
     rows = [r if isinstance(r, dict) else {"value": r} for r in records]
-    if flatten:
-        return pl.json_normalize(rows, infer_schema_length=None)
-    return pl.from_dicts(rows, infer_schema_length=None)
+    try:
+        if flatten:
+            return pl.json_normalize(rows, infer_schema_length=None)
+        return pl.from_dicts(rows, infer_schema_length=None)
+    except pl.exceptions.PolarsError as exc:
+        raise TerminalError(
+            "the records of one page do not share a schema (a field holds a list in one "
+            f"record and text in another?): {str(exc).splitlines()[0]}"
+        ) from exc
 
 
 def _larger(a: Any, b: Any) -> Any:
