@@ -287,3 +287,12 @@ sink: {{type: file, path: out, format: parquet}}
     assert "note: phone in 150 of 150" in output
     assert not (tmp_path / "out").exists()  # nothing written
     assert not (tmp_path / ".tideflow").exists()  # no state kept
+
+
+def test_redact_with_template() -> None:
+    out = run(
+        {"detect": ["email"], "redact_with": "<{name} removed>"}, pl.DataFrame({"t": ["a@b.io"]})
+    )
+    assert out["t"][0] == "<EMAIL removed>"
+    with pytest.raises(ValidationError, match="redact_with"):
+        PiiConfig.model_validate({"redact_with": "[{kind}]"})

@@ -172,6 +172,17 @@ class PiiConfig(Settings):
         "[{name}]", description="Replacement for `redact`; `{name}` is the detector or column."
     )
 
+    @field_validator("redact_with")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(name="EMAIL")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"redact_with may only use the placeholder {{name}}; {value!r} fails: {exc!r}"
+            ) from exc
+        return value
+
     @field_validator("patterns")
     @classmethod
     def _compiles(cls, patterns: dict[str, str]) -> dict[str, str]:
