@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, BinaryIO
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 HEADER_READ = 64 * 1024
@@ -20,8 +21,8 @@ MAX_PAGE_BYTES = 2**31 - 1
 
 
 class _Unreadable(Exception):
-    """The header could not be parsed (a bug here or an unusual writer): the check gives up on
-    that column chunk rather than reject a file that may be fine."""
+    """The header could not be parsed (damaged, or a writer this parser does not follow):
+    pyarrow, which fails cleanly, decides instead."""
 
 
 class _Thrift:
@@ -144,9 +145,12 @@ def check_pages(handle: BinaryIO, size: int) -> None:
     right: negative, a page outside the file, more values than its column chunk holds.
 
     Only what the Parquet format makes certain is checked, so a valid file is never refused;
-    a header this parser cannot read ends the check of its column chunk without a verdict.
+    for a header this parser cannot read, pyarrow decodes the whole file and decides.
     """
-    meta = pq.ParquetFile(handle).metadata
+    try:
+        meta = pq.ParquetFile(handle).metadata
+    except (OSError, pa.ArrowException) as exc:  # no footer, or a damaged one
+        raise ValueError(f"not a readable Parquet file: {exc}") from exc
     for g in range(meta.num_row_groups):
         group = meta.row_group(g)
         for c in range(group.num_columns):
@@ -161,7 +165,8 @@ def check_pages(handle: BinaryIO, size: int) -> None:
                 try:
                     found, length = _read_header(handle, offset, size)
                 except _Unreadable:
-                    break
+                    _pyarrow_verdict(handle)  # rare: let pyarrow decide, whatever it costs
+                    return
                 where = f"row group {g} column {c}, page at byte {offset}"
                 compressed = found.get("compressed", -1)
                 uncompressed = found.get("uncompressed", -1)
@@ -177,6 +182,15 @@ def check_pages(handle: BinaryIO, size: int) -> None:
                 if counts.get("num_rows", 0) > group.num_rows:
                     raise ValueError(f"{where}: more rows than its row group holds")
                 offset += length + compressed
+
+
+def _pyarrow_verdict(handle: BinaryIO) -> None:
+    """Decode every page with pyarrow (which fails cleanly); ValueError if it cannot."""
+    handle.seek(0)
+    try:
+        pq.ParquetFile(handle).scan_contents()
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"damaged Parquet pages: {exc}") from exc
 
 
 def _read_header(handle: BinaryIO, offset: int, size: int) -> tuple[dict[str, int], int]:
