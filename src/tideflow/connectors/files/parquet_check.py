@@ -15,8 +15,10 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-HEADER_READ = 64 * 1024
-"""Bytes read at a page's start; a page header (with its statistics) fits well inside."""
+HEADER_READ = 1024
+"""Bytes read first at a page's start; more (up to ``MAX_HEADER_READ``) when statistics of
+long values make the header longer."""
+MAX_HEADER_READ = 4 * 1024 * 1024
 MAX_PAGE_BYTES = 2**31 - 1
 
 
@@ -202,6 +204,6 @@ def _read_header(handle: BinaryIO, offset: int, size: int) -> tuple[dict[str, in
         try:
             return _page_header(data)
         except _Unreadable:
-            if len(data) < window or window >= 16 * HEADER_READ:
+            if len(data) < window or window >= MAX_HEADER_READ:
                 raise
             window *= 4
