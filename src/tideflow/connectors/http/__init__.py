@@ -1,4 +1,4 @@
 """HTTP connectors: the ``http`` source and sink, the ``http_enrich`` step, ``webhook`` input.
 
-``httpx`` (the ``http`` extra) is imported only when a component opens.
+Built on the standard library (``urllib.request``, ``http.server``): no extra to install.
 """

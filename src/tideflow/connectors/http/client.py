@@ -218,7 +218,7 @@ def _open(
 
 class _RedirectHandler(urllib.request.HTTPRedirectHandler):
     """Follows redirects like urllib does, but never carries credentials to another origin
-    (scheme, host or port), as browsers and httpx do not."""
+    (scheme, host or port), as browsers do not."""
 
     def redirect_request(
         self,
