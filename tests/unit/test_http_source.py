@@ -476,3 +476,30 @@ def test_records_of_conflicting_shapes_are_a_clear_error() -> None:
     assert records_frame([{"a": 1}, {"a": 2.5}, 7], flatten=False).columns == ["a", "value"]
     with pytest.raises(TerminalError, match="do not share a schema"):
         records_frame([{"a": [1]}, {"a": "x"}], flatten=False)
+
+
+def test_oauth2_wrong_client_secret_is_terminal_and_masked(tmp_path: Path) -> None:
+    server_auth = {"type": "oauth2", "client_id": "app", "client_secret": "right-secret"}
+    with FakeApi(records=10, auth=server_auth) as api:
+        cfg = style_config(
+            api,
+            "offset",
+            auth={
+                "type": "oauth2",
+                "token_url": api.url("/oauth/token"),
+                "client_id": "app",
+                "client_secret": "wrong-secret-4471",
+            },
+        )
+        with pytest.raises(TerminalError, match="returned 401; check client_id") as err:
+            read_all(cfg, tmp_path)
+        assert api.stats.tokens_issued == 0
+    assert "wrong-secret-4471" not in str(err.value)
+
+
+def test_rate_limit_interval_takes_the_stricter_budget() -> None:
+    from tideflow.connectors.http.settings import RateLimitConfig
+
+    assert RateLimitConfig().interval == 0
+    assert RateLimitConfig(requests_per_second=4).interval == 0.25
+    assert RateLimitConfig(requests_per_second=4, requests_per_minute=60).interval == 1.0
