@@ -102,3 +102,33 @@ def events(rows: int) -> Path:
     pq.write_table(table, path.with_suffix(".tmp"), compression="zstd", row_group_size=500_000)
     path.with_suffix(".tmp").rename(path)
     return path
+
+
+def notes(rows: int) -> Path:
+    """A Parquet file of ``rows`` free-text notes; about a third carry an email, a phone
+    number or a card number (half of the card numbers fail the Luhn check)."""
+    path = DATA / f"notes-{rows}.parquet"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    i = pl.int_range(0, rows, eager=True)
+    kind = i % 6
+    text = (
+        pl.select(
+            pl.when(kind == 0)
+            .then(pl.format("please write to user{}@example.com about order {}", i, i))
+            .when(kind == 1)
+            .then(pl.format("call +44 20 7946 {} before noon", (i % 10000).cast(str).str.zfill(4)))
+            .when(kind == 2)
+            .then(pl.lit("paid with card 4111 1111 1111 1111 yesterday"))
+            .when(kind == 3)
+            .then(pl.lit("paid with card 4111 1111 1111 1112 yesterday"))
+            .otherwise(pl.format("order {} shipped on 2026-01-15 from warehouse 7", i))
+        )
+        .to_series()
+        .alias("note")
+    )
+    tmp = path.with_suffix(".tmp")
+    pl.DataFrame({"id": i, "note": text}).write_parquet(tmp, compression="zstd")
+    tmp.rename(path)
+    return path

@@ -18,7 +18,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.data import events, orders, orders_csv, orders_ndjson
+from benchmarks.data import events, notes, orders, orders_csv, orders_ndjson
 
 FILTER = "amount > 0 AND country != 'US'"
 
@@ -282,6 +282,100 @@ def _rows(src: Path) -> int:
     return pq.ParquetFile(src).metadata.num_rows
 
 
+API_PAGE = 1_000
+
+
+def _api(rows: int) -> Any:
+    """The loopback API of the http tests, serving ``rows`` records (started in-process)."""
+    from tideflow.connectors.http.fake_api import FakeApi
+
+    return FakeApi(records=rows).start()
+
+
+def api_loop(src: Path, out: Path) -> None:
+    """Workload (d), hand-written: an offset/limit paging loop over urllib, then Parquet."""
+    import urllib.request
+
+    import orjson
+
+    api = _api(_rows(src))
+    try:
+        items: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            url = api.url(f"/offset?offset={offset}&limit={API_PAGE}")
+            with urllib.request.urlopen(url, timeout=30) as reply:
+                page = orjson.loads(reply.read())["items"]
+            items.extend(page)
+            if len(page) < API_PAGE:
+                break
+            offset += len(page)
+        pl.from_dicts(items).write_parquet(out / "part.parquet", compression="zstd")
+    finally:
+        api.stop()
+
+
+def api_tideflow(src: Path, out: Path) -> None:
+    """Workload (d) as a tideflow pipeline with the http source."""
+    import tideflow as tf
+
+    api = _api(_rows(src))
+    try:
+        (
+            tf.Pipeline(
+                "bench-api",
+                state=str(out / "state.db"),
+                checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+            )
+            .source(
+                tf.connector(
+                    "http",
+                    url=api.url("/offset"),
+                    records_path="items",
+                    pagination={"style": "offset", "page_size": API_PAGE},
+                )
+            )
+            .sink(tf.file(str(out / "data"), format="parquet"))
+            .run(out)
+        )
+    finally:
+        api.stop()
+
+
+def pii_polars(src: Path, out: Path) -> None:
+    """Workload (e), hand-written: the pii step's regexes as plain ``str.replace_all``
+    (no Luhn or digit-count check)."""
+    from tideflow.operators.pii import CREDIT_CARD, EMAIL, PHONE
+
+    (
+        pl.read_parquet(notes(_rows(src)))
+        .with_columns(
+            pl.col("note")
+            .str.replace_all(CREDIT_CARD, "[CREDIT_CARD]")
+            .str.replace_all(EMAIL, "[EMAIL]")
+            .str.replace_all(PHONE, "[PHONE]")
+        )
+        .write_parquet(out / "part.parquet", compression="zstd")
+    )
+
+
+def pii_tideflow(src: Path, out: Path) -> None:
+    """Workload (e) as a tideflow pipeline: file -> pii (redact, Luhn-checked) -> Parquet."""
+    import tideflow as tf
+
+    (
+        tf.Pipeline(
+            "bench-pii",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(notes(_rows(src))), batch_size=1_000_000))
+        .step("pii", detect=["credit_card", "email", "phone"], action="redact")
+        .sink(tf.file(str(out / "data"), format="parquet"))
+        .run(out)
+    )
+
+
 IMPLS = {
     ("filter", "baseline"): filter_polars,
     ("filter", "tideflow"): filter_tideflow,
@@ -295,6 +389,10 @@ IMPLS = {
     ("window", "baseline"): window_polars,
     ("window", "tideflow"): window_tideflow,
     ("window", "group_by"): window_group_by,
+    ("api", "baseline"): api_loop,
+    ("api", "tideflow"): api_tideflow,
+    ("pii", "baseline"): pii_polars,
+    ("pii", "tideflow"): pii_tideflow,
 }
 
 
@@ -309,6 +407,8 @@ def main() -> None:
     """Run one implementation of one workload and print its measurements."""
     name, impl, rows, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
     src = orders(rows)
+    if name == "pii":
+        notes(rows)  # generated once, outside the timing
     out.mkdir(parents=True, exist_ok=True)
     if impl == "tideflow":
         # Load tideflow and its built-in components before the clock starts, as the baseline's

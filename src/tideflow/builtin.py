@@ -25,6 +25,11 @@ BUILTIN_MODULES = (
     "tideflow.connectors.sql.source",
     "tideflow.connectors.sql.sink",
     "tideflow.connectors.topics",
+    "tideflow.connectors.http.source",
+    "tideflow.connectors.http.sink",
+    "tideflow.connectors.http.enrich",
+    "tideflow.connectors.http.webhook",
+    "tideflow.operators.pii",
 )
 
 

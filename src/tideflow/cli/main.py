@@ -488,6 +488,41 @@ def deadletters_replay(
     print_summary(result, out)
 
 
+@cli.group()
+def pii() -> None:
+    """Find personal data before anything is loaded."""
+
+
+@pii.command("scan")
+@click.argument("target", type=click.Path())
+@click.option("--rows", default=10_000, show_default=True, help="Records to read at most.")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON.")
+@handle_errors
+def pii_scan(target: str, rows: int, as_json: bool) -> None:
+    """Report which text columns of a data file, or of a pipeline's source, hold personal
+    data (emails, phones, cards, IPs, IBANs), with counts and masked examples."""
+    from tideflow.operators.pii import scan_frame
+    from tideflow.pii_scan import read_sample
+
+    frame, origin = read_sample(target, rows)
+    found = scan_frame(frame)
+    if as_json:
+        click.echo(
+            json.dumps({"source": origin, "rows": frame.height, "findings": found.to_dicts()})
+        )
+        return
+    out.print(f"{origin}: {frame.height} record(s) scanned", markup=False)
+    if found.height == 0:
+        out.print("no personal data found")
+        return
+    for row in found.iter_rows(named=True):
+        out.print(
+            f"  {row['column']}: {row['detector']} in {row['values']} of {row['of']} "
+            f"value(s), e.g. {row['example']}",
+            markup=False,
+        )
+
+
 @cli.command("test")
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @handle_errors

@@ -107,8 +107,8 @@ class Context:
     scope: str = "main"
     """``main`` for normal runs; replays and tests get their own scope so outputs never clash."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """Counters the component reports beside its record counts (``retries``, ...); the
-    engine shows them in the run summary and metrics."""
+    """Counters the component bumps while it runs (``retries``, ``outage_seconds``); the
+    engine shows them with the component's ``report()`` in the run summary."""
 
     @property
     def log(self) -> logging.Logger:
@@ -133,6 +133,12 @@ class Component(ABC):
 
     def __init__(self, config: Any) -> None:
         self.config = config
+
+    def report(self) -> dict[str, JSON] | None:
+        """Figures of this component for the run summary, beside its record counts (the
+        ``pii`` step's rules fired, an HTTP component's requests and retries). Stored with the
+        run, so it is an audit trail. None (the default): nothing to add."""
+        return None
 
 
 class Source(Component):

@@ -165,7 +165,16 @@ class Engine:
     def counts(self) -> dict[str, dict[str, Any]]:
         """Counts per node, with its kind and type."""
         nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
-        return {n.name: {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()} for n in nodes}
+        counts = {}
+        for n in nodes:
+            counts[n.name] = {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()}
+            # Counters a component bumped through its context (retries, outage seconds) and
+            # the figures it reports at the end share one place in the summary.
+            report = {k: round(v, 6) for k, v in n.counts.metrics.items()}
+            report.update(n.component.report() or {})
+            if report:
+                counts[n.name]["report"] = report
+        return counts
 
     @property
     def elapsed(self) -> float:

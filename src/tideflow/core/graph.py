@@ -51,7 +51,6 @@ class Counts:
             "generated": self.generated,
             "batches": self.batches,
             "seconds": round(self.seconds, 6),
-            **{k: round(v, 6) for k, v in self.metrics.items()},
         }
 
 

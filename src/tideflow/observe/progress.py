@@ -112,12 +112,25 @@ def print_summary(result: RunResult, console: Console | None = None) -> None:
         console.print(
             "every record accounted for: in = out + filtered + dead-lettered at every step"
         )
+    for name, c in result.counts.items():
+        if c.get("report"):
+            figures = ", ".join(f"{k}: {_figure(v)}" for k, v in c["report"].items())
+            console.print(f"{name}: {figures}", markup=False)
     dead = sum(c["dead_lettered"] for c in result.counts.values())
     if dead:
         console.print(
             f"{dead:,} record(s) dead-lettered; inspect them with "
             f"`tideflow deadletters list PIPELINE`"
         )
+
+
+def _figure(value: Any) -> str:
+    if isinstance(value, dict):
+        return (
+            ", ".join(f"{k}={v:,}" if isinstance(v, int) else f"{k}={v}" for k, v in value.items())
+            or "none"
+        )
+    return f"{value:,}" if isinstance(value, int) else str(value)
 
 
 def counts_json(result: RunResult) -> dict[str, Any]:

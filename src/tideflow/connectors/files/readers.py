@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -19,6 +20,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from tideflow.connectors.files.parquet_check import check_pages
 from tideflow.connectors.files.settings import (
     NDJSON_BLOCK,
     CsvReadOptions,
@@ -208,6 +210,10 @@ class _LocalParquetReader:
     def __init__(self, ref: FileRef, skip: int, targets: dict[str, pa.DataType]) -> None:
         self._ref = ref
         self._targets = targets
+        # Polars aborts the process on some damaged page headers; refuse those first
+        # (a ValueError makes the file a dead letter, like any undecodable file)
+        with open(ref.path, "rb") as handle:
+            check_pages(handle, os.fstat(handle.fileno()).st_size)
         self._scan = pl.scan_parquet(ref.path)
         self._row = skip
 

@@ -66,7 +66,13 @@ def _parse_position(position: JSON | None, name: str) -> tuple[list[str], str | 
     return done, position.get("file"), position.get("row", 0)
 
 
-DECODE_ERRORS = (pl.exceptions.PolarsError, pa.ArrowException, UnicodeDecodeError, ValueError)
+DECODE_ERRORS = (
+    pl.exceptions.PolarsError,
+    pl.exceptions.PanicException,  # Polars panics (catchably) on some damaged Parquet pages
+    pa.ArrowException,
+    UnicodeDecodeError,
+    ValueError,
+)
 """What a decoder raises for bytes it cannot read (not I/O failures, which end the run)."""
 
 

@@ -1,0 +1,230 @@
+"""The ``http`` source: paginated, rate-limited, incremental REST extraction.
+
+One batch per page. The position returned with each page is
+
+``{"since": <cursor sent this sweep>, "seen": <largest field value so far>, "next": <paging
+state of the next request, or null between sweeps>}``
+
+so a crash in the middle of paging resumes at the page after the last one processed, and the
+incremental cursor (``since``) moves to ``seen`` only once the sweep that covered it has been
+read to the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urljoin
+
+import polars as pl
+
+from tideflow.connectors.http import pagination
+from tideflow.connectors.http.client import (
+    HttpClient,
+    Interrupted,
+    Response,
+    describe_failure,
+    dig,
+    register_secret_values,
+    render,
+)
+from tideflow.connectors.http.settings import HttpSourceConfig
+from tideflow.core.contracts import JSON, Context, Source, SourceBatch
+from tideflow.errors import StateError, TerminalError, TransientError
+from tideflow.registry import component
+from tideflow.secrets import redact
+
+
+def records_frame(records: list[Any], flatten: bool) -> pl.DataFrame:
+    """A page's records as a DataFrame (objects become rows, scalars a ``value`` column)."""
+    if not records:
+        return pl.DataFrame()
+    rows = [r if isinstance(r, dict) else {"value": r} for r in records]
+    try:
+        if flatten:
+            return pl.json_normalize(rows, infer_schema_length=None)
+        return pl.from_dicts(rows, infer_schema_length=None)
+    except pl.exceptions.PolarsError as exc:
+        raise TerminalError(
+            "the records of one page do not share a schema (a field holds a list in one "
+            f"record and text in another?): {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+def _larger(a: Any, b: Any) -> Any:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    try:
+        return b if b > a else a
+    except TypeError as exc:
+        raise TerminalError(
+            f"incremental field values {a!r} and {b!r} cannot be compared; the field must "
+            "hold one type (numbers or ISO-8601 text)"
+        ) from exc
+
+
+@component("source", "http")
+class HttpSource(Source):
+    """Read records from a REST API: pagination, auth, rate limits, retries, incremental."""
+
+    config_model = HttpSourceConfig
+
+    def __init__(self, config: HttpSourceConfig) -> None:
+        super().__init__(config)
+        self.config: HttpSourceConfig = config
+        self.bounded = config.poll_interval is None
+        self._ctx: Context | None = None
+        self._client: HttpClient | None = None
+        self._figures: dict[str, JSON] = {}
+        self._since: Any = None
+        self._seen: Any = None
+        self._next: dict[str, Any] | None = None
+        self._pages = 0
+        self._swept = False
+
+    @property
+    def client(self) -> HttpClient | None:
+        """The HTTP client while open (it counts requests and retries)."""
+        return self._client
+
+    def report(self) -> dict[str, JSON] | None:
+        """Requests sent and retried, for the run summary."""
+        figures = self._figures
+        if self._client is not None:
+            figures = {"requests": self._client.requests, "retries": self._client.retries}
+        return figures or None
+
+    def open(self, ctx: Context, position: JSON | None) -> None:
+        """Resume from ``position``: in the middle of a sweep, or between sweeps."""
+        self._ctx = ctx
+        cfg = self.config
+        self._since = cfg.incremental.initial if cfg.incremental else None
+        if position is not None:
+            if not isinstance(position, dict) or not {"since", "seen", "next"} <= set(position):
+                raise StateError(
+                    f"http source {ctx.name!r}: the stored position {position!r} is not an "
+                    "http position; was the source type changed? Reset the pipeline's state"
+                )
+            self._since, self._seen, self._next = (
+                position["since"],
+                position["seen"],
+                position["next"],
+            )
+        register_secret_values(cfg.params)
+        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, ctx.stop_event, cfg.headers)
+
+    def close(self) -> None:
+        """Close connections."""
+        if self._client is not None:
+            self._figures = {"requests": self._client.requests, "retries": self._client.retries}
+            self._client.close()
+            self._client = None
+
+    def position(self) -> JSON:
+        """Where the source stands now."""
+        return {"since": self._since, "seen": self._seen, "next": self._next}
+
+    def read_batch(self) -> SourceBatch | None:
+        """Fetch one page; its records with the position after it.
+
+        A stop request while a request waits (rate limit, backoff) returns an empty batch at
+        the unchanged position, so the engine can drain and checkpoint promptly.
+        """
+        assert self._ctx is not None
+        if self._next is None:
+            if self._swept:
+                if self.bounded:
+                    return None
+                if self._ctx.wait(self.config.poll_interval or 0):
+                    return SourceBatch(pl.DataFrame(), self.position())
+            self._next = pagination.first_state(self.config.pagination)
+            self._seen = None
+            self._pages = 0
+        try:
+            return self._fetch(self._next)
+        except Interrupted:
+            return SourceBatch(pl.DataFrame(), self.position())
+
+    def _fetch(self, state: dict[str, Any]) -> SourceBatch:
+        cfg = self.config
+        url = state.get("url") or cfg.url
+        params = {} if "url" in state else dict(cfg.params)
+        params.update(pagination.request_params(cfg.pagination, state))
+        body = None
+        values = pagination.template_values(cfg.pagination, state)
+        values["since"] = self._since
+        if cfg.body is not None:
+            body = render(cfg.body, values)
+        inc = cfg.incremental
+        if inc is not None and self._since is not None:
+            if inc.send_in == "query":
+                params[inc.param] = self._since
+            else:
+                body = {**(body if isinstance(body, dict) else {}), inc.param: self._since}
+        assert self._client is not None
+        response = self._client.send(cfg.method, url, params=params, json=body)
+        self._check(response)
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise TerminalError(
+                redact(f"{cfg.method} {response.url} did not return JSON: {exc}")
+            ) from exc
+        found = pagination_records(payload, cfg.records_path, response.url)
+        frame = records_frame(found, cfg.flatten)
+        if inc is not None and frame.height:
+            if inc.field not in frame.columns:
+                raise TerminalError(
+                    f"incremental field {inc.field!r} is not in the records from {cfg.url}; "
+                    f"columns: {', '.join(frame.columns)}"
+                )
+            self._seen = _larger(self._seen, frame.get_column(inc.field).max())
+        self._pages += 1
+        nxt = pagination.next_state(
+            cfg.pagination, state, payload, response.headers, len(found), self._pages
+        )
+        if nxt is not None and "url" in nxt:
+            nxt = {"url": urljoin(response.url, nxt["url"])}
+        if nxt is not None and nxt == state:
+            raise TerminalError(
+                redact(
+                    f"{cfg.url}: the response names the page just read ({state}) as the next "
+                    "one; paging would never end. Check `pagination` (style, cursor_path, "
+                    "next_url_path) against the API's documentation"
+                )
+            )
+        self._next = nxt
+        if nxt is None:  # the sweep is complete: the cursor may now cover what it read
+            self._since = _larger(self._since, self._seen)
+            self._seen = None
+            self._swept = True
+        return SourceBatch(frame, self.position())
+
+    def _check(self, response: Response) -> None:
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        message = describe_failure(response, 300)
+        if status in self.config.retry.statuses:
+            raise TransientError(
+                f"{message} (still failing after {self.config.retry.max_attempts} attempts; "
+                "the run can be restarted and resumes at this page)"
+            )
+        hint = " (check `auth`)" if status in (401, 403) else ""
+        raise TerminalError(message + hint)
+
+
+def pagination_records(payload: Any, path: str | None, url: str) -> list[Any]:
+    """The record list at ``path`` (a single object counts as one record)."""
+    found = dig(payload, path) if path else payload
+    if found is None:  # an empty last page often leaves the key out
+        return []
+    if isinstance(found, dict):
+        return [found]
+    if not isinstance(found, list):
+        raise TerminalError(
+            f"records_path {path!r} in the response from {redact(url)} is a "
+            f"{type(found).__name__}, not a list of records"
+        )
+    return found

@@ -1,0 +1,324 @@
+"""The ``webhook`` source: an HTTP endpoint that receives JSON or NDJSON posts.
+
+A post is answered only once its records are **durable**: the handler thread holds the
+request open until the engine's checkpoint covering those records is stored and the sinks
+have committed (:meth:`WebhookSource.checkpointed`). Then the sender gets ``200``. A sender
+that gets anything else (or no answer, because the process died) sends again, so nothing
+acknowledged is ever lost; a resend after a crash between checkpoint and answer is a
+duplicate, so delivery is at least once.
+
+Back-pressure: while more than ``max_pending`` records wait for their checkpoint, new posts
+get ``429`` with ``Retry-After``. Authentication: a shared secret in a header, or an HMAC-SHA256
+signature of the body (``sha256=<hex>``, as GitHub and many others send it).
+
+Set the pipeline's ``checkpoint.every_seconds`` low (1 s): it bounds how long a sender waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+import orjson
+import polars as pl
+from pydantic import Field
+
+from tideflow.core.contracts import JSON, Context, Source, SourceBatch
+from tideflow.errors import StateError, TerminalError
+from tideflow.registry import component
+from tideflow.secrets import register_secret
+from tideflow.spec.models import Settings
+
+
+class WebhookConfig(Settings):
+    """Settings of the ``webhook`` source."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on (`0.0.0.0`: all).")
+    port: int = Field(8080, ge=0, le=65535, description="Port to listen on (0: any free one).")
+    path: str = Field("/", description="URL path that accepts posts; others get 404.")
+    format: Literal["auto", "json", "ndjson"] = Field(
+        "auto",
+        description="`json` (an object or an array of objects), `ndjson` (one object per "
+        "line) or `auto` (by Content-Type, then by content).",
+    )
+    secret: str | None = Field(
+        None, description="Shared secret the sender puts in `secret_header` (use `${ENV}`)."
+    )
+    secret_header: str = Field("X-Webhook-Token", description="Header carrying `secret`.")
+    hmac_secret: str | None = Field(
+        None, description="Key of an HMAC-SHA256 signature of the body (use `${ENV}`)."
+    )
+    signature_header: str = Field(
+        "X-Signature-256", description="Header carrying `sha256=<hex digest>`."
+    )
+    max_pending: int = Field(
+        10_000,
+        ge=1,
+        description="Records waiting for their checkpoint before new posts get 429.",
+    )
+    max_body_bytes: int = Field(10_000_000, ge=1, description="Larger posts are refused with 413.")
+    batch_size: int = Field(5_000, ge=1, description="Most records handed on per batch.")
+    max_wait: float = Field(
+        0.2, gt=0, description="Seconds a read waits for posts before handing on what it has."
+    )
+    ack_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a sender is kept waiting for the checkpoint; then 503 (it "
+        "should send again).",
+    )
+    retry_after: int = Field(1, ge=0, description="`Retry-After` seconds sent with 429.")
+
+
+@dataclass
+class _Post:
+    """One accepted post: its records and the event its handler waits on."""
+
+    seq: int
+    records: list[dict[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_records(body: bytes, content_type: str, fmt: str) -> list[dict[str, Any]]:
+    """Records from a JSON object, a JSON array of objects, or NDJSON lines."""
+    kind = fmt
+    if kind == "auto":
+        kind = "ndjson" if "ndjson" in content_type or "jsonl" in content_type else "json"
+    try:
+        if kind == "json":
+            try:
+                value = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                if fmt == "auto":  # an NDJSON body sent as application/json
+                    return parse_records(body, "", "ndjson")
+                raise
+            items = value if isinstance(value, list) else [value]
+        else:
+            items = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+    except orjson.JSONDecodeError as exc:
+        raise _Rejected(400, f"the body is not valid {kind.upper()}: {exc}") from exc
+    if not all(isinstance(item, dict) for item in items):
+        raise _Rejected(400, "every record must be a JSON object")
+    return items
+
+
+@component("source", "webhook")
+class WebhookSource(Source):
+    """Receive records posted over HTTP; answer each post once its records are durable."""
+
+    config_model = WebhookConfig
+    bounded = False
+
+    def __init__(self, config: WebhookConfig) -> None:
+        super().__init__(config)
+        self.config: WebhookConfig = config
+        self._lock = threading.Condition()
+        self._queue: deque[_Post] = deque()
+        self._waiting: dict[int, _Post] = {}  # handed to the engine, not yet durable
+        self._pending = 0  # records in _queue and _waiting
+        self._seq = 0  # the last sequence number given to a post
+        self._handed = 0  # the last one handed to the engine: the position
+        self._closed = False
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.refused = 0
+        self.accepted = 0
+
+    @property
+    def url(self) -> str:
+        """The endpoint's URL (with the port actually bound)."""
+        assert self._server is not None, "open() first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}{self.config.path}"
+
+    @property
+    def pending(self) -> int:
+        """Records received and not yet covered by a checkpoint."""
+        with self._lock:
+            return self._pending
+
+    def open(self, ctx: Context, position: JSON | None) -> None:
+        """Start listening. ``position`` only carries the sequence number on, so positions
+        keep growing across restarts (posts themselves cannot be replayed: unanswered senders
+        send again)."""
+        cfg = self.config
+        if position is not None:
+            if not isinstance(position, dict) or not isinstance(position.get("seq"), int):
+                raise StateError(
+                    f"webhook source {ctx.name!r}: the stored position {position!r} is not a "
+                    "webhook position; was the source type changed? Reset the pipeline's state"
+                )
+            self._seq = self._handed = position["seq"]
+        for secret in (cfg.secret, cfg.hmac_secret):
+            if secret:
+                register_secret(secret)
+        handler = type("Handler", (_Handler,), {"source": self})
+        try:
+            self._server = _Server((cfg.host, cfg.port), handler)
+        except OSError as exc:
+            raise TerminalError(
+                f"webhook source {ctx.name!r}: cannot listen on {cfg.host}:{cfg.port}: {exc}"
+            ) from exc
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"webhook-{ctx.name}",
+            daemon=True,
+        )
+        self._thread.start()
+        ctx.log.info("webhook listening on %s", self.url)
+
+    def read_batch(self) -> SourceBatch | None:
+        """Records of the posts received so far (up to ``batch_size``, whole posts), or an
+        empty batch after ``max_wait`` seconds without posts."""
+        limit = self.config.batch_size
+        taken: list[_Post] = []
+        with self._lock:
+            if not self._queue:
+                self._lock.wait(self.config.max_wait)
+            count = 0
+            while self._queue and (not taken or count + len(self._queue[0].records) <= limit):
+                post = self._queue.popleft()
+                taken.append(post)
+                count += len(post.records)
+                self._waiting[post.seq] = post
+                self._handed = post.seq
+            position = {"seq": self._handed}
+        records = [r for post in taken for r in post.records]
+        data = pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame()
+        return SourceBatch(data, position)
+
+    def checkpointed(self, position: JSON | None) -> None:
+        """Everything up to ``position`` is durable: answer those senders with 200."""
+        if not isinstance(position, dict):
+            return
+        upto = position.get("seq")
+        if not isinstance(upto, int):
+            return
+        with self._lock:
+            done = [seq for seq in self._waiting if seq <= upto]
+            posts = [self._waiting.pop(seq) for seq in done]
+            self._pending -= sum(len(p.records) for p in posts)
+        for post in posts:
+            post.ok = True
+            post.done.set()
+
+    def close(self) -> None:
+        """Stop listening; senders still waiting get 503 and send again."""
+        with self._lock:
+            self._closed = True
+            unanswered = list(self._queue) + list(self._waiting.values())
+            self._queue.clear()
+            self._waiting.clear()
+            self._pending = 0
+            self._lock.notify_all()
+        for post in unanswered:
+            post.done.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def report(self) -> dict[str, JSON] | None:
+        """Posts accepted and refused (429/401/400...), for the run summary."""
+        if not (self.accepted or self.refused):
+            return None
+        return {"posts accepted": self.accepted, "posts refused": self.refused}
+
+    # -- called by the handler threads ----------------------------------------------------
+
+    def receive(self, headers: Any, body: bytes) -> _Post:
+        """Check and queue a post; raises :class:`_Rejected` with the status to answer."""
+        cfg = self.config
+        if cfg.secret is not None:
+            given = headers.get(cfg.secret_header) or ""
+            if not hmac.compare_digest(given.encode(), cfg.secret.encode()):
+                raise _Rejected(401, f"missing or wrong {cfg.secret_header}")
+        if cfg.hmac_secret is not None:
+            given = (headers.get(cfg.signature_header) or "").removeprefix("sha256=")
+            expected = hmac.new(cfg.hmac_secret.encode(), body, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                raise _Rejected(401, f"missing or wrong {cfg.signature_header}")
+        records = parse_records(body, headers.get("Content-Type") or "", cfg.format)
+        with self._lock:
+            if self._closed:
+                raise _Rejected(503, "the pipeline is stopping; send again later")
+            if self._pending and self._pending + len(records) > cfg.max_pending:
+                raise _Rejected(429, "too many records waiting for their checkpoint")
+            self._seq += 1
+            post = _Post(self._seq, records)
+            self._pending += len(records)
+            if records:
+                self._queue.append(post)
+                self._lock.notify_all()
+            else:
+                post.ok = True
+                post.done.set()
+        return post
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128
+    daemon_threads = True
+
+
+class _Handler(BaseHTTPRequestHandler):
+    source: WebhookSource
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet (the run summary counts posts)."""
+
+    def _reply(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
+        data = orjson.dumps(body)
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_POST(self) -> None:
+        source = self.source
+        cfg = source.config
+        if self.path.split("?", 1)[0] != cfg.path:
+            self._reply(404, {"error": f"post to {cfg.path}"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > cfg.max_body_bytes:
+            source.refused += 1
+            self.close_connection = True
+            self._reply(413, {"error": f"body larger than {cfg.max_body_bytes} bytes"})
+            return
+        body = self.rfile.read(length) if length else b""
+        try:
+            post = source.receive(self.headers, body)
+        except _Rejected as exc:
+            source.refused += 1
+            headers = {"Retry-After": str(cfg.retry_after)} if exc.status == 429 else None
+            self._reply(exc.status, {"error": str(exc)}, headers)
+            return
+        if post.done.wait(cfg.ack_timeout) and post.ok:
+            source.accepted += 1
+            self._reply(200, {"accepted": len(post.records)})
+        else:
+            source.refused += 1
+            self._reply(503, {"error": "not yet durable; send again"})
