@@ -202,3 +202,14 @@ def test_python_per_batch_and_its_failure(tmp_path: Path) -> None:
     failed = broken.process(ORDERS)
     assert failed.dead is not None and failed.dead.height == ORDERS.height
     assert failed.dead["reason"][0] == "KeyError: 'x'"
+
+
+def test_cast_parses_iso_times_with_offsets_into_utc_and_naive() -> None:
+    from tideflow.operators.basic import Cast, CastConfig
+
+    frame = pl.DataFrame({"ts": ["2026-01-01T00:00:00+02:00", "2026-01-01T03:30:00+00:00"]})
+    utc = Cast(CastConfig(columns={"ts": "datetime_utc"})).process(frame).outputs["out"]
+    assert utc["ts"].dt.hour().to_list() == [22, 3]
+    assert utc["ts"].dtype == pl.Datetime("us", "UTC")
+    naive = Cast(CastConfig(columns={"ts": "datetime"})).process(frame).outputs["out"]
+    assert naive["ts"].dt.hour().to_list() == [22, 3]

@@ -166,8 +166,13 @@ class Cast(Step):
                 return expr.str.to_date(fmt, strict=False)
             if dtype == pl.Time:
                 return expr.str.to_time(fmt, strict=False)
-            parsed = expr.str.to_datetime(fmt, strict=False, time_unit=dtype.time_unit)
-            return parsed.dt.replace_time_zone(dtype.time_zone) if dtype.time_zone else parsed
+            unit = dtype.time_unit
+            # Polars 2 parses a UTC offset ("...+02:00") only when given a time zone.
+            aware = expr.str.to_datetime(fmt, strict=False, time_unit=unit, time_zone="UTC")
+            if dtype.time_zone:
+                return aware.dt.convert_time_zone(dtype.time_zone)
+            naive = expr.str.to_datetime(fmt, strict=False, time_unit=unit)
+            return pl.coalesce(naive, aware.dt.replace_time_zone(None))
         if source == pl.String and dtype == pl.Boolean:
             lowered = expr.str.to_lowercase().str.strip_chars()
             return (
