@@ -125,7 +125,7 @@ class EmbeddedConsumer:
 
     def start(self, stored: Offsets) -> None:
         """Remember the checkpoint's positions; reading starts once the lease is held."""
-        self._stored = dict(stored)
+        self._stored = stored  # the source's live positions: a regained lease resumes there
 
     @property
     def active(self) -> bool:
@@ -338,8 +338,13 @@ class KafkaConsumer:
 
     def start(self, stored: Offsets) -> None:
         """Subscribe; on assignment, partitions whose checkpoint is ahead of the group's
-        committed offset start from the checkpoint."""
-        self._stored = dict(stored)
+        committed offset start from the checkpoint.
+
+        ``stored`` is the source's live position map, not a copy: after a rebalance in the
+        middle of a run (a dead member's session expiring), a partition this member kept must
+        continue where the member got to, not where the last commit was, or the records read
+        since that commit would be read twice."""
+        self._stored = stored
 
         def on_assign(consumer: Any, partitions: list[Any]) -> None:
             committed = consumer.committed(partitions, timeout=30)
