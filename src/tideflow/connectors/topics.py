@@ -68,6 +68,14 @@ def resolve_broker(broker: str | None) -> str | None:
     return broker.removeprefix("kafka://")
 
 
+def kafka_bootstrap(configured: str | None, kind: str) -> str:
+    """The bootstrap servers of a ``kafka`` source or sink: its own, else ``KAFKA_BROKER``."""
+    bootstrap = configured or default_bootstrap()
+    if not bootstrap:
+        raise ConfigError(f"kafka {kind}: set `bootstrap` or the KAFKA_BROKER variable")
+    return bootstrap.removeprefix("kafka://")
+
+
 class TopicSourceConfig(Settings):
     """Settings of the ``topic`` source."""
 
@@ -329,10 +337,7 @@ class KafkaSource(TopicSource):
     config: KafkaSourceConfig
 
     def _bootstrap(self) -> str | None:
-        bootstrap = self.config.bootstrap or default_bootstrap()
-        if not bootstrap:
-            raise ConfigError("kafka source: set `bootstrap` or the KAFKA_BROKER variable")
-        return bootstrap.removeprefix("kafka://")
+        return kafka_bootstrap(self.config.bootstrap, "source")
 
     def _subscription(self) -> list[str]:
         # librdkafka reads a subscription starting with ^ as a regular expression.
@@ -357,7 +362,4 @@ class KafkaSink(TopicSink):
     config: KafkaSinkConfig
 
     def _bootstrap(self) -> str | None:
-        bootstrap = self.config.bootstrap or default_bootstrap()
-        if not bootstrap:
-            raise ConfigError("kafka sink: set `bootstrap` or the KAFKA_BROKER variable")
-        return bootstrap.removeprefix("kafka://")
+        return kafka_bootstrap(self.config.bootstrap, "sink")

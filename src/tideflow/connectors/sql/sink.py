@@ -35,14 +35,13 @@ from tideflow.connectors.sql.schema import (
     plan,
     wanted_columns,
 )
-from tideflow.connectors.sql.urls import DatabaseUrl, parse_url
+from tideflow.connectors.sql.urls import DatabaseSettings, DatabaseUrl, parse_url
 from tideflow.core.contracts import Context, Sink, dead_letters, empty_dead_letters
 from tideflow.core.faults import crash_point
-from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.retry import with_retries
 from tideflow.errors import PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
-from tideflow.spec.models import Settings
 
 T = TypeVar("T")
 
@@ -50,13 +49,9 @@ CHECKPOINT_TABLE = "tideflow_checkpoints"
 """Where a transactional sink keeps the pipeline's checkpoint, in the target database."""
 
 
-class SqlSinkConfig(Settings):
+class SqlSinkConfig(DatabaseSettings):
     """Settings of the ``sql`` sink."""
 
-    url: str = Field(
-        description="Database URL: postgresql://user:pass@host/db, mysql://root@host/db, "
-        "sqlite:///file.db or duckdb:///file.duckdb (relative to the pipeline file)."
-    )
     table: str = Field(description="Target table (created when missing).")
     db_schema: str | None = Field(
         None, description="Database schema (namespace) of the table; the default if unset."
@@ -81,10 +76,6 @@ class SqlSinkConfig(Settings):
     )
     indexes: list[IndexModel] = Field(
         default_factory=list, description="Indexes created with the table."
-    )
-    retry: RetryPolicy = Field(
-        default_factory=RetryPolicy,
-        description="Retries through a database outage (backoff with jitter).",
     )
     transactional: bool = Field(
         False,

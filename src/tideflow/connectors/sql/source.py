@@ -27,25 +27,20 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from tideflow.connectors.sql.dialects import Dialect, dialect_for
-from tideflow.connectors.sql.urls import DatabaseUrl, parse_url
+from tideflow.connectors.sql.urls import DatabaseSettings, DatabaseUrl, parse_url
 from tideflow.core.contracts import Context, Source, SourceBatch
-from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.retry import with_retries
 from tideflow.errors import PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
-from tideflow.spec.models import Settings
 
 T = TypeVar("T")
 CURSOR = "__tf_cursor"
 
 
-class SqlSourceConfig(Settings):
+class SqlSourceConfig(DatabaseSettings):
     """Settings of the ``sql`` source."""
 
-    url: str = Field(
-        description="Database URL: postgresql://user:pass@host/db, mysql://root@host/db, "
-        "sqlite:///file.db or duckdb:///file.duckdb (relative to the pipeline file)."
-    )
     table: str | None = Field(None, description="Table to read (or give `query`).")
     db_schema: str | None = Field(None, description="Database schema of `table`.")
     columns: list[str] | None = Field(None, description="Columns of `table` to read; all if unset.")
@@ -76,10 +71,6 @@ class SqlSourceConfig(Settings):
         None, description="Full reads: a numeric column to split the read by value range."
     )
     partitions: int = Field(1, ge=1, le=64, description="Parallel range reads.")
-    retry: RetryPolicy = Field(
-        default_factory=RetryPolicy,
-        description="Retries through a database outage (backoff with jitter).",
-    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SqlSourceConfig:

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from pydantic import Field
+
+from tideflow.core.retry import RetryPolicy
 from tideflow.errors import ConfigError
 from tideflow.secrets import redact, register_secret
+from tideflow.spec.models import Settings
 
 SCHEMES = {
     "postgresql": "postgresql",
@@ -18,6 +22,19 @@ SCHEMES = {
     "duckdb": "duckdb",
 }
 """URL scheme (before any ``+driver`` suffix) -> dialect name."""
+
+
+class DatabaseSettings(Settings):
+    """What the ``sql`` source and sink share: where the database is, how to wait it out."""
+
+    url: str = Field(
+        description="Database URL: postgresql://user:pass@host/db, mysql://root@host/db, "
+        "sqlite:///file.db or duckdb:///file.duckdb (relative to the pipeline file)."
+    )
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy,
+        description="Retries through a database outage (backoff with jitter).",
+    )
 
 
 @dataclass(frozen=True)
