@@ -544,3 +544,51 @@ def test_python_api_chains_time_series_steps_and_routes_outliers(tmp_path: Path)
     got = windows.sort("window_start", "sensor_id")
     assert got["n"].to_list() == expected["n"].to_list()
     assert got["hi"].to_list() == expected["hi"].to_list()
+
+
+def test_idle_timeout_closes_the_last_window_of_a_quiet_stream(tmp_path: Path) -> None:
+    """An unbounded source sends one batch and then nothing: without an idle timeout its
+    window would stay open for ever; with one, it closes and reaches the sink."""
+    import threading as _threading
+    import time as _time
+
+    from tideflow.connectors.memory import clear, collected
+    from tideflow.core.contracts import SourceBatch
+    from tideflow.core.engine import Engine
+    from tideflow.spec.loader import load_pipeline_text
+
+    text = """
+name: quiet
+source: {type: memory, records: [{t: "2026-01-01T00:00:05", v: 1}, {t: "2026-01-01T00:00:20", v: 2}]}
+steps:
+  - {type: cast, columns: {t: datetime}}
+  - {type: window, time_column: t, size: 1m, idle_timeout: 1s, aggregations: {n: count(), s: sum(v)}}
+sink: {type: memory, collector: quiet-windows}
+"""
+    clear("quiet-windows")
+    spec = load_pipeline_text(text)
+    engine = Engine(spec, tmp_path)
+    # Keep the run going after the memory source ends, like a live stream gone quiet.
+    source = engine.graph.sources[0].component
+    source.bounded = False
+    read = source.read_batch
+
+    def quiet_after_the_records() -> SourceBatch:
+        batch = read()
+        if batch is None:
+            _time.sleep(0.05)
+            return SourceBatch(pl.DataFrame(), source.offset)
+        return batch
+
+    source.read_batch = quiet_after_the_records
+    runner = _threading.Thread(target=engine.run)
+    runner.start()
+    try:
+        deadline = _time.monotonic() + 30
+        while collected("quiet-windows").height == 0 and _time.monotonic() < deadline:
+            _time.sleep(0.05)
+    finally:
+        engine.stop()
+        runner.join(timeout=30)
+    got = collected("quiet-windows")
+    assert got.select("n", "s").rows() == [(2, 3)]

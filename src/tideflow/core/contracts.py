@@ -187,6 +187,12 @@ class Step(Component):
         """Called once when every bounded source has ended: emit what state still holds."""
         return StepOutput()
 
+    def idle(self, seconds: float) -> StepOutput:
+        """Called while no record has arrived for ``seconds`` of wall time (about twice a
+        second): a step that holds records back may let them go (a window's idle timeout).
+        The default does nothing."""
+        return StepOutput()
+
     def snapshot(self) -> JSON | None:
         """State to store at a checkpoint; None for stateless steps."""
         return None

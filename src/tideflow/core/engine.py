@@ -119,6 +119,8 @@ class Engine:
         self._records_since_checkpoint = 0
         self._last_checkpoint = 0.0
         self._progress_interval = progress_interval
+        self._last_record_at = time.monotonic()
+        self._last_idle_call = 0.0
         self._last_progress = 0.0
         self._init_dead_letter_sink()
 
@@ -321,6 +323,7 @@ class Engine:
             try:
                 item = self._queue.get(timeout=0.1)
             except queue.Empty:
+                self._maybe_idle()
                 self._maybe_checkpoint()
                 self._maybe_progress()
                 continue
@@ -336,6 +339,7 @@ class Engine:
                 continue
             assert item.batch is not None
             self._process_source_batch(item.source, item.batch)
+            self._maybe_idle()  # unbounded sources send empty batches while quiet
             self._maybe_checkpoint()
             self._maybe_progress()
         if bounded_end and not self.stop_event.is_set():
@@ -357,6 +361,8 @@ class Engine:
         counts.seconds += time.perf_counter() - started
         self._positions[node.name] = batch.position
         self._records_since_checkpoint += batch.size
+        if batch.size:
+            self._last_record_at = time.monotonic()
         if batch.data.height:
             self._push({(node.name, MAIN_PORT): batch.data})
 
@@ -431,6 +437,19 @@ class Engine:
             if dead is not None and dead_n:
                 self._dead_letter(node, dead)
         counts.seconds += time.perf_counter() - started
+
+    def _maybe_idle(self) -> None:
+        """No batch came: tell the steps how long the input has been quiet (twice a second),
+        so a window with an idle timeout can close its last windows."""
+        now = time.monotonic()
+        if not self.graph.steps or now - self._last_idle_call < 0.5:
+            return
+        self._last_idle_call = now
+        quiet = now - self._last_record_at
+        for node in self.graph.steps:
+            out = self._account(node, node.component.idle(quiet))
+            if out:
+                self._push(out)
 
     def _finish_steps(self) -> None:
         """Every bounded source ended: let stateful steps emit what they hold, in order."""

@@ -89,6 +89,13 @@ class EventTimeSettings(Settings):
         description="Extra time, beyond the watermark, for which closed results still "
         "accept records; older records are dead-lettered with reason `late`.",
     )
+    idle_timeout: PositiveDuration | None = Field(
+        None,
+        description="When no record arrives for this long (wall clock), the watermark moves "
+        "past every open window, so the last windows of a quiet stream close (records for "
+        "them that come later are late). Replays are unaffected: their records arrive "
+        "without pauses.",
+    )
 
 
 def require_columns(frame: pl.DataFrame, columns: list[str], step: str) -> None:
@@ -109,8 +116,9 @@ def key_frame(frame: pl.DataFrame, keys: list[str]) -> tuple[pl.DataFrame, list[
 class EventClock:
     """Event time of one step: converts the time column and tracks the watermark.
 
-    The watermark only moves forward and only with event time (never the wall clock), so a
-    replay of the same input closes the same windows at the same records.
+    The watermark only moves forward and only with event time, so a replay of the same input
+    closes the same windows at the same records; the one exception is an explicit
+    ``idle_timeout``, which moves a quiet input's watermark past its open windows.
     """
 
     def __init__(self, settings: EventTimeSettings, step: str) -> None:
@@ -119,6 +127,7 @@ class EventClock:
         self.lateness = parse_duration(settings.allowed_lateness)
         self.step = step
         self.max_seen: int | None = None
+        self._quiet_handled = False
         self.unit = "us"
         self.tz: str | None = None
 
@@ -155,8 +164,25 @@ class EventClock:
         """Move the watermark with the newest event time of a batch."""
         if times.len() == 0:
             return
+        self._quiet_handled = False
         top = int(times.max())  # type: ignore[arg-type]
         self.max_seen = top if self.max_seen is None else max(self.max_seen, top)
+
+    def quiet_past(self, seconds: float, timeout_us: int | None) -> bool:
+        """True once per quiet period: when the input has been quiet (wall clock) for longer
+        than ``timeout_us``."""
+        if timeout_us is None or self.max_seen is None or self._quiet_handled:
+            return False
+        if seconds * 1_000_000 < timeout_us:
+            return False
+        self._quiet_handled = True
+        return True
+
+    def move_to(self, watermark: int) -> None:
+        """Move the watermark forward to ``watermark`` (never back)."""
+        target = watermark + self.out_of_orderness
+        if self.max_seen is None or target > self.max_seen:
+            self.max_seen = target
 
     def to_time(self, expr: pl.Expr) -> pl.Expr:
         """Epoch microseconds back to the time column's own type."""

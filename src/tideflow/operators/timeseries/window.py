@@ -193,6 +193,19 @@ class Window(Step):
         emitted = self._close(None, final=True)
         return StepOutput(outputs={MAIN_PORT: emitted}, generated=emitted.height)
 
+    def idle(self, seconds: float) -> StepOutput:
+        """The input has been quiet: past ``idle_timeout``, close every open window."""
+        timeout = self.config.idle_timeout
+        timeout_us = None if timeout is None else parse_duration(timeout)
+        state = self.partials
+        if state is None or state.height == 0 or not self.clock.quiet_past(seconds, timeout_us):
+            return StepOutput()
+        end = (pl.col(LAST) + self.gap) if self.session else (pl.col(WS) + self.size)
+        last_end = int(state.select(end.max()).item())
+        self.clock.move_to(last_end + self.clock.lateness)
+        emitted = self._close(None, final=False)
+        return StepOutput(outputs={MAIN_PORT: emitted}, generated=emitted.height)
+
     def _floor(self) -> int | None:
         """Windows ending at or before this time closed before the current batch."""
         wm = self.clock.watermark
