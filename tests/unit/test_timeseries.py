@@ -559,10 +559,16 @@ def test_idle_timeout_closes_the_last_window_of_a_quiet_stream(tmp_path: Path) -
 
     text = """
 name: quiet
-source: {type: memory, records: [{t: "2026-01-01T00:00:05", v: 1}, {t: "2026-01-01T00:00:20", v: 2}]}
+source:
+  type: memory
+  records: [{t: "2026-01-01T00:00:05", v: 1}, {t: "2026-01-01T00:00:20", v: 2}]
 steps:
   - {type: cast, columns: {t: datetime}}
-  - {type: window, time_column: t, size: 1m, idle_timeout: 1s, aggregations: {n: count(), s: sum(v)}}
+  - type: window
+    time_column: t
+    size: 1m
+    idle_timeout: 1s
+    aggregations: {n: count(), s: sum(v)}
 sink: {type: memory, collector: quiet-windows}
 """
     clear("quiet-windows")
