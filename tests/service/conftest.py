@@ -86,8 +86,17 @@ class Server:
         self.log = folder.parent / "server.log"
         self._log_file = self.log.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tideflow.cli.main", "serve", "--folder", str(folder),
-             "--port", str(self.port), *extra],
+            [
+                sys.executable,
+                "-m",
+                "tideflow.cli.main",
+                "serve",
+                "--folder",
+                str(folder),
+                "--port",
+                str(self.port),
+                *extra,
+            ],
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             env=env,

@@ -55,6 +55,7 @@ class Run:
     taps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     process: Any = None
     stop_event: Any = None
+    final_status: str | None = None
     _last_sample: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -254,15 +255,17 @@ class RunManager:
                     continue
             finished = self._apply(run, event)
         run.process.join(5)
-        if not finished:
+        status = run.final_status
+        if not finished or status is None:
             code = run.process.exitcode
-            run.status = "crashed"
+            status = "crashed"
             run.error = f"the run's process ended without finishing (exit code {code})"
             run.add_log(time.time(), "ERROR", run.error)
             self._record_crash(run, entry)
         run.ended_at = time.time()
         run.rate = 0.0
-        self.metrics.run_finished(run.name, run.status)
+        self.metrics.run_finished(run.name, status)
+        run.status = status  # last, so whoever sees the end also sees its metrics
         events.close()
         if self.on_event is not None:
             self.on_event(run)
@@ -289,7 +292,7 @@ class RunManager:
                 self.metrics.batch(run.name, source, seconds)
         elif kind == "done":
             previous = run.counts
-            run.status, run.error = event[1], event[3]
+            run.final_status, run.error = event[1], event[3]
             if event[2]:
                 run.counts = event[2]
                 self.metrics.progress(run.name, previous, run.counts)
