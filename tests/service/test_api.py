@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from tests.service.conftest import wait_for
 
-from tests.service.conftest import demo_pipeline, wait_for
 from tideflow.service.app import create_app
 
 
@@ -55,8 +55,10 @@ def test_pipelines_are_created_validated_updated_and_deleted(client: TestClient)
     refused = client.put("/api/pipelines/other", json={"yaml": bad})
     assert refused.status_code == 422
     issues = refused.json()["issues"]
-    assert {"file": "other.yaml", "line": 4, "path": "source.count"} == {
-        k: issues[0][k] for k in ("file", "line", "path")
+    assert {k: issues[0][k] for k in ("file", "line", "path")} == {
+        "file": "other.yaml",
+        "line": 4,
+        "path": "source.count",
     }
     assert issues[1]["path"] == "sinks[0].type" and "stdout" in issues[1]["message"]
     assert client.get("/api/pipelines/other").json()["yaml"] == text  # the file was kept

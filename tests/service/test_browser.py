@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from tests.service.conftest import Server, demo_pipeline, wait_for
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
