@@ -70,10 +70,14 @@ class Scheduler:
         schedule = entry.spec.schedule
         slot = self._slots.get(pid)
         problem = self._problem(entry.bounded, schedule)
+        upcoming = None
+        if problem is None:
+            current = slot is not None and slot.schedule == schedule
+            upcoming = slot.due if current and slot else next_due(schedule, time.time())
         return {
             "cron": schedule.cron,
             "every": schedule.every,
-            "next": slot.due if slot is not None and problem is None else None,
+            "next": upcoming,
             "problem": problem,
         }
 

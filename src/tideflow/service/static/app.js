@@ -186,14 +186,15 @@ function drawGraph(graph, counts) {
   const depth = depthOf(graph);
   const columns = {};
   for (const node of graph) (columns[depth[node.name]] ||= []).push(node);
-  const W = 165, H = 54, GX = 36, GY = 16;
+  // Top to bottom: one row per depth, so long chains stay readable in a narrow card.
+  const W = 190, H = 54, GX = 24, GY = 26;
   const pos = {};
   for (const [d, nodes] of Object.entries(columns)) {
-    nodes.forEach((node, i) => { pos[node.name] = { x: 10 + d * (W + GX), y: 10 + i * (H + GY) }; });
+    nodes.forEach((node, i) => { pos[node.name] = { x: 10 + i * (W + GX), y: 10 + d * (H + GY) }; });
   }
-  const width = 20 + (Math.max(0, ...Object.keys(columns).map(Number)) + 1) * (W + GX);
-  const height = 20 + Math.max(...Object.values(columns).map((c) => c.length)) * (H + GY);
-  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", style: `max-width:${width}px`, id: "graph-svg" });
+  const width = 20 + Math.max(...Object.values(columns).map((c) => c.length)) * (W + GX);
+  const height = 20 + (Math.max(0, ...Object.keys(columns).map(Number)) + 1) * (H + GY);
+  const svg = svgEl("svg", { viewBox: `0 0 ${width} ${height}`, width, height, id: "graph-svg" });
   const defs = svgEl("defs");
   const marker = svgEl("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 10, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto" });
   marker.append(svgEl("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9aa8bb" }));
@@ -203,7 +204,7 @@ function drawGraph(graph, counts) {
     for (const input of node.inputs) {
       const from = pos[input.split(".")[0]], to = pos[node.name];
       if (!from || !to) continue;
-      svg.append(svgEl("path", { class: "edge", d: `M${from.x + W},${from.y + H / 2} C${from.x + W + 25},${from.y + H / 2} ${to.x - 25},${to.y + H / 2} ${to.x},${to.y + H / 2}` }));
+      svg.append(svgEl("path", { class: "edge", d: `M${from.x + W / 2},${from.y + H} C${from.x + W / 2},${from.y + H + 14} ${to.x + W / 2},${to.y - 14} ${to.x + W / 2},${to.y}` }));
     }
   }
   for (const node of graph) {
