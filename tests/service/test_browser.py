@@ -3,6 +3,7 @@ tap and the dead letters. Screenshots go to tests/artifacts/ (not committed)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -28,6 +29,8 @@ CHROMIUM_ARGS = [
 def browser_page():  # type: ignore[no-untyped-def]
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the browser test: apt-get install chromium")
         pytest.skip("Chromium is not installed (apt-get install chromium)")
     with playwright_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

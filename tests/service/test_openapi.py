@@ -19,8 +19,7 @@ FOLDER = Path(__file__).parent / "openapi-pipelines"
 def make_app():  # type: ignore[no-untyped-def]
     FOLDER.mkdir(exist_ok=True)
     (FOLDER / "demo.yaml").write_text(
-        "name: demo\nsource: {type: generate, shape: sequence, count: 10}\n"
-        "sink: {type: stdout}\n",
+        "name: demo\nsource: {type: generate, shape: sequence, count: 10}\nsink: {type: stdout}\n",
         encoding="utf-8",
     )
     return create_app(FOLDER, background=False)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from tests.service.conftest import Server, wait_for
 from tests.system.helpers import EXAMPLES
 

@@ -131,7 +131,7 @@ class NotifySpec(Settings):
     type: Literal["webhook", "log"] = Field(description="`webhook` or `log`.")
     url: str | None = Field(None, description="The webhook's URL (for `webhook`).")
     format: Literal["json", "slack"] = Field(
-        "json", description="`json`: the full alert event; `slack`: `{\"text\": ...}`."
+        "json", description='`json`: the full alert event; `slack`: `{"text": ...}`.'
     )
 
     @model_validator(mode="after")
