@@ -209,6 +209,16 @@ def test_cors_is_off_and_bodies_are_limited(folder: Path) -> None:
         assert too_big.status_code == 413
         assert client.post("/api/validate", json={"yaml": "name: x"}).status_code == 200
 
+        def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield b'{"yaml": "'
+            for _ in range(10):
+                yield b"x" * 500
+
+        chunked = client.post(
+            "/api/validate", content=chunks(), headers={"Content-Type": "application/json"}
+        )
+        assert chunked.status_code == 413
+
 
 def test_the_ui_is_served_with_a_strict_content_security_policy(client: TestClient) -> None:
     page = client.get("/")

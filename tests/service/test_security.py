@@ -76,6 +76,9 @@ def test_serve_on_all_interfaces_requires_the_token(folder: Path) -> None:
         anonymous = httpx.get(server.url + "/api/pipelines")
         assert anonymous.status_code == 401
         assert httpx.get(server.url + "/metrics").status_code == 401
+        page = httpx.get(server.url + f"/?token={TOKEN}", follow_redirects=True)
+        assert page.status_code == 200 and "app.js" in page.text  # through the cookie
     finally:
         server.close()
-    assert TOKEN not in server.log.read_text()
+    log = server.log.read_text()
+    assert "GET /?token=***" in log and TOKEN not in log and "Traceback" not in log

@@ -403,9 +403,27 @@ def _routes(app: FastAPI, service: Service) -> None:
         return {"firing": service.alerts.firing(), "events": list(service.alerts.events)[:100]}
 
 
+class _RedactArguments(logging.Filter):
+    """Redact a record's message and string arguments in place. uvicorn's access formatter
+    unpacks ``record.args`` itself, so they must stay a tuple (unlike RedactingFilter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask secrets, keep the record."""
+        record.msg = redact(str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
 def serve(folder: str | Path, host: str, port: int, token: str | None) -> None:
     """Run the server until interrupted (the `tideflow serve` command)."""
     import uvicorn
 
     app = create_app(folder, token=token)
-    uvicorn.run(app, host=host, port=port, log_level="info", proxy_headers=False)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", proxy_headers=False)
+    # uvicorn configured its own handlers just now; the access log prints request URLs, which
+    # may carry the token (`/?token=...`), so its lines are redacted like every other log.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_RedactArguments())
+    uvicorn.Server(config).run()

@@ -133,21 +133,29 @@ class Guard:
         await send({"type": "http.response.body", "body": b""})
 
     async def _limited(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Count body bytes as they arrive (a chunked body has no Content-Length)."""
+        """Count body bytes as they arrive (a chunked body has no Content-Length); past the
+        limit, answer 413 at once and drop whatever the app answers after that."""
         seen = 0
         started = False
+        rejected = False
+        detail = f"the request body may hold at most {self.max_body} bytes"
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_body:
+                if seen > self.max_body and not rejected:
+                    rejected = True
+                    if not started:
+                        await _reply(send, 413, detail, [])
                     raise _TooLarge
             return message
 
         async def tracked(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return
             if message["type"] == "http.response.start":
                 started = True
             await send(message)
@@ -155,7 +163,4 @@ class Guard:
         try:
             await self.app(scope, counted, tracked)
         except _TooLarge:
-            if not started:
-                await _reply(
-                    send, 413, f"the request body may hold at most {self.max_body} bytes", []
-                )
+            pass
