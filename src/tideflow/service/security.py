@@ -10,6 +10,7 @@ Strict) and redirects to the same page without the token in the address bar.
 from __future__ import annotations
 
 import hmac
+from contextlib import suppress
 from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from typing import Any
@@ -160,7 +161,5 @@ class Guard:
                 started = True
             await send(message)
 
-        try:
+        with suppress(_TooLarge):  # already answered with 413
             await self.app(scope, counted, tracked)
-        except _TooLarge:
-            pass
