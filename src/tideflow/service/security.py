@@ -10,8 +10,8 @@ Strict) and redirects to the same page without the token in the address bar.
 from __future__ import annotations
 
 import hmac
-from contextlib import suppress
 from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import suppress
 from http.cookies import SimpleCookie
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
