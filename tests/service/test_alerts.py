@@ -146,3 +146,45 @@ def test_the_server_alerts_on_a_running_pipeline(receiver: Receiver, folder: Pat
         wait_for(lambda: [b["state"] for b in receiver.of("/hook")] == ["firing", "resolved"])
         shown = client.get("/api/alerts").json()
         assert [e["state"] for e in shown["events"]] == ["resolved", "firing"]
+
+
+def test_a_rule_on_the_data_counts_matching_records_at_a_step(folder: Path) -> None:
+    text = demo_pipeline(count=6000, rate=1500) + (
+        "alerts:\n"
+        "  - name: round_numbers\n"
+        "    metric: matching_records\n"
+        "    step: label\n"
+        "    where: \"id % 100 = 0\"\n"
+        "    above: 5\n"
+        "    for: 1\n"
+    )
+    (folder / "demo.yaml").write_text(text, encoding="utf-8")
+    with TestClient(create_app(folder, tick_seconds=0.2)) as client:
+        assert client.post("/api/pipelines/demo/start").status_code == 201
+
+        def fired() -> list[dict[str, Any]]:
+            events = client.get("/api/alerts").json()["events"]
+            return [e for e in events if e["alert"] == "round_numbers"]
+
+        wait_for(lambda: bool(fired()), timeout=60)
+        event = fired()[-1]
+        assert event["state"] == "firing" and event["metric"] == "matching_records"
+        assert 5 < event["value"] <= 40  # 15 matching records a second, over 1 s
+        assert "matched `id % 100 = 0`" in event["message"]
+
+
+def test_data_rules_name_an_existing_step(write_pipeline: Any) -> None:
+    from tideflow.errors import ConfigError
+    from tideflow.spec.loader import load_pipeline
+
+    path = write_pipeline(
+        """
+        name: p
+        source: {type: generate, count: 5}
+        sink: {type: stdout}
+        alerts:
+          - {name: a, metric: matching_records, step: nope, where: "x > 1", above: 1}
+        """
+    )
+    with pytest.raises(ConfigError, match=r"alerts\[0\]\.step: no step named 'nope'"):
+        load_pipeline(path)

@@ -40,7 +40,7 @@ def test_the_service_example_serves_runs_and_schedules_its_pipelines(tmp_path: P
         schedule = listed["quickstart"]["schedule"]
         assert schedule["cron"] == "* * * * *" and schedule["problem"] is None
         assert schedule["next"] is not None
-        assert listed["sensors-live"]["alerts"] == ["too_many_spikes", "stalled"]
+        assert listed["sensors-live"]["alerts"] == ["too_many_spikes", "stalled", "running_hot"]
 
         # The bounded ETL: seed the source database, then load it.
         seeded = finished(server, http.post("/api/pipelines/sql-etl-seed/start").json()["id"])

@@ -38,6 +38,7 @@ class Sample:
     dead: float
     lag: float | None
     running: bool
+    matches: dict[str, float]
 
 
 @dataclass
@@ -89,11 +90,13 @@ class AlertManager:
         lag: float | None,
         running: bool,
         now: float | None = None,
+        matches: dict[str, float] | None = None,
     ) -> None:
-        """Record a pipeline's cumulative counts (records read, dead-lettered) right now."""
+        """Record a pipeline's cumulative counts right now: records read, dead-lettered, and
+        per `matching_records` rule the records that matched its condition."""
         at = time.time() if now is None else now
         samples = self._samples.setdefault(pipeline, deque())
-        samples.append(Sample(at, records, dead, lag, running))
+        samples.append(Sample(at, records, dead, lag, running, dict(matches or {})))
         while samples and samples[0].at < at - _SAMPLE_HORIZON:
             samples.popleft()
 
@@ -123,6 +126,9 @@ class AlertManager:
         if window is None or not all(s.running for s in window):
             return False, None
         first = window[0]
+        if rule.metric == "matching_records":
+            matched = last.matches.get(rule.name, 0.0) - first.matches.get(rule.name, 0.0)
+            return matched > float(rule.above or 0), matched
         read = last.records - first.records
         if rule.metric == "no_records":
             return read <= 0, read
@@ -181,6 +187,10 @@ class AlertManager:
             "dead_letter_rate": f"dead-letter rate {shown} above {rule.above}",
             "no_records": f"no records read for {rule.for_:g}s",
             "source_lag": f"source lag {shown}s above {rule.above}s",
+            "matching_records": f"{shown} records at {rule.step} matched `{rule.where}` in "
+            f"{rule.for_:g}s (above {rule.above:g})"
+            if rule.above is not None
+            else "",
         }[rule.metric]
         if state == "resolved":
             message = f"[tideflow] RESOLVED {pipeline}/{rule.name}: {rule.metric} is back to normal"

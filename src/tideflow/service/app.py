@@ -121,7 +121,15 @@ class Service:
                     if isinstance(c.get(k), int | float)
                 ]
                 lag = max(lags) if lags else None
-                self.alerts.observe(entry.id, run.records_in, run.dead_lettered, lag, True, now=now)
+                self.alerts.observe(
+                    entry.id,
+                    run.records_in,
+                    run.dead_lettered,
+                    lag,
+                    True,
+                    now=now,
+                    matches=run.matches,
+                )
             else:
                 self.alerts.observe(entry.id, 0, 0, None, False, now=now)
             self.alerts.evaluate(entry.id, list(entry.spec.alerts), now=now)

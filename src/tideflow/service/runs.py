@@ -53,6 +53,8 @@ class Run:
     logs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_LOG_LINES))
     log_seq: int = 0
     taps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    matches: dict[str, float] = field(default_factory=dict)
+    """Per `matching_records` alert: records that matched its condition so far."""
     process: Any = None
     stop_event: Any = None
     final_status: str | None = None
@@ -285,6 +287,8 @@ class RunManager:
             if then and now > then:
                 run.rate = max(total - before, 0) / (now - then)
             run._last_sample = (now, total)
+        elif kind == "matches":
+            run.matches = dict(event[1])
         elif kind == "tap":
             run.taps[event[1]] = event[2]
         elif kind == "batches":

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import polars as pl
 
+from tideflow.core.expressions import condition_mask
 from tideflow.secrets import RedactingFilter, redact
 
 TAP_ROWS = 20
@@ -51,8 +52,10 @@ def frame_rows(frame: pl.DataFrame, limit: int = TAP_ROWS) -> list[dict[str, Any
 class _Reporter:
     """The observer of the run: collects taps and batch timings, sends them in bursts."""
 
-    def __init__(self, events: Any) -> None:
+    def __init__(self, events: Any, watches: list[tuple[str, str, pl.Expr]]) -> None:
         self.events = events
+        self.watches = watches
+        self.matches: dict[str, int] = {name: 0 for name, _, _ in watches}
         self.taps: dict[str, pl.DataFrame] = {}
         self.batches: list[tuple[str, int, float]] = []
         self.lock = threading.Lock()
@@ -60,6 +63,10 @@ class _Reporter:
     def on_output(self, node: str, port: str, frame: pl.DataFrame) -> None:
         """Keep the latest records of each step's output."""
         key = node if port == "out" else f"{node}.{port}"
+        for name, step, condition in self.watches:
+            if step == key:
+                # Counted here, on every record, not on the tap's sample of the latest ones.
+                self.matches[name] += int(condition_mask(frame, condition).sum())
         with self.lock:
             have = self.taps.get(key)
             if have is None or frame.height >= TAP_ROWS:
@@ -76,6 +83,8 @@ class _Reporter:
     def on_progress(self, engine: Any) -> None:
         """Send counts, then the taps and batch timings gathered since the last call."""
         self.events.put(("progress", engine.elapsed, engine.counts()))
+        if self.watches:
+            self.events.put(("matches", dict(self.matches)))
         with self.lock:
             taps, self.taps = self.taps, {}
             batches, self.batches = self.batches, []
@@ -110,7 +119,12 @@ def worker_main(
             result = runner.replay(spec, base, str(options["step"]), list(options["ids"]))
             events.put(("done", result.status, result.counts, None))
             return
-        reporter = _Reporter(events)
+        watches = [
+            (a.name, str(a.step), pl.sql_expr(str(a.where)))
+            for a in spec.alerts
+            if a.metric == "matching_records"
+        ]
+        reporter = _Reporter(events, watches)
         observer = RunObserver(
             on_output=reporter.on_output,
             on_progress=reporter.on_progress,

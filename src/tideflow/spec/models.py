@@ -145,13 +145,24 @@ class AlertSpec(Settings):
     """A rule checked by `tideflow serve` while the pipeline runs."""
 
     name: str = Field(pattern=NAME_PATTERN, description="The alert's name, shown in messages.")
-    metric: Literal["dead_letter_rate", "no_records", "source_lag"] = Field(
+    metric: Literal["dead_letter_rate", "no_records", "source_lag", "matching_records"] = Field(
         description="`dead_letter_rate`: dead-lettered / records read over the window; "
         "`no_records`: no record read for the whole window; `source_lag`: seconds a source "
-        "reports it is behind (where the source reports lag)."
+        "reports it is behind (where the source reports lag); `matching_records`: records "
+        "at `step`'s output matching `where` over the window (a rule on the data itself)."
     )
     above: float | None = Field(
-        None, ge=0, description="Threshold for `dead_letter_rate` (0.01 = 1%) and `source_lag`."
+        None,
+        ge=0,
+        description="Threshold: a rate for `dead_letter_rate` (0.01 = 1%), seconds for "
+        "`source_lag`, a count of records for `matching_records`.",
+    )
+    step: str | None = Field(
+        None,
+        description="For `matching_records`: the step (or `step.port`) whose output is checked.",
+    )
+    where: SqlExpression | None = Field(
+        None, description="For `matching_records`: SQL condition a record must match to count."
     )
     for_: float = Field(
         60.0, gt=0, alias="for", description="Seconds the condition must hold before firing."
@@ -170,6 +181,10 @@ class AlertSpec(Settings):
     def _threshold(self) -> AlertSpec:
         if self.metric != "no_records" and self.above is None:
             raise FieldIssue(("above",), f"`{self.metric}` needs a threshold in `above`")
+        if self.metric == "matching_records":
+            for key in ("step", "where"):
+                if getattr(self, key) is None:
+                    raise FieldIssue((key,), f"`matching_records` needs `{key}`")
         return self
 
 
@@ -213,7 +228,17 @@ class PipelineSpec(Settings):
             if several is not None and not several:
                 raise FieldIssue((many,), f"`{many}` must list at least one {one}")
         self._name_nodes()
+        self._check_alert_steps()
         return self
+
+    def _check_alert_steps(self) -> None:
+        names = [str(node.name) for _, node in self._located_nodes()]
+        for i, alert in enumerate(self.alerts):
+            if alert.step is not None and alert.step.split(".")[0] not in names:
+                raise FieldIssue(
+                    ("alerts", i, "step"),
+                    f"no step named {alert.step!r}; the pipeline has: {', '.join(names)}",
+                )
 
     def _located_nodes(self) -> list[tuple[tuple[str | int, ...], SourceSpec | StepSpec]]:
         """Every component with its place in the file."""
