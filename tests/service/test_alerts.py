@@ -154,7 +154,7 @@ def test_a_rule_on_the_data_counts_matching_records_at_a_step(folder: Path) -> N
         "  - name: round_numbers\n"
         "    metric: matching_records\n"
         "    step: label\n"
-        "    where: \"id % 100 = 0\"\n"
+        '    where: "id % 100 = 0"\n'
         "    above: 5\n"
         "    for: 1\n"
     )
