@@ -3,6 +3,7 @@ metrics, crash isolation and redaction."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,8 @@ def test_metrics_are_prometheus_text(client: TestClient) -> None:
     )
     assert 'tideflow_runs_total{pipeline="demo",status="succeeded"} 1.0' in text
     assert "tideflow_last_record_timestamp_seconds" in text
+    state = re.search(r'tideflow_state_store_bytes\{pipeline="demo"\} (\S+)', text)
+    assert state is not None and float(state.group(1)) > 0
 
 
 def test_secrets_never_leave_the_server(client: TestClient, folder: Path) -> None:

@@ -72,6 +72,12 @@ class PipelineMetrics:
             ["pipeline"],
             registry=self.registry,
         )
+        self.state_bytes = Gauge(
+            "tideflow_state_store_bytes",
+            "Size on disk of the pipeline's SQLite state store (with its write-ahead log).",
+            ["pipeline"],
+            registry=self.registry,
+        )
         self.running = Gauge(
             "tideflow_pipeline_running",
             "1 while a run of the pipeline is active.",

@@ -17,13 +17,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tideflow.secrets import redact
 from tideflow.service.catalog import Catalog, Conflict, Entry, NotFound
 from tideflow.service.metrics import PipelineMetrics
 from tideflow.service.worker import worker_main
-from tideflow.state.store import StateStore, open_state_store
+from tideflow.state.store import StateStore, open_state_store, state_path
 
 log = logging.getLogger("tideflow.service")
 ACTIVE = ("starting", "running", "stopping")
@@ -58,6 +59,8 @@ class Run:
     process: Any = None
     stop_event: Any = None
     final_status: str | None = None
+    state_file: Path | None = None
+    """The SQLite state store of the run (None for PostgreSQL), measured for metrics."""
     _last_sample: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -172,6 +175,9 @@ class RunManager:
             )
             self._runs[run.id] = run
             self._forget_old()
+        location = entry.spec.state
+        if not (location and "://" in location):
+            run.state_file = state_path(location, entry.path.parent)
         events = self._mp.Queue()
         run.stop_event = self._mp.Event()
         run.process = self._mp.Process(
@@ -282,6 +288,7 @@ class RunManager:
             previous = run.counts
             run.elapsed, run.counts = float(event[1]), event[2]
             self.metrics.progress(run.name, previous, run.counts)
+            self._measure_state(run)
             now, total = time.monotonic(), float(run.records_in)
             then, before = run._last_sample
             if then and now > then:
@@ -302,6 +309,17 @@ class RunManager:
                 self.metrics.progress(run.name, previous, run.counts)
             return True
         return False
+
+    def _measure_state(self, run: Run) -> None:
+        if run.state_file is None:
+            return
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += run.state_file.with_name(run.state_file.name + suffix).stat().st_size
+            except OSError:
+                continue
+        self.metrics.state_bytes.labels(run.name).set(size)
 
     def _record_crash(self, run: Run, entry: Entry) -> None:
         if entry.spec is None or run.kind != "run":
