@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tideflow.errors import PipelineError
 from tideflow.secrets import redact
 from tideflow.service.catalog import Catalog, Conflict, Entry, NotFound
 from tideflow.service.metrics import PipelineMetrics
@@ -186,7 +187,12 @@ class RunManager:
             name=f"tideflow-run-{pid}",
             daemon=True,
         )
-        run.process.start()
+        try:
+            run.process.start()
+        except Exception as exc:
+            run.status, run.ended_at = "failed", time.time()
+            run.error = redact(f"the run's process could not start: {exc}")
+            raise PipelineError(run.error) from exc
         run.add_log(time.time(), "INFO", f"process {run.process.pid} started ({trigger})")
         self.metrics.run_started(entry.name)
         threading.Thread(
@@ -297,7 +303,8 @@ class RunManager:
         elif kind == "matches":
             run.matches = dict(event[1])
         elif kind == "tap":
-            run.taps[event[1]] = event[2]
+            # Swap in a new dict so request threads iterating the old one never see it change.
+            run.taps = {**run.taps, event[1]: event[2]}
         elif kind == "batches":
             for source, _records, seconds in event[1]:
                 self.metrics.batch(run.name, source, seconds)
