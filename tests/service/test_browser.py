@@ -90,6 +90,11 @@ def test_ui_runs_a_pipeline_and_shows_counters_tap_and_dead_letters(
         assert "1,200" in page.locator("#dead-summary").inner_text()
         page.locator("#tab-body").scroll_into_view_if_needed()
         page.screenshot(path=str(ARTIFACTS / "service-dead-letters.png"))
+        boxes = page.locator("#dead-table input[type=checkbox]")
+        boxes.nth(0).check()
+        boxes.nth(1).check()
+        page.click("#dead-replay")
+        wait_for(lambda: "replay run" in page.locator("#dead-status").inner_text())
 
         # Run history and logs.
         page.click("#tab-runs")

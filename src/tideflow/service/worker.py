@@ -115,8 +115,18 @@ def worker_main(
 
         spec = load_pipeline(path)
         base = Path(path).resolve().parent
+        service_log = logging.getLogger("tideflow.service")
         if mode == "replay":
-            result = runner.replay(spec, base, str(options["step"]), list(options["ids"]))
+            ids = list(options["ids"])
+            service_log.info(
+                "replay %s of %s: %s dead letter(s) of step %s",
+                run_id,
+                spec.name,
+                len(ids) or "all",
+                options["step"],
+            )
+            result = runner.replay(spec, base, str(options["step"]), ids)
+            service_log.info("replay %s %s after %.1fs", run_id, result.status, result.seconds)
             events.put(("done", result.status, result.counts, None))
             return
         watches = [

@@ -35,6 +35,10 @@ async function api(method, path, body) {
   const response = await fetch(path, options);
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }
+  if (response.status === 401) {
+    document.getElementById("server-status").textContent =
+      "This server needs its token: open this page once as /?token=YOUR_TOKEN";
+  }
   if (!response.ok) {
     const error = new Error((data && data.detail) || response.statusText);
     error.data = data;
@@ -108,11 +112,12 @@ function pipelinePage(pid) {
     el("button", { id: "stop", onclick: () => control("stop") }, "Stop"),
     el("button", { id: "restart", onclick: () => control("restart") }, "Restart"),
     el("span", { id: "run-status" }), el("span", { id: "message", class: "error" }));
+  const alerts = el("div", { id: "pipeline-alerts", class: "error" });
   const tabs = ["runs", "logs", "dead", "editor"].map((name) =>
     el("button", { id: `tab-${name}`, onclick: () => showTab(name) },
       { runs: "Run history", logs: "Logs", dead: "Dead letters", editor: "YAML editor" }[name]));
   view().replaceChildren(
-    title, controls,
+    title, controls, alerts,
     el("div", { class: "row" },
       el("div", { class: "card" }, el("h2", { text: "Steps" }), el("div", { id: "graph" })),
       el("div", { class: "card" }, el("h2", { text: "Throughput (records/s)" }), el("canvas", { id: "throughput", width: 600, height: 120 }),
@@ -128,6 +133,11 @@ function pipelinePage(pid) {
   showTab("runs");
   every(() => refreshPipeline(title));
   every(refreshTap, 1500);
+  every(async () => {
+    const data = await api("GET", "/api/alerts");
+    alerts.replaceChildren(...data.firing.filter((a) => a.pipeline === pid)
+      .map((a) => el("div", { class: "alert", text: `alert ${a.alert} is firing (value ${a.value})` })));
+  }, 3000);
 }
 
 async function control(action) {
@@ -410,5 +420,13 @@ function alertsPage() {
   }, 2000);
 }
 
+async function serverStatus() {
+  try {
+    const health = await api("GET", "/api/health");
+    document.getElementById("server-status").textContent = `${health.active_runs} active run(s)`;
+  } catch (error) { /* the banner set by api() explains a 401 */ }
+}
+
 window.addEventListener("hashchange", route);
+window.addEventListener("DOMContentLoaded", () => { serverStatus(); setInterval(serverStatus, 5000); });
 window.addEventListener("DOMContentLoaded", route);
