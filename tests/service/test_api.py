@@ -193,6 +193,9 @@ def test_secrets_never_leave_the_server(client: TestClient, folder: Path) -> Non
         client.get(f"/api/runs/{run['id']}/logs").text,
         client.get("/api/pipelines/secretive/runs").text,
     ]
+    echoed = client.post("/api/validate", json={"yaml": 12, "x": secret})
+    assert echoed.status_code == 422
+    bodies.append(client.post("/api/pipelines", json={"yaml": [secret]}).text)
     tap = client.get("/api/pipelines/secretive/tap", params={"step": "with_columns"}).json()
     assert tap["records"][0]["leak"] == "***"
     for body in bodies:

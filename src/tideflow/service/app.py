@@ -15,6 +15,8 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import Body, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
@@ -236,6 +238,16 @@ def create_app(
     async def invalid(request: Request, exc: ConfigError) -> Response:
         issues = [issue_json(i) for i in exc.issues]
         return RedactedJSON({"detail": "invalid pipeline", "issues": issues}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the whole input back; this one names the field and the
+        # problem only, so nothing sent (a secret, a huge body) is reflected.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return RedactedJSON({"detail": jsonable_encoder(errors)}, status_code=422)
 
     @app.exception_handler(TideflowError)
     async def failed(request: Request, exc: TideflowError) -> Response:
