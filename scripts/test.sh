@@ -12,6 +12,11 @@ fi
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet -e ".[dev,s3]"
 
+# The service's browser test drives Debian's Chromium (Playwright never downloads a browser).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  apt-get install -y -qq chromium >/dev/null || echo "chromium could not be installed: the browser test will skip"
+fi
+
 bash scripts/services.sh || echo "some services are down: the tests that need them will fail (CI) or skip"
 
 echo "== ruff"

@@ -15,7 +15,11 @@ from collections.abc import Iterable
 import polars as pl
 
 _SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I)
+# The scheme's length is bounded: unbounded, every position of a long run of letters would
+# rescan the rest of it (quadratic time on a large response or record).
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]{0,31}://)(?P<user>[^:/@\s]*):[^@/\s]+@", re.I
+)
 _lock = threading.Lock()
 _secrets: set[str] = set()
 MASK = "***"

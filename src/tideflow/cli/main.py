@@ -112,6 +112,13 @@ def cli(verbose: int) -> None:
     metavar="SECONDS",
     help="When stderr is not a terminal, print a progress line this often.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    metavar="PORT",
+    help="Serve Prometheus metrics of this run on 127.0.0.1:PORT/metrics (needs the "
+    "`service` extra).",
+)
 @handle_errors
 def run(
     pipeline: str,
@@ -121,6 +128,7 @@ def run(
     as_json: bool,
     quiet: bool,
     log_progress: float,
+    metrics_port: int | None,
 ) -> None:
     """Run a pipeline file until its sources end (or until Ctrl-C / SIGTERM)."""
     from tideflow import runner
@@ -139,10 +147,11 @@ def run(
         return
     progress = ProgressLine(err.file, log_every=log_progress)
     progress.enabled = not quiet
+    observer = RunObserver(on_progress=progress.update)
+    if metrics_port is not None:
+        observer = _with_metrics(observer, spec.name, metrics_port)
     try:
-        result = runner.run(
-            spec, base, observer=RunObserver(on_progress=progress.update), handle_signals=True
-        )
+        result = runner.run(spec, base, observer=observer, handle_signals=True)
     finally:
         progress.done()
     if as_json:
@@ -151,6 +160,29 @@ def run(
         print_summary(result, out)
     if result.unbalanced:
         sys.exit(EXIT_FAILED)
+
+
+def _with_metrics(observer: Any, pipeline: str, port: int) -> Any:
+    """The observer plus a Prometheus endpoint fed by the same progress calls."""
+    try:
+        from tideflow.service.metrics import run_metrics_observer
+    except ImportError as exc:
+        from tideflow.errors import MissingDependencyError
+
+        raise MissingDependencyError("prometheus_client", "service") from exc
+    try:
+        _, on_progress, on_batch = run_metrics_observer(pipeline, port)
+    except OSError as exc:
+        raise ConfigError(f"--metrics-port {port}: cannot listen there: {exc.strerror}") from exc
+    show = observer.on_progress
+
+    def both(engine: Any) -> None:
+        show(engine)
+        on_progress(engine)
+
+    observer.on_progress = both
+    observer.on_batch = on_batch
+    return observer
 
 
 def print_plan(spec: PipelineSpec, base: Path) -> None:
@@ -179,6 +211,45 @@ def print_plan(spec: PipelineSpec, base: Path) -> None:
 def spec_when(spec: PipelineSpec, name: str) -> str:
     """The `when:` text of a sink."""
     return next((s.when or "" for s in spec.all_sinks if s.name == name), "")
+
+
+@cli.command()
+@click.option(
+    "--folder",
+    default="pipelines",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder of pipeline files (*.yaml) to manage; created if missing.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token",
+    envvar="TIDEFLOW_TOKEN",
+    help="Token every request must carry (env TIDEFLOW_TOKEN). Required, and generated if "
+    "not given, when --host is not a loopback address.",
+)
+@handle_errors
+def serve(folder: str, host: str, port: int, token: str | None) -> None:
+    """Serve the REST API, the web UI and /metrics for the pipelines in a folder."""
+    try:
+        from tideflow.service.app import serve as run_server
+        from tideflow.service.security import needs_token
+    except ImportError as exc:
+        from tideflow.errors import MissingDependencyError
+
+        raise MissingDependencyError(exc.name or "fastapi", "service") from exc
+    if needs_token(host) and not token:
+        import secrets
+
+        token = secrets.token_urlsafe(24)
+        err.print(
+            f"{host} is reachable from other machines, so every request needs a token:\n"
+            f"  Authorization: Bearer {token}\n  or open http://{host}:{port}/?token={token}",
+            markup=False,
+            soft_wrap=True,
+        )
+    run_server(folder, host, port, token if token else None)
 
 
 @cli.command()

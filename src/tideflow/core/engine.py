@@ -50,6 +50,9 @@ class RunObserver:
     on_output: Callable[[str, str, pl.DataFrame], None] | None = None
     on_progress: Callable[[Engine], None] | None = None
     on_checkpoint: Callable[[int], None] | None = None
+    on_batch: Callable[[str, int, float], None] | None = None
+    """Called after each source batch has gone through the whole graph, with the source's
+    name, the batch's record count and the seconds it took (for latency histograms)."""
 
 
 @dataclass
@@ -365,6 +368,8 @@ class Engine:
             self._last_record_at = time.monotonic()
         if batch.data.height:
             self._push({(node.name, MAIN_PORT): batch.data})
+        if self.observer.on_batch is not None:
+            self.observer.on_batch(node.name, batch.size, time.perf_counter() - started)
 
     def _push(self, produced: dict[tuple[str, str], pl.DataFrame]) -> None:
         """Send frames produced on (node, port) through the rest of the graph, in order."""

@@ -102,6 +102,92 @@ class OnErrorSpec(Settings):
         return value
 
 
+class ScheduleSpec(Settings):
+    """When `tideflow serve` starts a bounded pipeline on its own: a cron expression or an
+    interval. A run that falls due while the previous one is still going is recorded as
+    missed, never started beside it."""
+
+    cron: str | None = Field(
+        None, description="Five-field cron expression in UTC, e.g. `*/5 * * * *`."
+    )
+    every: float | None = Field(None, gt=0, description="Seconds between run starts.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleSpec:
+        if (self.cron is None) == (self.every is None):
+            raise FieldIssue((), "give exactly one of `cron` or `every`")
+        if self.cron is not None and len(self.cron.split()) not in (5, 6):
+            raise FieldIssue(
+                ("cron",),
+                f"{self.cron!r} is not a cron expression: expected five fields "
+                "(minute hour day-of-month month day-of-week), e.g. `*/5 * * * *`",
+            )
+        return self
+
+
+class NotifySpec(Settings):
+    """Where an alert goes: a webhook (JSON, or Slack's `{"text": ...}` shape) or the log."""
+
+    type: Literal["webhook", "log"] = Field(description="`webhook` or `log`.")
+    url: str | None = Field(None, description="The webhook's URL (for `webhook`).")
+    format: Literal["json", "slack"] = Field(
+        "json", description='`json`: the full alert event; `slack`: `{"text": ...}`.'
+    )
+
+    @model_validator(mode="after")
+    def _url_for_webhook(self) -> NotifySpec:
+        if self.type == "webhook" and not self.url:
+            raise FieldIssue(("url",), "a webhook needs a `url`")
+        return self
+
+
+class AlertSpec(Settings):
+    """A rule checked by `tideflow serve` while the pipeline runs."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="The alert's name, shown in messages.")
+    metric: Literal["dead_letter_rate", "no_records", "source_lag", "matching_records"] = Field(
+        description="`dead_letter_rate`: dead-lettered / records read over the window; "
+        "`no_records`: no record read for the whole window; `source_lag`: seconds a source "
+        "reports it is behind (where the source reports lag); `matching_records`: records "
+        "at `step`'s output matching `where` over the window (a rule on the data itself)."
+    )
+    above: float | None = Field(
+        None,
+        ge=0,
+        description="Threshold: a rate for `dead_letter_rate` (0.01 = 1%), seconds for "
+        "`source_lag`, a count of records for `matching_records`.",
+    )
+    step: str | None = Field(
+        None,
+        description="For `matching_records`: the step (or `step.port`) whose output is checked.",
+    )
+    where: SqlExpression | None = Field(
+        None, description="For `matching_records`: SQL condition a record must match to count."
+    )
+    for_: float = Field(
+        60.0, gt=0, alias="for", description="Seconds the condition must hold before firing."
+    )
+    repeat: float | None = Field(
+        None, gt=0, description="Send again this often while the alert holds; once if omitted."
+    )
+    notify: list[NotifySpec] = Field(
+        default_factory=lambda: [NotifySpec(type="log")],
+        description="Notifications; the log by default.",
+    )
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _threshold(self) -> AlertSpec:
+        if self.metric != "no_records" and self.above is None:
+            raise FieldIssue(("above",), f"`{self.metric}` needs a threshold in `above`")
+        if self.metric == "matching_records":
+            for key in ("step", "where"):
+                if getattr(self, key) is None:
+                    raise FieldIssue((key,), f"`matching_records` needs `{key}`")
+        return self
+
+
 class PipelineSpec(Settings):
     """A whole pipeline file."""
 
@@ -125,6 +211,12 @@ class PipelineSpec(Settings):
     queue_size: int = Field(
         4, ge=1, le=1024, description="Batches buffered per source (back-pressure)."
     )
+    schedule: ScheduleSpec | None = Field(
+        None, description="Runs started by `tideflow serve` (bounded pipelines only)."
+    )
+    alerts: list[AlertSpec] = Field(
+        default_factory=list, description="Alert rules checked by `tideflow serve`."
+    )
 
     @model_validator(mode="after")
     def _one_of_each(self) -> PipelineSpec:
@@ -136,7 +228,17 @@ class PipelineSpec(Settings):
             if several is not None and not several:
                 raise FieldIssue((many,), f"`{many}` must list at least one {one}")
         self._name_nodes()
+        self._check_alert_steps()
         return self
+
+    def _check_alert_steps(self) -> None:
+        names = [str(node.name) for _, node in self._located_nodes()]
+        for i, alert in enumerate(self.alerts):
+            if alert.step is not None and alert.step.split(".")[0] not in names:
+                raise FieldIssue(
+                    ("alerts", i, "step"),
+                    f"no step named {alert.step!r}; the pipeline has: {', '.join(names)}",
+                )
 
     def _located_nodes(self) -> list[tuple[tuple[str | int, ...], SourceSpec | StepSpec]]:
         """Every component with its place in the file."""

@@ -286,6 +286,17 @@ class StateStore:
                 (time.time(), status, orjson.dumps(counts), error, run_id),
             )
 
+    def record_missed(self, run_id: str, pipeline: str, due_at: float, reason: str) -> None:
+        """Record a scheduled run that did not start (the previous run was still going), so
+        run history shows the gap."""
+        with self._transaction() as conn:
+            self._execute(
+                conn,
+                "INSERT INTO runs (id, pipeline, started_at, ended_at, status, error) "
+                "VALUES (?,?,?,?, 'missed', ?)",
+                (run_id, pipeline, due_at, due_at, reason),
+            )
+
     def runs(self, pipeline: str, limit: int = 20) -> list[dict[str, Any]]:
         """The most recent runs of a pipeline, newest first."""
         with self._lock:

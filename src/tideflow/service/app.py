@@ -1,0 +1,449 @@
+"""The HTTP API and the web UI of `tideflow serve` (FastAPI).
+
+Every JSON response goes through :class:`RedactedJSON`, so a secret registered anywhere in
+the server (a password in a pipeline file, the server's own token) never leaves it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from fastapi import Body, FastAPI, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from tideflow.errors import ConfigError, TideflowError
+from tideflow.secrets import redact, register_secret
+from tideflow.service.alerts import AlertManager
+from tideflow.service.catalog import (
+    ID_PATTERN,
+    MAX_PIPELINE_BYTES,
+    Catalog,
+    Conflict,
+    Entry,
+    NotFound,
+    issue_json,
+    validate_text,
+)
+from tideflow.service.metrics import CONTENT_TYPE, PipelineMetrics
+from tideflow.service.runs import ACTIVE, Run, RunManager
+from tideflow.service.scheduler import Scheduler, Ticker
+from tideflow.service.security import MAX_BODY_BYTES, Guard
+from tideflow.state.store import open_state_store
+
+log = logging.getLogger("tideflow.service")
+STATIC = Path(__file__).parent / "static"
+"""The web UI's files."""
+
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    # The UI uses only its own script and style files; nothing inline, nothing remote.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""Headers of the UI page."""
+
+
+class RedactedJSON(JSONResponse):
+    """JSON with every registered secret and URL password masked."""
+
+    def render(self, content: Any) -> bytes:
+        """Serialise, then redact the text."""
+        return redact(orjson.dumps(content, default=str).decode()).encode()
+
+
+class PipelineText(BaseModel):
+    """A pipeline file's text."""
+
+    yaml: str = Field(max_length=MAX_PIPELINE_BYTES, description="The pipeline file (YAML).")
+
+
+class NewPipeline(PipelineText):
+    """A pipeline to create; the id defaults to its `name:`."""
+
+    id: str | None = Field(None, pattern=ID_PATTERN, max_length=100)
+
+
+class ReplayRequest(BaseModel):
+    """Dead letters to send through the pipeline again."""
+
+    step: str = Field(max_length=200, description="The step where the records failed.")
+    ids: list[int] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="Ledger ids; all of the step's if empty.",
+    )
+
+
+PidPath = Annotated[str, Field(pattern=ID_PATTERN, max_length=100)]
+
+
+class Service:
+    """The server's parts, wired together."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.catalog = Catalog(folder)
+        self.metrics = PipelineMetrics()
+        self.alerts = AlertManager()
+        self.runs = RunManager(self.catalog, self.metrics)
+        self.scheduler = Scheduler(self.catalog, self.runs)
+        self._alert_runs: dict[str, str] = {}
+
+    def tick(self) -> None:
+        """One background pass: scheduled starts, then alert rules."""
+        self.scheduler.tick()
+        self.check_alerts()
+
+    def check_alerts(self, now: float | None = None) -> None:
+        """Sample every pipeline with alert rules and evaluate them."""
+        for entry in self.catalog.entries():
+            if entry.spec is None or not entry.spec.alerts:
+                continue
+            run = self.runs.active(entry.id)
+            if run is not None:
+                if self._alert_runs.get(entry.id) != run.id:
+                    self.alerts.reset(entry.id)
+                    self._alert_runs[entry.id] = run.id
+                lags = [
+                    float(c[k])
+                    for c in run.counts.values()
+                    if c.get("kind") == "source"
+                    for k in ("lag", "lag_seconds")
+                    if isinstance(c.get(k), int | float)
+                ]
+                lag = max(lags) if lags else None
+                self.alerts.observe(
+                    entry.id,
+                    run.records_in,
+                    run.dead_lettered,
+                    lag,
+                    True,
+                    now=now,
+                    matches=run.matches,
+                )
+            else:
+                self.alerts.observe(entry.id, 0, 0, None, False, now=now)
+            self.alerts.evaluate(entry.id, list(entry.spec.alerts), now=now)
+
+    # -- views ---------------------------------------------------------------------------
+
+    def pipeline_summary(self, entry: Entry) -> dict[str, Any]:
+        """A pipeline for the list view."""
+        latest = self.runs.latest(entry.id)
+        active = latest is not None and latest.status in ACTIVE
+        schedule = self.scheduler.describe(entry.id) if entry.spec is not None else None
+        return {
+            "id": entry.id,
+            "name": entry.name,
+            "file": entry.path.name,
+            "description": entry.spec.description if entry.spec is not None else None,
+            "valid": entry.spec is not None,
+            "issues": entry.issues,
+            "status": latest.status if latest is not None else "idle",
+            "active": active,
+            "rate": latest.rate if latest is not None and active else 0.0,
+            "records_in": latest.records_in if latest is not None else 0,
+            "dead_lettered": latest.dead_lettered if latest is not None else 0,
+            "run_id": latest.id if latest is not None else None,
+            "schedule": schedule,
+            "alerts": [a.name for a in entry.spec.alerts] if entry.spec is not None else [],
+        }
+
+    def pipeline_detail(self, entry: Entry) -> dict[str, Any]:
+        """A pipeline for its own page: the summary, the text, the graph and the live run."""
+        latest = self.runs.latest(entry.id)
+        detail = self.pipeline_summary(entry)
+        detail.update(
+            yaml=entry.text,
+            graph=entry.graph(),
+            bounded=entry.bounded if entry.spec is not None else None,
+            run=latest.summary() if latest is not None else None,
+            taps=sorted(latest.taps) if latest is not None else [],
+        )
+        return detail
+
+    def history(self, entry: Entry, limit: int) -> list[dict[str, Any]]:
+        """Run history from the state store, with how each run was started where known."""
+        if entry.spec is None:
+            return []
+        store = open_state_store(entry.spec.state, entry.path.parent)
+        try:
+            rows = store.runs(entry.spec.name, limit=limit)
+        finally:
+            store.close()
+        known = {r.id: r for r in self.runs.runs(entry.id)}
+        for row in rows:
+            run = known.get(row["id"])
+            row["trigger"] = run.trigger if run is not None else None
+            if run is not None and row["status"] == "running" and run.status not in ACTIVE:
+                row["status"] = run.status
+        return rows
+
+
+def create_app(
+    folder: str | Path,
+    token: str | None = None,
+    max_body: int = MAX_BODY_BYTES,
+    background: bool = True,
+    tick_seconds: float = 1.0,
+) -> FastAPI:
+    """The service for the pipelines in ``folder``. With ``token``, every route requires it;
+    ``background`` runs the scheduler and alert checks every ``tick_seconds``."""
+    service = Service(folder)
+    if token:
+        register_secret(token)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        ticker = Ticker(service.tick, tick_seconds) if background else None
+        if ticker is not None:
+            ticker.start()
+        try:
+            yield
+        finally:
+            if ticker is not None:
+                ticker.stop()
+            service.runs.shutdown()
+
+    app = FastAPI(
+        title="tideflow",
+        summary="Run, watch and operate tideflow pipelines.",
+        version="0.1.0",
+        default_response_class=RedactedJSON,
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(Guard, token=token, max_body=max_body)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        return RedactedJSON({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> Response:
+        return RedactedJSON({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(ConfigError)
+    async def invalid(request: Request, exc: ConfigError) -> Response:
+        issues = [issue_json(i) for i in exc.issues]
+        return RedactedJSON({"detail": "invalid pipeline", "issues": issues}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes the whole input back; this one names the field and the
+        # problem only, so nothing sent (a secret, a huge body) is reflected.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return RedactedJSON({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(TideflowError)
+    async def failed(request: Request, exc: TideflowError) -> Response:
+        return RedactedJSON({"detail": str(exc)}, status_code=400)
+
+    _routes(app, service)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    catalog, runs = service.catalog, service.runs
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/api/health", tags=["server"])
+    def health() -> dict[str, Any]:
+        """The server is up; how many runs are active."""
+        active = [r.id for r in runs.runs() if r.status in ACTIVE]
+        return {"status": "ok", "active_runs": len(active), "folder": catalog.folder.name}
+
+    @app.get("/metrics", tags=["server"], response_class=Response)
+    def metrics() -> Response:
+        """Prometheus metrics of every pipeline and step."""
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/api/pipelines", tags=["pipelines"])
+    def list_pipelines() -> list[dict[str, Any]]:
+        """Every pipeline of the folder with its status and throughput."""
+        return [service.pipeline_summary(e) for e in catalog.entries()]
+
+    @app.post("/api/pipelines", tags=["pipelines"], status_code=201)
+    def create_pipeline(body: NewPipeline) -> dict[str, Any]:
+        """Create a pipeline file; invalid text is refused (422) with every issue."""
+        spec, issues = validate_text(body.yaml, f"{body.id or 'new'}.yaml")
+        if spec is None:
+            return RedactedJSON(  # type: ignore[return-value]
+                {"detail": "invalid pipeline", "issues": issues}, status_code=422
+            )
+        entry = catalog.save(body.id or spec.name, body.yaml, create=True)
+        return service.pipeline_detail(entry)
+
+    @app.post("/api/validate", tags=["pipelines"])
+    def validate(body: PipelineText) -> dict[str, Any]:
+        """Validate pipeline text without saving it: `issues` carry file, line and field."""
+        spec, issues = validate_text(body.yaml, "pipeline.yaml")
+        return {"valid": spec is not None, "name": spec.name if spec else None, "issues": issues}
+
+    @app.get("/api/pipelines/{pid}", tags=["pipelines"])
+    def get_pipeline(pid: PidPath) -> dict[str, Any]:
+        """One pipeline: text, step graph, schedule and its latest run with live counts."""
+        return service.pipeline_detail(catalog.get(pid))
+
+    @app.put("/api/pipelines/{pid}", tags=["pipelines"])
+    def update_pipeline(pid: PidPath, body: PipelineText) -> dict[str, Any]:
+        """Replace a pipeline file; invalid text is refused (422) and the file kept."""
+        return service.pipeline_detail(catalog.save(pid, body.yaml, create=False))
+
+    @app.delete("/api/pipelines/{pid}", tags=["pipelines"])
+    def delete_pipeline(pid: PidPath) -> dict[str, Any]:
+        """Delete a pipeline file; refused while it runs. Its history stays in the store."""
+        if runs.active(pid) is not None:
+            raise Conflict(f"pipeline {pid!r} is running; stop it before deleting it")
+        catalog.delete(pid)
+        return {"deleted": pid}
+
+    @app.post("/api/pipelines/{pid}/start", tags=["runs"], status_code=201)
+    def start(pid: PidPath) -> dict[str, Any]:
+        """Start a run in its own process (409 if one is active)."""
+        return runs.start(pid).summary()
+
+    @app.post("/api/pipelines/{pid}/stop", tags=["runs"])
+    def stop(pid: PidPath) -> dict[str, Any]:
+        """Ask the active run to drain, checkpoint and end."""
+        catalog.get(pid)
+        run = runs.active(pid)
+        if run is None:
+            raise Conflict(f"pipeline {pid!r} has no active run")
+        return runs.stop(run.id).summary()
+
+    @app.post("/api/pipelines/{pid}/restart", tags=["runs"], status_code=201)
+    def restart(pid: PidPath) -> dict[str, Any]:
+        """Stop the active run (if any), wait for it to end, and start a new one."""
+        catalog.get(pid)
+        run = runs.active(pid)
+        if run is not None:
+            runs.stop(run.id)
+            deadline = time.monotonic() + 35
+            while run.status in ACTIVE and time.monotonic() < deadline:
+                time.sleep(0.1)
+        return runs.start(pid).summary()
+
+    @app.get("/api/pipelines/{pid}/runs", tags=["runs"])
+    def history(
+        pid: PidPath, limit: Annotated[int, Query(ge=1, le=1000)] = 50
+    ) -> list[dict[str, Any]]:
+        """Run history from the state store (missed scheduled runs included), newest first."""
+        return service.history(catalog.get(pid), limit)
+
+    @app.get("/api/pipelines/{pid}/tap", tags=["runs"])
+    def tap(pid: PidPath, step: Annotated[str, Query(max_length=200)]) -> dict[str, Any]:
+        """The latest records seen at a step's output in the latest run."""
+        catalog.get(pid)
+        run = runs.latest(pid)
+        records = run.taps.get(step, []) if run is not None else []
+        return {"step": step, "run_id": run.id if run else None, "records": records}
+
+    @app.get("/api/pipelines/{pid}/deadletters", tags=["dead letters"])
+    def dead_letters(
+        pid: PidPath,
+        step: Annotated[str | None, Query(max_length=200)] = None,
+        reason: Annotated[str | None, Query(max_length=500)] = None,
+        include_replayed: bool = False,
+        limit: Annotated[int, Query(ge=1, le=5000)] = 200,
+    ) -> dict[str, Any]:
+        """Browse the dead-letter ledger, filtered by step and by text in the reason."""
+        entry = catalog.get(pid)
+        if entry.spec is None:
+            raise Conflict(f"pipeline {pid!r} is not valid")
+        store = open_state_store(entry.spec.state, entry.path.parent)
+        try:
+            summary = store.dead_letter_summary(entry.spec.name)
+            rows = store.dead_letters(
+                entry.spec.name,
+                step=step,
+                reason=reason,
+                include_replayed=include_replayed,
+                limit=limit,
+            )
+        finally:
+            store.close()
+        return {
+            "summary": [{"step": s, "reason": r, "count": n} for s, r, n in summary],
+            "records": [row.__dict__ for row in rows],
+        }
+
+    @app.post("/api/pipelines/{pid}/deadletters/replay", tags=["dead letters"], status_code=201)
+    def replay(pid: PidPath, body: Annotated[ReplayRequest, Body()]) -> dict[str, Any]:
+        """Replay selected dead letters from the step where they failed, in a run process."""
+        entry = catalog.get(pid)
+        if entry.spec is None:
+            raise Conflict(f"pipeline {pid!r} is not valid")
+        names = {node["name"] for node in entry.graph()}
+        if body.step not in names:
+            raise NotFound(f"pipeline {pid!r} has no step {body.step!r}")
+        return runs.start(pid, kind="replay", options=body.model_dump()).summary()
+
+    @app.get("/api/runs/{run_id}", tags=["runs"])
+    def get_run(run_id: Annotated[str, Field(max_length=64)]) -> dict[str, Any]:
+        """A run started by this server: status and per-step counts."""
+        return runs.get(run_id).summary()
+
+    @app.post("/api/runs/{run_id}/stop", tags=["runs"])
+    def stop_run(run_id: Annotated[str, Field(max_length=64)]) -> dict[str, Any]:
+        """Ask a run to drain, checkpoint and end."""
+        return runs.stop(run_id).summary()
+
+    @app.get("/api/runs/{run_id}/logs", tags=["runs"])
+    def run_logs(
+        run_id: Annotated[str, Field(max_length=64)],
+        after: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        """The run's log lines numbered after `after` (poll with the last `seq` seen)."""
+        run: Run = runs.get(run_id)
+        lines = [line for line in list(run.logs) if line["seq"] > after]
+        return {"run_id": run.id, "status": run.status, "lines": lines}
+
+    @app.get("/api/alerts", tags=["alerts"])
+    def alerts() -> dict[str, Any]:
+        """Alerts firing now and the latest alert notifications."""
+        return {"firing": service.alerts.firing(), "events": list(service.alerts.events)[:100]}
+
+
+class _RedactArguments(logging.Filter):
+    """Redact a record's message and string arguments in place. uvicorn's access formatter
+    unpacks ``record.args`` itself, so they must stay a tuple (unlike RedactingFilter)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Mask secrets, keep the record."""
+        record.msg = redact(str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+def serve(folder: str | Path, host: str, port: int, token: str | None) -> None:
+    """Run the server until interrupted (the `tideflow serve` command)."""
+    import uvicorn
+
+    app = create_app(folder, token=token)
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", proxy_headers=False)
+    # uvicorn configured its own handlers just now; the access log prints request URLs, which
+    # may carry the token (`/?token=...`), so its lines are redacted like every other log.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(_RedactArguments())
+    uvicorn.Server(config).run()

@@ -1,0 +1,169 @@
+"""Prometheus metrics of pipelines and steps, for the server and for a single run.
+
+Counts arrive as cumulative per-run snapshots (the engine's ``counts()``); the difference to
+the previous snapshot is added to monotonic counters, so restarts of a pipeline keep its
+``*_total`` series increasing as Prometheus expects. Batch latency (one source batch through
+the whole graph) is a histogram per pipeline and source.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+OUTCOMES = ("in", "out", "filtered", "dead_lettered", "consumed", "generated")
+"""Record counts exported per step."""
+_PLAIN = {*OUTCOMES, "batches", "seconds", "kind", "type"}
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+"""Histogram buckets for batch latency, in seconds."""
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The Prometheus text exposition content type."""
+
+
+class PipelineMetrics:
+    """The metric families of tideflow in their own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.records = Counter(
+            "tideflow_records",
+            "Records per pipeline, step and outcome (in, out, filtered, dead_lettered, ...).",
+            ["pipeline", "step", "kind", "outcome"],
+            registry=self.registry,
+        )
+        self.batches = Counter(
+            "tideflow_batches",
+            "Batches handled per step.",
+            ["pipeline", "step"],
+            registry=self.registry,
+        )
+        self.step_seconds = Counter(
+            "tideflow_step_seconds",
+            "Seconds spent inside each step.",
+            ["pipeline", "step"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "tideflow_batch_latency_seconds",
+            "Seconds for one source batch to pass through the whole pipeline.",
+            ["pipeline", "source"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.node_metric = Gauge(
+            "tideflow_step_metric",
+            "What a component reports beside its counts (retries, outage_seconds, ...).",
+            ["pipeline", "step", "metric"],
+            registry=self.registry,
+        )
+        self.source_lag = Gauge(
+            "tideflow_source_lag_seconds",
+            "How far a source reports it is behind (only sources that know their lag).",
+            ["pipeline", "source"],
+            registry=self.registry,
+        )
+        self.last_record = Gauge(
+            "tideflow_last_record_timestamp_seconds",
+            "Unix time at which the pipeline last read a record.",
+            ["pipeline"],
+            registry=self.registry,
+        )
+        self.state_bytes = Gauge(
+            "tideflow_state_store_bytes",
+            "Size on disk of the pipeline's SQLite state store (with its write-ahead log).",
+            ["pipeline"],
+            registry=self.registry,
+        )
+        self.running = Gauge(
+            "tideflow_pipeline_running",
+            "1 while a run of the pipeline is active.",
+            ["pipeline"],
+            registry=self.registry,
+        )
+        self.runs = Counter(
+            "tideflow_runs",
+            "Finished runs by status.",
+            ["pipeline", "status"],
+            registry=self.registry,
+        )
+
+    def progress(
+        self,
+        pipeline: str,
+        previous: dict[str, dict[str, Any]] | None,
+        counts: dict[str, dict[str, Any]],
+    ) -> None:
+        """Add what changed between two count snapshots of the same run."""
+        before = previous or {}
+        read = 0.0
+        for step, now in counts.items():
+            was = before.get(step, {})
+            kind = str(now.get("kind", ""))
+            for outcome in OUTCOMES:
+                delta = float(now.get(outcome, 0)) - float(was.get(outcome, 0))
+                if delta > 0:
+                    self.records.labels(pipeline, step, kind, outcome).inc(delta)
+                    if kind == "source" and outcome in ("out", "dead_lettered"):
+                        read += delta
+            delta = float(now.get("batches", 0)) - float(was.get("batches", 0))
+            if delta > 0:
+                self.batches.labels(pipeline, step).inc(delta)
+            delta = float(now.get("seconds", 0)) - float(was.get("seconds", 0))
+            if delta > 0:
+                self.step_seconds.labels(pipeline, step).inc(delta)
+            for key, value in now.items():
+                if key in _PLAIN or not isinstance(value, int | float):
+                    continue
+                if key in ("lag", "lag_seconds") and kind == "source":
+                    self.source_lag.labels(pipeline, step).set(value)
+                else:
+                    self.node_metric.labels(pipeline, step, key).set(value)
+        if read:
+            self.last_record.labels(pipeline).set(time.time())
+
+    def batch(self, pipeline: str, source: str, seconds: float) -> None:
+        """Record one batch's latency."""
+        self.latency.labels(pipeline, source).observe(seconds)
+
+    def run_started(self, pipeline: str) -> None:
+        """A run became active."""
+        self.running.labels(pipeline).set(1)
+
+    def run_finished(self, pipeline: str, status: str) -> None:
+        """A run ended with ``status``."""
+        self.running.labels(pipeline).set(0)
+        self.runs.labels(pipeline, status).inc()
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every metric."""
+        return generate_latest(self.registry)
+
+
+def run_metrics_observer(
+    pipeline: str, port: int, host: str = "127.0.0.1"
+) -> tuple[PipelineMetrics, Callable[[Any], None], Callable[[str, int, float], None]]:
+    """Serve ``/metrics`` for a single ``tideflow run`` on ``host:port``.
+
+    Returns the metrics and the ``on_progress`` and ``on_batch`` hooks to give the engine.
+    """
+    from prometheus_client import start_http_server
+
+    metrics = PipelineMetrics()
+    start_http_server(port, addr=host, registry=metrics.registry)
+    metrics.run_started(pipeline)
+    last: dict[str, dict[str, Any]] = {}
+
+    def on_progress(engine: Any) -> None:
+        counts = engine.counts()
+        metrics.progress(pipeline, last.copy(), counts)
+        last.clear()
+        last.update({k: dict(v) for k, v in counts.items()})
+
+    def on_batch(source: str, records: int, seconds: float) -> None:
+        metrics.batch(pipeline, source, seconds)
+
+    return metrics, on_progress, on_batch

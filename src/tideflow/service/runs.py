@@ -1,0 +1,351 @@
+"""Start, stop and watch runs, each in its own process.
+
+A reader thread per run turns the child's events into the run's live state (counts,
+throughput, taps, logs) and into metrics. When the child ends without saying how (it
+crashed, ran out of memory, was killed), the run is marked ``crashed`` here and in the
+state store, and the server carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tideflow.errors import PipelineError
+from tideflow.secrets import redact
+from tideflow.service.catalog import Catalog, Conflict, Entry, NotFound
+from tideflow.service.metrics import PipelineMetrics
+from tideflow.service.worker import worker_main
+from tideflow.state.store import StateStore, open_state_store, state_path
+
+log = logging.getLogger("tideflow.service")
+ACTIVE = ("starting", "running", "stopping")
+"""Statuses of a run whose process is alive."""
+MAX_LOG_LINES = 5000
+"""Log lines kept per run."""
+MAX_RUNS_KEPT = 200
+"""Finished runs kept in memory (older ones remain in the state store)."""
+
+
+@dataclass
+class Run:
+    """One run as the server sees it."""
+
+    id: str
+    pipeline: str
+    name: str
+    kind: str
+    trigger: str
+    started_at: float
+    status: str = "starting"
+    ended_at: float | None = None
+    error: str | None = None
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    elapsed: float = 0.0
+    rate: float = 0.0
+    logs: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=MAX_LOG_LINES))
+    log_seq: int = 0
+    taps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    matches: dict[str, float] = field(default_factory=dict)
+    """Per `matching_records` alert: records that matched its condition so far."""
+    process: Any = None
+    stop_event: Any = None
+    final_status: str | None = None
+    state_file: Path | None = None
+    """The SQLite state store of the run (None for PostgreSQL), measured for metrics."""
+    _last_sample: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def records_in(self) -> int:
+        """Records read by all sources so far."""
+        return sum(
+            int(c.get("out", 0)) + int(c.get("dead_lettered", 0))
+            for c in self.counts.values()
+            if c.get("kind") == "source"
+        )
+
+    @property
+    def dead_lettered(self) -> int:
+        """Records dead-lettered anywhere in the pipeline so far."""
+        return sum(int(c.get("dead_lettered", 0)) for c in self.counts.values())
+
+    def summary(self) -> dict[str, Any]:
+        """The run as JSON, without logs and taps."""
+        return {
+            "id": self.id,
+            "pipeline": self.pipeline,
+            "name": self.name,
+            "kind": self.kind,
+            "trigger": self.trigger,
+            "status": self.status,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "elapsed": round(self.elapsed, 3),
+            "records_in": self.records_in,
+            "dead_lettered": self.dead_lettered,
+            "rate": round(self.rate, 1),
+            "error": self.error,
+            "counts": self.counts,
+        }
+
+    def add_log(self, at: float, level: str, text: str) -> None:
+        """Append a log line, numbered so clients can ask for what is new."""
+        self.log_seq += 1
+        self.logs.append({"seq": self.log_seq, "at": at, "level": level, "text": redact(text)})
+
+
+class RunManager:
+    """Every run the server started; at most one active run per pipeline."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        metrics: PipelineMetrics,
+        on_event: Callable[[Run], None] | None = None,
+    ) -> None:
+        self.catalog = catalog
+        self.metrics = metrics
+        self.on_event = on_event
+        self._runs: dict[str, Run] = {}
+        self._lock = threading.Lock()
+        self._mp = multiprocessing.get_context("spawn")
+
+    # -- queries -------------------------------------------------------------------------
+
+    def get(self, run_id: str) -> Run:
+        """A run by id, or :class:`NotFound`."""
+        with self._lock:
+            run = self._runs.get(run_id)
+        if run is None:
+            raise NotFound(f"no run {run_id!r} is known to this server")
+        return run
+
+    def active(self, pid: str) -> Run | None:
+        """The pipeline's active run, if any."""
+        with self._lock:
+            return next(
+                (r for r in self._runs.values() if r.pipeline == pid and r.status in ACTIVE), None
+            )
+
+    def latest(self, pid: str) -> Run | None:
+        """The pipeline's most recent run started by this server."""
+        with self._lock:
+            runs = [r for r in self._runs.values() if r.pipeline == pid]
+        return max(runs, key=lambda r: r.started_at) if runs else None
+
+    def runs(self, pid: str | None = None) -> list[Run]:
+        """Runs started by this server, newest first."""
+        with self._lock:
+            runs = [r for r in self._runs.values() if pid is None or r.pipeline == pid]
+        return sorted(runs, key=lambda r: r.started_at, reverse=True)
+
+    # -- control -------------------------------------------------------------------------
+
+    def start(
+        self,
+        pid: str,
+        trigger: str = "api",
+        kind: str = "run",
+        options: dict[str, Any] | None = None,
+    ) -> Run:
+        """Start a run of a valid pipeline in a new process; :class:`Conflict` if one is
+        active already (runs of one pipeline never overlap: they share its checkpoint)."""
+        entry = self.catalog.get(pid)
+        if entry.spec is None:
+            raise Conflict(f"pipeline {pid!r} is not valid; fix it before running it")
+        with self._lock:
+            busy = any(r.pipeline == pid and r.status in ACTIVE for r in self._runs.values())
+            if busy:
+                raise Conflict(f"pipeline {pid!r} is running already; stop it first")
+            run = Run(
+                id=uuid.uuid4().hex[:12],
+                pipeline=pid,
+                name=entry.name,
+                kind=kind,
+                trigger=trigger,
+                started_at=time.time(),
+            )
+            self._runs[run.id] = run
+            self._forget_old()
+        location = entry.spec.state
+        if not (location and "://" in location):
+            run.state_file = state_path(location, entry.path.parent)
+        events = self._mp.Queue()
+        run.stop_event = self._mp.Event()
+        run.process = self._mp.Process(
+            target=worker_main,
+            args=(str(entry.path), run.id, kind, options or {}, events, run.stop_event),
+            name=f"tideflow-run-{pid}",
+            daemon=True,
+        )
+        try:
+            run.process.start()
+        except Exception as exc:
+            run.status, run.ended_at = "failed", time.time()
+            run.error = redact(f"the run's process could not start: {exc}")
+            raise PipelineError(run.error) from exc
+        run.add_log(time.time(), "INFO", f"process {run.process.pid} started ({trigger})")
+        self.metrics.run_started(entry.name)
+        threading.Thread(
+            target=self._follow, args=(run, events, entry), name=f"follow-{run.id}", daemon=True
+        ).start()
+        return run
+
+    def stop(self, run_id: str, grace: float = 30.0) -> Run:
+        """Ask a run to drain and checkpoint; kill its process if it has not ended after
+        ``grace`` seconds (in the background, so the request returns at once)."""
+        run = self.get(run_id)
+        if run.status not in ACTIVE:
+            return run
+        run.status = "stopping"
+        run.stop_event.set()
+
+        def enforce() -> None:
+            run.process.join(grace)
+            if run.process.is_alive():
+                run.add_log(time.time(), "WARNING", f"no stop after {grace:.0f}s: killing")
+                run.process.kill()
+
+        threading.Thread(target=enforce, name=f"stop-{run.id}", daemon=True).start()
+        return run
+
+    def shutdown(self, grace: float = 10.0) -> None:
+        """Stop every active run (the server is going down)."""
+        active = [r for r in self.runs() if r.status in ACTIVE and r.process.pid is not None]
+        for run in active:
+            run.stop_event.set()
+        deadline = time.monotonic() + grace
+        for run in active:
+            run.process.join(max(deadline - time.monotonic(), 0.1))
+            if run.process.is_alive():
+                run.process.kill()
+
+    def record_missed(self, pid: str, due_at: float, reason: str) -> None:
+        """Note a scheduled start that did not happen, in the pipeline's run history."""
+        entry = self.catalog.get(pid)
+        if entry.spec is None:
+            return
+        run_id = uuid.uuid4().hex[:12]
+        log.warning("%s: scheduled run due at %s missed: %s", pid, time.ctime(due_at), reason)
+        with self._store(entry) as store:
+            store.record_missed(run_id, entry.spec.name, due_at, reason)
+
+    def _store(self, entry: Entry) -> _StoreScope:
+        assert entry.spec is not None
+        return _StoreScope(open_state_store(entry.spec.state, entry.path.parent))
+
+    def _forget_old(self) -> None:
+        done = sorted(
+            (r for r in self._runs.values() if r.status not in ACTIVE), key=lambda r: r.started_at
+        )
+        for run in done[: max(len(self._runs) - MAX_RUNS_KEPT, 0)]:
+            del self._runs[run.id]
+
+    # -- following a child ---------------------------------------------------------------
+
+    def _follow(self, run: Run, events: Any, entry: Entry) -> None:
+        """Apply the child's events until it says it is done or its process ends."""
+        finished = False
+        while not finished:
+            try:
+                event = events.get(timeout=0.25)
+            except queue.Empty:
+                if not run.process.is_alive():
+                    # Drain what the child sent just before it ended, then give up.
+                    try:
+                        event = events.get(timeout=0.5)
+                    except queue.Empty:
+                        break
+                else:
+                    continue
+            finished = self._apply(run, event)
+        run.process.join(5)
+        status = run.final_status
+        if not finished or status is None:
+            code = run.process.exitcode
+            status = "crashed"
+            run.error = f"the run's process ended without finishing (exit code {code})"
+            run.add_log(time.time(), "ERROR", run.error)
+            self._record_crash(run, entry)
+        run.ended_at = time.time()
+        run.rate = 0.0
+        self.metrics.run_finished(run.name, status)
+        run.status = status  # last, so whoever sees the end also sees its metrics
+        events.close()
+        if self.on_event is not None:
+            self.on_event(run)
+
+    def _apply(self, run: Run, event: tuple[Any, ...]) -> bool:
+        kind = event[0]
+        if kind == "log":
+            run.add_log(event[1], event[2], event[3])
+        elif kind == "progress":
+            if run.status == "starting":
+                run.status = "running"
+            previous = run.counts
+            run.elapsed, run.counts = float(event[1]), event[2]
+            self.metrics.progress(run.name, previous, run.counts)
+            self._measure_state(run)
+            now, total = time.monotonic(), float(run.records_in)
+            then, before = run._last_sample
+            if then and now > then:
+                run.rate = max(total - before, 0) / (now - then)
+            run._last_sample = (now, total)
+        elif kind == "matches":
+            run.matches = dict(event[1])
+        elif kind == "tap":
+            # Swap in a new dict so request threads iterating the old one never see it change.
+            run.taps = {**run.taps, event[1]: event[2]}
+        elif kind == "batches":
+            for source, _records, seconds in event[1]:
+                self.metrics.batch(run.name, source, seconds)
+        elif kind == "done":
+            previous = run.counts
+            run.final_status, run.error = event[1], event[3]
+            if event[2]:
+                run.counts = event[2]
+                self.metrics.progress(run.name, previous, run.counts)
+            return True
+        return False
+
+    def _measure_state(self, run: Run) -> None:
+        if run.state_file is None:
+            return
+        size = 0
+        for suffix in ("", "-wal"):
+            try:
+                size += run.state_file.with_name(run.state_file.name + suffix).stat().st_size
+            except OSError:
+                continue
+        self.metrics.state_bytes.labels(run.name).set(size)
+
+    def _record_crash(self, run: Run, entry: Entry) -> None:
+        if entry.spec is None or run.kind != "run":
+            return
+        try:
+            with self._store(entry) as store:
+                store.end_run(run.id, "crashed", run.counts, run.error)
+        except Exception as exc:  # noqa: BLE001 - history is best effort; the run is over
+            log.warning("could not record the crash of run %s: %s", run.id, redact(str(exc)))
+
+
+class _StoreScope:
+    """A state store opened for one short operation."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> StateStore:
+        return self.store
+
+    def __exit__(self, *exc: object) -> None:
+        self.store.close()
