@@ -598,3 +598,20 @@ sink: {type: memory, collector: quiet-windows}
         runner.join(timeout=30)
     got = collected("quiet-windows")
     assert got.select("n", "s").rows() == [(2, 3)]
+
+
+def test_the_run_summary_reports_each_stateful_steps_state_size(tmp_path: Path) -> None:
+    from tideflow.runner import run
+    from tideflow.spec.loader import load_pipeline_text
+
+    text = """
+name: sized
+source: {type: generate, shape: sensors, count: 2000, keys: 4, interval: 10}
+steps:
+  - {type: window, time_column: ts, keys: [sensor_id], size: 1h,
+     aggregations: {m: mean(temperature_c)}}
+sink: {type: memory, collector: sized}
+"""
+    result = run(load_pipeline_text(text), tmp_path)
+    assert result.counts["window"]["report"]["state_bytes"] > 0
+    assert "state_bytes" not in result.counts["memory"].get("report", {})

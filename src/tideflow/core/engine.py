@@ -524,7 +524,7 @@ class Engine:
             node.component.attach_checkpoint(encode_state(payload))
             tokens[node.name] = self._flush(node)
             crash_point("checkpoint.after_keeper_commit")
-        self.state.commit_checkpoint(
+        sizes = self.state.commit_checkpoint(
             self.state_key,
             self.checkpoint_id,
             self._positions,
@@ -533,6 +533,10 @@ class Engine:
             self._dead_buffer,
             self.run_id,
         )
+        for node in self.graph.steps:
+            if node.name in sizes:
+                # Reported with the run: state that keeps growing is a bug or a missing TTL.
+                node.counts.metrics["state_bytes"] = sizes[node.name]
         crash_point("checkpoint.after_state")
         self._dead_buffer = []
         for node in sinks:

@@ -173,8 +173,9 @@ class StateStore:
         sink_tokens: dict[str, Any],
         dead_letters: list[tuple[str, pl.DataFrame]],
         run_id: str,
-    ) -> None:
-        """Store a checkpoint and the dead letters it covers, atomically."""
+    ) -> dict[str, int]:
+        """Store a checkpoint and the dead letters it covers, atomically; returns the size in
+        bytes of each step's stored state."""
         now = time.time()
         encoded = {step: encode_state(state) for step, state in step_states.items()}
         with self._transaction() as conn:
@@ -204,6 +205,7 @@ class StateStore:
                         for record, reason in frame.select("record", "reason").iter_rows()
                     ),
                 )
+        return {step: len(data) for step, data in encoded.items()}
 
     def reset(self, pipeline: str, dead_letters: bool = False) -> None:
         """Forget a pipeline's checkpoint and state (and its dead letters if asked)."""
