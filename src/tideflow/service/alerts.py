@@ -56,6 +56,11 @@ def deliver(notify: NotifySpec, event: dict[str, Any]) -> None:
         log.log(level, "%s", event["message"])
         return
     assert notify.url is not None
+    if not notify.url.lower().startswith(("http://", "https://")):
+        log.warning(
+            "alert %s: webhook URL must be http(s), not %s", event["alert"], redact(notify.url)
+        )
+        return
     body = {"text": event["message"]} if notify.format == "slack" else event
     request = urllib.request.Request(
         notify.url,
@@ -64,7 +69,8 @@ def deliver(notify: NotifySpec, event: dict[str, Any]) -> None:
         method="POST",
     )
     try:
-        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:
+        # nosec B310: the scheme is checked above (http or https only)
+        with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:  # nosec B310
             response.read(1024)
     except Exception as exc:  # noqa: BLE001 - a failed notification is logged, never raised
         log.warning(
