@@ -18,6 +18,7 @@ BUILTIN_MODULES = (
     "tideflow.connectors.memory",
     "tideflow.connectors.sql.source",
     "tideflow.connectors.sql.sink",
+    "tideflow.connectors.mqtt",
 )
 
 
