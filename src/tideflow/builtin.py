@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "tideflow.connectors.sql.source",
     "tideflow.connectors.sql.sink",
     "tideflow.connectors.mqtt",
+    "tideflow.connectors.redis_connector",
 )
 
 
