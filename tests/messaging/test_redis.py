@@ -9,8 +9,8 @@ from typing import Any
 import polars as pl
 import pytest
 import redis
-
 from tests.messaging.conftest import drain, quiet
+
 from tideflow.connectors.redis_connector import (
     RedisSink,
     RedisSinkConfig,
@@ -117,7 +117,7 @@ def test_streams_unacknowledged_entries_are_reread_after_a_crash(
     for i in range(25):
         r.xadd(stream, {"i": str(i)})
     first = streams_source(make_ctx(), stream, batch_size=10)
-    frame, position = drain(first, 10)
+    _, position = drain(first, 10)
     first.checkpointed(position)
     rest, _ = drain(first, 15)
     first.close()  # a crash: the last 15 were never acknowledged

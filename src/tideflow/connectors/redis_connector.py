@@ -275,7 +275,7 @@ class RedisStreamsSource(Source):
         self.client = _connect(self.config)
         self._ledger = AckLedger(int(position or 0))
         self._backlog = True
-        self._backlog_after: bytes | str = "0"
+        self._backlog_after = "0"
         self._last_entry = time.monotonic()
         redis = _redis()
 
