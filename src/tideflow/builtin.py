@@ -20,6 +20,7 @@ BUILTIN_MODULES = (
     "tideflow.connectors.sql.sink",
     "tideflow.connectors.mqtt",
     "tideflow.connectors.redis_connector",
+    "tideflow.connectors.amqp",
 )
 
 

@@ -1,0 +1,137 @@
+"""The ``amqp`` source and sink against RabbitMQ on 127.0.0.1:5672."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pika
+import polars as pl
+import pytest
+from tests.messaging.conftest import drain, quiet
+
+from tideflow.connectors.amqp import AmqpSink, AmqpSinkConfig, AmqpSource, AmqpSourceConfig
+from tideflow.core.contracts import Context
+from tideflow.errors import PipelineError
+
+
+@pytest.fixture
+def channel(amqp_url: str, unique: str) -> Iterator[Any]:
+    """A plain pika channel; the test's queues and exchanges are deleted afterwards."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    ch = connection.channel()
+    yield ch
+    for name in (unique, f"{unique}.q", f"{unique}.x"):
+        ch.queue_delete(name)
+        ch.exchange_delete(name)
+    connection.close()
+
+
+def amqp_source(ctx: Context, **settings: Any) -> AmqpSource:
+    src = AmqpSource(AmqpSourceConfig.model_validate({"max_wait": 0.2, **settings}))
+    src.open(ctx, None)
+    return src
+
+
+def queued(channel: Any, queue: str) -> int:
+    """Messages ready in ``queue``."""
+    return int(channel.queue_declare(queue, passive=True).method.message_count)
+
+
+def test_sink_to_topic_exchange_and_source_with_routing_keys(
+    channel: Any, unique: str, make_ctx: Callable[..., Context]
+) -> None:
+    exchange = f"{unique}.x"
+    src = amqp_source(
+        make_ctx(),
+        queue=unique,
+        exchange=exchange,
+        exchange_type="topic",
+        routing_keys=["sensor.*.temp"],
+    )
+    sink = AmqpSink(
+        AmqpSinkConfig(exchange=exchange, exchange_type="topic", routing_key_column="rk")
+    )
+    sink.open(make_ctx("sink"), None)
+    try:
+        batch = pl.DataFrame(
+            {"rk": [f"sensor.{i % 3}.temp" for i in range(60)], "v": list(range(60))}
+        )
+        sink.write_batch(batch)
+        frame, position = drain(src, 60)
+        src.checkpointed(position)
+    finally:
+        sink.close()
+        src.close()
+    assert sorted(frame["v"].to_list()) == list(range(60))
+    assert frame.filter(pl.col("v") == 4)["routing_key"].to_list() == ["sensor.1.temp"]
+    assert queued(channel, unique) == 0
+
+
+def test_unacknowledged_messages_return_after_a_crash(
+    channel: Any, unique: str, make_ctx: Callable[..., Context]
+) -> None:
+    channel.queue_declare(unique, durable=True)
+    for i in range(30):
+        channel.basic_publish("", unique, json.dumps({"i": i}).encode())
+    first = amqp_source(make_ctx(), queue=unique, batch_size=10)
+    _, position = drain(first, 10)
+    first.checkpointed(position)
+    rest, _ = drain(first, 20)
+    first.close()  # the last 20 were never acknowledged: they go back to the queue
+    second = amqp_source(make_ctx(), queue=unique, batch_size=10)
+    try:
+        again, position = drain(second, 20)
+        second.checkpointed(position)
+        assert quiet(second, 0.3) == 0
+    finally:
+        second.close()
+    assert sorted(again["i"].to_list()) == sorted(rest["i"].to_list())
+    assert queued(channel, unique) == 0
+
+
+def test_text_payloads_and_dead_letters(
+    channel: Any, unique: str, make_ctx: Callable[..., Context]
+) -> None:
+    channel.queue_declare(unique, durable=True)
+    channel.basic_publish("", unique, b'{"ok": 1}')
+    channel.basic_publish("", unique, b"[1, 2]")
+    src = amqp_source(make_ctx(), queue=unique)
+    try:
+        frame, position = drain(src, 2)
+        src.checkpointed(position)
+    finally:
+        src.close()
+    assert frame["ok"].to_list() == [1]
+
+
+def test_unroutable_messages_fail_the_run(unique: str, make_ctx: Callable[..., Context]) -> None:
+    sink = AmqpSink(AmqpSinkConfig(exchange=f"{unique}.x", routing_key="nowhere"))
+    sink.open(make_ctx(), None)
+    try:
+        with pytest.raises(PipelineError, match="matches no queue"):
+            sink.write_batch(pl.DataFrame({"a": [1]}))
+    finally:
+        sink.close()
+
+
+def test_sink_declares_its_queue_with_the_default_exchange(
+    channel: Any, unique: str, make_ctx: Callable[..., Context]
+) -> None:
+    sink = AmqpSink(AmqpSinkConfig(routing_key=unique, queue=unique, format="text"))
+    sink.open(make_ctx(), None)
+    try:
+        sink.write_batch(pl.DataFrame({"payload": ["a", "b", "c"]}))
+    finally:
+        sink.close()
+    assert queued(channel, unique) == 3
+
+
+def test_bad_password_is_not_retried_and_is_redacted(make_ctx: Callable[..., Context]) -> None:
+    src = AmqpSource(
+        AmqpSourceConfig(url="amqp://guest:wrong-pass-123@127.0.0.1:5672/%2F", queue="q")
+    )
+    with pytest.raises(PipelineError, match="password") as err:
+        src.open(make_ctx(), None)
+    assert "wrong-pass-123" not in str(err.value)
