@@ -21,6 +21,7 @@ BUILTIN_MODULES = (
     "tideflow.connectors.mqtt",
     "tideflow.connectors.redis_connector",
     "tideflow.connectors.amqp",
+    "tideflow.connectors.influxdb",
 )
 
 
