@@ -118,7 +118,8 @@ def test_validate_reports_errors_with_exit_code_2(write_pipeline: Write) -> None
     assert invoke("validate", str(good)) == (0, f"{good}: ok\n")
     result = CliRunner().invoke(cli, ["validate", str(bad)])
     assert result.exit_code == 2
-    assert "bad.yaml:7: steps[1].type: unknown step type 'fliter'; did you mean 'filter'?" in (
+    # The closest names come first (`flatten` is a near miss too).
+    assert "bad.yaml:7: steps[1].type: unknown step type 'fliter'; did you mean 'filter'" in (
         result.output
     )
 
