@@ -169,10 +169,10 @@ def test_source_ends_after_idle_when_asked(make_ctx: Callable[..., Context], uni
     assert src.bounded
 
 
-def test_bad_credentials_fail_with_an_actionable_redacted_message(
+def test_unreachable_broker_is_retried_then_fails_redacted(
     make_ctx: Callable[..., Context], unique: str
 ) -> None:
-    # Anonymous Mosquitto accepts any name; an unreachable port shows the retry path instead.
+    # Refused credentials are tested on a private broker (test_mqtt_private_broker.py).
     config = MqttSourceConfig.model_validate(
         {
             "topics": ["x"],

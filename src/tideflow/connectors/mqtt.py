@@ -201,7 +201,7 @@ class _Client:
         self.connected = False
         self.generation = 0
         """Counts successful connections; a change means the broker will redeliver."""
-        self.refused: str | None = None
+        self.refused: Any = None
         self.on_connected: list[Any] = []
         self.clean = clean
         self.v5 = config.protocol == "5"
@@ -235,7 +235,7 @@ class _Client:
 
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            self.refused = str(reason)
+            self.refused = reason
             return
         self.connected = True
         self.generation += 1
@@ -280,19 +280,26 @@ class _Client:
                 self.client.connect(self.config.host, self.config.port, self.config.keepalive)
         deadline = time.monotonic() + self.config.connect_timeout
         while not self.connected:
-            if self.refused is not None:
-                # Bad credentials or a refused client id: retrying cannot fix it.
-                raise PipelineError(
-                    redact(
-                        f"{self.where} refused the connection: {self.refused}; check "
-                        "`username`, `password` and `client_id`"
-                    )
-                )
             rc = self.client.loop(timeout=0.1)
+            if self.refused is not None:
+                self._raise_refused()
             if rc != self.mqtt.MQTT_ERR_SUCCESS:
                 raise _Transient(f"{self.where}: {self.mqtt.error_string(rc)}")
             if time.monotonic() > deadline:
                 raise _Transient(f"{self.where}: no CONNACK within {self.config.connect_timeout} s")
+
+    def _raise_refused(self) -> None:
+        reason = self.refused
+        # Server unavailable, busy or over quota may pass; anything else (bad credentials,
+        # a refused client id, not authorised) needs a change of configuration.
+        if getattr(reason, "value", None) in (0x88, 0x89, 0x97):
+            raise _Transient(f"{self.where} refused the connection for now: {reason}")
+        raise PipelineError(
+            redact(
+                f"{self.where} refused the connection: {reason}; check `username`, "
+                "`password`, `client_id` and the broker's ACLs"
+            )
+        )
 
     def pump(self, timeout: float) -> None:
         """Run the network loop once; reconnect (with backoff) when the connection is lost."""
