@@ -18,7 +18,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import polars as pl
 import pytest
-from tests.messaging.conftest import drain
+from tests.messaging.conftest import drain, quiet
 
 from tideflow.connectors.mqtt import MqttSink, MqttSinkConfig, MqttSource, MqttSourceConfig
 from tideflow.core.contracts import Context
@@ -257,3 +257,28 @@ def test_source_reconnects_with_backoff_after_a_broker_restart(
     assert frame["n"].to_list() == [2]
     assert ctx.metrics["retries"] >= 1
     assert ctx.metrics["outage_seconds"] > 0.5
+
+
+def test_sink_publishes_what_it_queued_during_an_outage(
+    broker: Broker, make_ctx: Callable[..., Context]
+) -> None:
+    auth = {"port": broker.port, "username": "sensor", "password": PASSWORD}
+    retry = {"first": 0.1, "cap": 0.3, "give_up_after": 30}
+    src = MqttSource(
+        MqttSourceConfig.model_validate({**auth, "topics": ["o"], "max_wait": 0.1, "retry": retry})
+    )
+    sink = MqttSink(MqttSinkConfig.model_validate({**auth, "topic": "o", "retry": retry}))
+    src.open(make_ctx(), None)
+    sink_ctx = make_ctx("sink")
+    sink.open(sink_ctx, None)
+    try:
+        broker.stop()
+        sink.write_batch(pl.DataFrame({"n": list(range(50))}))  # queued by paho meanwhile
+        broker.start()
+        quiet(src, 1.0)  # the source reconnects and subscribes again
+        sink.flush()  # reconnects; paho sends the queued messages; waits for every PUBACK
+        frame, _ = drain(src, 50)
+    finally:
+        sink.close()
+        src.close()
+    assert sorted(frame["n"].to_list()) == list(range(50))

@@ -419,6 +419,7 @@ class MqttSource(Source):
         """Messages received within ``max_wait`` (at most ``batch_size``)."""
         assert self._client is not None
         deadline = time.monotonic() + self.config.max_wait
+        had = -1
         while True:
             self._send_acks()
             with self._lock:
@@ -428,7 +429,10 @@ class MqttSource(Source):
             now = time.monotonic()
             if now >= deadline or self._client.ctx.stop_event.is_set():
                 break
-            self._client.pump(min(0.05, deadline - now))
+            # paho reads one packet per loop: while messages keep coming, loop without
+            # waiting; wait (up to 50 ms) only when the socket was idle.
+            self._client.pump(0 if have > had else min(0.05, deadline - now))
+            had = have
         with self._lock:
             taken = self._inbox[: self.config.batch_size]
             self._inbox = self._inbox[self.config.batch_size :]
@@ -487,12 +491,14 @@ class MqttSink(Sink):
     def __init__(self, config: MqttSinkConfig) -> None:
         super().__init__(config)
         self._client: _Client | None = None
-        # Published but not yet acknowledged: (topic, payload, message info).
-        self._unacked: list[tuple[str, bytes, Any]] = []
+        # paho's MQTTMessageInfo of each QoS 1/2 message the broker has not acknowledged.
+        self._unacked: list[Any] = []
 
     def open(self, ctx: Context, pending: Any) -> None:
         """Connect; published messages cannot be withdrawn, so there is nothing to recover."""
         self._client = _Client(self.config, ctx, clean=True)
+        # paho holds back QoS 1/2 messages beyond its in-flight limit (20 by default).
+        self._client.client.max_inflight_messages_set(self.config.max_in_flight)
         self._client.connect()
 
     def write_batch(self, batch: pl.DataFrame) -> None:
@@ -517,29 +523,33 @@ class MqttSink(Sink):
 
     def _publish(self, topic: str, payload: bytes) -> None:
         assert self._client is not None
+        mqtt = self._client.mqtt
         while len(self._unacked) >= self.config.max_in_flight:
             self._settle(0.05)
         info = self._client.client.publish(topic, payload, self.config.qos, self.config.retain)
-        mqtt = self._client.mqtt
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+        disconnected = (mqtt.MQTT_ERR_NO_CONN, mqtt.MQTT_ERR_CONN_LOST)
+        if info.rc in disconnected and self.config.qos == 0:
+            # paho queues QoS 1/2 messages while disconnected and sends them after the
+            # reconnect, but drops QoS 0 ones: reconnect now and publish again.
+            self._client.connect()
+            info = self._client.client.publish(topic, payload, 0, self.config.retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS and info.rc not in disconnected:
             raise PipelineError(
-                f"mqtt sink: cannot publish to {topic!r}: {self._client.mqtt.error_string(info.rc)}"
+                f"mqtt sink: cannot publish to {topic!r}: {mqtt.error_string(info.rc)}"
             )
-        if self.config.qos > 0 or info.rc != self._client.mqtt.MQTT_ERR_SUCCESS:
-            self._unacked.append((topic, payload, info))
+        if self.config.qos > 0:
+            if info.rc in disconnected:
+                # The message is queued and goes out after the reconnect; `rc` only tells
+                # how the first attempt went, and would make `is_published` raise.
+                info.rc = mqtt.MQTT_ERR_SUCCESS
+            self._unacked.append(info)
 
     def _settle(self, timeout: float) -> None:
-        """Pump the network once, drop acknowledged messages, republish after a reconnect."""
+        """Pump the network once (reconnecting if needed: paho then sends every unacknowledged
+        message again itself) and forget the messages the broker has acknowledged."""
         assert self._client is not None
-        generation_before = self._client.generation
         self._client.pump(timeout)
-        if self._client.generation != generation_before:
-            # A new connection: everything unacknowledged is published again.
-            again, self._unacked = self._unacked, []
-            for topic, payload, _ in again:
-                self._publish(topic, payload)
-            return
-        self._unacked = [m for m in self._unacked if not m[2].is_published()]
+        self._unacked = [info for info in self._unacked if not info.is_published()]
 
     def flush(self) -> None:
         """Wait until the broker has acknowledged every message published so far."""
