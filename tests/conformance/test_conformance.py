@@ -11,6 +11,11 @@ two-phase sinks show nothing that was not committed; rejected records are dead-l
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -22,6 +27,7 @@ from tests.messaging.conftest import drain
 from tideflow.core.contracts import Sink, Source
 
 N = 40
+ROOT = Path(__file__).parents[2]
 by_name = {"ids": lambda case: case.name}
 
 
@@ -62,25 +68,54 @@ def test_source_delivers_every_record_once(case: SourceCase, env: Env) -> None:
     assert ids(frame) == list(range(N))
 
 
+CRASHING_READER = """
+import json, os, sys, threading
+from pathlib import Path
+from tests.messaging.conftest import drain
+from tideflow.core.contracts import Context
+import importlib
+
+module, cls, name, settings, base, first = json.loads(sys.argv[1])
+component = getattr(importlib.import_module(module), cls)
+source = component(component.config_model.model_validate(settings))
+source.open(Context("conformance", name, Path(base), Path(base), threading.Event()), None)
+head, checkpoint = drain(source, first)
+source.checkpointed(checkpoint)
+tail, _ = drain(source, int(sys.argv[2]) - head.height)
+result = {"head": head["i"].to_list(), "tail": tail["i"].to_list(), "checkpoint": checkpoint}
+print(json.dumps(result))
+sys.stdout.flush()
+os._exit(0)  # like kill -9: no close(), no goodbye to the broker
+"""
+
+
 @pytest.mark.parametrize("case", SOURCES, **by_name)
 def test_source_crash_before_checkpoint_redelivers_exactly_the_rest(
     case: SourceCase, env: Env
 ) -> None:
     settings = case.feed(env, N, False)
-    first = open_source(case, env, settings, None)
-    head, checkpoint = drain(first, 10)
-    first.checkpointed(checkpoint)
-    tail, _ = drain(first, N - head.height)
-    first.close()  # a crash: nothing after `checkpoint` was acknowledged
-    second = open_source(case, env, settings, checkpoint)
+    # The first reader runs in its own process and dies abruptly after its first checkpoint.
+    module, cls = case.component.__module__, case.component.__name__
+    args = [module, cls, case.name, settings, str(env.tmp), 10]
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASHING_READER, json.dumps(args), str(N)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(map(str, [ROOT / "src", ROOT]))},
+    )
+    assert crashed.returncode == 0, crashed.stderr
+    first = json.loads(crashed.stdout)
+    second = open_source(case, env, settings, first["checkpoint"])
     try:
-        again, position = drain(second, N - head.height)
+        again, position = drain(second, len(first["tail"]))
         second.checkpointed(position)
         assert quiet_after(second) == 0
     finally:
         second.close()
-    assert ids(again) == ids(tail)
-    assert sorted(ids(head) + ids(again)) == list(range(N))
+    assert ids(again) == sorted(first["tail"])
+    assert sorted(first["head"] + ids(again)) == list(range(N))
 
 
 @pytest.mark.parametrize("case", [c for c in SOURCES if c.bad_input], **by_name)

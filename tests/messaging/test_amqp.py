@@ -135,3 +135,78 @@ def test_bad_password_is_not_retried_and_is_redacted(make_ctx: Callable[..., Con
     with pytest.raises(PipelineError, match="password") as err:
         src.open(make_ctx(), None)
     assert "wrong-pass-123" not in str(err.value)
+
+
+def _close_by_broker(before: set[int]) -> None:
+    """Have RabbitMQ close the connection this process opened since ``before`` (by port)."""
+    import shutil
+    import subprocess
+
+    import psutil
+
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("rabbitmqctl is not available to close a connection")
+    ports = {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == 5672
+    } - before
+    assert len(ports) == 1
+    name = f"127.0.0.1:{ports.pop()} -> 127.0.0.1:5672"
+    listed = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "name", "-q", "--no-table-headers"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    # The text form of the pid is the one `close_connection` accepts.
+    pid = next(line.split("\t")[0] for line in listed.stdout.splitlines() if line.endswith(name))
+    subprocess.run(
+        ["rabbitmqctl", "close_connection", pid, "tideflow test"],
+        check=True,
+        capture_output=True,
+        timeout=30,
+    )
+
+
+def test_source_reconnects_after_the_broker_closes_it_and_gets_the_unacked_again(
+    channel: Any, unique: str, make_ctx: Callable[..., Context]
+) -> None:
+    import psutil
+
+    channel.queue_declare(unique, durable=True)
+    for i in range(30):
+        channel.basic_publish("", unique, json.dumps({"i": i}).encode())
+    before = {
+        c.laddr.port
+        for c in psutil.Process().net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == 5672
+    }
+    src = AmqpSource(
+        AmqpSourceConfig.model_validate(
+            {
+                "queue": unique,
+                "batch_size": 10,
+                "max_wait": 0.2,
+                "retry": {"first": 0.1, "cap": 0.3},
+            }
+        )
+    )
+    ctx = make_ctx()
+    src.open(ctx, None)
+    try:
+        head, position = drain(src, 10)
+        src.checkpointed(position)
+        unacked, _ = drain(src, 10)
+        _close_by_broker(before)
+        # After the reconnect the 10 unacknowledged messages come again, then the rest.
+        rest, position = drain(src, 20, timeout=20)
+        src.checkpointed(position)
+        assert quiet(src, 0.5) == 0
+    finally:
+        src.close()
+    assert ctx.metrics["retries"] >= 1
+    assert sorted(rest["i"].to_list()) == sorted(unacked["i"].to_list() + list(range(20, 30)))
+    assert sorted(head["i"].to_list() + rest["i"].to_list()) == list(range(30))
+    assert queued(channel, unique) == 0

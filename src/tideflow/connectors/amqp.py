@@ -251,6 +251,9 @@ class AmqpSource(Source):
         deadline = time.monotonic() + self.config.max_wait
 
         def pump() -> None:
+            # Always once: it also runs the acks `checkpointed` queued, even when messages
+            # already waiting would fill the batch.
+            link.connection.process_data_events(time_limit=0)
             while len(self._inbox) < self.config.batch_size:
                 left = deadline - time.monotonic()
                 if left <= 0 or link.ctx.stop_event.is_set():
