@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -166,3 +167,74 @@ def test_unreachable_redis_retries_then_fails(make_ctx: Callable[..., Context]) 
         sink.open(ctx, None)
     assert "s3cr3t-pass" not in str(err.value)
     assert ctx.metrics["retries"] >= 1
+
+
+def test_sink_waits_out_a_redis_restart(tmp_path: Path, make_ctx: Callable[..., Context]) -> None:
+    """A private redis-server is stopped mid-run and started again: the write is retried."""
+    import shutil
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(tmp_path),
+    ]
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with redis.Redis(port=port) as probe:
+                    probe.ping()
+                return proc
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "private redis-server did not start"
+                time.sleep(0.05)
+
+    server = start()
+    sink = RedisSink(
+        RedisSinkConfig.model_validate(
+            {
+                "url": f"redis://127.0.0.1:{port}/0",
+                "key_column": "k",
+                "retry": {"first": 0.1, "cap": 0.3, "give_up_after": 30},
+            }
+        )
+    )
+    ctx = make_ctx()
+    sink.open(ctx, None)
+    restarted: list[subprocess.Popen[bytes]] = []
+    try:
+        sink.write_batch(pl.DataFrame({"k": ["a"], "v": [1]}))
+        server.kill()
+        server.wait()
+        timer = threading.Timer(1.0, lambda: restarted.append(start()))
+        timer.start()
+        sink.write_batch(pl.DataFrame({"k": ["b"], "v": [2]}))
+        timer.join()
+        with redis.Redis(port=port) as r:
+            assert r.hgetall("b") == {b"v": b"2"}
+    finally:
+        sink.close()
+        for proc in [server, *restarted]:
+            proc.kill()
+            proc.wait()
+    assert ctx.metrics["retries"] >= 1
+    assert ctx.metrics["outage_seconds"] > 0.5
