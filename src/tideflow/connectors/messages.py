@@ -79,9 +79,8 @@ def decode_payloads(
         good.append(i)
         rows.append(value)
     if fmt == "json":
+        # Polars keeps the height of a frame without columns, so `{}` messages still count.
         frame = pl.from_dicts(rows, infer_schema_length=None) if rows else pl.DataFrame()
-        if rows and frame.width == 0:
-            frame = pl.DataFrame({"__empty": [None] * len(rows)}).drop("__empty")
     else:
         dtype = pl.String if fmt == "text" else pl.Binary
         frame = pl.DataFrame({payload_column: pl.Series(rows, dtype=dtype)})
