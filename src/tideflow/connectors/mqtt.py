@@ -84,6 +84,12 @@ class MqttConnection(Settings):
         description="Reconnecting after a lost or refused connection (backoff with jitter).",
     )
 
+    @model_validator(mode="after")
+    def _credentials(self) -> MqttConnection:
+        if self.password is not None and self.username is None:
+            raise ValueError("`password` is only sent with a `username`")
+        return self
+
 
 class MqttSourceConfig(MqttConnection):
     """Settings of the ``mqtt`` source."""
@@ -260,24 +266,24 @@ class _Client:
     def _connect_once(self) -> None:
         self.refused = None
         self.connected = False
-        with _quiet_socket_close(self.client):
-            if self.v5:
-                from paho.mqtt.packettypes import PacketTypes
-                from paho.mqtt.properties import Properties
+        # paho closes the socket of a previous attempt itself before connecting again.
+        if self.v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
 
-                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-                props.ReceiveMaximum = getattr(self.config, "receive_maximum", 65_535)
-                if not self.clean:
-                    props.SessionExpiryInterval = self.config.session_expiry
-                self.client.connect(
-                    self.config.host,
-                    self.config.port,
-                    self.config.keepalive,
-                    clean_start=self.clean,
-                    properties=props,
-                )
-            else:
-                self.client.connect(self.config.host, self.config.port, self.config.keepalive)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.ReceiveMaximum = getattr(self.config, "receive_maximum", 65_535)
+            if not self.clean:
+                props.SessionExpiryInterval = self.config.session_expiry
+            self.client.connect(
+                self.config.host,
+                self.config.port,
+                self.config.keepalive,
+                clean_start=self.clean,
+                properties=props,
+            )
+        else:
+            self.client.connect(self.config.host, self.config.port, self.config.keepalive)
         deadline = time.monotonic() + self.config.connect_timeout
         while not self.connected:
             rc = self.client.loop(timeout=0.1)
@@ -319,21 +325,6 @@ class _Client:
             sock = self.client.socket()
             if sock is not None:
                 sock.close()
-
-
-class _quiet_socket_close:
-    """Close a half-open socket left by a failed connect, so retries do not leak sockets."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-
-    def __enter__(self) -> None:
-        sock = self.client.socket()
-        if sock is not None:
-            sock.close()
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 @component("source", "mqtt")
