@@ -43,6 +43,8 @@ class Influx:
     url: str
     v2_url: str = ""
     v2_requests: list[dict[str, str]] = field(default_factory=list)
+    fail_next: int = 0
+    """The 2.x front end answers this many requests with 503 (an overloaded server)."""
 
     def query(self, q: str, db: str | None = None) -> Any:
         """Run InfluxQL; the parsed JSON."""
@@ -124,6 +126,9 @@ def _start_v2_front(influx: Influx) -> http.server.ThreadingHTTPServer:
             params = dict(urllib.parse.parse_qsl(parts.query))
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             influx.v2_requests.append(params)
+            if influx.fail_next > 0:
+                influx.fail_next -= 1
+                return self._reply(503, {"code": "unavailable", "message": "overloaded"})
             if parts.path != "/api/v2/write":
                 return self._reply(404, {"code": "not found", "message": "path not found"})
             if self.headers.get("Authorization") != f"Token {TOKEN}":

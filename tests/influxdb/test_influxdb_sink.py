@@ -169,3 +169,30 @@ def test_config_errors() -> None:
         InfluxSinkConfig.model_validate({"measurement": "m"})
     with pytest.raises(ValueError, match="org"):
         InfluxSinkConfig.model_validate({"bucket": "b", "measurement": "m"})
+
+
+def test_server_errors_are_retried_with_backoff(influx: Influx, tmp_path: Path) -> None:
+    db = database(influx)
+    influx.fail_next = 2
+    sink = InfluxSink(
+        InfluxSinkConfig.model_validate(
+            {
+                "url": influx.v2_url,
+                "bucket": db,
+                "org": "acme",
+                "token": TOKEN,
+                "measurement": "m",
+                "fields": ["temp"],
+                "time_column": "time",
+                "retry": {"first": 0.05, "cap": 0.1},
+            }
+        )
+    )
+    context = ctx(tmp_path)
+    sink.open(context, None)
+    try:
+        assert sink.write_batch(readings(5)) is None
+    finally:
+        sink.close()
+    assert context.metrics["retries"] == 2
+    assert len(influx.points(db, "m")) == 5
