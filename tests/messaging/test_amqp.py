@@ -110,7 +110,7 @@ def test_unroutable_messages_fail_the_run(unique: str, make_ctx: Callable[..., C
     sink = AmqpSink(AmqpSinkConfig(exchange=f"{unique}.x", routing_key="nowhere"))
     sink.open(make_ctx(), None)
     try:
-        with pytest.raises(PipelineError, match="matches no queue"):
+        with pytest.raises(PipelineError, match="matched no queue"):
             sink.write_batch(pl.DataFrame({"a": [1]}))
     finally:
         sink.close()
