@@ -174,7 +174,7 @@ class Dialect(ABC):
         if not rest:
             return f" ON CONFLICT ({target}) DO NOTHING"
         sets = ", ".join(f"{self.quote(c)} = excluded.{self.quote(c)}" for c in rest)
-        return f" ON CONFLICT ({target}) DO UPDATE SET {sets}"
+        return f" ON CONFLICT ({target}) DO UPDATE SET {sets}"  # nosec B608
 
     def alter_type(self, table: str, column: str, sql_type: str) -> str:
         """DDL changing a column's type."""
@@ -286,7 +286,7 @@ class PostgresDialect(Dialect):
             return None
         rows = self.execute(
             conn,
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "  # nosec B608
             f"WHERE attrelid = to_regclass({mark}) AND attnum > 0 AND NOT attisdropped "
             "ORDER BY attnum",
             (target,),
@@ -571,7 +571,7 @@ class SQLiteDialect(Dialect):
         cols = ", ".join(self.quote(c) for c in frame.columns)
         conn.execute(f"CREATE TEMP TABLE {self.quote(staging)} ({cols})")
         marks = ", ".join("?" for _ in frame.columns)
-        conn.executemany(f"INSERT INTO {self.quote(staging)} VALUES ({marks})", frame.iter_rows())
+        conn.executemany(f"INSERT INTO {self.quote(staging)} VALUES ({marks})", frame.iter_rows())  # nosec B608
         return staging
 
 

@@ -156,7 +156,9 @@ def _created(
         unknown = [c for c in index.columns if c not in wanted]
         if unknown:
             raise SchemaDifferenceError(f"sql sink {table!r}: index on unknown column(s) {unknown}")
-        digest = hashlib.sha1("\x00".join([table, *index.columns]).encode()).hexdigest()[:10]
+        digest = hashlib.sha1(
+            "\x00".join([table, *index.columns]).encode(), usedforsecurity=False
+        ).hexdigest()[:10]
         cols = ", ".join(dialect.index_column(c, wanted[c]) for c in index.columns)
         unique = "UNIQUE " if index.unique else ""
         result.statements.append(

@@ -110,7 +110,7 @@ class SqlSinkConfig(Settings):
 
 def replace_table_name(table: str) -> str:
     """The table a ``replace`` load fills before it is swapped in."""
-    digest = hashlib.sha1(table.encode()).hexdigest()[:8]
+    digest = hashlib.sha1(table.encode(), usedforsecurity=False).hexdigest()[:8]
     return f"{table[:40]}__tf_new_{digest}"
 
 
@@ -253,7 +253,7 @@ class SqlSink(Sink):
             self._commit()
             return None
         rows = self._exec(
-            f"SELECT payload FROM {self._q(CHECKPOINT_TABLE)} WHERE pipeline = {self._p(1)}",
+            f"SELECT payload FROM {self._q(CHECKPOINT_TABLE)} WHERE pipeline = {self._p(1)}",  # nosec B608
             (self.pipeline,),
         )
         self._commit()
@@ -397,7 +397,7 @@ class SqlSink(Sink):
         merge = d.upsert_clause(self.config.key, batch.columns) if upsert else ""
         row = f"s.{d.quote(ROW)}"
         insert = (
-            f"INSERT INTO {d.table(self._target_name(), self.config.db_schema)} ({cols}) "
+            f"INSERT INTO {d.table(self._target_name(), self.config.db_schema)} ({cols}) "  # nosec B608
             f"SELECT {select} FROM {d.quote(staging)} s "
             f"WHERE {row} >= {{lo}} AND {row} < {{hi}}{merge}"
         )
@@ -474,7 +474,7 @@ class SqlSink(Sink):
     def _store_checkpoint(self, payload: bytes) -> None:
         table = self._q(CHECKPOINT_TABLE)
         self._exec(
-            f"INSERT INTO {table} (pipeline, payload) VALUES ({self._p(1)}, {self._p(2)}) "
+            f"INSERT INTO {table} (pipeline, payload) VALUES ({self._p(1)}, {self._p(2)}) "  # nosec B608
             "ON CONFLICT (pipeline) DO UPDATE SET payload = excluded.payload",
             (self.pipeline, payload),
         )
