@@ -30,8 +30,24 @@ ensure() {
   wait_for "$name" "$port"
 }
 
+# Server packages the messaging tests need; InfluxDB 1.x is started per test session by its
+# fixture on a free port, so it only has to be installed.
+missing=()
+command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
+command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing ${missing[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 \
+    || echo "could not install ${missing[*]}" >&2
+fi
+
 # S3 runs in-process (moto on loopback); Kafka (tansu) is started by its test fixture.
 status=0
 ensure PostgreSQL 5432 pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql 2>/dev/null)" main start || status=1
 ensure MariaDB 3306 start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd || status=1
+ensure Mosquitto 1883 mosquitto -d -c /etc/mosquitto/mosquitto.conf || status=1
+ensure Redis 6379 redis-server --daemonize yes --port 6379 --bind 127.0.0.1 || status=1
+ensure RabbitMQ 5672 rabbitmq-server -detached || status=1
 exit $status

@@ -30,6 +30,10 @@ BUILTIN_MODULES = (
     "tideflow.connectors.http.enrich",
     "tideflow.connectors.http.webhook",
     "tideflow.operators.pii",
+    "tideflow.connectors.mqtt",
+    "tideflow.connectors.redis_connector",
+    "tideflow.connectors.amqp",
+    "tideflow.connectors.influxdb",
 )
 
 

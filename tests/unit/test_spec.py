@@ -135,3 +135,11 @@ def test_python_api_references_functions_by_name() -> None:
     assert spec.build().steps[0].function == f"{__name__}:top_level_function"  # type: ignore[attr-defined]
     with pytest.raises(ConfigError, match="use a top-level function"):
         tf.Pipeline("p").map(lambda r: r)
+
+
+def test_a_mapping_used_as_a_key_is_a_config_error() -> None:
+    # Found by the config fuzzer: ruamel raises TypeError for an unhashable key.
+    from tideflow.spec.loader import parse_yaml
+
+    with pytest.raises(ConfigError, match="a key must be a plain value"):
+        parse_yaml("? {a: {b: c}}\n: x\n")

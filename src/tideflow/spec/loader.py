@@ -80,6 +80,11 @@ def parse_yaml(text: str, file: str | None = None) -> LoadedYaml:
         raise ConfigError([ConfigIssue("", problem, file, line)]) from None
     except YAMLError as exc:
         raise ConfigError([ConfigIssue("", f"invalid YAML: {exc}", file, 1)]) from None
+    except TypeError as exc:
+        # ruamel raises this for a mapping used as a key (`? {a: b}: c`), which no pipeline
+        # setting can be.
+        problem = f"invalid YAML: a key must be a plain value, not a mapping or list ({exc})"
+        raise ConfigError([ConfigIssue("", problem, file, 1)]) from None
     lines: dict[Path_, int] = {}
     budget = [MAX_VALUES]
 

@@ -71,6 +71,15 @@ def json_columns(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+_PERMANENT_CONNECT_ERRORS = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "Access denied",
+)
+"""Texts of connection errors that retrying cannot fix."""
+
+
 class Dialect(ABC):
     """One database's SQL and driver."""
 
@@ -207,6 +216,11 @@ class Dialect(ABC):
         if isinstance(state, str) and state:
             # connection exception, operator intervention (shutdown), insufficient resources
             return state[:2] in ("08", "57", "53")
+        # Connection-time errors carry no SQLSTATE (psycopg puts the server's FATAL message
+        # in the text only); a missing database or refused credentials are no outage.
+        text = str(exc)
+        if any(marker in text for marker in _PERMANENT_CONNECT_ERRORS):
+            return False
         names = {c.__name__ for c in type(exc).__mro__}
         if not names & {"OperationalError", "InterfaceError"}:
             return False

@@ -218,6 +218,12 @@ class SqlSource(Source):
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=10)
+        if self._batches is not None:
+            # A read stopped mid-table holds an open cursor in its generator; SQLite keeps
+            # the file open until every statement is finalised, so close the cursor first.
+            with contextlib.suppress(Exception):
+                self._batches.close()  # type: ignore[attr-defined]
+            self._batches = None
         if self.conn is not None:
             self.conn.close()
             self.conn = None
