@@ -879,3 +879,40 @@ def test_parquet_buffer_budget_writes_the_largest_partition_first(tmp_path: Path
     assert len(committed_files(tmp_path / "out" / "part=small")) == 1
     back = pl.read_parquet(tmp_path / "out" / "**" / "*.parquet", hive_partitioning=True)
     assert sorted(back["v"].to_list()) == list(range(rows))
+
+
+def test_s3_credentials_from_the_aws_environment_and_a_multipart_upload(
+    tmp_path: Path, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `storage_options`: the standard AWS variables configure S3. With 5 MiB parts (set
+    through fsspec's configuration, as `FSSPEC_S3` would), a 12 MB file goes up as a multipart
+    upload and appears only under its final key, at the commit."""
+    import fsspec
+    import numpy as np
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"default_block_size": 5 * 2**20})
+    root = f"s3://tideflow-test/{uuid.uuid4().hex}/big"
+    rng = np.random.default_rng(0)
+    # Random bytes do not compress: the CSV is well over one 5 MiB part.
+    blobs = [rng.bytes(48).hex() for _ in range(120_000)]
+    frame = pl.DataFrame({"id": range(120_000), "blob": blobs})
+    ctx = make_ctx(tmp_path)
+    sink = FileSink(FileSinkConfig(path=root, format="csv"))
+    sink.open(ctx, None)
+    sink.write_batch(frame)
+    token = sink.flush()
+    fs = fsspec.filesystem("s3", endpoint_url=s3_endpoint)
+    fs.invalidate_cache()
+    visible = [k for k in fs.find(root.removeprefix("s3://")) if ".tideflow-tmp" not in k]
+    assert not visible, "an object is visible under its final key before the commit"
+    sink.commit(token)
+    fs.invalidate_cache()
+    keys = [k for k in fs.find(root.removeprefix("s3://")) if ".tideflow-tmp" not in k]
+    assert len(keys) == 1 and fs.size(keys[0]) > 10 * 2**20
+    result = read_all(ctx, path=f"{root}/*.csv")
+    assert result.data.height == frame.height
+    assert result.data["id"].to_list() == frame["id"].to_list()
