@@ -83,6 +83,10 @@ def _parameters(url: str) -> Any:
         raise ConfigError(redact(f"invalid AMQP URL {url!r}: {exc}")) from exc
 
 
+CONFIRM_TIMEOUT = 30.0
+"""Seconds to wait for the broker's publisher confirms before reconnecting."""
+
+
 def _is_transient(exc: BaseException) -> bool:
     pika = _pika()
     if isinstance(
@@ -451,7 +455,15 @@ class AmqpSink(Sink):
                 sent += 1
                 if len(self._pending) >= 1000:
                     link.connection.process_data_events(time_limit=0)
+            # Confirms normally follow within milliseconds; a channel that stops answering
+            # (closed under us, a stuck broker) is treated as an outage: reconnect, resend.
+            deadline = time.monotonic() + CONFIRM_TIMEOUT
             while self._pending:
+                if time.monotonic() > deadline or link.channel.is_closed:
+                    raise TimeoutError(
+                        f"no publisher confirm for {len(self._pending)} message(s) in "
+                        f"{CONFIRM_TIMEOUT:.0f} s"
+                    )
                 link.connection.process_data_events(time_limit=0.05)
 
         link.call(publish, f"publish to {link.where}", lambda: link.connect(self._setup))
