@@ -29,7 +29,13 @@ from urllib.parse import unquote, urlsplit
 import polars as pl
 from pydantic import Field, model_validator
 
-from tideflow.connectors.messages import AckLedger, PayloadFormat, decode_payloads, encode_payloads
+from tideflow.connectors.messages import (
+    AckLedger,
+    BatchingSettings,
+    PayloadFormat,
+    decode_payloads,
+    encode_payloads,
+)
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.core.retry import RetryPolicy, with_retries
 from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
@@ -115,7 +121,7 @@ def _failure(what: str, exc: BaseException) -> PipelineError:
     return PipelineError(redact(f"{what}: {type(exc).__name__}: {exc}{hint}"))
 
 
-class AmqpSourceConfig(AmqpConnection):
+class AmqpSourceConfig(AmqpConnection, BatchingSettings):
     """Settings of the ``amqp`` source."""
 
     queue: str = Field(description="Queue to consume.")
@@ -141,15 +147,6 @@ class AmqpSourceConfig(AmqpConnection):
         "routing_key", description="Column with each message's routing key; null to omit."
     )
     batch_size: int = Field(1000, ge=1, description="Most messages per batch.")
-    max_wait: float = Field(
-        0.5, gt=0, description="Longest wait (s) to fill a batch before handing it on."
-    )
-    stop_after_idle: float | None = Field(
-        None,
-        gt=0,
-        description="End the source after this many seconds without a message (drain a "
-        "queue as a batch job). Unset: run until stopped.",
-    )
 
     @model_validator(mode="after")
     def _binding(self) -> AmqpSourceConfig:

@@ -29,6 +29,20 @@ PayloadFormat = Literal["json", "text", "bytes"]
 H = TypeVar("H")
 
 
+class BatchingSettings(Settings):
+    """How a message source fills batches and when it ends, shared by the broker sources."""
+
+    max_wait: float = Field(
+        0.5, gt=0, description="Longest wait (s) to fill a batch before handing it on."
+    )
+    stop_after_idle: float | None = Field(
+        None,
+        gt=0,
+        description="End the source after this many seconds without a message (drain what "
+        "is waiting as a batch job). Unset: run until stopped.",
+    )
+
+
 class TlsSettings(Settings):
     """TLS for a broker connection."""
 

@@ -36,6 +36,7 @@ from pydantic import Field, model_validator
 
 from tideflow.connectors.messages import (
     AckLedger,
+    BatchingSettings,
     PayloadFormat,
     TlsSettings,
     decode_payloads,
@@ -91,7 +92,7 @@ class MqttConnection(Settings):
         return self
 
 
-class MqttSourceConfig(MqttConnection):
+class MqttSourceConfig(MqttConnection, BatchingSettings):
     """Settings of the ``mqtt`` source."""
 
     topics: list[str] = Field(
@@ -129,15 +130,6 @@ class MqttSourceConfig(MqttConnection):
         description="MQTT 5: most unacknowledged QoS 1/2 messages the broker may send before "
         "the next checkpoint acknowledges them. Keep it above `checkpoint.every_records`, "
         "or the stream waits for the time-based checkpoint.",
-    )
-    max_wait: float = Field(
-        0.5, gt=0, description="Longest wait (s) to fill a batch before handing it on."
-    )
-    stop_after_idle: float | None = Field(
-        None,
-        gt=0,
-        description="End the source after this many seconds without a message (drain a "
-        "topic as a batch job). Unset: run until stopped.",
     )
 
     @model_validator(mode="after")
