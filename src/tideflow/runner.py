@@ -52,9 +52,19 @@ def run(
     handle_signals: bool = False,
     scope: str = "main",
     state: StateStore | None = None,
+    worker: str | None = None,
 ) -> RunResult:
-    """Run a pipeline to the end (or until stopped)."""
-    engine = Engine(spec, base_dir, registry=registry, observer=observer, scope=scope, state=state)
+    """Run a pipeline to the end (or until stopped); ``worker`` runs it as one worker of
+    its consumer group (see :mod:`tideflow.workers`)."""
+    engine = Engine(
+        spec,
+        base_dir,
+        registry=registry,
+        observer=observer,
+        scope=scope,
+        state=state,
+        worker=worker,
+    )
     return engine.run(handle_signals=handle_signals)
 
 

@@ -119,6 +119,19 @@ def cli(verbose: int) -> None:
     help="Serve Prometheus metrics of this run on 127.0.0.1:PORT/metrics (needs the "
     "`service` extra).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Run N worker processes in one consumer group, each reading a share of the "
+    "topic's partitions (restarted if they die); needs topic or kafka sources.",
+)
+@click.option(
+    "--worker-id",
+    metavar="ID",
+    help="Run as one worker of the pipeline's group under a stable ID (what --workers "
+    "starts; use it to add workers on other machines).",
+)
 @handle_errors
 def run(
     pipeline: str,
@@ -129,6 +142,8 @@ def run(
     quiet: bool,
     log_progress: float,
     metrics_port: int | None,
+    workers: int | None,
+    worker_id: str | None,
 ) -> None:
     """Run a pipeline file until its sources end (or until Ctrl-C / SIGTERM)."""
     from tideflow import runner
@@ -139,6 +154,13 @@ def run(
     if dry_run:
         print_plan(spec, base)
         return
+    if workers is not None:
+        if worker_id is not None or preview is not None or metrics_port is not None:
+            raise ConfigError(
+                "--workers cannot be combined with --worker-id, --preview or "
+                "--metrics-port (give each worker its own with --worker-id)"
+            )
+        sys.exit(_supervise(pipeline, workers, sets, as_json, quiet))
     if preview is not None:
         shown = runner.preview(spec, base, preview)
         for node, frame in shown.frames.items():
@@ -151,7 +173,7 @@ def run(
     if metrics_port is not None:
         observer = _with_metrics(observer, spec.name, metrics_port)
     try:
-        result = runner.run(spec, base, observer=observer, handle_signals=True)
+        result = runner.run(spec, base, observer=observer, handle_signals=True, worker=worker_id)
     finally:
         progress.done()
     if as_json:
@@ -160,6 +182,19 @@ def run(
         print_summary(result, out)
     if result.unbalanced:
         sys.exit(EXIT_FAILED)
+
+
+def _supervise(
+    pipeline: str, workers: int, sets: tuple[str, ...], as_json: bool, quiet: bool
+) -> int:
+    """Start and look after ``workers`` group workers; their exit code."""
+    from tideflow.workers import Supervisor, default_prefix
+
+    args = [arg for pair in sets for arg in ("--set", pair)]
+    args += ["--json"] if as_json else []
+    args += ["--quiet"] if quiet else []
+    verbose = click.get_current_context().find_root().params.get("verbose", 0)
+    return Supervisor(pipeline, workers, args, default_prefix(), verbose).run()
 
 
 def _with_metrics(observer: Any, pipeline: str, port: int) -> Any:

@@ -16,12 +16,20 @@ checkpoint); on Kafka it is idempotent and at-least-once across a crash.
 from __future__ import annotations
 
 import re
+from collections import deque
 from typing import Any, Literal
 
 import polars as pl
 from pydantic import Field, model_validator
 
-from tideflow.core.contracts import Context, Sink, Source, SourceBatch, empty_dead_letters
+from tideflow.core.contracts import (
+    Context,
+    PartitionHandover,
+    Sink,
+    Source,
+    SourceBatch,
+    empty_dead_letters,
+)
 from tideflow.errors import ConfigError
 from tideflow.registry import component
 from tideflow.spec.models import Settings
@@ -33,10 +41,17 @@ from tideflow.topics.backends import (
     KafkaProducer,
     Producer,
     default_bootstrap,
+)
+from tideflow.topics.codec import (
+    Format,
+    Offsets,
+    RawMessages,
+    decode_values,
+    encode_values,
     tp,
 )
-from tideflow.topics.codec import Format, RawMessages, decode_values, encode_values
 from tideflow.topics.embedded import open_log
+from tideflow.topics.membership import EmbeddedGroupMember
 from tideflow.topics.partitioner import partitions_of
 
 METADATA = {
@@ -139,6 +154,7 @@ class TopicSource(Source):
 
     config_model = TopicSourceConfig
     config: TopicSourceConfig
+    partitioned = True
 
     def __init__(self, config: TopicSourceConfig) -> None:
         super().__init__(config)
@@ -146,6 +162,8 @@ class TopicSource(Source):
         self.consumer: Consumer | None = None
         self._next: dict[str, int] = {}
         self._idle = 0.0
+        self._handover: _Handover | None = None
+        self._ready: deque[SourceBatch] = deque()
 
     @property
     def topics(self) -> list[str]:
@@ -158,13 +176,19 @@ class TopicSource(Source):
     def open(self, ctx: Context, position: Any) -> None:
         """Join the group and start after ``position`` (or the group's committed offsets)."""
         bootstrap = self._bootstrap()
+        from_end = self.config.start == "latest"
+        if ctx.partitions is not None:
+            self._handover = _Handover(self, ctx.partitions, ctx.name)
         if bootstrap is None:
             log = open_log(log_path(ctx))
             for topic in self.topics:
                 log.create_topic(topic)
-            self.consumer = EmbeddedConsumer(
-                log, self.topics, self.config.group, self.config.start == "latest"
-            )
+            if self._handover is not None:
+                self.consumer = EmbeddedGroupMember(
+                    log, self.topics, self.config.group, from_end, self._handover
+                )
+            else:
+                self.consumer = EmbeddedConsumer(log, self.topics, self.config.group, from_end)
         else:
             self.consumer = KafkaConsumer(
                 bootstrap,
@@ -172,6 +196,7 @@ class TopicSource(Source):
                 self.config.group,
                 self.config.start,
                 self.config.options,
+                self._handover,
             )
         self._next = dict(position or {})
         self.consumer.start(self._next)
@@ -180,8 +205,12 @@ class TopicSource(Source):
         return self.topics
 
     def read_batch(self) -> SourceBatch | None:
-        """The next messages, decoded; undecodable ones are dead-lettered with their origin."""
+        """The next messages, decoded; undecodable ones are dead-lettered with their origin.
+
+        In a group of workers, each batch holds one partition's messages."""
         assert self.consumer is not None
+        if self._ready:
+            return self._ready.popleft()
         raw = self.consumer.poll(self.config.batch_size, self.config.poll_timeout)
         if not len(raw):
             # Waiting for partitions (standby, a group joining) is not the end of the data.
@@ -189,10 +218,20 @@ class TopicSource(Source):
                 self._idle += self.config.poll_timeout
                 if self._idle >= self.config.idle_seconds:
                     return None
-            return SourceBatch(pl.DataFrame(), dict(self._next))
+            return SourceBatch(pl.DataFrame(), {} if self._handover else dict(self._next))
         self._idle = 0.0
+        if self._handover is not None:
+            for (topic, part), messages in raw.by_partition().items():
+                key = tp(topic, part)
+                batch = self._decode(messages, {key: messages.offsets[-1] + 1})
+                batch.partition = key
+                self._ready.append(batch)
+            return self._ready.popleft()
         for topic, part, offset in zip(raw.topics, raw.partitions, raw.offsets, strict=True):
             self._next[tp(topic, part)] = offset + 1
+        return self._decode(raw, dict(self._next))
+
+    def _decode(self, raw: RawMessages, position: Offsets) -> SourceBatch:
         frame, kept, dead = decode_values(
             raw,
             self.config.format,
@@ -203,7 +242,13 @@ class TopicSource(Source):
         )
         if self.config.metadata:
             frame = frame.with_columns(self._metadata(raw, kept))
-        return SourceBatch(frame, dict(self._next), dead if dead.height else None)
+        return SourceBatch(frame, position, dead if dead.height else None)
+
+    def forget(self, partitions: list[str]) -> None:
+        """Drop what was read from ``partitions`` but not handed over (their next owner
+        reads it again from the checkpoint)."""
+        gone = set(partitions)
+        self._ready = deque(b for b in self._ready if b.partition not in gone)
 
     def _metadata(self, raw: RawMessages, kept: list[int]) -> list[pl.Series]:
         fields: dict[str, tuple[list[Any], type[pl.DataType]]] = {
@@ -235,6 +280,24 @@ class TopicSource(Source):
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
+
+
+class _Handover:
+    """A consumer's rebalance listener that reports to the engine for a topic source."""
+
+    def __init__(self, source: TopicSource, engine: PartitionHandover, name: str) -> None:
+        self.source = source
+        self.engine = engine
+        self.name = name
+
+    def assigned(self, partitions: list[str]) -> Offsets:
+        """Restore the partitions' state; resume at their checkpointed positions."""
+        return {k: int(v) for k, v in self.engine.assigned(self.name, partitions).items()}
+
+    def revoked(self, partitions: list[str]) -> None:
+        """Checkpoint what was handed over from them; forget what was not."""
+        self.engine.revoked(self.name, partitions)
+        self.source.forget(partitions)
 
 
 @component("sink", "topic")

@@ -58,6 +58,9 @@ class SourceBatch:
     data: pl.DataFrame
     position: JSON
     dead: pl.DataFrame | None = None
+    partition: str | None = None
+    """For a source read by a group of workers: the one partition all records come from
+    (its position is then ``{partition: next position}``), so state can follow it."""
 
     @property
     def size(self) -> int:
@@ -95,6 +98,25 @@ class StepOutput:
         return cls(outputs={MAIN_PORT: frame}, filtered=filtered)
 
 
+class PartitionHandover(Protocol):
+    """How a source read by a group of workers tells the engine its partitions moved.
+
+    Both calls block until the engine has acted, so that a partition's state is
+    checkpointed before another worker may take it, and restored before its records are
+    processed here."""
+
+    def assigned(self, source: str, partitions: list[str]) -> dict[str, JSON]:
+        """This worker now owns ``partitions``: returns the checkpointed position of each
+        one that has one (the source resumes there)."""
+        ...
+
+    def revoked(self, source: str, partitions: list[str]) -> None:
+        """This worker gives ``partitions`` up: returns once everything read from them has
+        been checkpointed (the source then drops what it read from them but did not hand
+        over)."""
+        ...
+
+
 @dataclass(frozen=True)
 class Context:
     """What a component may know about the run it is part of."""
@@ -109,6 +131,9 @@ class Context:
     metrics: dict[str, float] = field(default_factory=dict)
     """Counters the component bumps while it runs (``retries``, ``outage_seconds``); the
     engine shows them with the component's ``report()`` in the run summary."""
+    partitions: PartitionHandover | None = None
+    """Set for the sources of a group worker (``tideflow run --workers``): the source
+    splits its input by partition and reports assignments through it."""
 
     @property
     def log(self) -> logging.Logger:
@@ -145,6 +170,8 @@ class Source(Component):
     """Produces batches. Bounded sources return ``None`` when done."""
 
     bounded: bool = True
+    partitioned: bool = False
+    """True for sources a group of workers can split by partition (``Context.partitions``)."""
 
     @abstractmethod
     def open(self, ctx: Context, position: JSON | None) -> None:

@@ -32,11 +32,12 @@ from tideflow.core.contracts import MAIN_PORT, Context, SourceBatch, StepOutput
 from tideflow.core.expressions import condition_mask
 from tideflow.core.faults import crash_point
 from tideflow.core.graph import Graph, Node, build_graph
-from tideflow.errors import PipelineError, TideflowError
+from tideflow.core.partitions import Handover, HandoverRequest, ScopedStep, keeps_state
+from tideflow.errors import ConfigError, PipelineError, TideflowError
 from tideflow.registry import Registry, default_registry
 from tideflow.secrets import redact, redact_frame
 from tideflow.state.codec import decode_state, encode_state
-from tideflow.state.store import StateStore, open_state_store
+from tideflow.state.store import GroupCheckpoint, PartitionState, StateStore, open_state_store
 
 log = logging.getLogger("tideflow.engine")
 
@@ -84,10 +85,17 @@ class _SourceItem:
     batch: SourceBatch | None = None
     error: BaseException | None = None
     ended: bool = False
+    handover: HandoverRequest | None = None
 
 
 class Engine:
-    """Runs one pipeline spec once."""
+    """Runs one pipeline spec once.
+
+    With ``worker`` set, the run is one worker of a consumer group (``tideflow run
+    --workers``): its sources are split by partition between the group's workers, stateful
+    steps keep their state per partition in the shared state store, and the worker's own
+    checkpoint (sink tokens) is kept under ``NAME#worker-ID``.
+    """
 
     def __init__(
         self,
@@ -99,6 +107,7 @@ class Engine:
         scope: str = "main",
         graph: Graph | None = None,
         progress_interval: float = 0.5,
+        worker: str | None = None,
     ) -> None:
         self.spec = spec
         self.registry = registry or default_registry
@@ -107,6 +116,9 @@ class Engine:
         self.state = state or open_state_store(spec.state, self.base_dir)
         self._owns_state = state is None
         self.observer = observer or RunObserver()
+        self.worker = worker
+        if worker is not None and scope == "main":
+            scope = f"worker-{worker}"  # output file names and staging never clash
         self.scope = scope
         self.state_key = spec.name if scope == "main" else f"{spec.name}#{scope}"
         self.stop_event = threading.Event()
@@ -125,13 +137,32 @@ class Engine:
         self._last_record_at = time.monotonic()
         self._last_idle_call = 0.0
         self._last_progress = 0.0
+        self._handover = Handover(self._submit_handover)
+        self._claims: dict[tuple[str, str], PartitionState] = {}
         self._init_dead_letter_sink()
+        if worker is not None:
+            self._check_group_worker()
 
     def _init_dead_letter_sink(self) -> None:
         cfg = self.spec.on_error.sink
         if self.spec.on_error.action == "dead_letter" and cfg is not None:
             component = self.registry.get("sink", cfg.type).cls(cfg)
             self._dead_sink = Node(cfg.name or "dead_letters", "sink", cfg.type, component)
+
+    def _check_group_worker(self) -> None:
+        for node in self.graph.sources:
+            if not node.component.partitioned:
+                raise ConfigError(
+                    f"source {node.name!r} ({node.type_name}) cannot be split between "
+                    "workers: a group of workers needs `topic` or `kafka` sources"
+                )
+        for node in self.graph.sinks:
+            if node.component.keeps_checkpoint:
+                raise ConfigError(
+                    f"sink {node.name!r} keeps the checkpoint with its data "
+                    "(`transactional: true`), which holds one worker's partitions only; with "
+                    "workers use `transactional: false` (an upsert stays exact on replay)"
+                )
 
     # -- public --------------------------------------------------------------------------
 
@@ -149,10 +180,12 @@ class Engine:
                 threads = self._start_sources()
                 self._main_loop()
                 self._checkpoint()
+                self._handover.closed = True
                 for thread in threads:
                     thread.join()
             except BaseException as exc:
                 self._abort.set()
+                self._handover.closed = True
                 self._close(failed=True)
                 self.state.end_run(self.run_id, "failed", self.counts(), redact(str(exc)))
                 if self._owns_state:
@@ -216,6 +249,7 @@ class Engine:
             stop_event=self.stop_event,
             scope=self.scope,
             metrics=node.counts.metrics,
+            partitions=self._handover if self.worker and node.kind == "source" else None,
         )
 
     def _keeper(self) -> Node | None:
@@ -271,6 +305,12 @@ class Engine:
             self.checkpoint_id = checkpoint.id
             self._positions = dict(checkpoint.positions)
             log.info("resuming %s from checkpoint %d", self.spec.name, checkpoint.id)
+        if self.worker is not None:
+            # Positions and step state belong to partitions, restored as they are assigned.
+            self._positions = {node.name: {} for node in self.graph.sources}
+            for node in self.graph.steps:
+                if keeps_state(node.component):
+                    node.component = ScopedStep(node.component)
         sinks = self.graph.sinks + ([self._dead_sink] if self._dead_sink else [])
         for node in sinks:
             node.component.open(self._context(node), tokens.get(node.name))
@@ -307,7 +347,9 @@ class Engine:
                 batch = source.read_batch()
                 if batch is None:
                     break
-                if batch.size or batch.position != self._positions.get(node.name):
+                # A group worker's positions move per partition, with records.
+                moved = self.worker is None and batch.position != self._positions.get(node.name)
+                if batch.size or moved:
                     self._put(_SourceItem(node, batch=batch))
             self._put(_SourceItem(node, ended=True))
         except BaseException as exc:  # noqa: BLE001 - handed to the main loop to raise
@@ -340,6 +382,9 @@ class Engine:
             if item.ended:
                 running.discard(item.source.name)
                 continue
+            if item.handover is not None:
+                self._hand_over(item.handover)
+                continue
             assert item.batch is not None
             self._process_source_batch(item.source, item.batch)
             self._maybe_idle()  # unbounded sources send empty batches while quiet
@@ -350,6 +395,89 @@ class Engine:
             for node in self.graph.sinks:
                 node.component.end_of_input()
         self._emit_progress()
+
+    # -- group workers -------------------------------------------------------------------
+
+    def _submit_handover(self, request: HandoverRequest) -> bool:
+        """Source thread: queue a hand-over behind the batches already read; wait for it."""
+        node = next(n for n in self.graph.sources if n.name == request.source)
+        self._put(_SourceItem(node, handover=request))
+        while not request.done.wait(0.1):
+            if self._abort.is_set() or self._handover.closed:
+                return False
+        return True
+
+    def _hand_over(self, request: HandoverRequest) -> None:
+        """Main loop: act on a source's partitions moving, in order with its batches."""
+        try:
+            if request.assigned:
+                request.positions = self._take_partitions(request.source, request.partitions)
+            else:
+                self._give_partitions(request.source, request.partitions)
+        except BaseException as exc:
+            request.error = exc
+            raise
+        finally:
+            request.done.set()
+
+    def _take_partitions(self, source: str, parts: list[str]) -> dict[str, Any]:
+        assert self.worker is not None
+        claims = self.state.claim_partitions(self.spec.name, self.worker, source, parts)
+        positions = {}
+        for claim in claims:
+            self._claims[(source, claim.part)] = claim
+            for node in self._scoped_steps():
+                node.component.adopt(claim.part, claim.step_states.get(node.name))
+            if claim.position is not None:
+                positions[claim.part] = claim.position
+                self._positions[source][claim.part] = claim.position
+        log.info("worker %s took partitions %s of %s", self.worker, ", ".join(parts), source)
+        return positions
+
+    def _give_partitions(self, source: str, parts: list[str]) -> None:
+        # Checkpoint first: the next owner resumes from what is stored now.
+        self._checkpoint()
+        for part in parts:
+            self._claims.pop((source, part), None)
+            self._positions[source].pop(part, None)
+            for node in self._scoped_steps():
+                node.component.drop(part)
+        log.info("worker %s gave partitions %s of %s up", self.worker, ", ".join(parts), source)
+
+    def _scoped_steps(self) -> list[Node]:
+        return [n for n in self.graph.steps if isinstance(n.component, ScopedStep)]
+
+    def _partition_scopes(self) -> list[str | None]:
+        """The partitions whose step state is held here (one scope, None, outside a group)."""
+        if self.worker is None:
+            return [None]
+        return [*sorted({part for _, part in self._claims})]
+
+    def _enter_partition(self, part: str | None) -> None:
+        for node in self._scoped_steps():
+            node.component.current = part
+
+    def _group_checkpoint(self) -> GroupCheckpoint | None:
+        if self.worker is None:
+            return None
+        partitions = []
+        for (source, part), claim in sorted(self._claims.items()):
+            self._enter_partition(part)
+            states = {}
+            for node in self._scoped_steps():
+                snap = node.component.snapshot()
+                if snap is not None:
+                    states[node.name] = snap
+            partitions.append(
+                PartitionState(
+                    source=source,
+                    part=part,
+                    epoch=claim.epoch,
+                    position=self._positions[source].get(part),
+                    step_states=states,
+                )
+            )
+        return GroupCheckpoint(self.spec.name, self.worker, partitions)
 
     # -- processing ----------------------------------------------------------------------
 
@@ -362,7 +490,16 @@ class Engine:
         if batch.dead is not None and batch.dead.height:
             self._dead_letter(node, batch.dead)
         counts.seconds += time.perf_counter() - started
-        self._positions[node.name] = batch.position
+        if self.worker is None:
+            self._positions[node.name] = batch.position
+        elif batch.partition is not None:
+            if (node.name, batch.partition) not in self._claims:
+                raise PipelineError(
+                    f"source {node.name!r} handed over records of partition "
+                    f"{batch.partition}, which this worker does not own"
+                )
+            self._positions[node.name].update(batch.position)
+            self._enter_partition(batch.partition)
         self._records_since_checkpoint += batch.size
         if batch.size:
             self._last_record_at = time.monotonic()
@@ -451,17 +588,21 @@ class Engine:
             return
         self._last_idle_call = now
         quiet = now - self._last_record_at
-        for node in self.graph.steps:
-            out = self._account(node, node.component.idle(quiet))
-            if out:
-                self._push(out)
+        for part in self._partition_scopes():
+            self._enter_partition(part)
+            for node in self.graph.steps:
+                out = self._account(node, node.component.idle(quiet))
+                if out:
+                    self._push(out)
 
     def _finish_steps(self) -> None:
         """Every bounded source ended: let stateful steps emit what they hold, in order."""
-        for node in self.graph.steps:
-            out = self._account(node, node.component.finish())
-            if out:
-                self._push(out)
+        for part in self._partition_scopes():
+            self._enter_partition(part)
+            for node in self.graph.steps:
+                out = self._account(node, node.component.finish())
+                if out:
+                    self._push(out)
 
     def _dead_letter(self, node: Node, dead: pl.DataFrame) -> None:
         node.counts.dead += dead.height
@@ -509,9 +650,12 @@ class Engine:
         crash_point("checkpoint.after_flush")
         states = {}
         for node in self.graph.steps:
+            if isinstance(node.component, ScopedStep):
+                continue  # stored per partition, below
             snap = node.component.snapshot()
             if snap is not None:
                 states[node.name] = snap
+        group = self._group_checkpoint()
         self.checkpoint_id += 1
         for node in keepers:
             payload = {
@@ -532,6 +676,7 @@ class Engine:
             tokens,
             self._dead_buffer,
             self.run_id,
+            group,
         )
         for node in self.graph.steps:
             if node.name in sizes:

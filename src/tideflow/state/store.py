@@ -10,6 +10,7 @@ placeholders, which the PostgreSQL backend turns into ``%s``).
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -39,6 +40,16 @@ CREATE TABLE IF NOT EXISTS step_state (
     step TEXT NOT NULL,
     data {blob} NOT NULL,
     PRIMARY KEY (pipeline, step)
+);
+CREATE TABLE IF NOT EXISTS partition_state (
+    pipeline TEXT NOT NULL,
+    source TEXT NOT NULL,
+    part TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    position {blob},
+    states {blob},
+    PRIMARY KEY (pipeline, source, part)
 );
 CREATE TABLE IF NOT EXISTS dead_letters (
     id {serial},
@@ -75,6 +86,31 @@ class Checkpoint:
 
 
 @dataclass(frozen=True)
+class PartitionState:
+    """One source partition's share of a group worker's checkpoint: its position and the
+    states of the steps scoped to it, fenced by the ``epoch`` of the worker's claim."""
+
+    source: str
+    part: str
+    epoch: int
+    position: Any
+    step_states: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class GroupCheckpoint:
+    """The partitions a group worker (``owner``) of ``pipeline`` checkpoints."""
+
+    pipeline: str
+    owner: str
+    partitions: list[PartitionState]
+
+
+class PartitionLostError(StateError):
+    """A worker tried to checkpoint a partition that another worker has claimed since."""
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """One row of the dead-letter ledger."""
 
@@ -86,6 +122,32 @@ class DeadLetter:
     created_at: float
     run_id: str
     replayed_at: float | None
+
+
+def _pack(blobs: dict[str, bytes]) -> bytes:
+    """Several named state blobs as one (each step's size stays known without re-encoding)."""
+    out = [struct.pack(">I", len(blobs))]
+    for name, data in blobs.items():
+        raw = name.encode()
+        out += [struct.pack(">IQ", len(raw), len(data)), raw, data]
+    return b"".join(out)
+
+
+def _unpack(data: bytes | None) -> dict[str, bytes]:
+    """Inverse of :func:`_pack`; no blob at all is no state."""
+    if data is None:
+        return {}
+    data = bytes(data)
+    (count,) = struct.unpack_from(">I", data)
+    pos, out = 4, {}
+    for _ in range(count):
+        name_len, size = struct.unpack_from(">IQ", data, pos)
+        pos += 12
+        name = data[pos : pos + name_len].decode()
+        pos += name_len
+        out[name] = data[pos : pos + size]
+        pos += size
+    return out
 
 
 class StateStore:
@@ -173,11 +235,19 @@ class StateStore:
         sink_tokens: dict[str, Any],
         dead_letters: list[tuple[str, pl.DataFrame]],
         run_id: str,
+        group: GroupCheckpoint | None = None,
     ) -> dict[str, int]:
         """Store a checkpoint and the dead letters it covers, atomically; returns the size in
-        bytes of each step's stored state."""
+        bytes of each step's stored state.
+
+        A worker of a consumer group also stores each partition it owns (``group``). A
+        worker that lost a partition to another one since its claim (a rebalance it missed
+        while stalled) fails the whole checkpoint with :class:`PartitionLostError` instead
+        of overwriting newer state. Its dead letters go to the group's pipeline."""
         now = time.time()
         encoded = {step: encode_state(state) for step, state in step_states.items()}
+        sizes = {step: len(data) for step, data in encoded.items()}
+        ledger = group.pipeline if group is not None else pipeline
         with self._transaction() as conn:
             self._execute(
                 conn,
@@ -195,23 +265,107 @@ class StateStore:
                     "ON CONFLICT(pipeline, step) DO UPDATE SET data=excluded.data",
                     (pipeline, step, data),
                 )
+            if group is not None:
+                for step, size in self._store_partitions(conn, group).items():
+                    sizes[step] = sizes.get(step, 0) + size
             for step, frame in dead_letters:
                 self._executemany(
                     conn,
                     "INSERT INTO dead_letters (pipeline, step, reason, record, created_at, "
                     "run_id) VALUES (?,?,?,?,?,?)",
                     (
-                        (pipeline, step, reason, record, now, run_id)
+                        (ledger, step, reason, record, now, run_id)
                         for record, reason in frame.select("record", "reason").iter_rows()
                     ),
                 )
-        return {step: len(data) for step, data in encoded.items()}
+        return sizes
+
+    def _store_partitions(self, conn: Any, group: GroupCheckpoint) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for part in group.partitions:
+            states = {step: encode_state(state) for step, state in part.step_states.items()}
+            for step, data in states.items():
+                sizes[step] = sizes.get(step, 0) + len(data)
+            updated = self._execute(
+                conn,
+                "UPDATE partition_state SET position=?, states=? WHERE pipeline=? AND "
+                "source=? AND part=? AND owner=? AND epoch=?",
+                (
+                    orjson.dumps(part.position),
+                    _pack(states),
+                    group.pipeline,
+                    part.source,
+                    part.part,
+                    group.owner,
+                    part.epoch,
+                ),
+            )
+            if updated.rowcount != 1:
+                raise PartitionLostError(
+                    f"partition {part.part} of source {part.source!r} has been claimed by "
+                    f"another worker since {group.owner} took it; this worker stops so that "
+                    "it cannot overwrite newer state"
+                )
+        return sizes
+
+    def claim_partitions(
+        self, pipeline: str, owner: str, source: str, parts: list[str]
+    ) -> list[PartitionState]:
+        """Take partitions over for ``owner``: bump each one's epoch (fencing the previous
+        owner's checkpoints) and return its last checkpointed position and step states."""
+        claims = []
+        with self._transaction() as conn:
+            for part in parts:
+                row = self._execute(
+                    conn,
+                    "INSERT INTO partition_state (pipeline, source, part, owner, epoch) "
+                    "VALUES (?,?,?,?,1) ON CONFLICT (pipeline, source, part) DO UPDATE SET "
+                    "owner=excluded.owner, epoch=partition_state.epoch + 1 "
+                    "RETURNING epoch, position, states",
+                    (pipeline, source, part, owner),
+                ).fetchone()
+                epoch, position, states = row
+                claims.append(
+                    PartitionState(
+                        source=source,
+                        part=part,
+                        epoch=int(epoch),
+                        position=orjson.loads(position) if position is not None else None,
+                        step_states={
+                            step: decode_state(data) for step, data in _unpack(states).items()
+                        },
+                    )
+                )
+        return claims
+
+    def partition_states(self, pipeline: str) -> list[tuple[str, str, str, int, Any]]:
+        """(source, partition, owner, epoch, position) of every partition a group of
+        ``pipeline``'s workers has checkpointed, for operators and tests."""
+        with self._lock:
+            rows = self._execute(
+                self._conn,
+                "SELECT source, part, owner, epoch, position FROM partition_state "
+                "WHERE pipeline=? ORDER BY source, part",
+                (pipeline,),
+            ).fetchall()
+        return [
+            (src, part, owner, int(epoch), orjson.loads(pos) if pos is not None else None)
+            for src, part, owner, epoch, pos in rows
+        ]
 
     def reset(self, pipeline: str, dead_letters: bool = False) -> None:
         """Forget a pipeline's checkpoint and state (and its dead letters if asked)."""
         with self._transaction() as conn:
-            self._execute(conn, "DELETE FROM checkpoints WHERE pipeline=?", (pipeline,))
-            self._execute(conn, "DELETE FROM step_state WHERE pipeline=?", (pipeline,))
+            # A group's workers keep their own checkpoints (sink tokens) as `name#worker-ID`.
+            workers = pipeline + "#worker-"
+            for table in ("checkpoints", "step_state"):
+                self._execute(
+                    conn,
+                    f"DELETE FROM {table} WHERE pipeline=? OR "
+                    "substr(pipeline, 1, length(CAST(? AS TEXT)))=?",
+                    (pipeline, workers, workers),
+                )
+            self._execute(conn, "DELETE FROM partition_state WHERE pipeline=?", (pipeline,))
             if dead_letters:
                 self._execute(conn, "DELETE FROM dead_letters WHERE pipeline=?", (pipeline,))
 

@@ -9,11 +9,13 @@ when another member moved the partition on. Offsets are committed only after a c
 
 from __future__ import annotations
 
+import logging
 import os
-import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import orjson
@@ -21,22 +23,9 @@ import polars as pl
 
 from tideflow.errors import MissingDependencyError, PipelineError, TransientError
 from tideflow.secrets import redact, register_secret
-from tideflow.topics.codec import RawMessages
+from tideflow.topics.codec import Offsets, RawMessages, split_tp, tp
 from tideflow.topics.embedded import EmbeddedLog
-
-Offsets = dict[str, int]
-"""Next offset to read per ``"topic:partition"``."""
-
-
-def tp(topic: str, partition: int) -> str:
-    """The key of a partition in positions."""
-    return f"{topic}:{partition}"
-
-
-def split_tp(key: str) -> tuple[str, int]:
-    """Inverse of :func:`tp`."""
-    topic, _, part = key.rpartition(":")
-    return topic, int(part)
+from tideflow.topics.membership import RebalanceListener, local_member_id, member_alive
 
 
 class Consumer(Protocol):
@@ -44,7 +33,9 @@ class Consumer(Protocol):
 
     @property
     def active(self) -> bool:
-        """False while the member waits for partitions (standby, group joining)."""
+        """False while the member waits for partitions it is due (standby, group joining,
+        a share another member has yet to give up): a quiet member that is not active has
+        not seen the end of its data."""
 
     def start(self, stored: Offsets) -> None:
         """Begin reading after ``stored`` positions (or the group's, whichever is later)."""
@@ -107,8 +98,7 @@ class EmbeddedConsumer:
         self.topics = topics
         self.group = group
         self.from_end = from_end
-        # host:pid:nonce, so a member on this machine can tell that a holder died.
-        self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.member = local_member_id()
         self.next: Offsets = {}
         self._stored: Offsets = {}
         self._renewed = 0.0
@@ -132,19 +122,6 @@ class EmbeddedConsumer:
         """True while this member holds the group's lease (reads); False on standby."""
         return self._holding
 
-    def _holder_died(self, holder: str) -> bool:
-        host, _, rest = holder.partition(":")
-        pid = rest.partition(":")[0]
-        if host != socket.gethostname() or not pid.isdigit():
-            return False
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
     def _lease(self) -> bool:
         now = time.time()
         if self._holding and now - self._renewed < self.LEASE_SECONDS / 3:
@@ -153,7 +130,7 @@ class EmbeddedConsumer:
             row = conn.execute(
                 "SELECT member FROM group_leases WHERE grp=?", (self.group,)
             ).fetchone()
-            if row and row[0] != self.member and self._holder_died(row[0]):
+            if row and row[0] != self.member and member_alive(row[0]) is False:
                 conn.execute("DELETE FROM group_leases WHERE grp=?", (self.group,))
             conn.execute(
                 "INSERT INTO group_leases VALUES (?,?,?) ON CONFLICT (grp) DO UPDATE SET "
@@ -311,12 +288,21 @@ class KafkaConsumer:
         group: str,
         offset_reset: str,
         options: dict[str, Any],
+        listener: RebalanceListener | None = None,
     ) -> None:
         ck = _confluent()
         self._ck = ck
         self.topics = topics
+        self.listener = listener
         self._stored: Offsets = {}
         self._lock = threading.Lock()
+        # While a rebalance callback runs inside ``consume`` (holding the lock), the engine
+        # checkpoints from its own thread; librdkafka serves a commit made then only once
+        # the callback returns, so the commit is left for the callback's thread to make.
+        self._rebalancing = False
+        self._deferred: Offsets | None = None
+        self._deferred_lock = threading.Lock()
+        self._assigned = False
         config = {
             **kafka_config(bootstrap, options),
             "group.id": group,
@@ -332,7 +318,10 @@ class KafkaConsumer:
 
     @property
     def active(self) -> bool:
-        """True once the group assigned this member partitions."""
+        """True once the group assigned this member partitions (for a worker of a group:
+        once the group assigned it its share, which may be none)."""
+        if self.listener is not None:
+            return self._assigned
         with self._lock:
             return bool(self.consumer.assignment())
 
@@ -347,14 +336,27 @@ class KafkaConsumer:
         self._stored = stored
 
         def on_assign(consumer: Any, partitions: list[Any]) -> None:
+            keys = [tp(p.topic, p.partition) for p in partitions]
+            with self._rebalance():
+                stored = self.listener.assigned(keys) if self.listener else self._stored
             committed = consumer.committed(partitions, timeout=30)
-            for part, done in zip(partitions, committed, strict=True):
-                ours = self._stored.get(tp(part.topic, part.partition))
+            for part, key, done in zip(partitions, keys, committed, strict=True):
+                ours = stored.get(key)
                 if ours is not None and (done.offset < 0 or ours > done.offset):
                     part.offset = ours
             consumer.assign(partitions)
+            self._assigned = True
 
-        self.consumer.subscribe(self.topics, on_assign=on_assign)
+        def on_revoke(consumer: Any, partitions: list[Any]) -> None:
+            self._assigned = False  # until the group assigns this member its new share
+            if self.listener is not None:
+                with self._rebalance():
+                    self.listener.revoked([tp(p.topic, p.partition) for p in partitions])
+            consumer.unassign()
+
+        self.consumer.subscribe(
+            self.topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke
+        )
 
     def poll(self, max_messages: int, timeout: float) -> RawMessages:
         """One ``consume`` call; broker errors other than end-of-partition are raised."""
@@ -362,17 +364,46 @@ class KafkaConsumer:
             messages = self.consumer.consume(num_messages=max_messages, timeout=timeout)
         return kafka_messages(messages)
 
+    @contextmanager
+    def _rebalance(self) -> Iterator[None]:
+        """Around a rebalance callback: commits asked for meanwhile are made at its end,
+        in this (the polling) thread, while the partitions are still assigned."""
+        self._rebalancing = True
+        try:
+            yield
+        finally:
+            with self._deferred_lock:
+                self._rebalancing = False
+                deferred, self._deferred = self._deferred, None
+            if deferred:
+                try:
+                    self._commit_owned(deferred)
+                except self._ck.KafkaException as exc:
+                    # Partitions lost to a session timeout can no longer be committed; the
+                    # state store holds their positions for the next owner.
+                    logging.getLogger("tideflow.kafka").warning(
+                        "kafka consumer: offsets not committed during a rebalance: %s",
+                        redact(str(exc)),
+                    )
+
     def commit(self, offsets: Offsets) -> None:
         """Commit synchronously, only partitions this member is assigned now."""
+        with self._deferred_lock:
+            if self._rebalancing:
+                self._deferred = {**(self._deferred or {}), **offsets}
+                return
         with self._lock:
-            owned = {(p.topic, p.partition) for p in self.consumer.assignment()}
-            parts = [
-                self._ck.TopicPartition(t, p, o)
-                for t, p, o in ((*split_tp(k), o) for k, o in offsets.items())
-                if (t, p) in owned
-            ]
-            if parts:
-                self.consumer.commit(offsets=parts, asynchronous=False)
+            self._commit_owned(offsets)
+
+    def _commit_owned(self, offsets: Offsets) -> None:
+        owned = {(p.topic, p.partition) for p in self.consumer.assignment()}
+        parts = [
+            self._ck.TopicPartition(t, p, o)
+            for t, p, o in ((*split_tp(k), o) for k, o in offsets.items())
+            if (t, p) in owned
+        ]
+        if parts:
+            self.consumer.commit(offsets=parts, asynchronous=False)
 
     def close(self) -> None:
         """Leave the group (hands partitions to the other members at once)."""

@@ -20,6 +20,22 @@ import polars as pl
 from tideflow.core.contracts import empty_dead_letters, raw_dead_letters
 
 Format = Literal["json", "csv", "raw"]
+
+Offsets = dict[str, int]
+"""Next offset to read per ``"topic:partition"``."""
+
+
+def tp(topic: str, partition: int) -> str:
+    """The key of a partition in positions."""
+    return f"{topic}:{partition}"
+
+
+def split_tp(key: str) -> tuple[str, int]:
+    """Inverse of :func:`tp`."""
+    topic, _, part = key.rpartition(":")
+    return topic, int(part)
+
+
 META = ("_topic", "_partition", "_offset", "_timestamp", "_key", "_headers")
 
 
@@ -42,6 +58,21 @@ class RawMessages:
         """Append another batch."""
         for name in vars(self):
             getattr(self, name).extend(getattr(other, name))
+
+    def by_partition(self) -> dict[tuple[str, int], RawMessages]:
+        """The batch split by (topic, partition), each part in its original order."""
+        rows: dict[tuple[str, int], list[int]] = {}
+        for i, key in enumerate(zip(self.topics, self.partitions, strict=True)):
+            rows.setdefault(key, []).append(i)
+        if len(rows) == 1:
+            return {next(iter(rows)): self}
+        parts = {}
+        for key, index in rows.items():
+            part = RawMessages()
+            for name, values in vars(self).items():
+                getattr(part, name).extend(values[i] for i in index)
+            parts[key] = part
+        return parts
 
 
 def encode_values(frame: pl.DataFrame, fmt: Format, value_column: str | None) -> pl.Series:

@@ -72,6 +72,13 @@ CREATE TABLE IF NOT EXISTS group_offsets (
 """
 
 
+COMMIT_OFFSET = (
+    "INSERT INTO group_offsets VALUES (?,?,?,?) ON CONFLICT (grp, topic, partition) "
+    "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)"
+)
+"""Store a group's next offset of a partition, never moving it backwards."""
+
+
 @dataclass(frozen=True)
 class TopicInfo:
     """A topic's settings and extent."""
@@ -303,11 +310,7 @@ class EmbeddedLog:
     def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
         """Store a group's next offsets (never moving one backwards)."""
         with self._write() as conn:
-            conn.executemany(
-                "INSERT INTO group_offsets VALUES (?,?,?,?) ON CONFLICT (grp, topic, partition) "
-                "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)",
-                [(group, topic, p, o) for p, o in offsets.items()],
-            )
+            conn.executemany(COMMIT_OFFSET, [(group, topic, p, o) for p, o in offsets.items()])
 
     def groups(self, topic: str) -> list[str]:
         """Consumer groups with committed offsets on ``topic``."""
