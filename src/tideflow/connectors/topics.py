@@ -16,6 +16,7 @@ checkpoint); on Kafka it is idempotent and at-least-once across a crash.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, Literal
 
 import polars as pl
@@ -146,6 +147,8 @@ class TopicSource(Source):
         self.consumer: Consumer | None = None
         self._next: dict[str, int] = {}
         self._idle = 0.0
+        self._metrics: dict[str, float] = {}
+        self._last_stamp: float | None = None
 
     @property
     def topics(self) -> list[str]:
@@ -174,6 +177,7 @@ class TopicSource(Source):
                 self.config.options,
             )
         self._next = dict(position or {})
+        self._metrics = ctx.metrics
         self.consumer.start(self._next)
 
     def _subscription(self) -> list[str]:
@@ -183,6 +187,7 @@ class TopicSource(Source):
         """The next messages, decoded; undecodable ones are dead-lettered with their origin."""
         assert self.consumer is not None
         raw = self.consumer.poll(self.config.batch_size, self.config.poll_timeout)
+        event_time = self._report_lag(raw)
         if not len(raw):
             # Waiting for partitions (standby, a group joining) is not the end of the data.
             if self.bounded and self.consumer.active:
@@ -203,7 +208,27 @@ class TopicSource(Source):
         )
         if self.config.metadata:
             frame = frame.with_columns(self._metadata(raw, kept))
-        return SourceBatch(frame, dict(self._next), dead if dead.height else None)
+        return SourceBatch(frame, dict(self._next), dead if dead.height else None, event_time)
+
+    def _report_lag(self, raw: RawMessages) -> float | None:
+        """Set ``lag_records`` (records behind over owned partitions) and ``lag_seconds``
+        (age of the newest record read while a backlog remains, 0 once caught up) in the
+        source's metrics; return the oldest message timestamp of ``raw`` in Unix seconds."""
+        assert self.consumer is not None
+        # Timestamps are milliseconds; Kafka gives -1 where a message has none.
+        stamps = [t for t in raw.timestamps if t is not None and t > 0]
+        if stamps:
+            self._last_stamp = max(stamps) / 1000
+        try:
+            behind = self.consumer.lag()
+        except Exception:  # noqa: BLE001 - a figure for monitoring must never stop the reading
+            behind = None
+        if behind is not None:
+            records = sum(behind.values())
+            self._metrics["lag_records"] = records
+            age = time.time() - self._last_stamp if self._last_stamp is not None else 0.0
+            self._metrics["lag_seconds"] = round(max(age, 0.0), 3) if records else 0.0
+        return min(stamps) / 1000 if stamps else None
 
     def _metadata(self, raw: RawMessages, kept: list[int]) -> list[pl.Series]:
         fields: dict[str, tuple[list[Any], type[pl.DataType]]] = {

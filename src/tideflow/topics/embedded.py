@@ -291,6 +291,19 @@ class EmbeddedLog:
             )
         return out
 
+    def stable_ends(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset a reader can reach now: the first pending offset if a
+        producer transaction is open there, else the next offset (Kafka's last stable offset,
+        the high watermark a consumer's lag is measured against)."""
+        return dict(
+            self._read(
+                "SELECT p.partition, coalesce((SELECT min(q.start_offset) FROM pending q "
+                "WHERE q.topic=p.topic AND q.partition=p.partition), p.next_offset) "
+                "FROM partitions p WHERE p.topic=?",
+                (topic,),
+            )
+        )
+
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """A group's committed next offsets per partition."""
         return dict(
