@@ -58,6 +58,10 @@ class SourceBatch:
     data: pl.DataFrame
     position: JSON
     dead: pl.DataFrame | None = None
+    event_time: float | None = None
+    """Unix seconds of the oldest record's own timestamp (a message's timestamp), when the
+    source knows it; end-to-end latency is measured from there, else from the moment the
+    engine received the batch."""
 
     @property
     def size(self) -> int:
@@ -107,8 +111,10 @@ class Context:
     scope: str = "main"
     """``main`` for normal runs; replays and tests get their own scope so outputs never clash."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """Counters the component bumps while it runs (``retries``, ``outage_seconds``); the
-    engine shows them with the component's ``report()`` in the run summary."""
+    """Counters and gauges the component sets while it runs (``retries``,
+    ``outage_seconds``; a source's ``lag_records`` and ``lag_seconds``); the engine shows
+    them with the component's ``report()`` in the run summary, and the service and
+    ``tideflow run --metrics-port`` export them."""
 
     @property
     def log(self) -> logging.Logger:
