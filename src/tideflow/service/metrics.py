@@ -28,7 +28,6 @@ LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 END_TO_END_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 """Histogram buckets for end-to-end latency, in seconds: it includes the checkpoint interval
 (records wait for the checkpoint that makes them visible) and any backlog."""
-_SPECIAL = ("lag", "lag_seconds", "lag_records", "state_bytes")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The Prometheus text exposition content type."""
 
