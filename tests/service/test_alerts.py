@@ -117,6 +117,32 @@ def test_no_records_fires_only_while_running() -> None:
     assert alerts.firing()[0]["alert"] == "quiet"
 
 
+def test_lag_rules_in_seconds_and_in_records_must_hold_for_their_time() -> None:
+    sent: list[dict[str, Any]] = []
+    alerts = AlertManager(send=lambda notify, event: sent.append(event))
+    rules = [
+        AlertSpec.model_validate({"name": "late", "metric": "source_lag", "above": 30, "for": 5}),
+        AlertSpec.model_validate(
+            {"name": "behind", "metric": "source_lag_records", "above": 1000, "for": 5}
+        ),
+    ]
+    alerts.observe("p", 10, 0, 40.0, True, now=0, lag_records=500)
+    assert alerts.evaluate("p", rules, now=0) == []  # seconds above, but not for 5 s yet
+    alerts.observe("p", 20, 0, 45.0, True, now=5, lag_records=5000)
+    [late] = alerts.evaluate("p", rules, now=5)  # records above only just now
+    assert late["alert"] == "late" and late["value"] == 45.0
+    assert "source lag 45s above 30" in late["message"]
+    alerts.observe("p", 30, 0, 2.0, True, now=10, lag_records=4000)
+    resolved, behind = alerts.evaluate("p", rules, now=10)
+    assert (resolved["alert"], resolved["state"]) == ("late", "resolved")
+    assert (behind["alert"], behind["state"], behind["value"]) == ("behind", "firing", 4000)
+    assert "source lag 4000 records above 1000" in behind["message"]
+    # A pipeline whose sources report no lag never fires a lag rule.
+    alerts.observe("q", 1, 0, None, True, now=0)
+    alerts.observe("q", 2, 0, None, True, now=100)
+    assert alerts.evaluate("q", rules, now=100) == []
+
+
 def test_a_webhook_that_fails_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
     from tideflow.service.alerts import deliver
 

@@ -35,6 +35,7 @@ def test_every_route_needs_the_token(folder: Path) -> None:
     requests = every_request(app)
     paths = {path for _, path in requests}
     assert {"/", "/metrics", "/openapi.json", "/docs", "/static/app.js"} <= paths
+    assert "/api/pipelines/demo/events" in paths  # the UI's event stream
     assert len(requests) > 20
     with TestClient(app) as client:
         for method, path in requests:
@@ -78,6 +79,13 @@ def test_serve_on_all_interfaces_requires_the_token(folder: Path) -> None:
         assert httpx.get(server.url + "/metrics").status_code == 401
         page = httpx.get(server.url + f"/?token={TOKEN}", follow_redirects=True)
         assert page.status_code == 200 and "app.js" in page.text  # through the cookie
+        assert httpx.get(server.url + "/api/pipelines/demo/events").status_code == 401
+        # The UI's EventSource sends the cookie that opening the page set.
+        with httpx.Client(base_url=server.url, follow_redirects=True) as browser:
+            browser.get(f"/?token={TOKEN}")
+            stream = browser.get("/api/pipelines/demo/events")
+        assert stream.status_code == 200 and "event: end" in stream.text
+        assert TOKEN not in stream.text
     finally:
         server.close()
     log = server.log.read_text()

@@ -107,6 +107,27 @@ class Acknowledging(Source):
         ACKED.append((position, committed["id"].to_list() if committed.height else []))
 
 
+class StampedConfig(CountConfig):
+    """Settings of the test source whose records carry their own time."""
+
+    stamp: float
+
+
+class Stamped(Acknowledging):
+    """Batches whose oldest record is stamped ``stamp`` (Unix seconds)."""
+
+    config_model = StampedConfig
+
+    def read_batch(self) -> SourceBatch | None:
+        batch = super().read_batch()
+        if batch is not None:
+            batch.event_time = self.config.stamp
+        return batch
+
+    def checkpointed(self, position: Any) -> None:
+        pass
+
+
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry()
@@ -114,6 +135,7 @@ def registry() -> Registry:
     reg.register("sink", "crashing")(CrashingSink)
     reg.register("source", "ticker")(Ticker)
     reg.register("source", "acking")(Acknowledging)
+    reg.register("source", "stamped")(Stamped)
     return reg
 
 
@@ -337,3 +359,45 @@ checkpoint: {every_records: 30}
         # Everything up to the acknowledged position is committed when the ack happens.
         assert committed == list(range(position)), (position, committed[-3:])
     assert ACKED[-1][0] == 95
+
+
+@pytest.mark.parametrize("source", ["generate", "stamped"])
+def test_end_to_end_latency_is_reported_when_the_checkpoint_commits(
+    tmp_path: Path, registry: Registry, source: str
+) -> None:
+    """One latency per source batch, reported by the checkpoint that made the batch visible:
+    from the batch's own timestamp where the source gives one, else from its arrival."""
+    clear("e2e")
+    stamp = 1_000_000_000.0  # 2001: every latency measured from it is at least 20 years
+    settings = (
+        "{type: generate, shape: sequence, count: 95, batch_size: 10}"
+        if source == "generate"
+        else f"{{type: stamped, count: 95, stamp: {stamp}}}"
+    )
+    events: list[tuple[str, float]] = []
+    observer = RunObserver(
+        on_visible=lambda name, seconds: events.append((name, seconds)),
+        on_checkpoint=lambda cp: events.append(("checkpoint", cp)),
+    )
+    text = f"""
+name: e2e
+source: {settings}
+sink: {{type: memory, collector: e2e}}
+checkpoint: {{every_records: 30}}
+"""
+    before = time.time()
+    run(text, tmp_path, registry, observer=observer)
+    after = time.time()
+    groups, current = [], 0
+    for name, _ in events:
+        if name == "checkpoint":
+            groups.append(current)
+            current = 0
+        else:
+            assert name == source
+            current += 1
+    # 10 batches of 10 (the last of 5); a checkpoint after every 30 records and at the end.
+    assert groups == [3, 3, 3, 1]
+    seconds = [value for name, value in events if name != "checkpoint"]
+    origin = (before, after) if source == "generate" else (stamp, stamp)
+    assert all(max(before - origin[1], 0) <= s <= after - origin[0] for s in seconds), seconds

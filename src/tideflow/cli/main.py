@@ -206,17 +206,18 @@ def _with_metrics(observer: Any, pipeline: str, port: int) -> Any:
 
         raise MissingDependencyError("prometheus_client", "service") from exc
     try:
-        _, on_progress, on_batch = run_metrics_observer(pipeline, port)
+        _, hooks = run_metrics_observer(pipeline, port)
     except OSError as exc:
         raise ConfigError(f"--metrics-port {port}: cannot listen there: {exc.strerror}") from exc
     show = observer.on_progress
 
     def both(engine: Any) -> None:
         show(engine)
-        on_progress(engine)
+        hooks.on_progress(engine)
 
     observer.on_progress = both
-    observer.on_batch = on_batch
+    observer.on_batch = hooks.on_batch
+    observer.on_visible = hooks.on_visible
     return observer
 
 

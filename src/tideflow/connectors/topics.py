@@ -15,7 +15,9 @@ checkpoint); on Kafka it is idempotent and at-least-once across a crash.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections import deque
 from typing import Any, Literal
 
@@ -32,6 +34,7 @@ from tideflow.core.contracts import (
 )
 from tideflow.errors import ConfigError
 from tideflow.registry import component
+from tideflow.secrets import redact
 from tideflow.spec.models import Settings
 from tideflow.topics.backends import (
     Consumer,
@@ -53,6 +56,8 @@ from tideflow.topics.codec import (
 from tideflow.topics.embedded import open_log
 from tideflow.topics.membership import EmbeddedGroupMember
 from tideflow.topics.partitioner import partitions_of
+
+log = logging.getLogger("tideflow.topics")
 
 METADATA = {
     "topic": "_topic",
@@ -164,6 +169,8 @@ class TopicSource(Source):
         self._idle = 0.0
         self._handover: _Handover | None = None
         self._ready: deque[SourceBatch] = deque()
+        self._metrics: dict[str, float] = {}
+        self._last_stamp: float | None = None
 
     @property
     def topics(self) -> list[str]:
@@ -199,6 +206,7 @@ class TopicSource(Source):
                 self._handover,
             )
         self._next = dict(position or {})
+        self._metrics = ctx.metrics
         self.consumer.start(self._next)
 
     def _subscription(self) -> list[str]:
@@ -212,6 +220,7 @@ class TopicSource(Source):
         if self._ready:
             return self._ready.popleft()
         raw = self.consumer.poll(self.config.batch_size, self.config.poll_timeout)
+        self._report_lag(raw)
         if not len(raw):
             # Waiting for partitions (standby, a group joining) is not the end of the data.
             if self.bounded and self.consumer.active:
@@ -242,13 +251,35 @@ class TopicSource(Source):
         )
         if self.config.metadata:
             frame = frame.with_columns(self._metadata(raw, kept))
-        return SourceBatch(frame, position, dead if dead.height else None)
+        stamps = [t for t in raw.timestamps if t is not None and t > 0]
+        event_time = min(stamps) / 1000 if stamps else None
+        return SourceBatch(frame, position, dead if dead.height else None, event_time=event_time)
 
     def forget(self, partitions: list[str]) -> None:
         """Drop what was read from ``partitions`` but not handed over (their next owner
         reads it again from the checkpoint)."""
         gone = set(partitions)
         self._ready = deque(b for b in self._ready if b.partition not in gone)
+
+    def _report_lag(self, raw: RawMessages) -> None:
+        """Set ``lag_records`` (records behind over owned partitions) and ``lag_seconds``
+        (age of the newest record read while a backlog remains, 0 once caught up) in the
+        source's metrics."""
+        assert self.consumer is not None
+        # Timestamps are milliseconds; Kafka gives -1 where a message has none.
+        stamps = [t for t in raw.timestamps if t is not None and t > 0]
+        if stamps:
+            self._last_stamp = max(stamps) / 1000
+        try:
+            behind = self.consumer.lag()
+        except Exception as exc:  # noqa: BLE001 - a monitoring figure must not stop reading
+            log.debug("source lag unavailable: %s", redact(str(exc)))
+            behind = None
+        if behind is not None:
+            records = sum(behind.values())
+            self._metrics["lag_records"] = records
+            age = time.time() - self._last_stamp if self._last_stamp is not None else 0.0
+            self._metrics["lag_seconds"] = round(max(age, 0.0), 3) if records else 0.0
 
     def _metadata(self, raw: RawMessages, kept: list[int]) -> list[pl.Series]:
         fields: dict[str, tuple[list[Any], type[pl.DataType]]] = {

@@ -61,6 +61,10 @@ class SourceBatch:
     partition: str | None = None
     """For a source read by a group of workers: the one partition all records come from
     (its position is then ``{partition: next position}``), so state can follow it."""
+    event_time: float | None = None
+    """Unix seconds of the oldest record's own timestamp (a message's timestamp), when the
+    source knows it; end-to-end latency is measured from there, else from the moment the
+    engine received the batch."""
 
     @property
     def size(self) -> int:
@@ -129,8 +133,10 @@ class Context:
     scope: str = "main"
     """``main`` for normal runs; replays and tests get their own scope so outputs never clash."""
     metrics: dict[str, float] = field(default_factory=dict)
-    """Counters the component bumps while it runs (``retries``, ``outage_seconds``); the
-    engine shows them with the component's ``report()`` in the run summary."""
+    """Counters and gauges the component sets while it runs (``retries``,
+    ``outage_seconds``; a source's ``lag_records`` and ``lag_seconds``); the engine shows
+    them with the component's ``report()`` in the run summary, and the service and
+    ``tideflow run --metrics-port`` export them."""
     partitions: PartitionHandover | None = None
     """Set for the sources of a group worker (``tideflow run --workers``): the source
     splits its input by partition and reports assignments through it."""

@@ -54,6 +54,10 @@ class RunObserver:
     on_batch: Callable[[str, int, float], None] | None = None
     """Called after each source batch has gone through the whole graph, with the source's
     name, the batch's record count and the seconds it took (for latency histograms)."""
+    on_visible: Callable[[str, float], None] | None = None
+    """Called when a checkpoint has committed, once per source batch it made visible, with
+    the source's name and the seconds from the batch's oldest record timestamp (or the moment
+    the engine received the batch) to that commit: the end-to-end latency."""
 
 
 @dataclass
@@ -86,6 +90,8 @@ class _SourceItem:
     error: BaseException | None = None
     ended: bool = False
     handover: HandoverRequest | None = None
+    received: float = 0.0
+    """Unix time the source thread got the batch (end-to-end latency starts there)."""
 
 
 class Engine:
@@ -139,6 +145,8 @@ class Engine:
         self._last_progress = 0.0
         self._handover = Handover(self._submit_handover)
         self._claims: dict[tuple[str, str], PartitionState] = {}
+        self._unseen: list[tuple[str, float]] = []
+        """(source, start of its latency) per batch processed since the last checkpoint."""
         self._init_dead_letter_sink()
         if worker is not None:
             self._check_group_worker()
@@ -208,7 +216,8 @@ class Engine:
             counts[n.name] = {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()}
             # Counters a component bumped through its context (retries, outage seconds) and
             # the figures it reports at the end share one place in the summary.
-            report = {k: round(v, 6) for k, v in n.counts.metrics.items()}
+            # (list() copies in one step: a source thread may add a key meanwhile)
+            report = {k: round(v, 6) for k, v in list(n.counts.metrics.items())}
             report.update(n.component.report() or {})
             if report:
                 counts[n.name]["report"] = report
@@ -350,7 +359,7 @@ class Engine:
                 # A group worker's positions move per partition, with records.
                 moved = self.worker is None and batch.position != self._positions.get(node.name)
                 if batch.size or moved:
-                    self._put(_SourceItem(node, batch=batch))
+                    self._put(_SourceItem(node, batch=batch, received=time.time()))
             self._put(_SourceItem(node, ended=True))
         except BaseException as exc:  # noqa: BLE001 - handed to the main loop to raise
             self._put(_SourceItem(node, error=exc))
@@ -387,6 +396,9 @@ class Engine:
                 continue
             assert item.batch is not None
             self._process_source_batch(item.source, item.batch)
+            if item.batch.size and self.observer.on_visible is not None:
+                began = item.batch.event_time
+                self._unseen.append((item.source.name, began or item.received))
             self._maybe_idle()  # unbounded sources send empty batches while quiet
             self._maybe_checkpoint()
             self._maybe_progress()
@@ -702,8 +714,18 @@ class Engine:
         self.checkpoints += 1
         self._records_since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._report_visible()
         if self.observer.on_checkpoint is not None:
             self.observer.on_checkpoint(self.checkpoint_id)
+
+    def _report_visible(self) -> None:
+        """The sinks have committed: every batch since the last checkpoint is visible now."""
+        unseen, self._unseen = self._unseen, []
+        if self.observer.on_visible is None:
+            return
+        now = time.time()
+        for source, began in unseen:
+            self.observer.on_visible(source, max(now - began, 0.0))
 
     # -- reporting -----------------------------------------------------------------------
 

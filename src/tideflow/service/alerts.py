@@ -27,6 +27,8 @@ log = logging.getLogger("tideflow.alerts")
 WEBHOOK_TIMEOUT = 5.0
 """Seconds a webhook may take to answer."""
 _SAMPLE_HORIZON = 3600.0
+_LAG_METRICS = ("source_lag", "source_lag_records")
+"""Rules on a gauge that must hold for ``for`` seconds (the others judge a window)."""
 
 
 @dataclass
@@ -39,6 +41,7 @@ class Sample:
     lag: float | None
     running: bool
     matches: dict[str, float]
+    lag_records: float | None = None
 
 
 @dataclass
@@ -97,12 +100,14 @@ class AlertManager:
         running: bool,
         now: float | None = None,
         matches: dict[str, float] | None = None,
+        lag_records: float | None = None,
     ) -> None:
-        """Record a pipeline's cumulative counts right now: records read, dead-lettered, and
-        per `matching_records` rule the records that matched its condition."""
+        """Record a pipeline's cumulative counts right now: records read, dead-lettered,
+        per `matching_records` rule the records that matched its condition, and the largest
+        source lag in seconds (``lag``) and in records (``lag_records``), where reported."""
         at = time.time() if now is None else now
         samples = self._samples.setdefault(pipeline, deque())
-        samples.append(Sample(at, records, dead, lag, running, dict(matches or {})))
+        samples.append(Sample(at, records, dead, lag, running, dict(matches or {}), lag_records))
         while samples and samples[0].at < at - _SAMPLE_HORIZON:
             samples.popleft()
 
@@ -124,10 +129,11 @@ class AlertManager:
         if not samples or not samples[-1].running:
             return False, None
         last = samples[-1]
-        if rule.metric == "source_lag":
-            if last.lag is None:
+        if rule.metric in _LAG_METRICS:
+            lag = last.lag if rule.metric == "source_lag" else last.lag_records
+            if lag is None:
                 return False, None
-            return last.lag > float(rule.above or 0), last.lag
+            return lag > float(rule.above or 0), lag
         window = self._window(pipeline, rule.for_, now)
         if window is None or not all(s.running for s in window):
             return False, None
@@ -157,7 +163,7 @@ class AlertManager:
             if holds:
                 if state.holding_since is None:
                     state.holding_since = at
-                persisted = rule.metric != "source_lag" or at - state.holding_since >= rule.for_
+                persisted = rule.metric not in _LAG_METRICS or at - state.holding_since >= rule.for_
                 due_repeat = (
                     state.firing and rule.repeat is not None and at - state.last_sent >= rule.repeat
                 )
@@ -193,6 +199,9 @@ class AlertManager:
             "dead_letter_rate": f"dead-letter rate {shown} above {rule.above}",
             "no_records": f"no records read for {rule.for_:g}s",
             "source_lag": f"source lag {shown}s above {rule.above}s",
+            "source_lag_records": f"source lag {shown} records above {rule.above:g}"
+            if rule.above is not None
+            else "",
             "matching_records": f"{shown} records at {rule.step} matched `{rule.where}` in "
             f"{rule.for_:g}s (above {rule.above:g})"
             if rule.above is not None

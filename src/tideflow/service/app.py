@@ -6,6 +6,7 @@ the server (a password in a pipeline file, the server's own token) never leaves 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import orjson
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -34,7 +35,7 @@ from tideflow.service.catalog import (
     issue_json,
     validate_text,
 )
-from tideflow.service.metrics import CONTENT_TYPE, PipelineMetrics
+from tideflow.service.metrics import CONTENT_TYPE, PipelineMetrics, source_lag
 from tideflow.service.runs import ACTIVE, Run, RunManager
 from tideflow.service.scheduler import Scheduler, Ticker
 from tideflow.service.security import MAX_BODY_BYTES, Guard
@@ -53,6 +54,21 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 """Headers of the UI page."""
+STREAM_INTERVAL = 0.5
+"""Seconds between looks at a run for the event stream (the engine's progress interval)."""
+STREAM_LIFETIME = 600.0
+"""Seconds after which an event stream ends even while its run goes on; the browser's
+EventSource reconnects at once, so no connection outlives proxies' idle limits by much."""
+STREAM_RETRY_MS = 2000
+"""How long a browser waits before reconnecting to a stream that ended (no run active)."""
+STREAM_HEADERS = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+"""Stream headers: never cached, never buffered by a proxy."""
+
+
+def sse(event: str, data: Any) -> bytes:
+    """One server-sent event, its JSON data redacted like every other response."""
+    text = redact(orjson.dumps(data, default=str).decode())
+    return f"event: {event}\ndata: {text}\n\n".encode()
 
 
 class RedactedJSON(JSONResponse):
@@ -115,14 +131,7 @@ class Service:
                 if self._alert_runs.get(entry.id) != run.id:
                     self.alerts.reset(entry.id)
                     self._alert_runs[entry.id] = run.id
-                lags = [
-                    float(c[k])
-                    for c in run.counts.values()
-                    if c.get("kind") == "source"
-                    for k in ("lag", "lag_seconds")
-                    if isinstance(c.get(k), int | float)
-                ]
-                lag = max(lags) if lags else None
+                lag, lag_records = source_lag(run.counts)
                 self.alerts.observe(
                     entry.id,
                     run.records_in,
@@ -131,6 +140,7 @@ class Service:
                     True,
                     now=now,
                     matches=run.matches,
+                    lag_records=lag_records,
                 )
             else:
                 self.alerts.observe(entry.id, 0, 0, None, False, now=now)
@@ -172,6 +182,61 @@ class Service:
             taps=sorted(latest.taps) if latest is not None else [],
         )
         return detail
+
+    def live(self, pid: str) -> dict[str, Any]:
+        """What changes while a pipeline runs: its status, throughput and latest run (with
+        counts, lag, end-to-end latency and state sizes) and the steps with a tap."""
+        latest = self.runs.latest(pid)
+        active = latest is not None and latest.status in ACTIVE
+        return {
+            "status": latest.status if latest is not None else "idle",
+            "active": active,
+            "rate": latest.rate if latest is not None and active else 0.0,
+            "records_in": latest.records_in if latest is not None else 0,
+            "dead_lettered": latest.dead_lettered if latest is not None else 0,
+            "run_id": latest.id if latest is not None else None,
+            "run": latest.summary() if latest is not None else None,
+            "taps": sorted(latest.taps) if latest is not None else [],
+        }
+
+    async def stream(
+        self,
+        pid: str,
+        request: Request,
+        interval: float = STREAM_INTERVAL,
+        lifetime: float = STREAM_LIFETIME,
+    ) -> AsyncIterator[bytes]:
+        """Server-sent events of a pipeline's latest run: ``run`` (see :meth:`live`)
+        whenever it changes, ``tap`` ``{step, records}`` whenever a step's latest records
+        change, and ``end`` once no run is active, after which the stream closes (the
+        browser reconnects after ``retry``; a started run is followed from then on)."""
+        yield f"retry: {STREAM_RETRY_MS}\n\n".encode()
+        sent_live = b""
+        sent_taps: dict[str, Any] = {}
+        deadline = time.monotonic() + lifetime
+        quiet_since = time.monotonic()
+        while True:
+            live = self.live(pid)
+            packed = orjson.dumps(live, default=str)
+            if packed != sent_live:
+                sent_live = packed
+                quiet_since = time.monotonic()
+                yield sse("run", live)
+            run = self.runs.latest(pid)
+            for step, records in list(run.taps.items()) if run is not None else []:
+                # The reader thread swaps in a new list per update: identity means "unchanged".
+                if sent_taps.get(step) is not records:
+                    sent_taps[step] = records
+                    yield sse("tap", {"step": step, "records": records})
+            if not live["active"]:
+                yield sse("end", {"status": live["status"], "run_id": live["run_id"]})
+                return
+            if time.monotonic() >= deadline or await request.is_disconnected():
+                return
+            if time.monotonic() - quiet_since >= 15:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"  # a comment: proxies see traffic, clients ignore it
+            await asyncio.sleep(interval)
 
     def history(self, entry: Entry, limit: int) -> list[dict[str, Any]]:
         """Run history from the state store, with how each run was started where known."""
@@ -348,6 +413,23 @@ def _routes(app: FastAPI, service: Service) -> None:
     ) -> list[dict[str, Any]]:
         """Run history from the state store (missed scheduled runs included), newest first."""
         return service.history(catalog.get(pid), limit)
+
+    @app.get(
+        "/api/pipelines/{pid}/events",
+        tags=["runs"],
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def events(pid: PidPath, request: Request) -> StreamingResponse:
+        """Server-sent events of the latest run, pushed as they change: `run` (status,
+        rate, counts, lag, end-to-end latency, state sizes), `tap` (`{step, records}`), and
+        `end` when no run is active, after which the stream closes and the browser
+        reconnects after `retry` milliseconds. Same token rules as every route (the UI's
+        cookie, or `Authorization: Bearer`)."""
+        await asyncio.to_thread(catalog.get, pid)  # 404 before any stream starts
+        return StreamingResponse(
+            service.stream(pid, request), media_type="text/event-stream", headers=STREAM_HEADERS
+        )
 
     @app.get("/api/pipelines/{pid}/tap", tags=["runs"])
     def tap(pid: PidPath, step: Annotated[str, Query(max_length=200)]) -> dict[str, Any]:

@@ -3,13 +3,18 @@
 Counts arrive as cumulative per-run snapshots (the engine's ``counts()``); the difference to
 the previous snapshot is added to monotonic counters, so restarts of a pipeline keep its
 ``*_total`` series increasing as Prometheus expects. Batch latency (one source batch through
-the whole graph) is a histogram per pipeline and source.
+the whole graph) and end-to-end latency (a record's timestamp, or the moment its source read
+it, to the commit of the checkpoint that made it visible) are histograms per pipeline and
+source. What components report beside their counts (``Context.metrics`` and ``report()``,
+under ``report`` in the counts) becomes gauges: a source's ``lag_records`` and
+``lag_seconds``, a stateful step's ``state_bytes``, and the rest as ``tideflow_step_metric``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -20,8 +25,46 @@ OUTCOMES = ("in", "out", "filtered", "dead_lettered", "consumed", "generated")
 _PLAIN = {*OUTCOMES, "batches", "seconds", "kind", "type"}
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Histogram buckets for batch latency, in seconds."""
+END_TO_END_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
+"""Histogram buckets for end-to-end latency, in seconds: it includes the checkpoint interval
+(records wait for the checkpoint that makes them visible) and any backlog."""
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The Prometheus text exposition content type."""
+
+
+def figures(node: dict[str, Any]) -> dict[str, float]:
+    """The numbers a component reported beside its record counts: those under ``report``
+    (``Context.metrics`` and ``report()``, as the engine's ``counts()`` puts them) and any
+    other numeric key next to the counts."""
+    found = {
+        k: float(v)
+        for k, v in node.items()
+        if k not in _PLAIN and isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    report = node.get("report")
+    if isinstance(report, dict):
+        found.update(
+            (k, float(v))
+            for k, v in report.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        )
+    return found
+
+
+def source_lag(counts: dict[str, dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The largest lag any source of a run reports: (seconds, records); None where no
+    source reports it. ``lag`` is an older name of ``lag_seconds``."""
+    seconds: list[float] = []
+    records: list[float] = []
+    for node in counts.values():
+        if node.get("kind") != "source":
+            continue
+        found = figures(node)
+        if "lag_seconds" in found or "lag" in found:
+            seconds.append(found.get("lag_seconds", found.get("lag", 0.0)))
+        if "lag_records" in found:
+            records.append(found["lag_records"])
+    return (max(seconds) if seconds else None, max(records) if records else None)
 
 
 class PipelineMetrics:
@@ -60,10 +103,31 @@ class PipelineMetrics:
             ["pipeline", "step", "metric"],
             registry=self.registry,
         )
+        self.end_to_end = Histogram(
+            "tideflow_end_to_end_latency_seconds",
+            "Seconds from a record's timestamp (or the moment its source read it) to the "
+            "commit of the checkpoint that made it visible; one observation per source batch.",
+            ["pipeline", "source"],
+            buckets=END_TO_END_BUCKETS,
+            registry=self.registry,
+        )
         self.source_lag = Gauge(
             "tideflow_source_lag_seconds",
-            "How far a source reports it is behind (only sources that know their lag).",
+            "How far a source reports it is behind in time (only sources that know their lag).",
             ["pipeline", "source"],
+            registry=self.registry,
+        )
+        self.source_lag_records = Gauge(
+            "tideflow_source_lag_records",
+            "Records a source reports it is behind (topic/kafka: high watermark minus "
+            "position, summed over the partitions it owns).",
+            ["pipeline", "source"],
+            registry=self.registry,
+        )
+        self.step_state_bytes = Gauge(
+            "tideflow_state_bytes",
+            "Encoded size of a stateful step's state at the latest checkpoint.",
+            ["pipeline", "step"],
             registry=self.registry,
         )
         self.last_record = Gauge(
@@ -115,11 +179,13 @@ class PipelineMetrics:
             delta = float(now.get("seconds", 0)) - float(was.get("seconds", 0))
             if delta > 0:
                 self.step_seconds.labels(pipeline, step).inc(delta)
-            for key, value in now.items():
-                if key in _PLAIN or not isinstance(value, int | float):
-                    continue
+            for key, value in figures(now).items():
                 if key in ("lag", "lag_seconds") and kind == "source":
                     self.source_lag.labels(pipeline, step).set(value)
+                elif key == "lag_records" and kind == "source":
+                    self.source_lag_records.labels(pipeline, step).set(value)
+                elif key == "state_bytes":
+                    self.step_state_bytes.labels(pipeline, step).set(value)
                 else:
                     self.node_metric.labels(pipeline, step, key).set(value)
         if read:
@@ -128,6 +194,10 @@ class PipelineMetrics:
     def batch(self, pipeline: str, source: str, seconds: float) -> None:
         """Record one batch's latency."""
         self.latency.labels(pipeline, source).observe(seconds)
+
+    def visible(self, pipeline: str, source: str, seconds: float) -> None:
+        """Record one source batch's end-to-end latency."""
+        self.end_to_end.labels(pipeline, source).observe(seconds)
 
     def run_started(self, pipeline: str) -> None:
         """A run became active."""
@@ -143,12 +213,21 @@ class PipelineMetrics:
         return generate_latest(self.registry)
 
 
+@dataclass
+class RunHooks:
+    """The engine hooks that feed a single run's metrics."""
+
+    on_progress: Callable[[Any], None]
+    on_batch: Callable[[str, int, float], None]
+    on_visible: Callable[[str, float], None]
+
+
 def run_metrics_observer(
     pipeline: str, port: int, host: str = "127.0.0.1"
-) -> tuple[PipelineMetrics, Callable[[Any], None], Callable[[str, int, float], None]]:
+) -> tuple[PipelineMetrics, RunHooks]:
     """Serve ``/metrics`` for a single ``tideflow run`` on ``host:port``.
 
-    Returns the metrics and the ``on_progress`` and ``on_batch`` hooks to give the engine.
+    Returns the metrics and the hooks to give the engine's observer.
     """
     from prometheus_client import start_http_server
 
@@ -166,4 +245,7 @@ def run_metrics_observer(
     def on_batch(source: str, records: int, seconds: float) -> None:
         metrics.batch(pipeline, source, seconds)
 
-    return metrics, on_progress, on_batch
+    def on_visible(source: str, seconds: float) -> None:
+        metrics.visible(pipeline, source, seconds)
+
+    return metrics, RunHooks(on_progress, on_batch, on_visible)

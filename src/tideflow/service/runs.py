@@ -9,6 +9,7 @@ state store, and the server carries on.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import queue
 import threading
@@ -34,6 +35,13 @@ MAX_LOG_LINES = 5000
 """Log lines kept per run."""
 MAX_RUNS_KEPT = 200
 """Finished runs kept in memory (older ones remain in the state store)."""
+LATENCY_KEPT = 500
+"""Latest end-to-end latencies kept per source for the run's percentiles."""
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The nearest-rank ``q`` quantile of sorted ``values``."""
+    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
 
 
 @dataclass
@@ -57,6 +65,10 @@ class Run:
     taps: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     matches: dict[str, float] = field(default_factory=dict)
     """Per `matching_records` alert: records that matched its condition so far."""
+    end_to_end: dict[str, deque[float]] = field(default_factory=dict)
+    """Per source: the latest end-to-end latencies (seconds), one per batch made visible."""
+    visible_batches: dict[str, int] = field(default_factory=dict)
+    """Per source: batches made visible so far (all of them, not only those kept)."""
     process: Any = None
     stop_event: Any = None
     final_status: str | None = None
@@ -95,7 +107,47 @@ class Run:
             "rate": round(self.rate, 1),
             "error": self.error,
             "counts": self.counts,
+            "end_to_end": self.latency_summary(),
+            "state_bytes": self.state_sizes(),
+            "lag": self.lags(),
         }
+
+    def latency_summary(self) -> dict[str, dict[str, float]]:
+        """Per source: end-to-end latency of the latest batches (last, p50, p95, max, in
+        seconds) and how many batches have become visible."""
+        summary = {}
+        for source, kept in list(self.end_to_end.items()):
+            values = sorted(kept)
+            if not values:
+                continue
+            summary[source] = {
+                "batches": self.visible_batches.get(source, len(values)),
+                "last": round(kept[-1], 3),
+                "p50": round(_quantile(values, 0.5), 3),
+                "p95": round(_quantile(values, 0.95), 3),
+                "max": round(values[-1], 3),
+            }
+        return summary
+
+    def state_sizes(self) -> dict[str, int]:
+        """Per stateful step: its state's encoded size at the latest checkpoint (bytes)."""
+        return {
+            step: int(node["report"]["state_bytes"])
+            for step, node in self.counts.items()
+            if isinstance(node.get("report"), dict) and "state_bytes" in node["report"]
+        }
+
+    def lags(self) -> dict[str, dict[str, float]]:
+        """Per source that reports it: how far behind it is (``records``, ``seconds``)."""
+        found: dict[str, dict[str, float]] = {}
+        for name, node in self.counts.items():
+            report = node.get("report")
+            if node.get("kind") != "source" or not isinstance(report, dict):
+                continue
+            lag = {k: report[k] for k in ("lag_records", "lag_seconds") if k in report}
+            if lag:
+                found[name] = {k.removeprefix("lag_"): float(v) for k, v in lag.items()}
+        return found
 
     def add_log(self, at: float, level: str, text: str) -> None:
         """Append a log line, numbered so clients can ask for what is new."""
@@ -308,6 +360,14 @@ class RunManager:
         elif kind == "batches":
             for source, _records, seconds in event[1]:
                 self.metrics.batch(run.name, source, seconds)
+        elif kind == "visible":
+            for source, seconds in event[1]:
+                self.metrics.visible(run.name, source, seconds)
+                kept = run.end_to_end.get(source)
+                if kept is None:
+                    kept = run.end_to_end[source] = deque(maxlen=LATENCY_KEPT)
+                kept.append(float(seconds))
+                run.visible_batches[source] = run.visible_batches.get(source, 0) + 1
         elif kind == "done":
             previous = run.counts
             run.final_status, run.error = event[1], event[3]

@@ -3,8 +3,9 @@
 The server starts :func:`worker_main` with the ``spawn`` method, so a run that crashes, leaks
 memory or is killed takes nothing else down. The child sends plain tuples (never frames):
 ``("log", time, level, text)``, ``("progress", elapsed, counts)``, ``("tap", node, rows)``,
-``("batches", [(source, records, seconds), ...])`` and finally ``("done", status, counts,
-error)``. Everything textual is redacted before it leaves the child.
+``("batches", [(source, records, seconds), ...])``, ``("visible", [(source, seconds), ...])``
+(end-to-end latencies, at each checkpoint) and finally ``("done", status, counts, error)``.
+Everything textual is redacted before it leaves the child.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class _Reporter:
         self.matches: dict[str, int] = {name: 0 for name, _, _ in watches}
         self.taps: dict[str, pl.DataFrame] = {}
         self.batches: list[tuple[str, int, float]] = []
+        self.visible: list[tuple[str, float]] = []
         self.lock = threading.Lock()
 
     def on_output(self, node: str, port: str, frame: pl.DataFrame) -> None:
@@ -80,6 +82,11 @@ class _Reporter:
         with self.lock:
             self.batches.append((source, records, seconds))
 
+    def on_visible(self, source: str, seconds: float) -> None:
+        """Remember one batch's end-to-end latency (its checkpoint has committed)."""
+        with self.lock:
+            self.visible.append((source, seconds))
+
     def on_progress(self, engine: Any) -> None:
         """Send counts, then the taps and batch timings gathered since the last call."""
         self.events.put(("progress", engine.elapsed, engine.counts()))
@@ -88,10 +95,13 @@ class _Reporter:
         with self.lock:
             taps, self.taps = self.taps, {}
             batches, self.batches = self.batches, []
+            visible, self.visible = self.visible, []
         for key, frame in taps.items():
             self.events.put(("tap", key, frame_rows(frame)))
         if batches:
             self.events.put(("batches", batches))
+        if visible:
+            self.events.put(("visible", visible))
 
 
 def worker_main(
@@ -139,6 +149,7 @@ def worker_main(
             on_output=reporter.on_output,
             on_progress=reporter.on_progress,
             on_batch=reporter.on_batch,
+            on_visible=reporter.on_visible,
         )
         engine = Engine(spec, base, observer=observer)
         engine.run_id = run_id  # the server's id, so its history and the state store agree

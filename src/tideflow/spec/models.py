@@ -145,17 +145,22 @@ class AlertSpec(Settings):
     """A rule checked by `tideflow serve` while the pipeline runs."""
 
     name: str = Field(pattern=NAME_PATTERN, description="The alert's name, shown in messages.")
-    metric: Literal["dead_letter_rate", "no_records", "source_lag", "matching_records"] = Field(
+    metric: Literal[
+        "dead_letter_rate", "no_records", "source_lag", "source_lag_records", "matching_records"
+    ] = Field(
         description="`dead_letter_rate`: dead-lettered / records read over the window; "
         "`no_records`: no record read for the whole window; `source_lag`: seconds a source "
-        "reports it is behind (where the source reports lag); `matching_records`: records "
-        "at `step`'s output matching `where` over the window (a rule on the data itself)."
+        "reports it is behind (topic and kafka sources: the age of the newest record read "
+        "while a backlog remains); `source_lag_records`: records a source reports it is "
+        "behind (topic and kafka: high watermark minus position over its partitions); "
+        "`matching_records`: records at `step`'s output matching `where` over the window "
+        "(a rule on the data itself)."
     )
     above: float | None = Field(
         None,
         ge=0,
         description="Threshold: a rate for `dead_letter_rate` (0.01 = 1%), seconds for "
-        "`source_lag`, a count of records for `matching_records`.",
+        "`source_lag`, records for `source_lag_records` and `matching_records`.",
     )
     step: str | None = Field(
         None,

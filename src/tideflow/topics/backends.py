@@ -46,6 +46,10 @@ class Consumer(Protocol):
     def commit(self, offsets: Offsets) -> None:
         """Commit next offsets for the group (owned partitions only)."""
 
+    def lag(self) -> Offsets | None:
+        """Records behind per owned partition (high watermark minus the next offset to
+        read), from what the backend knows without waiting; None when it cannot tell."""
+
     def close(self) -> None:
         """Leave the group and disconnect."""
 
@@ -193,6 +197,11 @@ class EmbeddedConsumer:
         for topic, parts in by_topic.items():
             self.log.commit_offsets(self.group, topic, parts)
 
+    def lag(self) -> Offsets | None:
+        """Records between this member's next offsets and each partition's last stable
+        offset; none while on standby (a standby owns no partition)."""
+        return self.log.lag(self.next) if self._holding else {}
+
     def close(self) -> None:
         """Give the lease up so a standby can take over at once."""
         if self._holding:
@@ -295,6 +304,8 @@ class KafkaConsumer:
         self.topics = topics
         self.listener = listener
         self._stored: Offsets = {}
+        self._starts: Offsets = {}
+        self._reset = offset_reset
         self._lock = threading.Lock()
         # While a rebalance callback runs inside ``consume`` (holding the lock), the engine
         # checkpoints from its own thread; librdkafka serves a commit made then only once
@@ -404,6 +415,51 @@ class KafkaConsumer:
         ]
         if parts:
             self.consumer.commit(offsets=parts, asynchronous=False)
+
+    def lag(self) -> Offsets | None:
+        """Records behind per assigned partition: the high watermark minus the position.
+
+        The high watermark is the one librdkafka caches from every fetch response, so this
+        asks the broker nothing per batch; a partition is left out until its first fetch
+        response (a moment after assignment), and the figure trails new messages by at most
+        one fetch. The position is the offset after the last message handed out; only for a
+        partition nothing was read from yet is it looked up, once: where the member will
+        start (the checkpoint, the group's committed offset, or else the reset end)."""
+        with self._lock:
+            assigned = self.consumer.assignment()
+            if not assigned:
+                return {}
+            behind: Offsets = {}
+            for part in self.consumer.position(assigned):
+                key = tp(part.topic, part.partition)
+                high = self._high_watermark(part)
+                if high is None:
+                    continue
+                if part.offset >= 0:
+                    self._starts.pop(key, None)
+                    position = part.offset
+                else:
+                    position = self._start_of(part, key)
+                behind[key] = max(high - position, 0)
+        return behind
+
+    def _high_watermark(self, part: Any) -> int | None:
+        marks = self.consumer.get_watermark_offsets(part, cached=True)
+        return None if marks is None or marks[1] < 0 else int(marks[1])
+
+    def _start_of(self, part: Any, key: str) -> int:
+        """Where reading a partition with no position yet will start (see ``start``)."""
+        if key not in self._starts:
+            ours = self._stored.get(key)
+            [done] = self.consumer.committed([part], timeout=5)
+            if ours is not None and (done.offset < 0 or ours > done.offset):
+                self._starts[key] = ours
+            elif done.offset >= 0:
+                self._starts[key] = done.offset
+            else:
+                low, high = self.consumer.get_watermark_offsets(part, timeout=5)
+                self._starts[key] = high if self._reset == "latest" else low
+        return self._starts[key]
 
     def close(self) -> None:
         """Leave the group (hands partitions to the other members at once)."""

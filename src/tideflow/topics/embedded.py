@@ -28,7 +28,7 @@ from typing import Any
 import polars as pl
 
 from tideflow.errors import PipelineError
-from tideflow.topics.codec import RawMessages
+from tideflow.topics.codec import Offsets, RawMessages, split_tp, tp
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -297,6 +297,27 @@ class EmbeddedLog:
                 headers,
             )
         return out
+
+    def stable_ends(self, topic: str) -> dict[int, int]:
+        """Per partition, the offset a reader can reach now: the first pending offset if a
+        producer transaction is open there, else the next offset (Kafka's last stable offset,
+        the high watermark a consumer's lag is measured against)."""
+        return dict(
+            self._read(
+                "SELECT p.partition, coalesce((SELECT min(q.start_offset) FROM pending q "
+                "WHERE q.topic=p.topic AND q.partition=p.partition), p.next_offset) "
+                "FROM partitions p WHERE p.topic=?",
+                (topic,),
+            )
+        )
+
+    def lag(self, positions: Offsets) -> Offsets:
+        """Records between next offsets (``topic:partition`` -> offset) and each
+        partition's last stable offset."""
+        ends: dict[str, int] = {}
+        for topic in {split_tp(key)[0] for key in positions}:
+            ends.update({tp(topic, p): end for p, end in self.stable_ends(topic).items()})
+        return {key: max(ends.get(key, pos) - pos, 0) for key, pos in positions.items()}
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         """A group's committed next offsets per partition."""

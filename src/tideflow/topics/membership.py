@@ -230,6 +230,10 @@ class EmbeddedGroupMember:
                 ],
             )
 
+    def lag(self) -> Offsets:
+        """Records behind per owned partition (to its last stable offset)."""
+        return self.log.lag(self.next)
+
     def close(self) -> None:
         """Leave the group: free every partition (the final checkpoint covers them)."""
         with self.log._write() as conn:

@@ -1,5 +1,8 @@
 // The tideflow web UI: plain JavaScript, no build step. Every value from the server is put
 // into the page with textContent (never innerHTML), so records cannot inject markup.
+// A pipeline's page follows its run through the server's event stream (server-sent events:
+// the server pushes counts, lag, latency and taps as they change) and falls back to polling
+// the JSON API only when the stream cannot be opened.
 "use strict";
 
 const POLL_MS = 1000;
@@ -61,6 +64,7 @@ function view() { return document.getElementById("view"); }
 function route() {
   timers.forEach(clearInterval);
   timers = [];
+  if (page.stream) page.stream.close();
   page = {};
   const hash = location.hash || "#/";
   const match = hash.match(/^#\/p\/([A-Za-z0-9_-]+)/);
@@ -105,13 +109,14 @@ function listPage() {
 // -- one pipeline ----------------------------------------------------------------------
 
 function pipelinePage(pid) {
-  page = { pid, rates: [], tapStep: null, tab: "runs", lastSeq: 0, logRun: null };
+  page = { pid, rates: [], tapStep: null, tab: "runs", lastSeq: 0, logRun: null, taps: {}, pushes: 0 };
   const title = el("h1", { id: "title" });
   const controls = el("div", { class: "row" },
     el("button", { id: "start", class: "primary", onclick: () => control("start") }, "Start"),
     el("button", { id: "stop", onclick: () => control("stop") }, "Stop"),
     el("button", { id: "restart", onclick: () => control("restart") }, "Restart"),
-    el("span", { id: "run-status" }), el("span", { id: "message", class: "error" }));
+    el("span", { id: "run-status" }), el("span", { id: "live-mode", class: "muted" }),
+    el("span", { id: "message", class: "error" }));
   const alerts = el("div", { id: "pipeline-alerts", class: "error" });
   const tabs = ["runs", "logs", "dead", "editor"].map((name) =>
     el("button", { id: `tab-${name}`, onclick: () => showTab(name) },
@@ -121,18 +126,18 @@ function pipelinePage(pid) {
     el("div", { class: "row" },
       el("div", { class: "card" }, el("h2", { text: "Steps" }), el("div", { id: "graph" })),
       el("div", { class: "card" }, el("h2", { text: "Throughput (records/s)" }), el("canvas", { id: "throughput", width: 600, height: 120 }),
-        el("h2", { text: "Counters" }), el("table", { id: "counters" }))),
+        el("h2", { text: "Counters" }), el("table", { id: "counters" }),
+        el("h2", { text: "End-to-end latency and lag per source" }), el("table", { id: "sources" }))),
     el("div", { class: "card", id: "tap" },
       el("h2", { text: "Live tap: latest records" }),
-      el("label", {}, "Step ", el("select", { id: "tap-step", onchange: (e) => { page.tapStep = e.target.value; refreshTap(); } })),
-      el("label", {}, " Chart column ", el("select", { id: "tap-chart-column", onchange: () => refreshTap() })),
+      el("label", {}, "Step ", el("select", { id: "tap-step", onchange: (e) => { page.tapStep = e.target.value; showTap(); } })),
+      el("label", {}, " Chart column ", el("select", { id: "tap-chart-column", onchange: () => showTap() })),
       el("canvas", { id: "tap-chart", width: 600, height: 120 }),
       el("div", { id: "tap-records" })),
     el("div", { class: "tabs" }, ...tabs),
     el("div", { class: "card", id: "tab-body" }));
   showTab("runs");
-  every(() => refreshPipeline(title));
-  every(refreshTap, 1500);
+  refreshPipeline(title).then(() => follow(title));
   every(async () => {
     const data = await api("GET", "/api/alerts");
     alerts.replaceChildren(...data.firing.filter((a) => a.pipeline === pid)
@@ -148,7 +153,53 @@ async function control(action) {
   } catch (error) {
     message.textContent = error.message;
   }
-  refreshPipeline(document.getElementById("title"));
+  const title = document.getElementById("title");
+  await refreshPipeline(title);
+  // A run just started: follow it now rather than when the idle stream reconnects.
+  if (page.stream) follow(title);
+}
+
+// Follow the latest run through the event stream; poll only if the stream cannot be had.
+function follow(title) {
+  if (page.polling) return;
+  if (page.stream) page.stream.close();
+  if (!window.EventSource) return poll(title);
+  const stream = new EventSource(`/api/pipelines/${page.pid}/events`);
+  page.stream = stream;
+  let heard = false;
+  stream.addEventListener("run", (event) => {
+    heard = true;
+    page.pushes += 1;
+    if (!page.detail) return;
+    document.getElementById("live-mode").textContent = "live: push";
+    const live = JSON.parse(event.data);
+    const ended = page.detail.active && !live.active;
+    Object.assign(page.detail, live);
+    showPipeline(title, page.detail);
+    if (ended && page.tab === "runs") runsTab(document.getElementById("tab-body"));
+  });
+  stream.addEventListener("tap", (event) => {
+    const tap = JSON.parse(event.data);
+    page.taps[tap.step] = tap.records;
+    if (tap.step === page.tapStep) drawTap(tap.records);
+  });
+  // The server ends the stream when no run is active and the browser reconnects by itself
+  // after the `retry` the server set; only a stream that never opened (a proxy that drops
+  // it, a refused request) or that the browser gave up on means "poll instead".
+  stream.onerror = () => {
+    if (stream.readyState === EventSource.CLOSED || !heard) {
+      stream.close();
+      if (page.stream === stream) poll(title);
+    }
+  };
+}
+
+function poll(title) {
+  page.stream = null;
+  page.polling = true;
+  document.getElementById("live-mode").textContent = "live: polling";
+  every(() => refreshPipeline(title));
+  every(refreshTap, 1500);
 }
 
 async function refreshPipeline(title) {
@@ -158,6 +209,12 @@ async function refreshPipeline(title) {
     return;
   }
   page.detail = p;
+  showPipeline(title, p);
+  page.polls = (page.polls || 0) + 1;
+  if (page.polling && page.tab === "runs" && page.polls % 3 === 0) runsTab(document.getElementById("tab-body"));
+}
+
+function showPipeline(title, p) {
   title.replaceChildren(p.name, " ", badge(p.valid ? p.status : "invalid"));
   document.getElementById("start").disabled = !p.valid || p.active;
   document.getElementById("stop").disabled = !p.active;
@@ -170,6 +227,7 @@ async function refreshPipeline(title) {
   drawLine(document.getElementById("throughput"), page.rates);
   drawGraph(p.graph, run ? run.counts : {});
   drawCounters(p.graph, run ? run.counts : {});
+  drawSources(p.graph, run);
   const select = document.getElementById("tap-step");
   const steps = p.graph.filter((n) => n.kind !== "sink").map((n) => n.name);
   for (const t of p.taps) if (!steps.includes(t)) steps.push(t);
@@ -177,10 +235,9 @@ async function refreshPipeline(title) {
     select.replaceChildren(...steps.map((s) => el("option", { value: s, text: s })));
     if (!page.tapStep || !steps.includes(page.tapStep)) page.tapStep = steps[steps.length - 1] || null;
     select.value = page.tapStep || "";
+    if (!page.polling) showTap();
   }
   if (page.tab === "logs") refreshLogs(run);
-  page.polls = (page.polls || 0) + 1;
-  if (page.tab === "runs" && page.polls % 3 === 0) runsTab(document.getElementById("tab-body"));
 }
 
 function depthOf(graph) {
@@ -229,7 +286,7 @@ function drawGraph(graph, counts) {
       if (node.kind === "sink") return;
       page.tapStep = node.name;
       document.getElementById("tap-step").value = node.name;
-      refreshTap();
+      showTap();
     });
     svg.append(g);
   }
@@ -239,10 +296,33 @@ function drawGraph(graph, counts) {
 function drawCounters(graph, counts) {
   const fields = ["in", "out", "filtered", "dead_lettered", "batches"];
   const table = document.getElementById("counters");
+  // State size: a stateful step's encoded state at the latest checkpoint (blank: stateless).
+  const state = (name) => ((counts[name] || {}).report || {}).state_bytes;
   table.replaceChildren(
-    el("tr", {}, el("th", { text: "node" }), ...fields.map((f) => el("th", { class: "num", text: f.replace("_", "-") }))),
+    el("tr", {}, el("th", { text: "node" }), ...fields.map((f) => el("th", { class: "num", text: f.replace("_", "-") })),
+      el("th", { class: "num", text: "state (bytes)" })),
     ...graph.map((node) => el("tr", {}, el("td", { text: `${node.name} (${node.kind})` }),
-      ...fields.map((f) => el("td", { class: "num", "data-count": `${node.name}:${f}`, text: fmt((counts[node.name] || {})[f] ?? 0) })))));
+      ...fields.map((f) => el("td", { class: "num", "data-count": `${node.name}:${f}`, text: fmt((counts[node.name] || {})[f] ?? 0) })),
+      el("td", { class: "num", "data-count": `${node.name}:state_bytes`, text: fmt(state(node.name)) }))));
+}
+
+function drawSources(graph, run) {
+  // End to end: a record's own timestamp (or the moment it was read) to the checkpoint that
+  // made it visible, over the latest batches. Lag: only sources that can tell report it.
+  const latency = (run && run.end_to_end) || {};
+  const lag = (run && run.lag) || {};
+  const secs = (v) => (typeof v === "number" ? `${v.toFixed(3)} s` : "");
+  const heads = ["source", "visible batches", "last", "p50", "p95", "max", "lag (records)", "lag (s)"];
+  document.getElementById("sources").replaceChildren(
+    el("tr", {}, ...heads.map((h, i) => el("th", { class: i ? "num" : null, text: h }))),
+    ...graph.filter((n) => n.kind === "source").map((node) => {
+      const l = latency[node.name] || {}, g = lag[node.name] || {};
+      return el("tr", {}, el("td", { text: node.name }),
+        el("td", { class: "num", "data-latency": `${node.name}:batches`, text: fmt(l.batches) }),
+        ...["last", "p50", "p95", "max"].map((k) => el("td", { class: "num", "data-latency": `${node.name}:${k}`, text: secs(l[k]) })),
+        el("td", { class: "num", "data-lag": `${node.name}:records`, text: fmt(g.records) }),
+        el("td", { class: "num", "data-lag": `${node.name}:seconds`, text: secs(g.seconds) }));
+    }));
 }
 
 function drawLine(canvas, values) {
@@ -267,10 +347,20 @@ function drawLine(canvas, values) {
   ctx.stroke();
 }
 
+// The tap of the chosen step: pushed records when the stream runs, else fetched.
+function showTap() {
+  if (page.polling) refreshTap();
+  else drawTap(page.taps[page.tapStep] || []);
+}
+
 async function refreshTap() {
   if (!page.tapStep) return;
   const data = await api("GET", `/api/pipelines/${page.pid}/tap?step=${encodeURIComponent(page.tapStep)}`);
-  const records = data.records || [];
+  drawTap(data.records || []);
+}
+
+function drawTap(records) {
+  if (!page.tapStep) return;
   const columns = [...new Set(records.flatMap((r) => Object.keys(r)))];
   const numeric = columns.filter((c) => records.some((r) => typeof r[c] === "number"));
   const chartSelect = document.getElementById("tap-chart-column");
