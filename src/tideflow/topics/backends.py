@@ -195,7 +195,7 @@ class EmbeddedConsumer:
             topic, part = split_tp(key)
             by_topic.setdefault(topic, {})[part] = offset
         for topic, parts in by_topic.items():
-            self.log.commit_offsets(self.group, topic, parts)
+            self.log.commit_offsets(self.group, topic, parts, self.member)
 
     def lag(self) -> Offsets | None:
         """Records between this member's next offsets and each partition's last stable

@@ -67,16 +67,19 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     topic TEXT NOT NULL,
     partition INTEGER NOT NULL,
     next_offset INTEGER NOT NULL,
+    member TEXT,
     PRIMARY KEY (grp, topic, partition)
 ) WITHOUT ROWID;
 """
 
 
 COMMIT_OFFSET = (
-    "INSERT INTO group_offsets VALUES (?,?,?,?) ON CONFLICT (grp, topic, partition) "
-    "DO UPDATE SET next_offset = max(next_offset, excluded.next_offset)"
+    "INSERT INTO group_offsets (grp, topic, partition, next_offset, member) VALUES "
+    "(?,?,?,?,?) ON CONFLICT (grp, topic, partition) DO UPDATE SET "
+    "next_offset = max(next_offset, excluded.next_offset), member = excluded.member"
 )
-"""Store a group's next offset of a partition, never moving it backwards."""
+"""Store a group's next offset of a partition (never moving it backwards) and the member
+that committed it (for audits: a member commits only partitions it owns)."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,18 @@ class EmbeddedLog:
         self._conn.execute("PRAGMA busy_timeout=60000")
         # Each CREATE ... IF NOT EXISTS commits on its own; several processes may race here.
         self._conn.executescript(_SCHEMA)
+        self._add_member_column()
+
+    def _add_member_column(self) -> None:
+        """Logs written before group offsets named their member get the column."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(group_offsets)")}
+        if "member" in columns:
+            return
+        try:
+            self._conn.execute("ALTER TABLE group_offsets ADD COLUMN member TEXT")
+        except sqlite3.OperationalError as exc:
+            if "duplicate column" not in str(exc):  # another process added it just now
+                raise
 
     def close(self) -> None:
         """Close the connection."""
@@ -328,10 +343,15 @@ class EmbeddedLog:
             )
         )
 
-    def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
-        """Store a group's next offsets (never moving one backwards)."""
+    def commit_offsets(
+        self, group: str, topic: str, offsets: dict[int, int], member: str | None = None
+    ) -> None:
+        """Store a group's next offsets (never moving one backwards), committed by
+        ``member``."""
         with self._write() as conn:
-            conn.executemany(COMMIT_OFFSET, [(group, topic, p, o) for p, o in offsets.items()])
+            conn.executemany(
+                COMMIT_OFFSET, [(group, topic, p, o, member) for p, o in offsets.items()]
+            )
 
     def groups(self, topic: str) -> list[str]:
         """Consumer groups with committed offsets on ``topic``."""

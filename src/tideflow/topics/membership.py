@@ -224,7 +224,7 @@ class EmbeddedGroupMember:
             conn.executemany(
                 COMMIT_OFFSET,
                 [
-                    (self.group, *split_tp(key), offset)
+                    (self.group, *split_tp(key), offset, self.member)
                     for key, offset in offsets.items()
                     if key in owned
                 ],
