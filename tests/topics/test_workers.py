@@ -20,7 +20,7 @@ import pytest
 from polars.testing import assert_frame_equal
 from tests.system.helpers import EXAMPLES, cli
 
-from tideflow.state.store import StateStore
+from tideflow.state.store import open_state_store
 
 COUNT = 3000
 PACE = """
@@ -32,12 +32,15 @@ def pace(batch):
 """
 
 
-@pytest.fixture(params=["embedded", "kafka"])
+@pytest.fixture(params=["embedded", "kafka", "postgresql-state"])
 def environment(request: pytest.FixtureRequest) -> dict[str, str]:
-    """Variables for the runs: the embedded log, or Kafka."""
-    env = {"COUNT": str(COUNT), "KAFKA_BROKER": ""}
+    """Variables for the runs: the embedded log, Kafka, or the embedded log with the
+    workers' shared state in PostgreSQL (how workers on several machines share it)."""
+    env = {"COUNT": str(COUNT), "KAFKA_BROKER": "", "STATE": ""}
     if request.param == "kafka":
         env["KAFKA_BROKER"] = "kafka://" + request.getfixturevalue("kafka_broker")
+    if request.param == "postgresql-state":
+        env["STATE"] = request.getfixturevalue("postgres_database")
     return env
 
 
@@ -66,6 +69,7 @@ def prepare(folder: Path, environment: dict[str, str]) -> Path:
             1,
         )
         .replace("every_records: 2000", "every_records: 200")
+        .replace("checkpoint:", "state: ${STATE:-.tideflow/state.db}\n\ncheckpoint:")
         .replace("group: reckoning\n", "group: reckoning\n  batch_size: 40\n")
         + "\n",
         encoding="utf-8",
@@ -103,12 +107,12 @@ def totals(db: Path) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=["room", "people", "readings"], orient="row").sort("room")
 
 
-def owners(folder: Path) -> dict[str, tuple[str, int]]:
+def owners(folder: Path, state: str) -> dict[str, tuple[str, int]]:
     """Partition -> (worker, epoch) as the shared state store holds them."""
     path = folder / ".tideflow" / "state.db"
-    if not path.exists():
+    if not state and not path.exists():
         return {}
-    store = StateStore(path)
+    store = open_state_store(state or str(path), folder)
     try:
         return {
             part: (owner, epoch)
@@ -146,7 +150,7 @@ def test_two_workers_one_killed_give_the_single_worker_result(
     try:
         # Both workers own partitions and have checkpointed some: the split is real.
         wait_for(
-            lambda: len({owner for owner, _ in owners(folder).values()}) == 2,
+            lambda: len({owner for owner, _ in owners(folder, environment["STATE"]).values()}) == 2,
             120,
             "both workers to own partitions",
         )
@@ -186,6 +190,6 @@ def test_two_workers_one_killed_give_the_single_worker_result(
     assert_frame_equal(alone, expected, check_dtypes=False)
     assert_frame_equal(grouped, alone, check_dtypes=False)
     # Every partition was checkpointed by the group, and at least one changed hands.
-    held = owners(folder)
+    held = owners(folder, environment["STATE"])
     assert len(held) == 3
     assert max(epoch for _, epoch in held.values()) >= 2
