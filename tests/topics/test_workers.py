@@ -193,3 +193,7 @@ def test_two_workers_one_killed_give_the_single_worker_result(
     held = owners(folder, environment["STATE"])
     assert len(held) == 3
     assert max(epoch for _, epoch in held.values()) >= 2
+    shown = cli("state", "show", "reckoning.yaml", cwd=folder, env=environment)
+    assert shown.returncode == 0, shown.stderr
+    for part in held:
+        assert f" {part}: next " in shown.stdout

@@ -514,6 +514,13 @@ def state_show(pipeline: str) -> None:
         out.print("  positions: " + json.dumps(checkpoint.positions)[:2000], markup=False)
         for step, value in checkpoint.step_states.items():
             out.print(f"  state of {step}: {type(value).__name__}")
+    partitions = store.partition_states(spec.name)
+    if partitions:
+        out.print(f"{spec.name}: partitions of its group workers")
+    for source, part, owner, epoch, position in partitions:
+        out.print(
+            f"  {source} {part}: next {position}, worker {owner} (claim {epoch})", markup=False
+        )
     for run_row in store.runs(spec.name, limit=5):
         out.print(f"  run {run_row['id']}: {run_row['status']}", markup=False)
     store.close()
