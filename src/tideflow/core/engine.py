@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -459,11 +459,11 @@ class Engine:
     def _scoped_steps(self) -> list[Node]:
         return [n for n in self.graph.steps if isinstance(n.component, ScopedStep)]
 
-    def _partition_scopes(self) -> list[str | None]:
+    def _partition_scopes(self) -> Sequence[str | None]:
         """The partitions whose step state is held here (one scope, None, outside a group)."""
         if self.worker is None:
             return [None]
-        return [*sorted({part for _, part in self._claims})]
+        return sorted({part for _, part in self._claims})
 
     def _enter_partition(self, part: str | None) -> None:
         for node in self._scoped_steps():
