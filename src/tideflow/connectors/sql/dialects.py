@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import socket
 import sqlite3
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -90,6 +91,36 @@ class Dialect(ABC):
     cast_on_insert: ClassVar[bool] = True
     types: ClassVar[dict[str, str]]
     reverse_types: ClassVar[dict[str, str]]
+    default_port: ClassVar[int | None] = None
+    """The server's port when the URL names none; None for a database in a file (no server
+    that could go away and come back)."""
+
+    def probe(self, url: DatabaseUrl) -> Callable[[], bool] | None:
+        """What the retry loop polls during an outage to resume soon after the server
+        returns (see :mod:`tideflow.core.retry`); None without a server."""
+        if self.default_port is None:
+            return None
+        return lambda: self._answers(url)
+
+    def _answers(self, url: DatabaseUrl) -> bool:
+        """Whether the server takes a login now.
+
+        A TCP connect, bounded in time, comes first, so an unreachable host cannot stretch a
+        wait (drivers may wait for minutes); then a real login, closed at once: a server that
+        listens but is still starting up refuses it.
+        """
+        socket_dir = url.options.get("host", "")
+        if not socket_dir.startswith("/"):
+            port = url.port or self.default_port
+            try:
+                socket.create_connection((url.host, port), timeout=2.0).close()
+            except OSError:
+                return False
+        try:
+            self.connect(url).close()
+        except Exception:  # noqa: BLE001 - any failure to log in means "not back yet"
+            return False
+        return True
 
     def quote(self, identifier: str) -> str:
         """Quote an identifier, escaping embedded quotes; refuse what no database accepts."""
@@ -246,6 +277,7 @@ class PostgresDialect(Dialect):
 
     name = "postgresql"
     max_identifier = 63
+    default_port = 5432
     types: ClassVar[dict[str, str]] = {
         "boolean": "BOOLEAN",
         "smallint": "SMALLINT",
@@ -603,6 +635,7 @@ class MySQLDialect(Dialect):
     """MySQL and MariaDB through PyMySQL."""
 
     name = "mysql"
+    default_port = 3306
     max_identifier = 64
     transactional_ddl = False
     cast_on_insert = False

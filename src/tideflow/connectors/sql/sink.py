@@ -195,6 +195,7 @@ class SqlSink(Sink):
             self.config.retry,
             f"sql sink {self.config.table!r} {what}",
             recover,
+            probe=self.dialect.probe(self.url) if self.url is not None else None,
         )
 
     def open(self, ctx: Context, pending: Any) -> None:
