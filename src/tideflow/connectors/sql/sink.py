@@ -128,6 +128,7 @@ class SqlSink(Sink):
         self.ctx: Context | None = None
         self._loading = False
         self._end = False
+        self._unindexed: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -393,8 +394,14 @@ class SqlSink(Sink):
             f"SELECT {select} FROM {d.quote(staging)} s "
             f"WHERE {row} >= {{lo}} AND {row} < {{hi}}{merge}"
         )
+        marker = d.row_marker(row)
+        self._unindexed = staging
         try:
-            rejected = self._bisect(insert, 0, batch.height, commit_each=False)
+            if marker is None:
+                rejected = self._bisect(insert, 0, batch.height, commit_each=False)
+            else:
+                marked = insert.replace(" < {hi}", f" < {{hi}} AND {marker}", 1)
+                rejected = self._locate(insert, marked, batch.height)
         finally:
             d.unstage(self.conn, staging)
         if not rejected:
@@ -405,6 +412,53 @@ class SqlSink(Sink):
         )
         bad = batch.with_row_index("__tf_i").join(index, on="__tf_i").sort("__tf_i")
         return dead_letters(bad.drop("__tf_i", "reason"), pl.lit(bad.get_column("reason")))
+
+    def _locate(self, insert: str, marked: str, n: int) -> list[tuple[int, str]]:
+        """Insert rows [0, n); find each rejected row from the row the failed statement
+        stopped at (``marked`` records it, see :meth:`Dialect.row_marker`).
+
+        Per rejected row: the statement that fails at it, the rows before it again, the row
+        alone — about a tenth of the statements of a bisection, each row loaded at most
+        twice. The marker is only a hint: the rows before it must load and the row alone
+        must fail, or that range falls back to bisection.
+        """
+        assert self.dialect is not None
+        d = self.dialect
+        if self._attempt(insert, 0, n) is None:
+            return []  # the common case: a clean batch, one statement without the marker
+        assert self._unindexed is not None
+        d.index_staging(self.conn, self._unindexed)
+        self._unindexed = None
+        rejected: list[tuple[int, str]] = []
+        lo = 0
+        while lo < n and self._attempt(marked, lo, n) is not None:
+            at = d.last_marked_row(self.conn)
+            if at is None or not lo <= at < n or self._attempt(insert, lo, at) is not None:
+                return rejected + self._bisect(insert, lo, n, commit_each=False)
+            refused = self._attempt(insert, at, at + 1)
+            if refused is None:  # not this row after all: search the rest the slow way
+                return rejected + self._bisect(insert, at + 1, n, commit_each=False)
+            rejected.append((at, redact(f"{d.name} rejected the row: {_first_line(refused)}")))
+            lo = at + 1
+        return rejected
+
+    def _attempt(self, insert: str, lo: int, hi: int) -> Exception | None:
+        """Insert rows [lo, hi) inside a savepoint; the database's rejection, if any, with
+        the savepoint rolled back. An empty range loads nothing."""
+        if lo >= hi:
+            return None
+        self._exec("SAVEPOINT tf_rows")
+        try:
+            # Row numbers are integers generated here, so formatting them into SQL is safe.
+            self._exec(insert.format(lo=lo, hi=hi))
+        except Exception as exc:
+            assert self.dialect is not None
+            if not self.dialect.is_row_error(exc):
+                raise
+            self._exec("ROLLBACK TO SAVEPOINT tf_rows")
+            return exc
+        self._exec("RELEASE SAVEPOINT tf_rows")
+        return None
 
     def _bisect(self, insert: str, lo: int, hi: int, commit_each: bool) -> list[tuple[int, str]]:
         """Insert rows [lo, hi); on a data error split the range, down to single rows.
@@ -430,6 +484,10 @@ class SqlSink(Sink):
                 self._rollback()
             if hi - lo == 1:
                 return [(lo, redact(f"{d.name} rejected the row: {_first_line(exc)}"))]
+            if self._unindexed is not None:
+                # Only a batch with rejected rows pays for the index.
+                d.index_staging(self.conn, self._unindexed)
+                self._unindexed = None
             mid = (lo + hi) // 2
             isolate = not d.savepoints
             return self._bisect(insert, lo, mid, isolate) + self._bisect(insert, mid, hi, isolate)
