@@ -2,9 +2,11 @@
 
 Every batch goes to a staging relation by the database's bulk path, then into the target
 with one ``INSERT ... SELECT`` (an upsert merges on the key). When the database rejects some
-rows, the batch is bisected over the staging row numbers inside savepoints: good rows load,
-each rejected row goes to the dead-letter ledger with the database's message, and the search
-costs O(bad rows x log(batch)) statements instead of one per row.
+rows, the rejected ones are searched for over the (then indexed) staging row numbers inside
+savepoints: good rows load, each rejected row goes to the dead-letter ledger with the
+database's message. PostgreSQL learns the row a failed statement stopped at from a marker
+(a few statements per rejected row, each over a short window of rows); the other databases
+bisect, O(bad rows x log(batch)) statements instead of one per row.
 
 Delivery:
 
@@ -44,6 +46,10 @@ from tideflow.registry import component
 from tideflow.secrets import redact
 
 T = TypeVar("T")
+
+_WINDOW = 256
+_WINDOW_MAX = 8192
+"""Rows per statement while refused rows are located (see ``SqlSink._locate``)."""
 
 CHECKPOINT_TABLE = "tideflow_checkpoints"
 """Where a transactional sink keeps the pipeline's checkpoint, in the target database."""
@@ -418,9 +424,12 @@ class SqlSink(Sink):
         stopped at (``marked`` records it, see :meth:`Dialect.row_marker`).
 
         Per rejected row: the statement that fails at it, the rows before it again, the row
-        alone — about a tenth of the statements of a bisection, each row loaded at most
-        twice. The marker is only a hint: the rows before it must load and the row alone
-        must fail, or that range falls back to bisection.
+        alone. Statements cover a window of rows that doubles while it loads cleanly and
+        shrinks back at a refused row: the rows a failed statement inserted before the
+        refused one are inserted again, so a short window wastes little, and a range
+        spanning most of the batch would be read by a full scan from its first row. The
+        marker is only a hint: the rows before it must load and the row alone must fail, or
+        the rest falls back to bisection.
         """
         assert self.dialect is not None
         d = self.dialect
@@ -430,10 +439,15 @@ class SqlSink(Sink):
         d.index_staging(self.conn, self._unindexed)
         self._unindexed = None
         rejected: list[tuple[int, str]] = []
-        lo = 0
-        while lo < n and self._attempt(marked, lo, n) is not None:
+        lo, window = 0, _WINDOW
+        while lo < n:
+            hi = min(n, lo + window)
+            if self._attempt(marked, lo, hi) is None:
+                lo, window = hi, min(window * 2, _WINDOW_MAX)
+                continue
+            window = _WINDOW  # rows before a refused one are loaded twice: keep that short
             at = d.last_marked_row(self.conn)
-            if at is None or not lo <= at < n or self._attempt(insert, lo, at) is not None:
+            if at is None or not lo <= at < hi or self._attempt(insert, lo, at) is not None:
                 return rejected + self._bisect(insert, lo, n, commit_each=False)
             refused = self._attempt(insert, at, at + 1)
             if refused is None:  # not this row after all: search the rest the slow way
@@ -447,17 +461,23 @@ class SqlSink(Sink):
         the savepoint rolled back. An empty range loads nothing."""
         if lo >= hi:
             return None
-        self._exec("SAVEPOINT tf_rows")
+        assert self.dialect is not None
+        # Row numbers are integers generated here, so formatting them into SQL is safe.
+        statement = insert.format(lo=lo, hi=hi)
+        together = self.dialect.statements_together
         try:
-            # Row numbers are integers generated here, so formatting them into SQL is safe.
-            self._exec(insert.format(lo=lo, hi=hi))
+            if together:  # one round trip instead of three
+                self._exec(f"SAVEPOINT tf_rows; {statement}; RELEASE SAVEPOINT tf_rows")
+            else:
+                self._exec("SAVEPOINT tf_rows")
+                self._exec(statement)
         except Exception as exc:
-            assert self.dialect is not None
             if not self.dialect.is_row_error(exc):
                 raise
             self._exec("ROLLBACK TO SAVEPOINT tf_rows")
             return exc
-        self._exec("RELEASE SAVEPOINT tf_rows")
+        if not together:
+            self._exec("RELEASE SAVEPOINT tf_rows")
         return None
 
     def _bisect(self, insert: str, lo: int, hi: int, commit_each: bool) -> list[tuple[int, str]]:
