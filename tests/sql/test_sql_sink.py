@@ -66,7 +66,7 @@ def test_rejected_rows_go_to_dead_letters_and_their_neighbours_load(
     assert_frame_equal(normalise(db.table("items"), good), good)
 
 
-@pytest.mark.parametrize("hint", ["true", "off by one", "outside", "missing"])
+@pytest.mark.parametrize("hint", ["true", "one ahead", "one behind", "outside", "bisection"])
 def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
     postgres_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str
 ) -> None:
@@ -75,14 +75,16 @@ def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
     the rejected rows and load all the others."""
     from tideflow.connectors.sql.dialects import PostgresWriter
 
-    true_hint = PostgresWriter.last_marked_row
-    hints = {
-        "true": true_hint,
-        "off by one": lambda self, conn: (true_hint(self, conn) or 0) + 1,
-        "outside": lambda self, conn: -5,
-        "missing": lambda self, conn: None,
+    markers = {
+        "one ahead": "setval('tf_row_seen', {row} + 2) > 0",
+        "one behind": "setval('tf_row_seen', {row}) > 0",
+        "outside": "setval('tf_row_seen', 1000000) > 0",
     }
-    monkeypatch.setattr(PostgresWriter, "last_marked_row", hints[hint])
+    if hint in markers:
+        marker = markers[hint]
+        monkeypatch.setattr(PostgresWriter, "row_marker", lambda self, row: marker.format(row=row))
+    if hint == "bisection":
+        monkeypatch.setattr(PostgresWriter, "locates_rejected", False)
     frame = typed_frame(300)
     bad_ids = {0, 7, 8, 150, 298, 299}
     frame = frame.with_columns(

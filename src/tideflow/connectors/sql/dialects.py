@@ -93,6 +93,8 @@ class Dialect(ABC):
     reverse_types: ClassVar[dict[str, str]]
     statements_together: ClassVar[bool] = False
     """Several statements without parameters may go in one call (one round trip)."""
+    locates_rejected: ClassVar[bool] = False
+    """:meth:`locate_rejected` finds rejected rows without a bisection."""
     default_port: ClassVar[int | None] = None
     """The server's port when the URL names none; None for a database in a file (no server
     that could go away and come back)."""
@@ -215,14 +217,13 @@ class Dialect(ABC):
         """Drop a staging relation."""
         self.execute(conn, f"DROP TABLE IF EXISTS {self.quote(staging)}")
 
-    def row_marker(self, row: str) -> str | None:
-        """A condition, always true, that records ``row`` as the last row a statement read,
-        kept through the rollback of its failure: the sink then knows which row the
-        database refused without a bisection. None where no such thing exists."""
-        return None
-
-    def last_marked_row(self, conn: Any) -> int | None:
-        """The row the last statement with :meth:`row_marker` read last."""
+    def locate_rejected(
+        self, conn: Any, insert: str, n: int
+    ) -> tuple[list[tuple[int, str]], int] | None:
+        """Insert staging rows [0, n) with ``insert`` (a template over ``{lo}`` and
+        ``{hi}``) and find the rows the database rejects, without a bisection: the rejected
+        row numbers with the database's messages, and the row it stopped at (``n`` when
+        done; the caller bisects the rest). None where the database cannot do this."""
         return None
 
     def index_staging(self, conn: Any, staging: str) -> None:
@@ -387,6 +388,7 @@ class PostgresWriter(PostgresDialect):
     failure."""
 
     statements_together = True  # psycopg sends a query without parameters as a simple query
+    locates_rejected = True
 
     def placeholder(self, index: int) -> str:
         """psycopg's format style."""
@@ -409,21 +411,86 @@ class PostgresWriter(PostgresDialect):
             yield from _row_batches(cur, [d[0] for d in cur.description], batch_size)
 
     def index_staging(self, conn: Any, staging: str) -> None:
-        """The index, and the row marker's sequence (created here: clean batches never need
-        it). No ANALYZE: it costs more than the index, and without statistics the planner's
-        default estimate for a range (0.5% of the rows) already picks the index."""
+        """The index, and what :meth:`locate_rejected` uses (created here: clean batches
+        never need them). No ANALYZE: it costs more than the index, and without statistics
+        the planner's default estimate for a range (0.5% of the rows) picks the index."""
         super().index_staging(conn, staging)
         self.execute(conn, "CREATE TEMP SEQUENCE IF NOT EXISTS tf_row_seen")
+        self.execute(
+            conn, "CREATE TEMP TABLE IF NOT EXISTS tf_rejected (row_number BIGINT, message TEXT)"
+        )
 
-    def row_marker(self, row: str) -> str | None:
-        """``setval`` on a sequence: sequences ignore rollbacks. Whatever order the planner
+    def row_marker(self, row: str) -> str:
+        """An always-true condition recording ``row`` as the last row a statement read:
+        ``setval`` on a sequence, which ignores rollbacks. Whatever order the planner
         evaluates the conditions in, the last row read is the one the insert failed at."""
         return f"setval('tf_row_seen', {row} + 1) > 0"
 
-    def last_marked_row(self, conn: Any) -> int | None:
-        """The row the marker's sequence holds (it stores the row number plus one)."""
-        rows = self.execute(conn, "SELECT last_value FROM tf_row_seen")
-        return int(rows[0][0]) - 1 if rows else None
+    def locate_rejected(
+        self, conn: Any, insert: str, n: int
+    ) -> tuple[list[tuple[int, str]], int] | None:
+        """One PL/pgSQL block does the search in the server, without a round trip per
+        statement; its static statements are planned once per batch.
+
+        A window of rows is inserted inside an exception block (a savepoint). When it fails,
+        the marker names the row it stopped at; the rows before it are inserted, and the row
+        alone must fail, which is recorded with the message (``SQLERRM``). The window starts
+        at 64 rows after a rejection and doubles while it loads cleanly (up to 8,192): rows
+        read before the rejected one are inserted twice, so a short window wastes little,
+        while a range spanning most of the batch would be read by a full scan from its first
+        row. The marker is only a hint: when the rows before it fail or the row alone loads,
+        the block stops there and the caller bisects the rest.
+        """
+        row = f"s.{self.quote(ROW)}"
+        if "$tf$" in insert:
+            return None  # an identifier holding the dollar quote: bisect instead
+        marked = insert.format(lo="_tf_lo", hi=f"_tf_hi AND {self.row_marker(row)}")
+        before = insert.format(lo="_tf_lo", hi="_tf_at")
+        alone = insert.format(lo="_tf_at", hi="_tf_at + 1")
+        block = f"""DO $tf$
+DECLARE
+  _tf_n bigint := {int(n)}; _tf_lo bigint := 0; _tf_hi bigint; _tf_at bigint;
+  _tf_w bigint := 64; _tf_ok boolean;
+BEGIN
+  DELETE FROM tf_rejected;
+  WHILE _tf_lo < _tf_n LOOP
+    _tf_hi := least(_tf_n, _tf_lo + _tf_w);
+    _tf_ok := true;
+    BEGIN
+      {marked};
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+      _tf_ok := false;
+    END;
+    IF _tf_ok THEN
+      _tf_lo := _tf_hi;
+      _tf_w := least(_tf_w * 2, 8192);
+      CONTINUE;
+    END IF;
+    _tf_w := 64;
+    SELECT last_value - 1 INTO _tf_at FROM tf_row_seen;
+    EXIT WHEN _tf_at < _tf_lo OR _tf_at >= _tf_hi;
+    BEGIN
+      {before};
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+      _tf_ok := true;
+    END;
+    EXIT WHEN _tf_ok;
+    BEGIN
+      {alone};
+      _tf_ok := true;
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+      INSERT INTO tf_rejected VALUES (_tf_at, SQLERRM);
+    END;
+    _tf_lo := _tf_at + 1;
+    EXIT WHEN _tf_ok;
+  END LOOP;
+  INSERT INTO tf_rejected VALUES (-1, _tf_lo::text);
+END $tf$"""
+        self.execute(conn, block)
+        rows = self.execute(conn, "SELECT row_number, message FROM tf_rejected")
+        stopped = next(int(message) for number, message in rows if number == -1)
+        rejected = sorted((int(number), str(message)) for number, message in rows if number >= 0)
+        return rejected, stopped
 
     def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
         """``COPY`` CSV into a temporary all-text table."""

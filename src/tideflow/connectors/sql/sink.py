@@ -47,10 +47,6 @@ from tideflow.secrets import redact
 
 T = TypeVar("T")
 
-_WINDOW = 256
-_WINDOW_MAX = 8192
-"""Rows per statement while refused rows are located (see ``SqlSink._locate``)."""
-
 CHECKPOINT_TABLE = "tideflow_checkpoints"
 """Where a transactional sink keeps the pipeline's checkpoint, in the target database."""
 
@@ -400,14 +396,9 @@ class SqlSink(Sink):
             f"SELECT {select} FROM {d.quote(staging)} s "
             f"WHERE {row} >= {{lo}} AND {row} < {{hi}}{merge}"
         )
-        marker = d.row_marker(row)
         self._unindexed = staging
         try:
-            if marker is None:
-                rejected = self._bisect(insert, 0, batch.height, commit_each=False)
-            else:
-                marked = insert.replace(" < {hi}", f" < {{hi}} AND {marker}", 1)
-                rejected = self._locate(insert, marked, batch.height)
+            rejected = self._isolate(insert, batch.height)
         finally:
             d.unstage(self.conn, staging)
         if not rejected:
@@ -419,41 +410,26 @@ class SqlSink(Sink):
         bad = batch.with_row_index("__tf_i").join(index, on="__tf_i").sort("__tf_i")
         return dead_letters(bad.drop("__tf_i", "reason"), pl.lit(bad.get_column("reason")))
 
-    def _locate(self, insert: str, marked: str, n: int) -> list[tuple[int, str]]:
-        """Insert rows [0, n); find each rejected row from the row the failed statement
-        stopped at (``marked`` records it, see :meth:`Dialect.row_marker`).
-
-        Per rejected row: the statement that fails at it, the rows before it again, the row
-        alone. Statements cover a window of rows that doubles while it loads cleanly and
-        shrinks back at a refused row: the rows a failed statement inserted before the
-        refused one are inserted again, so a short window wastes little, and a range
-        spanning most of the batch would be read by a full scan from its first row. The
-        marker is only a hint: the rows before it must load and the row alone must fail, or
-        the rest falls back to bisection.
-        """
+    def _isolate(self, insert: str, n: int) -> list[tuple[int, str]]:
+        """Insert rows [0, n): one statement for a clean batch; otherwise index the staging
+        rows and let the database locate the rejected ones where it can (PostgreSQL, see
+        :meth:`Dialect.locate_rejected`), else bisect."""
         assert self.dialect is not None
         d = self.dialect
+        if not d.locates_rejected:
+            return self._bisect(insert, 0, n, commit_each=False)
         if self._attempt(insert, 0, n) is None:
-            return []  # the common case: a clean batch, one statement without the marker
+            return []  # the common case
         assert self._unindexed is not None
         d.index_staging(self.conn, self._unindexed)
         self._unindexed = None
-        rejected: list[tuple[int, str]] = []
-        lo, window = 0, _WINDOW
-        while lo < n:
-            hi = min(n, lo + window)
-            if self._attempt(marked, lo, hi) is None:
-                lo, window = hi, min(window * 2, _WINDOW_MAX)
-                continue
-            window = _WINDOW  # rows before a refused one are loaded twice: keep that short
-            at = d.last_marked_row(self.conn)
-            if at is None or not lo <= at < hi or self._attempt(insert, lo, at) is not None:
-                return rejected + self._bisect(insert, lo, n, commit_each=False)
-            refused = self._attempt(insert, at, at + 1)
-            if refused is None:  # not this row after all: search the rest the slow way
-                return rejected + self._bisect(insert, at + 1, n, commit_each=False)
-            rejected.append((at, redact(f"{d.name} rejected the row: {_first_line(refused)}")))
-            lo = at + 1
+        found = d.locate_rejected(self.conn, insert, n)
+        if found is None:
+            return self._bisect(insert, 0, n, commit_each=False)
+        located, stopped = found
+        rejected = [(r, redact(f"{d.name} rejected the row: {why}")) for r, why in located]
+        if stopped < n:  # the marker's hint did not hold: search the rest the slow way
+            rejected += self._bisect(insert, stopped, n, commit_each=False)
         return rejected
 
     def _attempt(self, insert: str, lo: int, hi: int) -> Exception | None:
