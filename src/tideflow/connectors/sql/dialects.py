@@ -434,12 +434,14 @@ class PostgresWriter(PostgresDialect):
 
         A window of rows is inserted inside an exception block (a savepoint). When it fails,
         the marker names the row it stopped at; the rows before it are inserted, and the row
-        alone must fail, which is recorded with the message (``SQLERRM``). The window starts
-        at 64 rows after a rejection and doubles while it loads cleanly (up to 8,192): rows
-        read before the rejected one are inserted twice, so a short window wastes little,
-        while a range spanning most of the batch would be read by a full scan from its first
-        row. The marker is only a hint: when the rows before it fail or the row alone loads,
-        the block stops there and the caller bisects the rest.
+        alone must fail, which is recorded with the message (``SQLERRM``). Rows a failed
+        window read before the rejected one are inserted twice, and each window is one more
+        statement: the window is sqrt(32 x rows per rejection so far), balancing the two
+        (a statement costs about as much as inserting 16 rows), between 32 and 8,192 rows;
+        before the first rejection it doubles from 64. A range spanning most of the batch
+        would also be read by a full scan from its first row. The marker is only a hint:
+        when the rows before it fail or the row alone loads, the block stops there and the
+        caller bisects the rest.
         """
         row = f"s.{self.quote(ROW)}"
         if "$tf$" in insert:
@@ -450,7 +452,7 @@ class PostgresWriter(PostgresDialect):
         block = f"""DO $tf$
 DECLARE
   _tf_n bigint := {int(n)}; _tf_lo bigint := 0; _tf_hi bigint; _tf_at bigint;
-  _tf_w bigint := 64; _tf_ok boolean;
+  _tf_w bigint := 64; _tf_ok boolean; _tf_k bigint := 0;
 BEGIN
   DELETE FROM tf_rejected;
   WHILE _tf_lo < _tf_n LOOP
@@ -463,10 +465,9 @@ BEGIN
     END;
     IF _tf_ok THEN
       _tf_lo := _tf_hi;
-      _tf_w := least(_tf_w * 2, 8192);
+      IF _tf_k = 0 THEN _tf_w := least(_tf_w * 2, 8192); END IF;
       CONTINUE;
     END IF;
-    _tf_w := 64;
     SELECT last_value - 1 INTO _tf_at FROM tf_row_seen;
     EXIT WHEN _tf_at < _tf_lo OR _tf_at >= _tf_hi;
     BEGIN
@@ -482,6 +483,8 @@ BEGIN
       INSERT INTO tf_rejected VALUES (_tf_at, SQLERRM);
     END;
     _tf_lo := _tf_at + 1;
+    _tf_k := _tf_k + 1;
+    _tf_w := greatest(32, least(8192, sqrt(32.0 * _tf_lo / _tf_k)::bigint));
     EXIT WHEN _tf_ok;
   END LOOP;
   INSERT INTO tf_rejected VALUES (-1, _tf_lo::text);

@@ -4,9 +4,9 @@ Every batch goes to a staging relation by the database's bulk path, then into th
 with one ``INSERT ... SELECT`` (an upsert merges on the key). When the database rejects some
 rows, the rejected ones are searched for over the (then indexed) staging row numbers inside
 savepoints: good rows load, each rejected row goes to the dead-letter ledger with the
-database's message. PostgreSQL learns the row a failed statement stopped at from a marker
-(a few statements per rejected row, each over a short window of rows); the other databases
-bisect, O(bad rows x log(batch)) statements instead of one per row.
+database's message. PostgreSQL searches in the server, learning the row a failed statement
+stopped at from a marker (``Dialect.locate_rejected``); the other databases bisect,
+O(bad rows x log(batch)) statements instead of one per row.
 
 Delivery:
 
