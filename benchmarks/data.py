@@ -66,6 +66,31 @@ def orders_ndjson(rows: int, poisoned: bool) -> Path:
     return path
 
 
+def orders_ndjson_refused(rows: int) -> Path:
+    """The orders as NDJSON with the poison of F6 that reaches a database: every 100th line
+    malformed (1%), and every 1,000th record (0.1%, offset 50 so that the two never meet)
+    with a negative ``qty``, which the target's ``CHECK (qty > 0)`` refuses."""
+    path = DATA / f"orders-{rows}-refused.ndjson"
+    if path.exists():
+        return path
+    frame = pl.read_parquet(orders(rows))
+    frame = frame.with_columns(
+        pl.when(pl.int_range(pl.len()) % 1000 == 50)
+        .then(-pl.col("qty"))
+        .otherwise(pl.col("qty"))
+        .alias("qty")
+    )
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        for start in range(0, frame.height, 100_000):
+            lines = frame.slice(start, 100_000).write_ndjson().encode().split(b"\n")
+            for i in range(0, len(lines) - 1, 100):
+                lines[i] = lines[i][:-1]  # drop the closing brace
+            out.write(b"\n".join(lines))
+    tmp.rename(path)
+    return path
+
+
 def orders_csv(rows: int) -> tuple[Path, Path]:
     """The orders as CSV, and a second CSV with 10% of them changed (new amounts)."""
     first = DATA / f"orders-{rows}.csv"

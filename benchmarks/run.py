@@ -4,8 +4,10 @@
     python -m benchmarks.run --only filter --rows 1000000 --repeat 3
 
 Targets (issue 2): filter within 1.3x of hand-written Polars; per-record Python within 2x of
-a plain Python loop. Issue 6: a paginated API to Parquet against a hand-written paging loop,
-and the pii step against its regexes as hand-written Polars expressions.
+a plain Python loop. F6: poison input (malformed lines, rows a database constraint refuses)
+within 1.2x of the same input clean. Issue 6: a paginated API to Parquet against a
+hand-written paging loop, and the pii step against its regexes as hand-written Polars
+expressions.
 
 Each measurement runs in a fresh process (best of --repeat), so peak memory is the process's
 own. The target applies to the job's time, measured inside the process
@@ -24,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.data import events, notes, orders, orders_ndjson
+from benchmarks.data import events, notes, orders, orders_ndjson, orders_ndjson_refused
 
 WORKLOADS = {
     "filter": {
@@ -63,6 +65,13 @@ WORKLOADS = {
         "rows": 1_000_000,
         "target": 1.2,
         "title": "NDJSON with 1% malformed lines (dead-lettered) vs the same NDJSON clean",
+        "same_rows": False,
+    },
+    "poison_sql": {
+        "rows": 1_000_000,
+        "target": 1.2,
+        "title": "NDJSON with 1% malformed lines and 0.1% rows a CHECK constraint refuses -> "
+        "PostgreSQL (both dead-lettered) vs the same NDJSON clean",
         "same_rows": False,
     },
     "api": {
@@ -123,6 +132,9 @@ def main() -> None:
         if name == "poison":
             orders_ndjson(rows, poisoned=False)
             orders_ndjson(rows, poisoned=True)
+        if name == "poison_sql":
+            orders_ndjson(rows, poisoned=False)
+            orders_ndjson_refused(rows)
         results = {}
         for impl in ("baseline", "tideflow"):
             runs = [measure(name, impl, rows) for _ in range(args.repeat)]

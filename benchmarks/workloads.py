@@ -18,7 +18,14 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.data import events, notes, orders, orders_csv, orders_ndjson
+from benchmarks.data import (
+    events,
+    notes,
+    orders,
+    orders_csv,
+    orders_ndjson,
+    orders_ndjson_refused,
+)
 
 FILTER = "amount > 0 AND country != 'US'"
 
@@ -122,8 +129,16 @@ SQL_SCHEMA = {
 }
 
 
-def _fresh_bench_table() -> None:
-    """An empty ``tideflow_bench`` database (outside the timings)."""
+CHECKED_TABLE = (
+    "CREATE TABLE orders (id BIGINT PRIMARY KEY, ts TIMESTAMP, country TEXT, "
+    "amount DOUBLE PRECISION, qty BIGINT NOT NULL CHECK (qty > 0))"
+)
+"""The target of the poison_sql workload: its CHECK refuses the 0.1% with a negative qty."""
+
+
+def _fresh_bench_table(create: str | None = None) -> None:
+    """An empty ``tideflow_bench`` database, with table ``orders`` made by ``create`` if
+    given (outside the timings)."""
     import psycopg
 
     with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as c:
@@ -131,6 +146,8 @@ def _fresh_bench_table() -> None:
             c.execute("CREATE DATABASE tideflow_bench")
     with psycopg.connect(SQL_URL, autocommit=True) as c:
         c.execute("DROP TABLE IF EXISTS orders")
+        if create:
+            c.execute(create)
 
 
 def _table_rows() -> int:
@@ -140,6 +157,34 @@ def _table_rows() -> int:
         row = c.execute("SELECT count(*) FROM orders").fetchone()
     assert row is not None
     return int(row[0])
+
+
+def _ndjson_to_postgres(src: Path, out: Path) -> None:
+    import tideflow as tf
+
+    (
+        tf.Pipeline(
+            "bench-poison-sql",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(src), batch_size=100_000))
+        .cast({"ts": "datetime"})
+        .sink(tf.sql(url=SQL_URL, table="orders"))
+        .run(out)
+    )
+    (out / "rows").write_text(str(_table_rows()))
+
+
+def poison_sql_clean(src: Path, out: Path) -> None:
+    """Workload (c) into PostgreSQL, reference: clean NDJSON into the checked table."""
+    _ndjson_to_postgres(orders_ndjson(_rows(src), poisoned=False), out)
+
+
+def poison_sql_tideflow(src: Path, out: Path) -> None:
+    """Workload (c) into PostgreSQL: 1% malformed lines dead-lettered by the decoder, 0.1%
+    rows refused by the table's CHECK, isolated by bisection and dead-lettered by the sink."""
+    _ndjson_to_postgres(orders_ndjson_refused(_rows(src)), out)
 
 
 def sql_copy(src: Path, out: Path) -> None:
@@ -494,6 +539,8 @@ IMPLS = {
     ("python", "tideflow"): python_tideflow,
     ("poison", "baseline"): poison_clean,
     ("poison", "tideflow"): poison_tideflow,
+    ("poison_sql", "baseline"): poison_sql_clean,
+    ("poison_sql", "tideflow"): poison_sql_tideflow,
     ("sql", "baseline"): sql_copy,
     ("sql", "tideflow"): sql_tideflow,
     ("sql", "pandas"): sql_pandas,
@@ -532,6 +579,8 @@ def main() -> None:
         default_registry.load_plugins()
     if name == "sql":
         _fresh_bench_table()
+    if name == "poison_sql":
+        _fresh_bench_table(CHECKED_TABLE)
     if name == "topics" and impl != "embedded":
         global BROKER  # noqa: PLW0603 - one broker per measurement process, set before timing
         BROKER = _broker()

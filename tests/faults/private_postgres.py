@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,11 @@ class PrivatePostgres:
 
     def start(self) -> None:
         """Start (or restart) the server and wait until it accepts connections."""
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        # Log times in UTC, so that ready_at() reads them without guessing a time zone.
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c log_timezone=UTC"
+        )
         self._as_postgres(
             "pg_ctl",
             "-D",
@@ -62,6 +68,20 @@ class PrivatePostgres:
             "-w",
             "start",
         )
+
+    def ready_at(self) -> float:
+        """When the server last began to accept connections (a Unix time), from its own log:
+        the moment an outage ends, as clients can see it."""
+        log = (self.root / "log").read_text(encoding="utf-8", errors="replace")
+        stamps = re.findall(
+            r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) UTC .*ready to accept connections",
+            log,
+            flags=re.MULTILINE,
+        )
+        if not stamps:
+            raise AssertionError(f"the server's log says nowhere it is ready:\n{log[-2000:]}")
+        moment = datetime.strptime(stamps[-1], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+        return moment.timestamp()
 
     def stop(self) -> None:
         """Stop the server at once, as a crash or a network cut would end it."""

@@ -66,6 +66,42 @@ def test_rejected_rows_go_to_dead_letters_and_their_neighbours_load(
     assert_frame_equal(normalise(db.table("items"), good), good)
 
 
+@pytest.mark.parametrize("hint", ["true", "one ahead", "one behind", "outside", "bisection"])
+def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
+    postgres_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str
+) -> None:
+    """PostgreSQL finds a rejected row from the row its failed statement read last; that is
+    a hint, checked before it is believed, and a wrong one must still dead-letter exactly
+    the rejected rows and load all the others."""
+    from tideflow.connectors.sql.dialects import PostgresWriter
+
+    markers = {
+        "one ahead": "setval('tf_row_seen', {row} + 2) > 0",
+        "one behind": "setval('tf_row_seen', {row}) > 0",
+        "outside": "setval('tf_row_seen', 1000000) > 0",
+    }
+    if hint in markers:
+        marker = markers[hint]
+        monkeypatch.setattr(PostgresWriter, "row_marker", lambda self, row: marker.format(row=row))
+    if hint == "bisection":
+        monkeypatch.setattr(PostgresWriter, "locates_rejected", False)
+    frame = typed_frame(300)
+    bad_ids = {0, 7, 8, 150, 298, 299}
+    frame = frame.with_columns(
+        pl.when(pl.col("id").is_in(bad_ids)).then(None).otherwise(pl.col("small")).alias("small")
+    )
+    write_parquet_input(tmp_path, frame)
+    sink = {"table": "items", "columns": {"small": {"type": "integer", "nullable": False}}}
+    pipeline = sql_sink_pipeline("hints", sink)
+    result = run_yaml(tmp_path, pipeline, {"DB_URL": postgres_db.url})
+    assert result.counts["sql"]["dead_lettered"] == len(bad_ids)
+    letters = dead_letter_rows(tmp_path, "hints")
+    assert sorted(json.loads(record)["id"] for record, _ in letters) == sorted(bad_ids)
+    assert all("null value" in reason for _, reason in letters), letters
+    good = frame.filter(~pl.col("id").is_in(bad_ids))
+    assert_frame_equal(normalise(postgres_db.table("items"), good), good)
+
+
 def test_evolve_adds_columns_and_widens_types(db: Database, tmp_path: Path) -> None:
     pipeline = sql_sink_pipeline("evolve", {"table": "t"})
     first = pl.DataFrame({"id": [1, 2], "n": [1, 2]}, schema={"id": pl.Int64, "n": pl.Int32})

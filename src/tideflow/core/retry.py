@@ -5,6 +5,13 @@ anything else is raised at once. Each wait is drawn uniformly from ``[0, min(cap
 2**attempt)]`` (full jitter, so many workers do not reconnect in lockstep), the first retry
 comes within ``first`` seconds, and the outage is logged when it starts and when it ends and
 counted in the node's metrics (``retries``, ``outage_seconds``).
+
+A long backoff alone would make the run sleep up to ``cap`` seconds past the service's
+return. A connector that can tell cheaply whether the service is back (a TCP connect, a
+login) passes it as ``probe``: during a wait it is polled every ``probe_every`` seconds, and
+the wait ends early when the probe, having failed during this wait, succeeds — a return seen
+happening. A probe that succeeds from the start of a wait (the service answers, yet the
+operation fails) does not shorten it, so backoff still spaces out retries that cannot work.
 """
 
 from __future__ import annotations
@@ -32,6 +39,13 @@ class RetryPolicy(Settings):
     give_up_after: float = Field(
         900.0, gt=0, description="Fail the run when an outage lasts longer than this (s)."
     )
+    probe_every: float = Field(
+        1.0,
+        gt=0,
+        description="While waiting, check this often whether the service is back (s), so "
+        "that the run resumes soon after it returns, not at the end of a long backoff "
+        "(connectors that can check cheaply: sql).",
+    )
 
 
 def with_retries(
@@ -41,9 +55,13 @@ def with_retries(
     policy: RetryPolicy,
     what: str,
     recover: Callable[[], None] | None = None,
+    probe: Callable[[], bool] | None = None,
 ) -> T:
     """Run ``operation``; on a transient failure wait, call ``recover`` (reconnect, replay)
-    and try again, until it succeeds, the policy gives up, or the run is stopped."""
+    and try again, until it succeeds, the policy gives up, or the run is stopped.
+
+    ``probe`` (optional) says whether the service answers again; see the module's docstring.
+    """
     attempt = 0
     started = 0.0
     while True:
@@ -67,7 +85,7 @@ def with_retries(
             delay = random.uniform(0, min(policy.cap, policy.first * 2**attempt))  # nosec B311 - jitter, not security
             attempt += 1
             ctx.metrics["retries"] = ctx.metrics.get("retries", 0) + 1
-            if ctx.wait(delay):
+            if _wait(ctx, delay, probe, policy.probe_every):
                 raise PipelineError(f"{what}: stopped while waiting to retry") from exc
             if recover is not None:
                 try:
@@ -81,6 +99,35 @@ def with_retries(
             ctx.metrics["outage_seconds"] = ctx.metrics.get("outage_seconds", 0.0) + outage
             ctx.log.warning("%s: recovered after %.1f s and %d retries", what, outage, attempt)
         return result
+
+
+def _wait(ctx: Context, delay: float, probe: Callable[[], bool] | None, every: float) -> bool:
+    """Wait ``delay`` seconds, or less once ``probe`` sees the service come back; True when
+    the run is asked to stop meanwhile."""
+    if probe is None:
+        return ctx.wait(delay)
+    deadline = time.monotonic() + delay
+    seen_down = False
+    while True:
+        # Probed at once too: a service found down right after the failure and up at a
+        # later poll has returned, whatever the backoff had drawn.
+        up = _probe(probe)
+        if up and seen_down:
+            return False
+        seen_down = seen_down or not up
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        if ctx.wait(min(every, remaining)):
+            return True
+
+
+def _probe(probe: Callable[[], bool]) -> bool:
+    """A probe that raises counts as "not back yet": it only ever shortens a wait."""
+    try:
+        return probe()
+    except Exception:  # noqa: BLE001 - any failure of a probe means "not yet"
+        return False
 
 
 def _first_line(exc: BaseException) -> str:

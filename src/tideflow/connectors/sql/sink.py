@@ -2,9 +2,11 @@
 
 Every batch goes to a staging relation by the database's bulk path, then into the target
 with one ``INSERT ... SELECT`` (an upsert merges on the key). When the database rejects some
-rows, the batch is bisected over the staging row numbers inside savepoints: good rows load,
-each rejected row goes to the dead-letter ledger with the database's message, and the search
-costs O(bad rows x log(batch)) statements instead of one per row.
+rows, the rejected ones are searched for over the (then indexed) staging row numbers inside
+savepoints: good rows load, each rejected row goes to the dead-letter ledger with the
+database's message. PostgreSQL searches in the server, learning the row a failed statement
+stopped at from a marker (``Dialect.locate_rejected``); the other databases bisect,
+O(bad rows x log(batch)) statements instead of one per row.
 
 Delivery:
 
@@ -128,6 +130,7 @@ class SqlSink(Sink):
         self.ctx: Context | None = None
         self._loading = False
         self._end = False
+        self._unindexed: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -195,6 +198,7 @@ class SqlSink(Sink):
             self.config.retry,
             f"sql sink {self.config.table!r} {what}",
             recover,
+            probe=self.dialect.probe(self.url) if self.url is not None else None,
         )
 
     def open(self, ctx: Context, pending: Any) -> None:
@@ -392,8 +396,9 @@ class SqlSink(Sink):
             f"SELECT {select} FROM {d.quote(staging)} s "
             f"WHERE {row} >= {{lo}} AND {row} < {{hi}}{merge}"
         )
+        self._unindexed = staging
         try:
-            rejected = self._bisect(insert, 0, batch.height, commit_each=False)
+            rejected = self._isolate(insert, batch.height)
         finally:
             d.unstage(self.conn, staging)
         if not rejected:
@@ -404,6 +409,52 @@ class SqlSink(Sink):
         )
         bad = batch.with_row_index("__tf_i").join(index, on="__tf_i").sort("__tf_i")
         return dead_letters(bad.drop("__tf_i", "reason"), pl.lit(bad.get_column("reason")))
+
+    def _isolate(self, insert: str, n: int) -> list[tuple[int, str]]:
+        """Insert rows [0, n): one statement for a clean batch; otherwise index the staging
+        rows and let the database locate the rejected ones where it can (PostgreSQL, see
+        :meth:`Dialect.locate_rejected`), else bisect."""
+        assert self.dialect is not None
+        d = self.dialect
+        if not d.locates_rejected:
+            return self._bisect(insert, 0, n, commit_each=False)
+        if self._attempt(insert, 0, n) is None:
+            return []  # the common case
+        assert self._unindexed is not None
+        d.index_staging(self.conn, self._unindexed)
+        self._unindexed = None
+        found = d.locate_rejected(self.conn, insert, n)
+        if found is None:
+            return self._bisect(insert, 0, n, commit_each=False)
+        located, stopped = found
+        rejected = [(r, redact(f"{d.name} rejected the row: {why}")) for r, why in located]
+        if stopped < n:  # the marker's hint did not hold: search the rest the slow way
+            rejected += self._bisect(insert, stopped, n, commit_each=False)
+        return rejected
+
+    def _attempt(self, insert: str, lo: int, hi: int) -> Exception | None:
+        """Insert rows [lo, hi) inside a savepoint; the database's rejection, if any, with
+        the savepoint rolled back. An empty range loads nothing."""
+        if lo >= hi:
+            return None
+        assert self.dialect is not None
+        # Row numbers are integers generated here, so formatting them into SQL is safe.
+        statement = insert.format(lo=lo, hi=hi)
+        together = self.dialect.statements_together
+        try:
+            if together:  # one round trip instead of three
+                self._exec(f"SAVEPOINT tf_rows; {statement}; RELEASE SAVEPOINT tf_rows")
+            else:
+                self._exec("SAVEPOINT tf_rows")
+                self._exec(statement)
+        except Exception as exc:
+            if not self.dialect.is_row_error(exc):
+                raise
+            self._exec("ROLLBACK TO SAVEPOINT tf_rows")
+            return exc
+        if not together:
+            self._exec("RELEASE SAVEPOINT tf_rows")
+        return None
 
     def _bisect(self, insert: str, lo: int, hi: int, commit_each: bool) -> list[tuple[int, str]]:
         """Insert rows [lo, hi); on a data error split the range, down to single rows.
@@ -429,6 +480,10 @@ class SqlSink(Sink):
                 self._rollback()
             if hi - lo == 1:
                 return [(lo, redact(f"{d.name} rejected the row: {_first_line(exc)}"))]
+            if self._unindexed is not None:
+                # Only a batch with rejected rows pays for the index.
+                d.index_staging(self.conn, self._unindexed)
+                self._unindexed = None
             mid = (lo + hi) // 2
             isolate = not d.savepoints
             return self._bisect(insert, lo, mid, isolate) + self._bisect(insert, mid, hi, isolate)

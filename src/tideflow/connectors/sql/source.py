@@ -186,6 +186,7 @@ class SqlSource(Source):
             self.config.retry,
             f"sql source {self._relation_name()} {what}",
             recover,
+            probe=self.dialect.probe(self.url) if self.url is not None else None,
         )
 
     def _recover(self) -> None:
