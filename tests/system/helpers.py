@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,3 +53,35 @@ def read_parquet_tree(folder: Path) -> pl.DataFrame:
 
 def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith((".", "_")) for part in path.relative_to(root).parts)
+
+
+def paced_rooms(
+    folder: Path, kafka: bool, pause: float, batch_size: int, every_records: int
+) -> Path:
+    """A copy of the rooms example in ``folder`` whose reckoning consumer pauses ``pause``
+    seconds per batch of ``batch_size`` (so a fault lands mid-run) and checkpoints every
+    ``every_records``; on Kafka each copy gets its own topic on the shared test broker.
+    Returns the reckoning pipeline's path."""
+    shutil.copytree(EXAMPLES / "rooms", folder, ignore=shutil.ignore_patterns("out", ".*"))
+    if kafka:
+        for name in ("publish.yaml", "coldstorage.yaml", "reckoning.yaml"):
+            path = folder / name
+            path.write_text(path.read_text().replace("rooms-v1", f"rooms-{id(folder)}"))
+    (folder / "pace.py").write_text(
+        f"import time\n\ndef pace(batch):\n    time.sleep({pause})\n    return batch\n",
+        encoding="utf-8",
+    )
+    reckoning = folder / "reckoning.yaml"
+    reckoning.write_text(
+        reckoning.read_text()
+        .replace(
+            "steps:\n",
+            'steps:\n  - {type: python, name: pace, function: "pace.py:pace", mode: batch}\n',
+            1,
+        )
+        .replace("every_records: 2000", f"every_records: {every_records}")
+        .replace("group: reckoning\n", f"group: reckoning\n  batch_size: {batch_size}\n")
+        + "\n",
+        encoding="utf-8",
+    )
+    return reckoning

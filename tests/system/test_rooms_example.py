@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from pathlib import Path
 
@@ -11,20 +10,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 from tests.faults.harness import kill_randomly
-from tests.system.helpers import EXAMPLES, cli, read_parquet_tree
+from tests.system.helpers import EXAMPLES, cli, paced_rooms, read_parquet_tree
 
 from tideflow import Pipeline, collect, generate
 from tideflow.connectors.memory import clear
 from tideflow.testing import collected
 
 COUNT = 2000
-PACE = """
-import time
-
-def pace(batch):
-    time.sleep(0.3)
-    return batch
-"""
 
 
 @pytest.fixture(params=["embedded", "kafka"])
@@ -50,25 +42,8 @@ def test_rooms_example_two_groups_and_a_killed_consumer(
     tmp_path: Path, environment: dict[str, str]
 ) -> None:
     folder = tmp_path / "rooms"
-    shutil.copytree(EXAMPLES / "rooms", folder, ignore=shutil.ignore_patterns("out", ".*"))
-    if environment["KAFKA_BROKER"]:
-        # Each run gets its own topic on the shared test broker.
-        for name in ("publish.yaml", "coldstorage.yaml", "reckoning.yaml"):
-            path = folder / name
-            path.write_text(path.read_text().replace("rooms-v1", f"rooms-{id(folder)}"))
-    (folder / "pace.py").write_text(PACE, encoding="utf-8")
-    reckoning = folder / "reckoning.yaml"
-    reckoning.write_text(
-        reckoning.read_text()
-        .replace(
-            "steps:\n",
-            'steps:\n  - {type: python, name: pace, function: "pace.py:pace", mode: batch}\n',
-            1,
-        )
-        .replace("every_records: 2000", "every_records: 300")
-        .replace("group: reckoning\n", "group: reckoning\n  batch_size: 100\n")
-        + "\n",
-        encoding="utf-8",
+    reckoning = paced_rooms(
+        folder, bool(environment["KAFKA_BROKER"]), 0.3, batch_size=100, every_records=300
     )
     assert (run := cli("run", "publish.yaml", cwd=folder, env=environment)).returncode == 0, (
         run.stderr

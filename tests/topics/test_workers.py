@@ -6,7 +6,6 @@ independent batch computation of the published records, on the embedded log and 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -18,18 +17,11 @@ import polars as pl
 import psutil
 import pytest
 from polars.testing import assert_frame_equal
-from tests.system.helpers import EXAMPLES, cli
+from tests.system.helpers import cli, paced_rooms
 
 from tideflow.state.store import open_state_store
 
 COUNT = 3000
-PACE = """
-import time
-
-def pace(batch):
-    time.sleep(0.2)
-    return batch
-"""
 
 
 @pytest.fixture(params=["embedded", "kafka", "postgresql-state"])
@@ -47,33 +39,17 @@ def environment(request: pytest.FixtureRequest) -> dict[str, str]:
 def prepare(folder: Path, environment: dict[str, str]) -> Path:
     """The rooms example, slowed down (small batches, a pause per batch) so a kill lands
     mid-run, with its own topic when on the shared Kafka broker."""
-    shutil.copytree(EXAMPLES / "rooms", folder, ignore=shutil.ignore_patterns("out", ".*"))
-    if environment["KAFKA_BROKER"]:
-        for name in ("publish.yaml", "reckoning.yaml"):
-            path = folder / name
-            path.write_text(path.read_text().replace("rooms-v1", f"rooms-w{id(folder)}"))
+    kafka = bool(environment["KAFKA_BROKER"])
+    reckoning = paced_rooms(folder, kafka, 0.2, batch_size=40, every_records=200)
+    text = reckoning.read_text().replace(
+        "checkpoint:", "state: ${STATE:-.tideflow/state.db}\n\ncheckpoint:"
+    )
+    if kafka:
         # tansu holds a rebalance for a dead member until its rebalance timeout (the
         # member's max.poll.interval.ms, 5 min by default), not its session timeout.
         options = "  options: {max.poll.interval.ms: 15000}\n"
-        path = folder / "reckoning.yaml"
-        path.write_text(
-            path.read_text().replace("group: reckoning\n", "group: reckoning\n" + options)
-        )
-    (folder / "pace.py").write_text(PACE, encoding="utf-8")
-    reckoning = folder / "reckoning.yaml"
-    reckoning.write_text(
-        reckoning.read_text()
-        .replace(
-            "steps:\n",
-            'steps:\n  - {type: python, name: pace, function: "pace.py:pace", mode: batch}\n',
-            1,
-        )
-        .replace("every_records: 2000", "every_records: 200")
-        .replace("checkpoint:", "state: ${STATE:-.tideflow/state.db}\n\ncheckpoint:")
-        .replace("group: reckoning\n", "group: reckoning\n  batch_size: 40\n")
-        + "\n",
-        encoding="utf-8",
-    )
+        text = text.replace("group: reckoning\n", "group: reckoning\n" + options)
+    reckoning.write_text(text, encoding="utf-8")
     run = cli("run", "publish.yaml", cwd=folder, env=environment)
     assert run.returncode == 0, run.stderr
     return reckoning

@@ -171,16 +171,7 @@ class EmbeddedConsumer:
         while True:
             out = RawMessages()
             if self._lease():
-                keys = sorted(self.next)
-                for i in range(len(keys)):
-                    key = keys[(self._turn + i) % len(keys)]
-                    if len(out) >= max_messages:
-                        break
-                    topic, part = split_tp(key)
-                    got = self.log.read(topic, part, self.next[key], max_messages - len(out))
-                    if len(got):
-                        self.next[key] = got.offsets[-1] + 1
-                        out.extend(got)
+                out = self.log.read_in_turn(self.next, self._turn, max_messages)
                 self._turn += 1
             if len(out) or time.monotonic() >= deadline:
                 return out

@@ -326,6 +326,23 @@ class EmbeddedLog:
             )
         )
 
+    def read_in_turn(self, positions: Offsets, turn: int, limit: int) -> RawMessages:
+        """Up to ``limit`` messages from the partitions of ``positions`` (next offsets,
+        advanced in place), starting with partition number ``turn`` so that a busy
+        partition does not starve the others."""
+        out = RawMessages()
+        keys = sorted(positions)
+        for i in range(len(keys)):
+            if len(out) >= limit:
+                break
+            key = keys[(turn + i) % len(keys)]
+            topic, part = split_tp(key)
+            got = self.read(topic, part, positions[key], limit - len(out))
+            if len(got):
+                positions[key] = got.offsets[-1] + 1
+                out.extend(got)
+        return out
+
     def lag(self, positions: Offsets) -> Offsets:
         """Records between next offsets (``topic:partition`` -> offset) and each
         partition's last stable offset."""

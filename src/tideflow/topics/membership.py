@@ -194,17 +194,7 @@ class EmbeddedGroupMember:
             if time.monotonic() - self._checked >= self.REBALANCE_EVERY:
                 self.rebalance()
                 self._checked = time.monotonic()
-            out = RawMessages()
-            keys = sorted(self.next)
-            for i in range(len(keys)):
-                if len(out) >= max_messages:
-                    break
-                key = keys[(self._turn + i) % len(keys)]
-                topic, part = split_tp(key)
-                got = self.log.read(topic, part, self.next[key], max_messages - len(out))
-                if len(got):
-                    self.next[key] = got.offsets[-1] + 1
-                    out.extend(got)
+            out = self.log.read_in_turn(self.next, self._turn, max_messages)
             self._turn += 1
             if len(out) or time.monotonic() >= deadline:
                 return out
