@@ -444,11 +444,13 @@ class AmqpSink(Sink):
                 sent = min(self._pending.values())
                 self._pending.clear()
             while sent < len(payloads):
+                # Pending before the publish: pika reads incoming frames while it writes, so
+                # the broker's confirm can arrive (and be dropped as unknown) inside the call.
+                self._tag += 1
+                self._pending[self._tag] = sent
                 link.channel.basic_publish(
                     cfg.exchange, keys[sent], payloads[sent], properties, cfg.mandatory
                 )
-                self._tag += 1
-                self._pending[self._tag] = sent
                 sent += 1
                 if len(self._pending) >= 1000:
                     link.connection.process_data_events(time_limit=0)

@@ -361,7 +361,7 @@ class StateStore:
             for table in ("checkpoints", "step_state"):
                 self._execute(
                     conn,
-                    f"DELETE FROM {table} WHERE pipeline=? OR "
+                    f"DELETE FROM {table} WHERE pipeline=? OR "  # nosec B608 - our table names
                     "substr(pipeline, 1, length(CAST(? AS TEXT)))=?",
                     (pipeline, workers, workers),
                 )

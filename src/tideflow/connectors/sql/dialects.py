@@ -382,6 +382,50 @@ class PostgresDialect(Dialect):
         return PostgresWriter()
 
 
+_LOCATE_REJECTED = """DO $tf$
+DECLARE
+  _tf_n bigint := @n@; _tf_lo bigint := 0; _tf_hi bigint; _tf_at bigint;
+  _tf_w bigint := 64; _tf_ok boolean; _tf_k bigint := 0;
+BEGIN
+  DELETE FROM tf_rejected;
+  WHILE _tf_lo < _tf_n LOOP
+    _tf_hi := least(_tf_n, _tf_lo + _tf_w);
+    _tf_ok := true;
+    BEGIN
+      @marked@;
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+      _tf_ok := false;
+    END;
+    IF _tf_ok THEN
+      _tf_lo := _tf_hi;
+      IF _tf_k = 0 THEN _tf_w := least(_tf_w * 2, 8192); END IF;
+      CONTINUE;
+    END IF;
+    SELECT last_value - 1 INTO _tf_at FROM tf_row_seen;
+    EXIT WHEN _tf_at < _tf_lo OR _tf_at >= _tf_hi;
+    BEGIN
+      @before@;
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+      _tf_ok := true;
+    END;
+    EXIT WHEN _tf_ok;
+    BEGIN
+      @alone@;
+      _tf_ok := true;
+    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+      INSERT INTO tf_rejected VALUES (_tf_at, SQLERRM);
+    END;
+    _tf_lo := _tf_at + 1;
+    _tf_k := _tf_k + 1;
+    _tf_w := greatest(32, least(8192, sqrt(32.0 * _tf_lo / _tf_k)::bigint));
+    EXIT WHEN _tf_ok;
+  END LOOP;
+  INSERT INTO tf_rejected VALUES (-1, _tf_lo::text);
+END $tf$"""
+"""The PL/pgSQL block of :meth:`PostgresWriter.locate_rejected`; ``@n@``, ``@marked@``,
+``@before@`` and ``@alone@`` are filled in (a template: its SQL is never formatted with data)."""
+
+
 class PostgresWriter(PostgresDialect):
     """PostgreSQL writes through psycopg: ``COPY`` of Polars-written CSV into text staging
     columns; the ``INSERT ... SELECT`` casts, so a bad value is a row error, not a load
@@ -449,46 +493,11 @@ class PostgresWriter(PostgresDialect):
         marked = insert.format(lo="_tf_lo", hi=f"_tf_hi AND {self.row_marker(row)}")
         before = insert.format(lo="_tf_lo", hi="_tf_at")
         alone = insert.format(lo="_tf_at", hi="_tf_at + 1")
-        block = f"""DO $tf$
-DECLARE
-  _tf_n bigint := {int(n)}; _tf_lo bigint := 0; _tf_hi bigint; _tf_at bigint;
-  _tf_w bigint := 64; _tf_ok boolean; _tf_k bigint := 0;
-BEGIN
-  DELETE FROM tf_rejected;
-  WHILE _tf_lo < _tf_n LOOP
-    _tf_hi := least(_tf_n, _tf_lo + _tf_w);
-    _tf_ok := true;
-    BEGIN
-      {marked};
-    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
-      _tf_ok := false;
-    END;
-    IF _tf_ok THEN
-      _tf_lo := _tf_hi;
-      IF _tf_k = 0 THEN _tf_w := least(_tf_w * 2, 8192); END IF;
-      CONTINUE;
-    END IF;
-    SELECT last_value - 1 INTO _tf_at FROM tf_row_seen;
-    EXIT WHEN _tf_at < _tf_lo OR _tf_at >= _tf_hi;
-    BEGIN
-      {before};
-    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
-      _tf_ok := true;
-    END;
-    EXIT WHEN _tf_ok;
-    BEGIN
-      {alone};
-      _tf_ok := true;
-    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
-      INSERT INTO tf_rejected VALUES (_tf_at, SQLERRM);
-    END;
-    _tf_lo := _tf_at + 1;
-    _tf_k := _tf_k + 1;
-    _tf_w := greatest(32, least(8192, sqrt(32.0 * _tf_lo / _tf_k)::bigint));
-    EXIT WHEN _tf_ok;
-  END LOOP;
-  INSERT INTO tf_rejected VALUES (-1, _tf_lo::text);
-END $tf$"""
+        # Row numbers are ints; the statements are the sink's, built from quoted identifiers.
+        block = _LOCATE_REJECTED
+        fills = {"n": str(int(n)), "marked": marked, "before": before, "alone": alone}
+        for name, text in fills.items():
+            block = block.replace(f"@{name}@", text)
         self.execute(conn, block)
         rows = self.execute(conn, "SELECT row_number, message FROM tf_rejected")
         stopped = next(int(message) for number, message in rows if number == -1)
