@@ -26,9 +26,11 @@ from polars.testing import assert_frame_equal
 from tests.faults.oracle import FULL, compare, read_output, records
 from tests.system.helpers import cli
 
-N = 40_000 if FULL else 5_000
+N = 60_000 if FULL else 5_000
 BEAT = 20.0 if FULL else 3.0
 BEATS = 8 if FULL else 5
+PAUSE = 0.2 if FULL else 0.1
+"""Seconds per batch of 50: the run must outlast several beats."""
 
 PRODUCE = """
 name: f8-produce
@@ -54,7 +56,7 @@ PACE = """
 import time
 
 def pace(batch):
-    time.sleep(0.1)
+    time.sleep(PAUSE)
     return batch
 """
 
@@ -130,7 +132,7 @@ def test_f8_members_added_and_killed_while_reading(tmp_path: Path, broker: str) 
     for name, text in (("produce.yaml", PRODUCE), ("consume.yaml", CONSUME)):
         filled = text.replace("TOPIC", topic).replace("BROKER", broker)
         (tmp_path / name).write_text(filled.replace("OPTIONS", options), encoding="utf-8")
-    (tmp_path / "pace.py").write_text(PACE, encoding="utf-8")
+    (tmp_path / "pace.py").write_text(PACE.replace("PAUSE", str(PAUSE)), encoding="utf-8")
     run = cli("run", "produce.yaml", cwd=tmp_path, env={"KAFKA_BROKER": ""})
     assert run.returncode == 0, run.stderr
     if broker == "embedded":
@@ -159,6 +161,7 @@ def test_f8_members_added_and_killed_while_reading(tmp_path: Path, broker: str) 
             added += worker == f"w{added}"
             group.start(worker)
             events.append(f"add {worker}")
+    print(f"F8 {broker}: {', '.join(events)}")
     assert any(e.startswith("kill") for e in events), events
     assert any(e.startswith("add") for e in events), events
     # Every id that ever ran comes back, so each finishes what its last checkpoint began.
