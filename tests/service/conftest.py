@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -64,6 +65,21 @@ def wait_for(check: Callable[[], bool], timeout: float = 30.0, every: float = 0.
             return
         time.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+def run_to_end(client: Any, pid: str, timeout: float = 60) -> dict[str, Any]:
+    """Start a run of pipeline ``pid`` through the API and wait for its end; its summary."""
+    started = client.post(f"/api/pipelines/{pid}/start")
+    assert started.status_code == 201, started.text
+    run_id = started.json()["id"]
+    result: dict[str, Any] = {}
+
+    def ended() -> bool:
+        result.update(client.get(f"/api/runs/{run_id}").json())
+        return result["status"] not in ("starting", "running", "stopping")
+
+    wait_for(ended, timeout=timeout)
+    return result
 
 
 def free_port() -> int:

@@ -7,11 +7,10 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.service.conftest import wait_for
+from tests.service.conftest import run_to_end, wait_for
 
 from tideflow.service.app import create_app
 
@@ -20,20 +19,6 @@ from tideflow.service.app import create_app
 def client(folder: Path) -> Iterator[TestClient]:
     with TestClient(create_app(folder, tick_seconds=0.2)) as test_client:
         yield test_client
-
-
-def run_to_end(client: TestClient, pid: str, timeout: float = 60) -> dict[str, Any]:
-    started = client.post(f"/api/pipelines/{pid}/start")
-    assert started.status_code == 201, started.text
-    run_id = started.json()["id"]
-    result: dict[str, Any] = {}
-
-    def ended() -> bool:
-        result.update(client.get(f"/api/runs/{run_id}").json())
-        return result["status"] not in ("starting", "running", "stopping")
-
-    wait_for(ended, timeout=timeout)
-    return result
 
 
 def test_pipelines_are_created_validated_updated_and_deleted(client: TestClient) -> None:

@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from tests.service.conftest import Server, demo_pipeline, wait_for
+from tests.service.conftest import Server, demo_pipeline, run_to_end
 
 from tideflow.service.app import create_app
 
@@ -35,22 +35,6 @@ checkpoint: {every_records: 500}
 """
 
 HOUR_MS = 3_600_000
-
-
-def run_to_end(client: Any, pid: str, timeout: float = 90) -> dict[str, Any]:
-    """Start a run and wait for its end; its final summary."""
-    started = client.post(f"/api/pipelines/{pid}/start")
-    assert started.status_code == 201, started.text
-    run_id = started.json()["id"]
-    result: dict[str, Any] = {}
-
-    def ended() -> bool:
-        result.update(client.get(f"/api/runs/{run_id}").json())
-        return result["status"] not in ("starting", "running", "stopping")
-
-    wait_for(ended, timeout=timeout)
-    assert result["status"] == "succeeded", result
-    return result
 
 
 def metric(text: str, name: str, **labels: str) -> float | None:
@@ -75,7 +59,7 @@ def topic_folder(tmp_path: Path) -> Path:
 
 def test_a_topic_run_reports_lag_end_to_end_latency_and_state_size(topic_folder: Path) -> None:
     with TestClient(create_app(topic_folder, background=False)) as client:
-        run_to_end(client, "produce")
+        assert run_to_end(client, "produce", 90)["status"] == "succeeded"
         # The messages were written an hour ago, as far as their timestamps say: every
         # end-to-end latency, measured from them, is then at least an hour.
         log = sqlite3.connect(topic_folder / ".tideflow" / "topics.db")
@@ -83,7 +67,8 @@ def test_a_topic_run_reports_lag_end_to_end_latency_and_state_size(topic_folder:
             log.execute("UPDATE messages SET timestamp = timestamp - ?", (HOUR_MS,))
         log.close()
         before = time.time()
-        run = run_to_end(client, "consume")
+        run = run_to_end(client, "consume", 90)
+        assert run["status"] == "succeeded", run
         after = time.time()
 
         read = run["counts"]["read"]

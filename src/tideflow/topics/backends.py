@@ -155,15 +155,9 @@ class EmbeddedConsumer:
         """Start offsets now that this member reads: the later of checkpoint and group."""
         self.next = {}
         for topic in self.topics:
-            info = self.log.describe(topic)
-            committed = self.log.committed(self.group, topic)
-            for part in range(info.partitions):
-                key = tp(topic, part)
-                if part in committed or key in self._stored:
-                    start = max(committed.get(part, 0), self._stored.get(key, 0))
-                else:
-                    start = info.end_offsets[part] if self.from_end else info.start_offsets[part]
-                self.next[key] = max(start, info.start_offsets[part])
+            self.next.update(
+                self.log.resume_offsets(self.group, topic, self._stored, self.from_end)
+            )
 
     def poll(self, max_messages: int, timeout: float) -> RawMessages:
         """Read the partitions in turn, so a busy one does not starve the others."""

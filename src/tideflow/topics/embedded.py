@@ -343,6 +343,22 @@ class EmbeddedLog:
                 out.extend(got)
         return out
 
+    def resume_offsets(self, group: str, topic: str, stored: Offsets, from_end: bool) -> Offsets:
+        """Where a member of ``group`` starts reading each partition of ``topic``: the later
+        of the group's committed offset and the pipeline's checkpointed one (``stored``);
+        with neither, the end (``from_end``) or the start; never before what retention kept."""
+        info = self.describe(topic)
+        committed = self.committed(group, topic)
+        offsets = {}
+        for part in range(info.partitions):
+            key = tp(topic, part)
+            if part in committed or key in stored:
+                start = max(committed.get(part, 0), int(stored.get(key, 0)))
+            else:
+                start = info.end_offsets[part] if from_end else info.start_offsets[part]
+            offsets[key] = max(start, info.start_offsets[part])
+        return offsets
+
     def lag(self, positions: Offsets) -> Offsets:
         """Records between next offsets (``topic:partition`` -> offset) and each
         partition's last stable offset."""

@@ -177,15 +177,9 @@ class EmbeddedGroupMember:
         if not claimed:
             return
         stored = self.listener.assigned(claimed)
-        for key in claimed:
-            topic, part = split_tp(key)
-            info = self.log.describe(topic)
-            committed = self.log.committed(self.group, topic)
-            if part in committed or key in stored:
-                start = max(committed.get(part, 0), int(stored.get(key, 0)))
-            else:
-                start = info.end_offsets[part] if self.from_end else info.start_offsets[part]
-            self.next[key] = max(start, info.start_offsets[part])
+        for topic in {split_tp(key)[0] for key in claimed}:
+            starts = self.log.resume_offsets(self.group, topic, stored, self.from_end)
+            self.next.update({key: starts[key] for key in claimed if key in starts})
 
     def poll(self, max_messages: int, timeout: float) -> RawMessages:
         """Read the owned partitions in turn, so a busy one does not starve the others."""
