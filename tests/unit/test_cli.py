@@ -227,3 +227,28 @@ def test_malformed_set_is_a_config_error(write_pipeline: Write, bad_set: str) ->
     path = write_pipeline(PIPELINE)
     result = CliRunner().invoke(cli, ["run", str(path), "--set", bad_set])
     assert result.exit_code == 2 and "--set expects key=value" in result.output
+
+
+@pytest.mark.parametrize("flags", [("--workers", "2"), ("--worker-id", "w0")])
+def test_workers_need_a_source_split_by_partition(
+    write_pipeline: Write, flags: tuple[str, str]
+) -> None:
+    path = write_pipeline(PIPELINE)
+    code, output = invoke("run", str(path), *flags)
+    assert code == 2
+    assert "source 'memory' (memory) cannot be split between workers" in output
+    assert "Traceback" not in output
+    assert "no checkpoint yet" in invoke("state", "show", str(path))[1]
+
+
+def test_workers_refuse_a_sink_that_keeps_the_checkpoint(write_pipeline: Write) -> None:
+    path = write_pipeline(
+        """
+name: cli-group
+source: {type: topic, topic: t, group: g, broker: embedded}
+sink: {type: sql, url: "sqlite:///out.db", table: t, transactional: true}
+"""
+    )
+    code, output = invoke("run", str(path), "--worker-id", "w0")
+    assert code == 2
+    assert "keeps the checkpoint with its data" in output

@@ -160,7 +160,7 @@ def run(
                 "--workers cannot be combined with --worker-id, --preview or "
                 "--metrics-port (give each worker its own with --worker-id)"
             )
-        sys.exit(_supervise(pipeline, workers, sets, as_json, quiet))
+        sys.exit(_supervise(pipeline, spec, workers, sets, as_json, quiet))
     if preview is not None:
         shown = runner.preview(spec, base, preview)
         for node, frame in shown.frames.items():
@@ -185,10 +185,21 @@ def run(
 
 
 def _supervise(
-    pipeline: str, workers: int, sets: tuple[str, ...], as_json: bool, quiet: bool
+    pipeline: str,
+    spec: PipelineSpec,
+    workers: int,
+    sets: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
 ) -> int:
     """Start and look after ``workers`` group workers; their exit code."""
+    from tideflow.core.engine import check_group_worker
+    from tideflow.core.graph import build_graph
+    from tideflow.registry import default_registry
     from tideflow.workers import Supervisor, default_prefix
+
+    # Refused here once, rather than by each worker it would start.
+    check_group_worker(build_graph(spec, default_registry))
 
     args = [arg for pair in sets for arg in ("--set", pair)]
     args += ["--json"] if as_json else []

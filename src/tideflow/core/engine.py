@@ -94,6 +94,24 @@ class _SourceItem:
     """Unix time the source thread got the batch (end-to-end latency starts there)."""
 
 
+def check_group_worker(graph: Graph) -> None:
+    """Refuse a graph that a group of workers cannot run: every source must split by
+    partition, and no sink may keep the (then per-worker) checkpoint with its data."""
+    for node in graph.sources:
+        if not node.component.partitioned:
+            raise ConfigError(
+                f"source {node.name!r} ({node.type_name}) cannot be split between "
+                "workers: a group of workers needs `topic` or `kafka` sources"
+            )
+    for node in graph.sinks:
+        if node.component.keeps_checkpoint:
+            raise ConfigError(
+                f"sink {node.name!r} keeps the checkpoint with its data "
+                "(`transactional: true`), which holds one worker's partitions only; with "
+                "workers use `transactional: false` (an upsert stays exact on replay)"
+            )
+
+
 class Engine:
     """Runs one pipeline spec once.
 
@@ -149,28 +167,13 @@ class Engine:
         """(source, start of its latency) per batch processed since the last checkpoint."""
         self._init_dead_letter_sink()
         if worker is not None:
-            self._check_group_worker()
+            check_group_worker(self.graph)
 
     def _init_dead_letter_sink(self) -> None:
         cfg = self.spec.on_error.sink
         if self.spec.on_error.action == "dead_letter" and cfg is not None:
             component = self.registry.get("sink", cfg.type).cls(cfg)
             self._dead_sink = Node(cfg.name or "dead_letters", "sink", cfg.type, component)
-
-    def _check_group_worker(self) -> None:
-        for node in self.graph.sources:
-            if not node.component.partitioned:
-                raise ConfigError(
-                    f"source {node.name!r} ({node.type_name}) cannot be split between "
-                    "workers: a group of workers needs `topic` or `kafka` sources"
-                )
-        for node in self.graph.sinks:
-            if node.component.keeps_checkpoint:
-                raise ConfigError(
-                    f"sink {node.name!r} keeps the checkpoint with its data "
-                    "(`transactional: true`), which holds one worker's partitions only; with "
-                    "workers use `transactional: false` (an upsert stays exact on replay)"
-                )
 
     # -- public --------------------------------------------------------------------------
 
