@@ -11,20 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-import pytest
 
 from tideflow.connectors.topics import TopicSink, TopicSinkConfig, TopicSource, TopicSourceConfig
 from tideflow.core.contracts import Context
-
-BACKENDS = ["embedded", "kafka"]
-
-
-@pytest.fixture(params=BACKENDS)
-def broker(request: pytest.FixtureRequest) -> str:
-    """`embedded`, or the kafka:// address of the test broker."""
-    if request.param == "embedded":
-        return "embedded"
-    return "kafka://" + request.getfixturevalue("kafka_broker")
 
 
 def context(tmp_path: Path, name: str) -> Context:

@@ -9,18 +9,7 @@ import time
 from pathlib import Path
 
 import polars as pl
-import pytest
 from tests.system.helpers import cli, read_parquet_tree, start_cli
-
-BACKENDS = ["embedded", "kafka"]
-
-
-@pytest.fixture(params=BACKENDS)
-def broker(request: pytest.FixtureRequest) -> str:
-    """`embedded`, or the kafka:// address of the test broker."""
-    if request.param == "embedded":
-        return "embedded"
-    return "kafka://" + request.getfixturevalue("kafka_broker")
 
 
 def write(folder: Path, name: str, text: str) -> Path:

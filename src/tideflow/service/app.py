@@ -150,8 +150,6 @@ class Service:
 
     def pipeline_summary(self, entry: Entry) -> dict[str, Any]:
         """A pipeline for the list view."""
-        latest = self.runs.latest(entry.id)
-        active = latest is not None and latest.status in ACTIVE
         schedule = self.scheduler.describe(entry.id) if entry.spec is not None else None
         return {
             "id": entry.id,
@@ -160,12 +158,7 @@ class Service:
             "description": entry.spec.description if entry.spec is not None else None,
             "valid": entry.spec is not None,
             "issues": entry.issues,
-            "status": latest.status if latest is not None else "idle",
-            "active": active,
-            "rate": latest.rate if latest is not None and active else 0.0,
-            "records_in": latest.records_in if latest is not None else 0,
-            "dead_lettered": latest.dead_lettered if latest is not None else 0,
-            "run_id": latest.id if latest is not None else None,
+            **self._run_state(entry.id),
             "schedule": schedule,
             "alerts": [a.name for a in entry.spec.alerts] if entry.spec is not None else [],
         }
@@ -187,6 +180,15 @@ class Service:
         """What changes while a pipeline runs: its status, throughput and latest run (with
         counts, lag, end-to-end latency and state sizes) and the steps with a tap."""
         latest = self.runs.latest(pid)
+        return {
+            **self._run_state(pid),
+            "run": latest.summary() if latest is not None else None,
+            "taps": sorted(latest.taps) if latest is not None else [],
+        }
+
+    def _run_state(self, pid: str) -> dict[str, Any]:
+        """The latest run's status and figures, as the list and the live stream show them."""
+        latest = self.runs.latest(pid)
         active = latest is not None and latest.status in ACTIVE
         return {
             "status": latest.status if latest is not None else "idle",
@@ -195,8 +197,6 @@ class Service:
             "records_in": latest.records_in if latest is not None else 0,
             "dead_lettered": latest.dead_lettered if latest is not None else 0,
             "run_id": latest.id if latest is not None else None,
-            "run": latest.summary() if latest is not None else None,
-            "taps": sorted(latest.taps) if latest is not None else [],
         }
 
     async def stream(
