@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
@@ -19,7 +20,7 @@ from tests.sql.helpers import (
 )
 from tests.system.helpers import cli
 
-from tideflow.connectors.sql.sink import replace_table_name
+from tideflow.connectors.sql.sink import SqlSink, replace_table_name
 from tideflow.core.engine import RunObserver
 from tideflow.errors import PipelineError
 
@@ -66,25 +67,63 @@ def test_rejected_rows_go_to_dead_letters_and_their_neighbours_load(
     assert_frame_equal(normalise(db.table("items"), good), good)
 
 
+@pytest.mark.parametrize("awkward", ["we{ird} 'col'", "price $tf$"])
+def test_awkward_column_names_load_and_reject_like_any_other(
+    db: Database, tmp_path: Path, awkward: str
+) -> None:
+    """Identifiers reach the statements quoted, never read as template or block syntax:
+    braces, quotes and the dollar quote of PostgreSQL's search block (which then bisects)."""
+    frame = pl.DataFrame(
+        {"id": list(range(120)), awkward: [None if i in {3, 77} else i * 2 for i in range(120)]},
+        schema={"id": pl.Int64, awkward: pl.Int64},
+    )
+    write_parquet_input(tmp_path, frame)
+    sink = {
+        "table": "items",
+        "mode": "upsert",
+        "key": ["id"],
+        "columns": {awkward: {"type": "bigint", "nullable": False}},
+    }
+    result = run_yaml(tmp_path, sql_sink_pipeline("awkward", sink), {"DB_URL": db.url})
+    assert result.counts["sql"]["dead_lettered"] == 2
+    letters = dead_letter_rows(tmp_path, "awkward")
+    assert sorted(json.loads(record)["id"] for record, _ in letters) == [3, 77]
+    good = frame.filter(pl.col(awkward).is_not_null())
+    assert_frame_equal(normalise(db.table("items"), good), good)
+
+
 @pytest.mark.parametrize("hint", ["true", "one ahead", "one behind", "outside", "bisection"])
 def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
     postgres_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str
 ) -> None:
-    """PostgreSQL finds a rejected row from the row its failed statement read last; that is
-    a hint, checked before it is believed, and a wrong one must still dead-letter exactly
+    """PostgreSQL finds a rejected row by counting the rows its failed statement read; that
+    is a hint, checked before it is believed, and a wrong one must still dead-letter exactly
     the rejected rows and load all the others."""
     from tideflow.connectors.sql.dialects import PostgresWriter
 
+    count = "nextval('tf_rows_read') > 0"
     markers = {
-        "one ahead": "setval('tf_row_seen', {row} + 2) > 0",
-        "one behind": "setval('tf_row_seen', {row}) > 0",
-        "outside": "setval('tf_row_seen', 1000000) > 0",
+        # Counting row 0 twice names the row after it, which loads (row 0 is rejected).
+        "one ahead": f"(s.id <> '0' OR {count}) AND {count}",
+        # Not counting row 5 names row 6 where row 7 is rejected: the rows before load, and
+        # so does row 6 alone.
+        "one behind": f"(s.id = '5' OR {count})",
+        # A count past the window names no row at all.
+        "outside": "setval('tf_rows_read', nextval('tf_rows_read') + 100000) > 0",
     }
     if hint in markers:
         marker = markers[hint]
-        monkeypatch.setattr(PostgresWriter, "row_marker", lambda self, row: marker.format(row=row))
+        monkeypatch.setattr(PostgresWriter, "row_marker", lambda self: marker)
     if hint == "bisection":
         monkeypatch.setattr(PostgresWriter, "locates_rejected", False)
+    bisections: list[int] = []
+    bisect = SqlSink._bisect
+
+    def counted(self: SqlSink, *args: Any, **kwargs: Any) -> Any:
+        bisections.append(1)
+        return bisect(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlSink, "_bisect", counted)
     frame = typed_frame(300)
     bad_ids = {0, 7, 8, 150, 298, 299}
     frame = frame.with_columns(
@@ -100,6 +139,8 @@ def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
     assert all("null value" in reason for _, reason in letters), letters
     good = frame.filter(~pl.col("id").is_in(bad_ids))
     assert_frame_equal(normalise(postgres_db.table("items"), good), good)
+    # A right hint needs no bisection; a wrong one is noticed and bisected.
+    assert bool(bisections) == (hint != "true")
 
 
 def test_evolve_adds_columns_and_widens_types(db: Database, tmp_path: Path) -> None:

@@ -37,6 +37,11 @@ from tideflow.connectors.sql.urls import DatabaseUrl
 from tideflow.errors import ConfigError, MissingDependencyError
 
 ROW = "__tf_row"
+"""The staging column numbering a batch's rows from 0."""
+Rejected = list[tuple[int, str]]
+"""Rejected rows: row number and the database's message."""
+Insert = Callable[[str], str]
+"""The sink's insert of staging rows, given the condition choosing them (alias ``s``)."""
 _ROW_ERRORS = {
     "IntegrityError",
     "DataError",
@@ -217,13 +222,11 @@ class Dialect(ABC):
         """Drop a staging relation."""
         self.execute(conn, f"DROP TABLE IF EXISTS {self.quote(staging)}")
 
-    def locate_rejected(
-        self, conn: Any, insert: str, n: int
-    ) -> tuple[list[tuple[int, str]], int] | None:
-        """Insert staging rows [0, n) with ``insert`` (a template over ``{lo}`` and
-        ``{hi}``) and find the rows the database rejects, without a bisection: the rejected
-        row numbers with the database's messages, and the row it stopped at (``n`` when
-        done; the caller bisects the rest). None where the database cannot do this."""
+    def locate_rejected(self, conn: Any, insert: Insert, staging: str, n: int) -> Rejected | None:
+        """Insert the ``n`` rows of ``staging`` with ``insert`` and find the rows the
+        database rejects, without a bisection: their row numbers with the database's
+        messages. None where the database cannot do this, or when it failed and left
+        nothing behind (the caller bisects)."""
         return None
 
     def index_staging(self, conn: Any, staging: str) -> None:
@@ -384,46 +387,60 @@ class PostgresDialect(Dialect):
 
 _LOCATE_REJECTED = """DO $tf$
 DECLARE
-  _tf_n bigint := @n@; _tf_lo bigint := 0; _tf_hi bigint; _tf_at bigint;
-  _tf_w bigint := 64; _tf_ok boolean; _tf_k bigint := 0;
+  _tf_pages bigint := pg_relation_size('@staging@') / current_setting('block_size')::bigint;
+  _tf_per float8 := greatest(1.0, @n@::float8 / greatest(1, _tf_pages));
+  _tf_page bigint := 0; _tf_w bigint := ceil(64 / _tf_per); _tf_k bigint := 0;
+  _tf_after tid := '(0,0)'; _tf_to tid; _tf_bad tid; _tf_row bigint; _tf_seen bigint;
+  _tf_ok boolean;
 BEGIN
   DELETE FROM tf_rejected;
-  WHILE _tf_lo < _tf_n LOOP
-    _tf_hi := least(_tf_n, _tf_lo + _tf_w);
-    _tf_ok := true;
-    BEGIN
-      @marked@;
-    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
-      _tf_ok := false;
-    END;
-    IF _tf_ok THEN
-      _tf_lo := _tf_hi;
-      IF _tf_k = 0 THEN _tf_w := least(_tf_w * 2, 8192); END IF;
-      CONTINUE;
-    END IF;
-    SELECT last_value - 1 INTO _tf_at FROM tf_row_seen;
-    EXIT WHEN _tf_at < _tf_lo OR _tf_at >= _tf_hi;
-    BEGIN
-      @before@;
-    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
-      _tf_ok := true;
-    END;
-    EXIT WHEN _tf_ok;
-    BEGIN
-      @alone@;
-      _tf_ok := true;
-    EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
-      INSERT INTO tf_rejected VALUES (_tf_at, SQLERRM);
-    END;
-    _tf_lo := _tf_at + 1;
-    _tf_k := _tf_k + 1;
-    _tf_w := greatest(32, least(8192, sqrt(32.0 * _tf_lo / _tf_k)::bigint));
-    EXIT WHEN _tf_ok;
-  END LOOP;
-  INSERT INTO tf_rejected VALUES (-1, _tf_lo::text);
+  PERFORM nextval('tf_rows_read');
+  BEGIN
+    WHILE _tf_page < _tf_pages LOOP
+      _tf_to := CASE WHEN _tf_page + _tf_w >= _tf_pages THEN '(4294967295,0)'::tid
+                ELSE format('(%s,0)', _tf_page + _tf_w)::tid END;
+      LOOP
+        _tf_seen := currval('tf_rows_read');
+        _tf_ok := true;
+        BEGIN
+          @window@;
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+          _tf_ok := false;
+        END;
+        EXIT WHEN _tf_ok;
+        IF currval('tf_rows_read') = _tf_seen THEN RAISE SQLSTATE 'TF001'; END IF;
+        SELECT s.ctid, s.@row@ INTO _tf_bad, _tf_row FROM @staging@ s
+          WHERE s.ctid > _tf_after AND s.ctid < _tf_to
+          ORDER BY s.ctid OFFSET currval('tf_rows_read') - _tf_seen - 1 LIMIT 1;
+        IF NOT FOUND THEN RAISE SQLSTATE 'TF001'; END IF;
+        BEGIN
+          @before@;
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+          RAISE SQLSTATE 'TF001';
+        END;
+        BEGIN
+          @alone@;
+          _tf_ok := true;
+        EXCEPTION WHEN data_exception OR integrity_constraint_violation THEN
+          INSERT INTO tf_rejected VALUES (_tf_row, SQLERRM);
+        END;
+        IF _tf_ok THEN RAISE SQLSTATE 'TF001'; END IF;
+        _tf_after := _tf_bad;
+        _tf_k := _tf_k + 1;
+      END LOOP;
+      _tf_page := _tf_page + _tf_w;
+      _tf_after := format('(%s,0)', _tf_page)::tid;
+      _tf_w := CASE WHEN _tf_k = 0 THEN least(_tf_w * 2, ceil(8192 / _tf_per))
+               ELSE ceil(greatest(32.0, least(8192.0, sqrt(32.0 * _tf_page * _tf_per / _tf_k)))
+                         / _tf_per) END;
+    END LOOP;
+  EXCEPTION WHEN SQLSTATE 'TF001' THEN
+    INSERT INTO tf_rejected VALUES (-1, 'the marker did not hold');
+  END;
 END $tf$"""
-"""The PL/pgSQL block of :meth:`PostgresWriter.locate_rejected`; ``@n@``, ``@marked@``,
-``@before@`` and ``@alone@`` are filled in (a template: its SQL is never formatted with data)."""
+"""The PL/pgSQL block of :meth:`PostgresWriter.locate_rejected`; ``@staging@``, ``@n@``,
+``@row@``, ``@window@``, ``@before@`` and ``@alone@`` are filled in (a template: its SQL is
+never formatted with data)."""
 
 
 class PostgresWriter(PostgresDialect):
@@ -454,55 +471,52 @@ class PostgresWriter(PostgresDialect):
             cur.execute(sql, tuple(params) if params else None)
             yield from _row_batches(cur, [d[0] for d in cur.description], batch_size)
 
-    def index_staging(self, conn: Any, staging: str) -> None:
-        """The index, and what :meth:`locate_rejected` uses (created here: clean batches
-        never need them). No ANALYZE: it costs more than the index, and without statistics
-        the planner's default estimate for a range (0.5% of the rows) picks the index."""
-        super().index_staging(conn, staging)
-        self.execute(conn, "CREATE TEMP SEQUENCE IF NOT EXISTS tf_row_seen")
-        self.execute(
-            conn, "CREATE TEMP TABLE IF NOT EXISTS tf_rejected (row_number BIGINT, message TEXT)"
-        )
+    def row_marker(self) -> str:
+        """An always-true condition counting the rows a statement reads: ``nextval`` of a
+        temporary sequence, which a rollback does not undo and whose cached values cost no
+        write. The count a failed statement left names the row it failed at, the last one
+        it read."""
+        return "nextval('tf_rows_read') > 0"
 
-    def row_marker(self, row: str) -> str:
-        """An always-true condition recording ``row`` as the last row a statement read:
-        ``setval`` on a sequence, which ignores rollbacks. Whatever order the planner
-        evaluates the conditions in, the last row read is the one the insert failed at."""
-        return f"setval('tf_row_seen', {row} + 1) > 0"
-
-    def locate_rejected(
-        self, conn: Any, insert: str, n: int
-    ) -> tuple[list[tuple[int, str]], int] | None:
+    def locate_rejected(self, conn: Any, insert: Insert, staging: str, n: int) -> Rejected | None:
         """One PL/pgSQL block does the search in the server, without a round trip per
         statement; its static statements are planned once per batch.
 
-        A window of rows is inserted inside an exception block (a savepoint). When it fails,
-        the marker names the row it stopped at; the rows before it are inserted, and the row
-        alone must fail, which is recorded with the message (``SQLERRM``). Rows a failed
-        window read before the rejected one are inserted twice, and each window is one more
-        statement: the window is sqrt(32 x rows per rejection so far), balancing the two
-        (a statement costs about as much as inserting 16 rows), between 32 and 8,192 rows;
-        before the first rejection it doubles from 64. A range spanning most of the batch
-        would also be read by a full scan from its first row. The marker is only a hint:
-        when the rows before it fail or the row alone loads, the block stops there and the
-        caller bisects the rest.
+        The staging rows are read in windows of whole pages (a TID range scan: no index to
+        build), each window inside an exception block (a savepoint). When a window fails,
+        the marker's count is the position of the row it failed at; the rows before it are
+        inserted, and the row alone must fail, which is recorded with the message
+        (``SQLERRM``); the window goes on after it. Rows a failed window inserted before
+        the rejected one are inserted twice, and each window is one more statement: the
+        window holds sqrt(32 x rows per rejection so far) rows, balancing the two (a
+        statement costs about as much as inserting 16 rows), between 32 and 8,192; before
+        the first rejection it doubles from 64. The last window is open-ended, so no row is
+        missed whatever the page count said. The marker is only a hint: when the rows
+        before the named one fail or it loads alone, the whole search is rolled back and
+        None returned (the caller bisects).
         """
-        row = f"s.{self.quote(ROW)}"
-        if "$tf$" in insert:
-            return None  # an identifier holding the dollar quote: bisect instead
-        marked = insert.format(lo="_tf_lo", hi=f"_tf_hi AND {self.row_marker(row)}")
-        before = insert.format(lo="_tf_lo", hi="_tf_at")
-        alone = insert.format(lo="_tf_at", hi="_tf_at + 1")
-        # Row numbers are ints; the statements are the sink's, built from quoted identifiers.
-        block = _LOCATE_REJECTED
-        fills = {"n": str(int(n)), "marked": marked, "before": before, "alone": alone}
-        for name, text in fills.items():
-            block = block.replace(f"@{name}@", text)
+        if "$tf$" in insert("") or "'" in staging:
+            return None  # text that would end the block or a literal early: bisect instead
+        self.execute(conn, "CREATE TEMP SEQUENCE IF NOT EXISTS tf_rows_read CACHE 1000000")
+        self.execute(
+            conn, "CREATE TEMP TABLE IF NOT EXISTS tf_rejected (row_number BIGINT, message TEXT)"
+        )
+        window = "s.ctid > _tf_after AND s.ctid < _tf_to"
+        fills = {
+            "staging": self.quote(staging),
+            "n": str(int(n)),
+            "row": self.quote(ROW),
+            "window": insert(f"{window} AND {self.row_marker()}"),
+            "before": insert("s.ctid > _tf_after AND s.ctid < _tf_bad"),
+            "alone": insert("s.ctid = _tf_bad"),
+        }
+        # One pass, so that no filled-in text is searched for placeholders again.
+        block = re.sub(r"@(\w+)@", lambda m: fills[m.group(1)], _LOCATE_REJECTED)
         self.execute(conn, block)
         rows = self.execute(conn, "SELECT row_number, message FROM tf_rejected")
-        stopped = next(int(message) for number, message in rows if number == -1)
-        rejected = sorted((int(number), str(message)) for number, message in rows if number >= 0)
-        return rejected, stopped
+        if any(number < 0 for number, _ in rows):
+            return None
+        return sorted((int(number), str(message)) for number, message in rows)
 
     def stage(self, conn: Any, frame: pl.DataFrame, kinds: dict[str, str]) -> str:
         """``COPY`` CSV into a temporary all-text table."""

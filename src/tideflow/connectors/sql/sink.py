@@ -2,11 +2,11 @@
 
 Every batch goes to a staging relation by the database's bulk path, then into the target
 with one ``INSERT ... SELECT`` (an upsert merges on the key). When the database rejects some
-rows, the rejected ones are searched for over the (then indexed) staging row numbers inside
-savepoints: good rows load, each rejected row goes to the dead-letter ledger with the
-database's message. PostgreSQL searches in the server, learning the row a failed statement
-stopped at from a marker (``Dialect.locate_rejected``); the other databases bisect,
-O(bad rows x log(batch)) statements instead of one per row.
+rows, the rejected ones are searched for inside savepoints: good rows load, each rejected
+row goes to the dead-letter ledger with the database's message. PostgreSQL searches in the
+server, learning the row a failed statement stopped at from a marker
+(``Dialect.locate_rejected``); the other databases bisect over the (then indexed) staging row
+numbers, O(bad rows x log(batch)) statements instead of one per row.
 
 Delivery:
 
@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import polars as pl
 from pydantic import Field, model_validator
 
-from tideflow.connectors.sql.dialects import ROW, Dialect, dialect_for
+from tideflow.connectors.sql.dialects import ROW, Dialect, Insert, Rejected, dialect_for
 from tideflow.connectors.sql.schema import (
     ColumnModel,
     IndexModel,
@@ -390,15 +390,18 @@ class SqlSink(Sink):
         )
         upsert = self.config.mode == "upsert"
         merge = d.upsert_clause(self.config.key, batch.columns) if upsert else ""
-        row = f"s.{d.quote(ROW)}"
-        insert = (
+        head = (
             f"INSERT INTO {d.table(self._target_name(), self.config.db_schema)} ({cols}) "  # nosec B608 - identifiers quoted, values bound
-            f"SELECT {select} FROM {d.quote(staging)} s "
-            f"WHERE {row} >= {{lo}} AND {row} < {{hi}}{merge}"
+            f"SELECT {select} FROM {d.quote(staging)} s WHERE "
         )
+
+        def insert(rows: str) -> str:
+            """The insert of the staging rows ``s`` that ``rows`` chooses."""
+            return head + rows + merge
+
         self._unindexed = staging
         try:
-            rejected = self._isolate(insert, batch.height)
+            rejected = self._isolate(insert, staging, batch.height)
         finally:
             d.unstage(self.conn, staging)
         if not rejected:
@@ -410,36 +413,27 @@ class SqlSink(Sink):
         bad = batch.with_row_index("__tf_i").join(index, on="__tf_i").sort("__tf_i")
         return dead_letters(bad.drop("__tf_i", "reason"), pl.lit(bad.get_column("reason")))
 
-    def _isolate(self, insert: str, n: int) -> list[tuple[int, str]]:
-        """Insert rows [0, n): one statement for a clean batch; otherwise index the staging
-        rows and let the database locate the rejected ones where it can (PostgreSQL, see
+    def _isolate(self, insert: Insert, staging: str, n: int) -> Rejected:
+        """Insert rows [0, n): one statement for a clean batch; otherwise let the database
+        locate the rejected ones where it can (PostgreSQL, see
         :meth:`Dialect.locate_rejected`), else bisect."""
         assert self.dialect is not None
         d = self.dialect
-        if not d.locates_rejected:
-            return self._bisect(insert, 0, n, commit_each=False)
-        if self._attempt(insert, 0, n) is None:
-            return []  # the common case
-        assert self._unindexed is not None
-        d.index_staging(self.conn, self._unindexed)
-        self._unindexed = None
-        found = d.locate_rejected(self.conn, insert, n)
-        if found is None:
-            return self._bisect(insert, 0, n, commit_each=False)
-        located, stopped = found
-        rejected = [(r, redact(f"{d.name} rejected the row: {why}")) for r, why in located]
-        if stopped < n:  # the marker's hint did not hold: search the rest the slow way
-            rejected += self._bisect(insert, stopped, n, commit_each=False)
-        return rejected
+        if d.locates_rejected:
+            if self._attempt(insert, 0, n) is None:
+                return []  # the common case
+            located = d.locate_rejected(self.conn, insert, staging, n)
+            if located is not None:
+                return [(r, redact(f"{d.name} rejected the row: {why}")) for r, why in located]
+        return self._bisect(insert, 0, n, commit_each=False)
 
-    def _attempt(self, insert: str, lo: int, hi: int) -> Exception | None:
+    def _attempt(self, insert: Insert, lo: int, hi: int) -> Exception | None:
         """Insert rows [lo, hi) inside a savepoint; the database's rejection, if any, with
         the savepoint rolled back. An empty range loads nothing."""
         if lo >= hi:
             return None
         assert self.dialect is not None
-        # Row numbers are integers generated here, so formatting them into SQL is safe.
-        statement = insert.format(lo=lo, hi=hi)
+        statement = self._rows(insert, lo, hi)
         together = self.dialect.statements_together
         try:
             if together:  # one round trip instead of three
@@ -456,7 +450,14 @@ class SqlSink(Sink):
             self._exec("RELEASE SAVEPOINT tf_rows")
         return None
 
-    def _bisect(self, insert: str, lo: int, hi: int, commit_each: bool) -> list[tuple[int, str]]:
+    def _rows(self, insert: Insert, lo: int, hi: int) -> str:
+        """``insert`` for staging rows [lo, hi)."""
+        assert self.dialect is not None
+        row = f"s.{self.dialect.quote(ROW)}"
+        # Row numbers are integers generated here, so formatting them into SQL is safe.
+        return insert(f"{row} >= {int(lo)} AND {row} < {int(hi)}")
+
+    def _bisect(self, insert: Insert, lo: int, hi: int, commit_each: bool) -> Rejected:
         """Insert rows [lo, hi); on a data error split the range, down to single rows.
 
         With savepoints, the batch stays one transaction. Without (DuckDB), a failed attempt
@@ -465,8 +466,7 @@ class SqlSink(Sink):
         """
         assert self.dialect is not None
         d = self.dialect
-        # Row numbers are integers generated here, so formatting them into SQL is safe.
-        statement = insert.format(lo=lo, hi=hi)
+        statement = self._rows(insert, lo, hi)
         if d.savepoints:
             self._exec("SAVEPOINT tf_rows")
         try:
