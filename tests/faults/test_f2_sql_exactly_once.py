@@ -90,9 +90,10 @@ def test_crash_at_each_step_of_a_transactional_checkpoint(
 def test_kill_9_at_20_random_points_of_a_200k_record_load(
     tmp_path: Path, postgres_database: str
 ) -> None:
-    pipeline, expected = prepare(tmp_path, 200_000, batch=2000, every=4000)
-    env = {"DB_URL": postgres_database, "PACE": "0.3"}
-    # The window starts after the interpreter's start-up, so most kills land mid-load.
+    pipeline, expected = prepare(tmp_path, 200_000, batch=1000, every=2000)
+    # Paced at 0.5 s a batch, the 20 runs (at most 4.5 s each) cannot read more than 180,000
+    # records however fast the machine starts them: every kill lands mid-load.
+    env = {"DB_URL": postgres_database, "PACE": "0.5"}
     landed = kill_randomly(pipeline, tmp_path, seed=2026, kills=20, env=env, window=(1.5, 4.5))
     assert landed == 20, f"only {landed} of 20 kills landed mid-run"
     partial = table(postgres_database)
