@@ -9,7 +9,7 @@ VENV=${VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
-"$VENV/bin/pip" install --quiet --upgrade pip
+"$VENV/bin/pip" install --quiet --upgrade pip setuptools  # the venv's own setuptools is old, with known advisories
 "$VENV/bin/pip" install --quiet -e ".[dev,s3]"
 
 # The service's browser test drives Debian's Chromium (Playwright never downloads a browser).
