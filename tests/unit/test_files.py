@@ -370,8 +370,10 @@ def test_malformed_csv_rows_are_dead_letters_and_offsets_stay_exact(tmp_path: Pa
     assert sum("fields" in r for r in full.reasons) == 6
     assert "1500,15000,a,b" in full.records
     assert any("'abc'" in r and "int64" in r for r in full.reasons)
-    # Rows 0 and 1 are malformed and row 42 is blank, so the first 97 records end at row 99.
-    assert full.positions[0]["row"] == 100
+    # The first read takes 97 rows after the malformed rows 0 and 1; row 42 among them is
+    # blank: 96 records and 2 dead letters, 98 records in, so the batch is full at row 99.
+    assert full.positions[0]["row"] == 99
+    assert full.frames[0].height == 96 and full.deads[0] is not None and full.deads[0].height == 2
     # Every position counts good and dead rows, so resuming anywhere loses and repeats nothing.
     ids_so_far, dead_so_far = 0, 0
     for position, frame, dead in zip(full.positions, full.frames, full.deads, strict=True):
@@ -401,8 +403,9 @@ def test_malformed_ndjson_lines_are_dead_letters_and_good_lines_flow(tmp_path: P
         assert any(f"events.ndjson: line {line}:" in r for r in full.reasons), line
     assert "invalid JSON" in full.reasons[0] and "expected a JSON object" in full.reasons[1]
     assert full.records[2] == "not json at all"
-    # The first 25 records end at line 28 (lines 4, 11 and 12 are not records).
-    assert full.positions[0]["row"] == 28
+    # The first 25 records in (23 loaded, 2 dead-lettered) end at line 26 (line 12 is blank).
+    assert full.positions[0]["row"] == 26
+    assert full.frames[0].height == 23 and full.deads[0] is not None and full.deads[0].height == 2
     ids_so_far, dead_so_far = 0, 0
     for position, frame, dead in zip(full.positions, full.frames, full.deads, strict=True):
         ids_so_far += frame.height
@@ -797,6 +800,25 @@ def test_ndjson_conversion_failures_name_the_right_line_next_to_bad_json(tmp_pat
     assert result.data["n"].to_list() == [1, 4]
     assert result.data.schema["n"] == pl.Int32
     assert [r.split(": ", 2)[1] for r in result.reasons] == ["line 2", "line 4"]
+
+
+@pytest.mark.parametrize("dirty", [False, True])
+def test_ndjson_objects_with_spaces_crlf_and_blank_lines_are_records(
+    tmp_path: Path, dirty: bool
+) -> None:
+    """Whitespace around an object, CRLF line ends and whitespace-only lines are not bad
+    lines, whether the chunk parses at once or line by line (a bad line in it); line numbers
+    of conversion failures count every line."""
+    ctx = make_ctx(tmp_path)
+    lines = ['{"n": "1"}', '  {"n": "2"}  ', "   ", "\t", '{"n": "x"}\r', "", '{"n": "5"}\r']
+    if dirty:
+        lines.insert(1, "{broken")
+    (tmp_path / "e.ndjson").write_text("\n".join(lines) + "\n")
+    result = read_all(ctx, path="e.ndjson", schema_overrides={"n": "int32"})
+    assert result.data["n"].to_list() == [1, 2, 5]
+    shift = int(dirty)
+    expected = [f"line {2}"] * dirty + [f"line {5 + shift}"]
+    assert [r.split(": ", 2)[1] for r in result.reasons] == expected, result.reasons
 
 
 def test_watching_a_folder_skips_files_of_unknown_format_that_appear_later(

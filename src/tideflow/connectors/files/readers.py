@@ -521,57 +521,96 @@ def _frame_from_json_lines(
     return data, failed, reasons
 
 
-def _json_object_or_blank(line: bytes) -> bool | None:
-    """True for a JSON object, None for a blank line, False for anything else."""
+def _judge_json_line(line: bytes) -> str | None:
+    """Why ``line`` is not a record: None for a JSON object, "" for a blank line, else the
+    reason."""
     try:
-        return type(orjson.loads(line)) is dict
-    except orjson.JSONDecodeError:
-        return None if not line.strip() else False
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return "" if not line.strip() else f"invalid JSON: {exc}"
+    return None if type(value) is dict else "expected a JSON object"
+
+
+_WHITESPACE = np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)
+"""The bytes ``bytes.strip`` removes."""
+
+
+def _line_bounds(raw: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of the first ``count`` lines of ``raw`` starts, and ends (exclusive, before
+    its newline)."""
+    ends = np.flatnonzero(raw == 10)[:count]
+    if len(ends) < count:  # a last line without a newline
+        ends = np.append(ends, len(raw))
+    starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
+    return starts, ends
+
+
+def _blank_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """True for each line holding only whitespace (Polars skips those). Only lines starting
+    with whitespace are looked at one by one."""
+    empty = ends <= starts
+    first = raw[np.minimum(starts, max(len(raw) - 1, 0))] if len(raw) else empty
+    blank = empty.copy()
+    for i in np.flatnonzero(~empty & np.isin(first, _WHITESPACE)):
+        blank[i] = not raw[starts[i] : ends[i]].tobytes().strip()
+    return blank
 
 
 def _parse_json_lines(
-    lines: list[bytes], first: int, url: str
-) -> tuple[pl.DataFrame, list[int], list[str], list[str]]:
+    chunk: bytes, count: int, first: int, url: str
+) -> tuple[pl.DataFrame, np.ndarray, list[str], list[str]]:
     """Locate bad lines (the fallback when a whole chunk does not parse).
 
-    ``first`` is the line number of ``lines[0]``. Returns the good records as a frame, the
-    index of the line of each, and the text and reason of each bad line.
+    ``first`` is the line number of the chunk's first line. Returns the good records as a
+    frame, the index of the line of each, and the text and reason of each bad line.
     """
-    # A cheap first guess: an object line starts with "{" and ends with "}". If the lines that
-    # look right parse together, only the others are bad; otherwise every line is checked.
-    looks_right = [line[:1] == b"{" and line.rstrip()[-1:] == b"}" for line in lines]
+    raw = np.frombuffer(chunk, dtype=np.uint8)
+    starts, ends = _line_bounds(raw, count)
+    # A cheap first guess, over all lines at once: an object line starts with "{" and ends
+    # with "}" (before a CR). Only the other lines are looked at one by one: blank, bad, or
+    # an object after all (with spaces around it).
+    good = np.zeros(count, dtype=bool)
+    bad: dict[int, str] = {}  # line index -> reason
+    if len(raw):
+        last = raw[np.maximum(ends - 1, 0)]
+        before_cr = raw[np.maximum(ends - 2, 0)]
+        last = np.where((last == 13) & (ends - starts >= 2), before_cr, last)
+        at_start = raw[np.minimum(starts, len(raw) - 1)]
+        good = (ends > starts) & (at_start == ord("{")) & (last == ord("}"))
+        for i in np.flatnonzero(~good):
+            why = _judge_json_line(raw[starts[i] : ends[i]].tobytes())
+            good[i] = why is None
+            if why:
+                bad[int(i)] = why
     failed: list[int] = []
     more_reasons: list[str] = []
+    good_at = np.flatnonzero(good)
     try:
-        good_at = [i for i, ok in enumerate(looks_right) if ok]
+        # The good lines with their newlines, cut out of the chunk without a copy per line.
+        span = np.diff(np.append(starts, len(raw)))
         data = pl.read_ndjson(
-            io.BytesIO(b"\n".join(lines[i] for i in good_at)), infer_schema_length=None
+            io.BytesIO(raw[np.repeat(good, span)].tobytes()), infer_schema_length=None
         )
-        verdicts = [
-            ok or (None if not line.strip() else False)
-            for ok, line in zip(looks_right, lines, strict=True)
-        ]
     except (pl.exceptions.PolarsError, ValueError):
-        verdicts = [_json_object_or_blank(line) for line in lines]
-        good_at = [i for i, ok in enumerate(verdicts) if ok]
+        # A line that looked right is not JSON after all: judge every line.
+        lines = [raw[starts[i] : ends[i]].tobytes() for i in range(count)]
+        judged = [_judge_json_line(line) for line in lines]
+        bad = {i: why for i, why in enumerate(judged) if why}
+        good_at = np.array([i for i, why in enumerate(judged) if why is None], dtype=np.int64)
         data, failed, more_reasons = _frame_from_json_lines(
-            [lines[i] for i in good_at], lambda i: f"{url}: line {first + good_at[i]}"
+            [lines[i] for i in good_at], lambda i: f"{url}: line {first + int(good_at[i])}"
         )
     records: list[str] = []
     reasons: list[str] = []
-    for i, ok in enumerate(verdicts):
-        if ok is False:
-            line = lines[i]
-            records.append(line.decode("utf-8", "replace").rstrip("\r"))
-            try:
-                orjson.loads(line)
-                why = "expected a JSON object"
-            except orjson.JSONDecodeError as exc:
-                why = f"invalid JSON: {exc}"
-            reasons.append(f"{url}: line {first + i}: {why}")
-    records += [lines[good_at[i]].decode("utf-8", "replace") for i in failed]
-    dropped = set(failed)
-    kept = [at for i, at in enumerate(good_at) if i not in dropped]
+    for at, why in sorted(bad.items()):
+        line = raw[starts[at] : ends[at]].tobytes()
+        records.append(line.decode("utf-8", "replace").rstrip("\r"))
+        reasons.append(f"{url}: line {first + at}: {why}")
+    records += [
+        raw[starts[good_at[i]] : ends[good_at[i]]].tobytes().decode("utf-8", "replace")
+        for i in failed
+    ]
+    kept = np.delete(good_at, failed) if failed else good_at
     return data, kept, records, reasons + more_reasons
 
 
@@ -641,15 +680,18 @@ class _NdjsonReader:
             with contextlib.suppress(pl.exceptions.PolarsError, ValueError):
                 data = pl.read_ndjson(io.BytesIO(chunk), infer_schema_length=None)
         if data is None:
-            lines = chunk.split(b"\n")[:count]
-            data, kept, records, reasons = _parse_json_lines(lines, first, self._ref.url)
-            good_lines = np.array(kept, dtype=np.int64) + first
+            data, kept, records, reasons = _parse_json_lines(chunk, count, first, self._ref.url)
+            good_lines = kept + first
             # Bad lines come in runs (a broken producer): after one, check lines first
             # instead of paying for a failed whole-chunk parse every time.
             self._dirty = bool(records)
         dead = raw_dead_letters(records, reasons) if records else None
         if self._targets and data.height:
-            lines_of = good_lines if good_lines is not None else self._non_blank_lines(chunk, first)
+            if good_lines is None:
+                raw = np.frombuffer(chunk, dtype=np.uint8)
+                starts, ends = _line_bounds(raw, count)
+                good_lines = np.flatnonzero(~_blank_lines(raw, starts, ends)) + first
+            lines_of = good_lines
 
             def where(rows: np.ndarray) -> list[str]:
                 return [f"{self._ref.url}: line {int(lines_of[r])}" for r in rows]
@@ -658,16 +700,6 @@ class _NdjsonReader:
             data = _to_frame(table)
             dead = concat_dead([dead, conv_dead])
         return Chunk(data, dead, count)
-
-    @staticmethod
-    def _non_blank_lines(chunk: bytes, first: int) -> np.ndarray:
-        raw = np.frombuffer(chunk, dtype=np.uint8)
-        ends = np.flatnonzero(raw == 10)
-        if len(raw) and raw[-1] != 10:
-            ends = np.append(ends, len(raw))
-        starts = np.concatenate(([0], ends[:-1] + 1)) if len(ends) else np.array([], np.int64)
-        blank = (ends - starts) <= 1
-        return np.flatnonzero(~blank) + first
 
     def close(self) -> None:
         self._fh.close()

@@ -111,7 +111,11 @@ class FileSourceConfig(Settings):
         description="`csv`, `ndjson`, `json` (an array of objects) or `parquet`; inferred from "
         "each file's extension when omitted (`.gz`, `.bz2`, `.zst`... are decompressed).",
     )
-    batch_size: int = Field(100_000, ge=1, description="Records per batch (at most).")
+    batch_size: int = Field(
+        100_000,
+        ge=1,
+        description="Records per batch (at most); a batch with dead-lettered input may hold fewer.",
+    )
     watch: bool = Field(
         False,
         description="Keep polling the folder or glob for new files (an unbounded stream). "

@@ -188,7 +188,9 @@ class FileSource(Source):
                     pl.lit(self._current.url).alias(self.config.include_path_column)
                 )
             parts.append((data, chunk.dead, self._position()))
-            rows += data.height
+            # Dead-lettered records count: they came in with the batch, and a chunk with bad
+            # lines would otherwise be topped up by ever smaller reads.
+            rows += data.height + (0 if chunk.dead is None else chunk.dead.height)
         if parts:
             return self._combine(parts)
         position = self._position()
