@@ -67,6 +67,57 @@ def test_rejected_rows_go_to_dead_letters_and_their_neighbours_load(
     assert_frame_equal(normalise(db.table("items"), good), good)
 
 
+@pytest.fixture
+def bisections(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """One entry per bisection the sql sink starts (PostgreSQL's fallback)."""
+    calls: list[int] = []
+    bisect = SqlSink._bisect
+
+    def counted(self: SqlSink, *args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return bisect(self, *args, **kwargs)
+
+    monkeypatch.setattr(SqlSink, "_bisect", counted)
+    return calls
+
+
+@pytest.mark.parametrize("pages", ["measured", "understated", "overstated"])
+def test_rejected_rows_are_located_across_many_windows_of_pages(
+    postgres_db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bisections: list[int],
+    pages: str,
+) -> None:
+    """A 6,000-row batch spans many staging pages and windows: rejected rows at both ends,
+    side by side and on a window's edge are all found, every other row loads once, and a
+    wrong page count changes only the windows, never the result."""
+    from tideflow.connectors.sql import dialects
+
+    measured = "pg_relation_size('@staging@')"
+    if pages != "measured":
+        size = "0" if pages == "understated" else f"10 * {measured}"
+        monkeypatch.setattr(
+            dialects, "_LOCATE_REJECTED", dialects._LOCATE_REJECTED.replace(measured, size)
+        )
+    n = 6000
+    bad_ids = {0, 1, 2, 63, 64, 65, 500, 2047, 2048, 4001, 5998, 5999}
+    bad_ids |= set(range(3000, 3040))  # a run of rejected rows
+    frame = typed_frame(n).with_columns(
+        pl.when(pl.col("id").is_in(bad_ids)).then(None).otherwise(pl.col("small")).alias("small")
+    )
+    write_parquet_input(tmp_path, frame, parts=1)
+    sink = {"table": "items", "columns": {"small": {"type": "integer", "nullable": False}}}
+    pipeline = sql_sink_pipeline("pages", sink, batch_size=n)
+    result = run_yaml(tmp_path, pipeline, {"DB_URL": postgres_db.url})
+    assert result.counts["sql"]["dead_lettered"] == len(bad_ids)
+    letters = dead_letter_rows(tmp_path, "pages")
+    assert sorted(json.loads(record)["id"] for record, _ in letters) == sorted(bad_ids)
+    good = frame.filter(~pl.col("id").is_in(bad_ids))
+    assert_frame_equal(normalise(postgres_db.table("items"), good), good)
+    assert not bisections, "the search fell back to bisection"
+
+
 @pytest.mark.parametrize("awkward", ["we{ird} 'col'", "price $tf$"])
 def test_awkward_column_names_load_and_reject_like_any_other(
     db: Database, tmp_path: Path, awkward: str
@@ -94,7 +145,11 @@ def test_awkward_column_names_load_and_reject_like_any_other(
 
 @pytest.mark.parametrize("hint", ["true", "one ahead", "one behind", "outside", "bisection"])
 def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
-    postgres_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str
+    postgres_db: Database,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bisections: list[int],
+    hint: str,
 ) -> None:
     """PostgreSQL finds a rejected row by counting the rows its failed statement read; that
     is a hint, checked before it is believed, and a wrong one must still dead-letter exactly
@@ -116,14 +171,6 @@ def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
         monkeypatch.setattr(PostgresWriter, "row_marker", lambda self: marker)
     if hint == "bisection":
         monkeypatch.setattr(PostgresWriter, "locates_rejected", False)
-    bisections: list[int] = []
-    bisect = SqlSink._bisect
-
-    def counted(self: SqlSink, *args: Any, **kwargs: Any) -> Any:
-        bisections.append(1)
-        return bisect(self, *args, **kwargs)
-
-    monkeypatch.setattr(SqlSink, "_bisect", counted)
     frame = typed_frame(300)
     bad_ids = {0, 7, 8, 150, 298, 299}
     frame = frame.with_columns(

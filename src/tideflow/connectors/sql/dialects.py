@@ -387,8 +387,9 @@ class PostgresDialect(Dialect):
 
 _LOCATE_REJECTED = """DO $tf$
 DECLARE
-  _tf_pages bigint := pg_relation_size('@staging@') / current_setting('block_size')::bigint;
-  _tf_per float8 := greatest(1.0, @n@::float8 / greatest(1, _tf_pages));
+  _tf_pages bigint := greatest(1, pg_relation_size('@staging@')
+                                  / current_setting('block_size')::bigint);
+  _tf_per float8 := greatest(1.0, @n@::float8 / _tf_pages);
   _tf_page bigint := 0; _tf_w bigint := ceil(64 / _tf_per); _tf_k bigint := 0;
   _tf_after tid := '(0,0)'; _tf_to tid; _tf_bad tid; _tf_row bigint; _tf_seen bigint;
   _tf_ok boolean;
