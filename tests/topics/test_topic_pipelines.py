@@ -47,9 +47,11 @@ PACE = """
 import time
 
 def pace(batch):
-    time.sleep(0.15)
+    time.sleep(0.5)
     return batch
 """
+"""20 batches of 50 at 0.5 s: 10 s of work, more than the two runs killed after 3 and 4 s can
+do however fast they start, so both kills land mid-consumption."""
 
 
 def generated(count: int = 1000) -> pl.DataFrame:

@@ -255,6 +255,12 @@ class TopicSource(Source):
         event_time = min(stamps) / 1000 if stamps else None
         return SourceBatch(frame, position, dead if dead.height else None, event_time=event_time)
 
+    def rebalanced(self) -> None:
+        """The group changed this member's share: quiet time before counts for nothing
+        toward ``stop_at_end`` (a new share's first messages are a fetch away; a member that
+        ended now would leave them unread until the next run)."""
+        self._idle = 0.0
+
     def forget(self, partitions: list[str]) -> None:
         """Drop what was read from ``partitions`` but not handed over (their next owner
         reads it again from the checkpoint)."""
@@ -323,10 +329,12 @@ class _Handover:
 
     def assigned(self, partitions: list[str]) -> Offsets:
         """Restore the partitions' state; resume at their checkpointed positions."""
+        self.source.rebalanced()
         return {k: int(v) for k, v in self.engine.assigned(self.name, partitions).items()}
 
     def revoked(self, partitions: list[str]) -> None:
         """Checkpoint what was handed over from them; forget what was not."""
+        self.source.rebalanced()
         self.engine.revoked(self.name, partitions)
         self.source.forget(partitions)
 
