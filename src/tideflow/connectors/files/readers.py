@@ -545,13 +545,17 @@ def _line_bounds(raw: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     return starts, ends
 
 
+def _first_bytes(raw: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """The first byte of each line (of an empty line: the next one; a chunk is never empty)."""
+    first: np.ndarray = raw[np.minimum(starts, len(raw) - 1)]
+    return first
+
+
 def _blank_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """True for each line holding only whitespace (Polars skips those). Only lines starting
     with whitespace are looked at one by one."""
-    empty = ends <= starts
-    first = raw[np.minimum(starts, max(len(raw) - 1, 0))] if len(raw) else empty
-    blank = empty.copy()
-    for i in np.flatnonzero(~empty & np.isin(first, _WHITESPACE)):
+    blank = ends <= starts
+    for i in np.flatnonzero(~blank & np.isin(_first_bytes(raw, starts), _WHITESPACE)):
         blank[i] = not raw[starts[i] : ends[i]].tobytes().strip()
     return blank
 
@@ -569,19 +573,16 @@ def _parse_json_lines(
     # A cheap first guess, over all lines at once: an object line starts with "{" and ends
     # with "}" (before a CR). Only the other lines are looked at one by one: blank, bad, or
     # an object after all (with spaces around it).
-    good = np.zeros(count, dtype=bool)
+    last = raw[np.maximum(ends - 1, 0)]
+    before_cr = raw[np.maximum(ends - 2, 0)]
+    last = np.where((last == 13) & (ends - starts >= 2), before_cr, last)
+    good = (ends > starts) & (_first_bytes(raw, starts) == ord("{")) & (last == ord("}"))
     bad: dict[int, str] = {}  # line index -> reason
-    if len(raw):
-        last = raw[np.maximum(ends - 1, 0)]
-        before_cr = raw[np.maximum(ends - 2, 0)]
-        last = np.where((last == 13) & (ends - starts >= 2), before_cr, last)
-        at_start = raw[np.minimum(starts, len(raw) - 1)]
-        good = (ends > starts) & (at_start == ord("{")) & (last == ord("}"))
-        for i in np.flatnonzero(~good):
-            why = _judge_json_line(raw[starts[i] : ends[i]].tobytes())
-            good[i] = why is None
-            if why:
-                bad[int(i)] = why
+    for i in np.flatnonzero(~good):
+        why = _judge_json_line(raw[starts[i] : ends[i]].tobytes())
+        good[i] = why is None
+        if why:
+            bad[int(i)] = why
     failed: list[int] = []
     more_reasons: list[str] = []
     good_at = np.flatnonzero(good)
