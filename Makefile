@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: quickstart test lint typecheck unit services faults bench docs clean
+.PHONY: quickstart test lint typecheck unit services faults bench docs site clean
 
 # Create a virtual environment, install tideflow, run the flagship example on embedded defaults.
 quickstart:
@@ -28,6 +28,12 @@ typecheck:
 
 docs:
 	$(BIN)/python -m tideflow.docs > docs/connectors.md
+	$(BIN)/python -m tideflow.expressions_doc > docs/expressions.md
+	$(BIN)/python -m tideflow.codegen
+
+# The documentation site (README, docs/, the generated reference) into site/; warnings fail it.
+site: docs
+	$(BIN)/mkdocs build --strict
 
 # The whole fault-injection suite with every trial (CI runs it with fewer seeds in `make test`).
 faults:
@@ -37,4 +43,4 @@ bench:
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*/out examples/*/.tideflow
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*/out examples/*/.tideflow site

@@ -92,16 +92,20 @@ def orders_ndjson_refused(rows: int) -> Path:
 
 
 def orders_csv(rows: int) -> tuple[Path, Path]:
-    """The orders as CSV, and a second CSV with 10% of them changed (new amounts)."""
+    """The orders as CSV, and the re-run's CSV: every order again, 10% of them changed (new
+    amounts), as a nightly full export would be."""
     first = DATA / f"orders-{rows}.csv"
-    changed = DATA / f"orders-{rows}-changed.csv"
+    changed = DATA / f"orders-{rows}-rerun.csv"
     if not (first.exists() and changed.exists()):
         frame = pl.read_parquet(orders(rows))
         frame.write_csv(first)
         rng = np.random.default_rng(2)
         ids = np.sort(rng.choice(rows, size=rows // 10, replace=False))
-        frame.filter(pl.col("id").is_in(ids)).with_columns(
-            (pl.col("amount") + 1).round(2)
+        frame.with_columns(
+            pl.when(pl.col("id").is_in(ids))
+            .then((pl.col("amount") + 1).round(2))
+            .otherwise(pl.col("amount"))
+            .alias("amount")
         ).write_csv(changed)
     return first, changed
 
@@ -156,4 +160,102 @@ def notes(rows: int) -> Path:
     tmp = path.with_suffix(".tmp")
     pl.DataFrame({"id": i, "note": text}).write_parquet(tmp, compression="zstd")
     tmp.rename(path)
+    return path
+
+
+def events_ndjson(rows: int) -> Path:
+    """The events of :func:`events` as NDJSON with ``ts`` as ISO-8601 text (W1 from NDJSON)."""
+    path = DATA / f"events-{rows}.ndjson"
+    if path.exists():
+        return path
+    frame = pl.read_parquet(events(rows)).with_columns(
+        pl.col("ts").dt.to_string("%Y-%m-%dT%H:%M:%S%.6fZ")
+    )
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        for start in range(0, frame.height, 500_000):
+            out.write(frame.slice(start, 500_000).write_ndjson().encode())
+    tmp.rename(path)
+    return path
+
+
+def readings_csv(rows: int) -> Path:
+    """A CSV of ``rows`` sensor readings ``id, sensor, v, ts`` (about 256 MB at 5M rows) for
+    the CSV ETL workload; ``v`` is normal around 20, so ``v > 20`` keeps about half."""
+    path = DATA / f"readings-{rows}.csv"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("wb") as out:
+        for start in range(0, rows, 1_000_000):
+            n = min(1_000_000, rows - start)
+            frame = pl.DataFrame(
+                {
+                    "id": np.arange(start, start + n, dtype=np.int64),
+                    "sensor": np.char.add("sensor-", rng.integers(0, 1000, n).astype(str)),
+                    "v": np.round(rng.normal(20, 5, n), 3),
+                    "ts": (1_767_225_600_000_000 + np.arange(start, start + n) * 1_000).astype(
+                        "datetime64[us]"
+                    ),
+                }
+            )
+            out.write(frame.write_csv(include_header=start == 0).encode())
+    tmp.rename(path)
+    return path
+
+
+def rooms_ndjson(rows: int) -> Path:
+    """``rows`` NDJSON messages ``{"room": ..., "count": ...}`` over 100 rooms (W3)."""
+    path = DATA / f"rooms-{rows}.ndjson"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    frame = pl.DataFrame(
+        {
+            "room": np.char.add("room-", rng.integers(0, 100, rows).astype(str)),
+            "count": rng.integers(0, 10, rows),
+        }
+    )
+    tmp = path.with_suffix(".tmp")
+    frame.write_ndjson(tmp)
+    tmp.rename(path)
+    return path
+
+
+def keyed(rows: int, keys: int) -> Path:
+    """A Parquet file of ``rows`` records (``k``, ``v``) over exactly ``keys`` distinct keys
+    (every key once, the rest drawn at random), shuffled so that every batch touches keys
+    from all over the key space (written once, reused)."""
+    path = DATA / f"keyed-{rows}-{keys}.parquet"
+    if path.exists():
+        return path
+    if keys > rows:
+        raise ValueError(f"{keys} distinct keys need at least as many rows, not {rows}")
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(4)
+    k = np.concatenate([np.arange(keys), rng.integers(0, keys, rows - keys)]).astype(np.int64)
+    rng.shuffle(k)
+    table = pa.table({"k": k, "v": rng.integers(-1000, 1000, rows, dtype=np.int64)})
+    pq.write_table(table, path.with_suffix(".tmp"), compression="zstd", row_group_size=500_000)
+    path.with_suffix(".tmp").rename(path)
+    return path
+
+
+def keyed_updates(keys: int, changed: int, batches: int) -> Path:
+    """Every one of ``keys`` keys once, then ``batches`` batches of ``changed`` records over
+    the first ``changed`` keys: after the state is built, each checkpoint (one per batch)
+    has the same ``changed`` keys to store whatever the total, so that its cost can be
+    compared between state sizes (written once, reused)."""
+    path = DATA / f"keyed-updates-{keys}-{changed}-{batches}.parquet"
+    if path.exists():
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(5)
+    k = np.concatenate([np.arange(keys)] + [rng.permutation(changed) for _ in range(batches)])
+    table = pa.table({"k": k.astype(np.int64), "v": np.ones(len(k), dtype=np.int64)})
+    pq.write_table(table, path.with_suffix(".tmp"), compression="zstd", row_group_size=500_000)
+    path.with_suffix(".tmp").rename(path)
     return path

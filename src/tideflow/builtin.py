@@ -1,10 +1,14 @@
-"""Registers the components that ship with tideflow (the ``builtin`` plugin)."""
+"""Registers the components that ship with tideflow (the ``builtin`` plugin).
+
+Each type is registered by name and module, and its module is imported when the type is
+first used (see :class:`tideflow.registry.Registration`): a run imports the connectors of
+its own pipeline only. ``tests/unit/test_registry_lazy.py`` checks this table against the
+classes the modules mark with ``@component``.
+"""
 
 from __future__ import annotations
 
-import importlib
-
-from tideflow.registry import Registry
+from tideflow.registry import Kind, Registry
 
 BUILTIN_MODULES = (
     "tideflow.operators.basic",
@@ -36,8 +40,54 @@ BUILTIN_MODULES = (
     "tideflow.connectors.influxdb",
 )
 
+BUILTIN_TYPES: tuple[tuple[Kind, str, str], ...] = (
+    ("step", "select", "tideflow.operators.basic"),
+    ("step", "rename", "tideflow.operators.basic"),
+    ("step", "drop", "tideflow.operators.basic"),
+    ("step", "cast", "tideflow.operators.basic"),
+    ("step", "filter", "tideflow.operators.basic"),
+    ("step", "with_columns", "tideflow.operators.basic"),
+    ("step", "route", "tideflow.operators.basic"),
+    ("step", "sql", "tideflow.operators.sql"),
+    ("step", "python", "tideflow.operators.python"),
+    ("step", "flatten", "tideflow.operators.documents"),
+    ("step", "window", "tideflow.operators.timeseries.window"),
+    ("step", "aggregate", "tideflow.operators.timeseries.aggregate"),
+    ("step", "dedupe", "tideflow.operators.timeseries.dedupe"),
+    ("step", "interpolate", "tideflow.operators.timeseries.interpolate"),
+    ("step", "resample", "tideflow.operators.timeseries.interpolate"),
+    ("step", "outliers", "tideflow.operators.timeseries.outliers"),
+    ("step", "normalize", "tideflow.operators.timeseries.normalize"),
+    ("source", "generate", "tideflow.connectors.generate"),
+    ("source", "file", "tideflow.connectors.files.source"),
+    ("sink", "file", "tideflow.connectors.files.sink"),
+    ("sink", "stdout", "tideflow.connectors.stdout"),
+    ("source", "memory", "tideflow.connectors.memory"),
+    ("sink", "memory", "tideflow.connectors.memory"),
+    ("source", "sql", "tideflow.connectors.sql.source"),
+    ("sink", "sql", "tideflow.connectors.sql.sink"),
+    ("source", "topic", "tideflow.connectors.topics"),
+    ("sink", "topic", "tideflow.connectors.topics"),
+    ("source", "kafka", "tideflow.connectors.topics"),
+    ("sink", "kafka", "tideflow.connectors.topics"),
+    ("source", "http", "tideflow.connectors.http.source"),
+    ("sink", "http", "tideflow.connectors.http.sink"),
+    ("step", "http_enrich", "tideflow.connectors.http.enrich"),
+    ("source", "webhook", "tideflow.connectors.http.webhook"),
+    ("step", "pii", "tideflow.operators.pii"),
+    ("source", "mqtt", "tideflow.connectors.mqtt"),
+    ("sink", "mqtt", "tideflow.connectors.mqtt"),
+    ("sink", "redis", "tideflow.connectors.redis_connector"),
+    ("source", "redis_streams", "tideflow.connectors.redis_connector"),
+    ("sink", "redis_streams", "tideflow.connectors.redis_connector"),
+    ("source", "amqp", "tideflow.connectors.amqp"),
+    ("sink", "amqp", "tideflow.connectors.amqp"),
+    ("sink", "influxdb", "tideflow.connectors.influxdb"),
+)
+"""(kind, type, module) of every built-in component."""
+
 
 def register(registry: Registry) -> None:
-    """Add every built-in source, step and sink to ``registry``."""
-    for name in BUILTIN_MODULES:
-        registry.add_module(importlib.import_module(name))
+    """Add every built-in source, step and sink to ``registry`` (imported when used)."""
+    for kind, type_name, module in BUILTIN_TYPES:
+        registry.add_lazy(kind, type_name, module)

@@ -4,7 +4,8 @@
 
     TideflowError                 anything tideflow raises on purpose
     ├── ConfigError               the pipeline file or a setting is wrong (CLI exit code 2)
-    │   └── UnknownNameError      an unknown ``type`` or key, with "did you mean"
+    │   ├── UnknownNameError      an unknown ``type`` or key, with "did you mean"
+    │   └── StateLostError        no state, but output of earlier runs: the run would repeat it
     ├── MissingDependencyError    an optional extra is not installed (names the pip command)
     ├── PipelineError             the run failed (CLI exit code 1)
     │   ├── TransientError        worth retrying: a connection dropped, a server said 503
@@ -76,6 +77,25 @@ class ConfigError(TideflowError):
 
 class UnknownNameError(ConfigError):
     """An unknown component type or key; the message suggests the closest valid name."""
+
+
+class StateLostError(ConfigError):
+    """The state store holds nothing of a pipeline whose sinks hold output of earlier runs:
+    its state was lost (deleted, emptied), and a run would read its input again from the
+    start. Refused before anything is read or written; the message names the ways on."""
+
+
+class SourceMovedError(ConfigError):
+    """A source's stored positions are offsets in another system than the one it reads now
+    (the embedded log was deleted and created anew, the broker setting points at another
+    Kafka cluster): resuming would skip or repeat records. Refused before anything is read;
+    the message names the ways on."""
+
+
+class PartitioningError(ConfigError):
+    """A record breaks the partitioning its source declares (``partitioned_by``): the
+    topic's records of one key are in more than one partition, so keyed state split between
+    workers would be wrong. The run stops at that record; a restart cannot fix it."""
 
 
 class MissingDependencyError(TideflowError):

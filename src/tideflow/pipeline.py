@@ -17,47 +17,86 @@ the same and ``to_yaml()`` / ``Pipeline.from_yaml()`` round-trip.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Self, Unpack
 
+import polars as pl
 from ruamel.yaml import YAML
 
-from tideflow.core.engine import RunObserver, RunResult
+from tideflow.api import PipelineSettings, StepMethods, file, generate, stdout
+from tideflow.core.engine import RunObserver
 from tideflow.errors import ConfigError
 from tideflow.registry import Registry, default_registry
-from tideflow.spec.loader import LoadedYaml, load_pipeline, validate
+from tideflow.results import DEFAULT_KEEP_ROWS, OutputTap, PipelineResult
+from tideflow.spec.loader import LoadedYaml, load_pipeline, load_pipeline_text, validate
 from tideflow.spec.models import PipelineSpec
+
+if TYPE_CHECKING:
+    import pandas
+    import pyarrow
+
+__all__ = [
+    "Pipeline",
+    "collect",
+    "connector",
+    "file",
+    "generate",
+    "records",
+    "stdout",
+]
 
 
 def connector(type_name: str, **settings: Any) -> dict[str, Any]:
-    """A source or sink of any registered type, e.g. ``connector("file", path="in/*.csv")``."""
+    """A source or sink of any registered type, e.g. ``connector("file", path="in/*.csv")``:
+    the untyped form, for plugins (built-in types have typed constructors)."""
     return {"type": type_name, **settings}
 
 
-def generate(**settings: Any) -> dict[str, Any]:
-    """A ``generate`` source."""
-    return connector("generate", **settings)
+def records(
+    data: Sequence[Mapping[str, Any]] | pl.DataFrame | pandas.DataFrame | pyarrow.Table,
+    *,
+    batch_size: int = 10_000,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """A ``memory`` source of the given records: a list of dicts, or a Polars or pandas
+    DataFrame, or an Arrow table (pandas and Arrow are converted to Polars; a frame is
+    read as it is, without a copy and with its column types)."""
+    rows = as_records(data)
+    settings: dict[str, Any] = {"type": "memory", "records": rows}
+    if batch_size != 10_000:
+        settings["batch_size"] = batch_size
+    if name is not None:
+        settings["name"] = name
+    return settings
 
 
-def file(path: str, **settings: Any) -> dict[str, Any]:
-    """A ``file`` source or sink."""
-    return connector("file", path=path, **settings)
+def as_records(data: Any) -> list[dict[str, Any]] | pl.DataFrame:
+    """What :func:`records` keeps of its argument: a Polars frame, or a list of records."""
+    if isinstance(data, pl.DataFrame):
+        return data
+    if isinstance(data, pl.LazyFrame):
+        return data.collect()
+    module = type(data).__module__.split(".")[0]
+    if module == "pandas" and hasattr(data, "columns"):
+        # A named or non-default index is data (a group_by key): keep it as a column.
+        return pl.from_pandas(data, include_index=True)
+    if module == "pyarrow":
+        frame = pl.from_arrow(data)
+        if isinstance(frame, pl.DataFrame):
+            return frame
+    if isinstance(data, Mapping | str | bytes) or not isinstance(data, Iterable):
+        raise ConfigError(
+            "tf.records() takes a list of dicts, a Polars or pandas DataFrame or an Arrow "
+            f"table; got {type(data).__module__}.{type(data).__qualname__}"
+        )
+    return list(data)  # checked record by record by the memory source's model
 
 
-def stdout(**settings: Any) -> dict[str, Any]:
-    """A ``stdout`` sink."""
-    return connector("stdout", **settings)
-
-
-def records(rows: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:
-    """A ``memory`` source with inline records."""
-    return connector("memory", records=rows, **settings)
-
-
-def collect(collector: str) -> dict[str, Any]:
-    """A ``memory`` sink; read it with :func:`tideflow.testing.collected`."""
-    return connector("memory", collector=collector)
+def collect(collector: str, *, name: str | None = None) -> dict[str, Any]:
+    """A ``memory`` sink; read it with :func:`tideflow.testing.collected` (or use the run's
+    ``result.to_polars(sink)``)."""
+    return {"type": "memory", "collector": collector, **({"name": name} if name else {})}
 
 
 def _function_ref(fn: Callable[..., Any] | str) -> str:
@@ -78,19 +117,38 @@ def _keys_first(component: dict[str, Any]) -> dict[str, Any]:
     return head | {k: v for k, v in component.items() if k not in head}
 
 
-class Pipeline:
-    """A pipeline built in code; ``build()`` gives the same model a YAML file does."""
+def _looks_like_yaml_text(text: str) -> bool:
+    """Whether a string given as a pipeline is YAML text rather than a path: it has a line
+    break, or a ``key:`` mapping and names no existing file (a path never needs either)."""
+    if "\n" in text:
+        return True
+    if ": " not in text and not text.rstrip().endswith(":"):
+        return False
+    try:
+        return not Path(text).exists()
+    except OSError:  # too long or otherwise not a usable path name
+        return True
 
-    def __init__(self, name: str, **settings: Any) -> None:
+
+class Pipeline(StepMethods):
+    """A pipeline built in code; ``build()`` gives the same model a YAML file does.
+
+    Every built-in step has a typed method (``.filter()``, ``.window()``, ``.aggregate()``...);
+    a step type from a plugin is added with :meth:`step` (or, untyped, as a method of its
+    name).
+    """
+
+    def __init__(self, name: str, **settings: Unpack[PipelineSettings]) -> None:
         """``settings`` are top-level keys: ``checkpoint``, ``on_error``, ``state``, ..."""
         self._data: dict[str, Any] = {"name": name, **settings}
         self._data.setdefault("sources", [])
         self._data.setdefault("steps", [])
         self._data.setdefault("sinks", [])
+        self._base_dir: Path | None = None
 
     # -- building ------------------------------------------------------------------------
 
-    def source(self, spec: dict[str, Any], name: str | None = None) -> Pipeline:
+    def source(self, spec: Mapping[str, Any], name: str | None = None) -> Self:
         """Add a source (several sources are merged)."""
         self._data["sources"].append({**spec, **({"name": name} if name else {})})
         return self
@@ -101,8 +159,8 @@ class Pipeline:
         name: str | None = None,
         input: str | list[str] | None = None,
         **settings: Any,
-    ) -> Pipeline:
-        """Add a step of any registered type."""
+    ) -> Self:
+        """Add a step of any registered type (the untyped form, for plugins)."""
         entry: dict[str, Any] = {"type": type_name, **settings}
         if name:
             entry["name"] = name
@@ -113,11 +171,11 @@ class Pipeline:
 
     def sink(
         self,
-        spec: dict[str, Any],
+        spec: Mapping[str, Any],
         name: str | None = None,
         input: str | list[str] | None = None,
         when: str | None = None,
-    ) -> Pipeline:
+    ) -> Self:
         """Add a sink; every sink gets the data (``when`` filters, ``input`` picks a branch)."""
         entry = dict(spec)
         for key, value in (("name", name), ("input", input), ("when", when)):
@@ -126,67 +184,103 @@ class Pipeline:
         self._data["sinks"].append(entry)
         return self
 
-    def __getattr__(self, type_name: str) -> Callable[..., Pipeline]:
-        """Every registered step has a method of its name: ``p.window(size="1m", ...)`` is
-        ``p.step("window", size="1m", ...)``, so plugins get a Python form for free."""
-        if type_name.startswith("_") or type_name not in default_registry.items("step"):
-            raise AttributeError(
-                f"Pipeline has no attribute {type_name!r} and no step type of that name"
-            )
+    if not TYPE_CHECKING:
+        # Hidden from type checkers, so that a misspelt method is an error there; at run
+        # time a plugin's step type is a method of its name.
 
-        def add(name: str | None = None, **settings: Any) -> Pipeline:
-            return self.step(type_name, name=name, **settings)
+        def __getattr__(self, type_name: str) -> Callable[..., Pipeline]:
+            """Every registered step has a method of its name: ``p.negate(column="x")`` is
+            ``p.step("negate", column="x")``, so plugins get a Python form for free."""
+            if type_name.startswith("_") or type_name not in default_registry.items("step"):
+                raise AttributeError(
+                    f"Pipeline has no attribute {type_name!r} and no step type of that name"
+                )
 
-        add.__doc__ = default_registry.get("step", type_name).summary
-        return add
+            def add(name: str | None = None, **settings: Any) -> Pipeline:
+                return self.step(type_name, name=name, **settings)
 
-    def select(self, *columns: str, name: str | None = None) -> Pipeline:
+            add.__doc__ = default_registry.get("step", type_name).summary
+            return add
+
+    def select(
+        self, *columns: str, name: str | None = None, input: str | list[str] | None = None
+    ) -> Self:
         """Keep only these columns."""
-        return self.step("select", name, columns=list(columns))
+        return self.step("select", name, input, columns=list(columns))
 
-    def rename(self, mapping: dict[str, str], name: str | None = None) -> Pipeline:
+    def rename(
+        self,
+        mapping: Mapping[str, str],
+        name: str | None = None,
+        *,
+        input: str | list[str] | None = None,
+    ) -> Self:
         """Rename columns (old -> new)."""
-        return self.step("rename", name, columns=mapping)
+        return self.step("rename", name, input, columns=dict(mapping))
 
-    def drop(self, *columns: str, name: str | None = None) -> Pipeline:
-        """Remove columns."""
-        return self.step("drop", name, columns=list(columns))
+    def drop(
+        self,
+        *columns: str,
+        strict: bool = True,
+        name: str | None = None,
+        input: str | list[str] | None = None,
+    ) -> Self:
+        """Remove columns; with ``strict`` a column that is not there is an error."""
+        return self.step("drop", name, input, columns=list(columns), strict=strict)
 
     def cast(
-        self, mapping: dict[str, str], strict: bool = True, name: str | None = None
-    ) -> Pipeline:
-        """Convert column types; failures are dead-lettered when ``strict``."""
-        return self.step("cast", name, columns=mapping, strict=strict)
+        self,
+        mapping: Mapping[str, str],
+        strict: bool = True,
+        name: str | None = None,
+        *,
+        formats: Mapping[str, str] | None = None,
+        input: str | list[str] | None = None,
+    ) -> Self:
+        """Convert column types (column -> type); failures are dead-lettered when ``strict``.
+        ``formats`` gives a column's date/time format (column -> strftime pattern)."""
+        extra = {"formats": dict(formats)} if formats else {}
+        return self.step("cast", name, input, columns=dict(mapping), strict=strict, **extra)
 
-    def filter(self, expr: str, name: str | None = None) -> Pipeline:
-        """Keep records matching a SQL condition."""
-        return self.step("filter", name, expr=expr)
+    def filter(
+        self, expr: str, name: str | None = None, *, input: str | list[str] | None = None
+    ) -> Self:
+        """Keep records matching a SQL condition; the others are counted as filtered."""
+        return self.step("filter", name, input, expr=expr)
 
-    def with_columns(self, name: str | None = None, **columns: str) -> Pipeline:
-        """Add or replace columns from SQL expressions."""
+    def with_columns(self, name: str | None = None, **columns: str) -> Self:
+        """Add or replace columns from SQL expressions (``column="expression"``); to read
+        another branch, use ``.step("with_columns", input=..., columns={...})``."""
         return self.step("with_columns", name, columns=columns)
 
-    def sql(self, query: str, name: str | None = None, engine: str = "duckdb") -> Pipeline:
+    def sql(
+        self,
+        query: str,
+        name: str | None = None,
+        engine: Literal["duckdb", "polars"] = "duckdb",
+        *,
+        input: str | list[str] | None = None,
+    ) -> Self:
         """Run a SQL query over each batch (table ``batch``)."""
-        return self.step("sql", name, query=query, engine=engine)
+        return self.step("sql", name, input, query=query, engine=engine)
 
-    def map(self, fn: Callable[..., Any] | str, name: str | None = None, **kwargs: Any) -> Pipeline:
+    def map(self, fn: Callable[..., Any] | str, name: str | None = None, **kwargs: Any) -> Self:
         """A per-record Python function ``fn(dict) -> dict | None`` (the slow path)."""
         return self._python(fn, "record", name, kwargs)
 
     def map_batch(
         self, fn: Callable[..., Any] | str, name: str | None = None, **kwargs: Any
-    ) -> Pipeline:
+    ) -> Self:
         """A per-batch function ``fn(DataFrame) -> DataFrame`` (the fast path)."""
         return self._python(fn, "batch", name, kwargs)
 
     def _python(
         self, fn: Callable[..., Any] | str, mode: str, name: str | None, kwargs: dict[str, Any]
-    ) -> Pipeline:
+    ) -> Self:
         extra: dict[str, Any] = {"kwargs": kwargs} if kwargs else {}
         return self.step("python", name, function=_function_ref(fn), mode=mode, **extra)
 
-    def route(self, name: str, default: str | None = None, **routes: str) -> Pipeline:
+    def route(self, name: str, default: str | None = None, **routes: str) -> Self:
         """Split records by condition; read a branch with ``input="<name>.<route>"``."""
         return self.step("route", name, routes=routes, **({"default": default} if default else {}))
 
@@ -200,11 +294,45 @@ class Pipeline:
                 data[single] = data.pop(many)[0]
         return validate(LoadedYaml(data, {}, None), registry or default_registry)
 
-    def run(self, base_dir: str | Path = ".", observer: RunObserver | None = None) -> RunResult:
-        """Build and run; relative paths and the state store resolve against ``base_dir``."""
-        from tideflow.runner import run
+    def run(
+        self,
+        base_dir: str | Path | None = None,
+        observer: RunObserver | None = None,
+        from_scratch: bool = False,
+        *,
+        fresh: bool = False,
+        keep_rows: int | None = DEFAULT_KEEP_ROWS,
+    ) -> PipelineResult:
+        """Build and run; the result has each step's counts and output (``to_polars``).
 
-        return run(self.build(), base_dir, observer=observer)
+        Relative paths and the state store resolve against ``base_dir``: by default the
+        folder of the file :meth:`from_yaml` read, else the working directory. A run
+        resumes where the last one stopped, so a second run over the same records reads
+        nothing, and ``result.notices`` says why. When the state store was lost but the
+        sinks hold output of earlier runs, the run raises
+        :class:`~tideflow.errors.StateLostError` instead of reading everything again;
+        ``from_scratch=True`` clears that output (what the sinks can clear), the state and
+        the dead letters first, and runs from the beginning.
+
+        ``fresh=True`` reads every source from its start with a state store of its own, in
+        memory: it neither resumes from nor changes the pipeline's checkpoint, dead letters
+        or run history, and empties the collectors of its ``memory`` sinks first; it is
+        refused for sinks that keep output (anything but ``memory`` and ``stdout``: that
+        output would be written a second time) and for sources that consume what they read
+        (brokers, webhooks). ``keep_rows`` bounds the rows kept per source, step and sink
+        for :meth:`PipelineResult.to_polars` (None: all, 0: none).
+        """
+        from tideflow.runner import run_kept
+
+        if fresh and from_scratch:
+            raise ConfigError(
+                "give fresh=True (a throwaway state, output kept) or from_scratch=True (the "
+                "pipeline's output and state cleared), not both"
+            )
+        spec = self.build()
+        base = Path(base_dir) if base_dir is not None else self._base_dir or Path(".")
+        tap = OutputTap(keep_rows)
+        return run_kept(spec, base, tap, observer, fresh=fresh, from_scratch=from_scratch)
 
     def to_dict(self) -> dict[str, Any]:
         """The pipeline as plain data, in pipeline-file form."""
@@ -217,7 +345,8 @@ class Pipeline:
         return data
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        """The pipeline as YAML text; also written to ``path`` if given."""
+        """The pipeline as YAML text; also written to ``path`` if given. A DataFrame given to
+        :func:`records` is written as its records (YAML holds no column types)."""
         import io
 
         buffer = io.StringIO()
@@ -232,9 +361,21 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Pipeline:
-        """Load a pipeline file into a builder (to extend it in code)."""
-        spec = load_pipeline(path)
-        return cls.from_spec(spec)
+        """Load a pipeline file into a builder (to extend it in code); it runs with
+        relative paths and its state beside the file, as ``tideflow run`` does. A string that
+        is not an existing file and looks like YAML (a line break, or a ``key:``) is read as
+        YAML text, as :meth:`from_yaml_text` does."""
+        if isinstance(path, str) and _looks_like_yaml_text(path):
+            return cls.from_yaml_text(path)
+        builder = cls.from_spec(load_pipeline(path))
+        builder._base_dir = Path(path).resolve().parent
+        return builder
+
+    @classmethod
+    def from_yaml_text(cls, text: str) -> Pipeline:
+        """Load a pipeline from YAML text (``${VAR}`` interpolated as in a file); relative
+        paths resolve against ``run(base_dir=...)``, the working directory by default."""
+        return cls.from_spec(load_pipeline_text(text))
 
     @classmethod
     def from_spec(cls, spec: PipelineSpec) -> Pipeline:

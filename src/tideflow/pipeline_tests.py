@@ -114,9 +114,19 @@ def compare(actual: pl.DataFrame, expectation: Expectation) -> str | None:
     return "\n".join(lines)
 
 
+def _read(path: Path, what: str) -> str:
+    """A file's text; one that cannot be read is a configuration error (exit 2), not a
+    traceback."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read the {what}: {reason}") from None
+
+
 def run_test_file(path: Path) -> list[Outcome]:
     """Run every test in a test file."""
-    loaded = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    loaded = parse_yaml(_read(path, "test file"), str(path))
     try:
         tests = TestFile.model_validate(loaded.data)
     except ValidationError as exc:
@@ -125,7 +135,7 @@ def run_test_file(path: Path) -> list[Outcome]:
     pipeline_path = (path.parent / tests.pipeline).resolve()
     outcomes = []
     for case in tests.tests:
-        pipeline = parse_yaml(pipeline_path.read_text(encoding="utf-8"), str(pipeline_path))
+        pipeline = parse_yaml(_read(pipeline_path, "pipeline file"), str(pipeline_path))
         issues = interpolate(pipeline)
         if issues:
             raise ConfigError(issues)

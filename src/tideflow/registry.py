@@ -9,8 +9,9 @@ that receives the registry.
 from __future__ import annotations
 
 import difflib
+import importlib
+import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from importlib.metadata import entry_points
 from types import ModuleType
 from typing import Literal, TypeVar
@@ -27,19 +28,54 @@ ENTRY_POINT_GROUP = "tideflow.plugins"
 C = TypeVar("C", bound=type[Component])
 
 
-@dataclass(frozen=True)
 class Registration:
-    """One registered component type."""
+    """One registered component type.
 
-    kind: Kind
-    type_name: str
-    cls: type[Component]
-    summary: str
+    A built-in type is registered by name and module only; its module is imported when the
+    class, its settings or its summary is first needed, so a pipeline imports the
+    connectors it uses and no others (each pulls in its own libraries: fsspec and pyarrow,
+    HTTP clients, database drivers).
+    """
+
+    def __init__(
+        self,
+        kind: Kind,
+        type_name: str,
+        cls: type[Component] | None = None,
+        module: str | None = None,
+        registry: Registry | None = None,
+    ) -> None:
+        if cls is None and (module is None or registry is None):
+            raise TypeError("a registration needs its class, or its module and registry")
+        self.kind, self.type_name = kind, type_name
+        self._cls, self._module, self._registry = cls, module, registry
+
+    @property
+    def cls(self) -> type[Component]:
+        """The component class (importing its module on first use)."""
+        if self._cls is None:
+            assert self._module is not None and self._registry is not None
+            self._registry.add_module(importlib.import_module(self._module))
+            found = self._registry._items[self.kind].get(self.type_name)
+            if found is None or found._cls is None:
+                raise TideflowError(
+                    f"{self._module} does not define the {self.kind} type {self.type_name!r}"
+                )
+            self._cls = found._cls
+        return self._cls
+
+    @property
+    def summary(self) -> str:
+        """The docstring's whole first paragraph, never a line cut mid-sentence."""
+        return " ".join((self.cls.__doc__ or "").strip().split("\n\n")[0].split())
 
     @property
     def config_model(self) -> type[BaseModel]:
         """The pydantic model of this component's settings."""
         return self.cls.config_model
+
+    def __repr__(self) -> str:
+        return f"Registration({self.kind!r}, {self.type_name!r})"
 
 
 def suggest(name: str, known: Iterable[str]) -> str:
@@ -57,6 +93,8 @@ class Registry:
     def __init__(self) -> None:
         self._items: dict[Kind, dict[str, Registration]] = {k: {} for k in KINDS}
         self._plugins_loaded = False
+        self._loading = False
+        self._load_lock = threading.RLock()
         self.version = 0
         """Bumped on each registration so derived models (JSON Schema, spec) can be cached."""
 
@@ -67,11 +105,14 @@ class Registry:
         def decorate(cls: C) -> C:
             if not issubclass(cls, expected):
                 raise TypeError(f"{cls.__name__} must subclass {expected.__name__}")
-            if type_name in self._items[kind] and self._items[kind][type_name].cls is not cls:
+            known = self._items[kind].get(type_name)
+            if known is not None and known._cls is not None and known._cls is not cls:
                 raise TideflowError(f"{kind} type {type_name!r} is registered twice")
-            doc = (cls.__doc__ or "").strip().splitlines()
-            self._items[kind][type_name] = Registration(kind, type_name, cls, doc[0] if doc else "")
-            self.version += 1
+            if known is not None and known._cls is None:
+                known._cls = cls  # a lazy registration, now imported: the same entry
+            else:
+                self._items[kind][type_name] = Registration(kind, type_name, cls)
+                self.version += 1
             return cls
 
         return decorate
@@ -88,6 +129,13 @@ class Registry:
         """Register a sink class."""
         return self.register("sink", type_name)
 
+    def add_lazy(self, kind: Kind, type_name: str, module: str) -> None:
+        """Register ``type_name`` as defined in ``module``, imported when first used."""
+        if type_name in self._items[kind]:
+            raise TideflowError(f"{kind} type {type_name!r} is registered twice")
+        self._items[kind][type_name] = Registration(kind, type_name, module=module, registry=self)
+        self.version += 1
+
     def add_module(self, module: ModuleType) -> None:
         """Register every class in ``module`` marked with :func:`component`."""
         for value in vars(module).values():
@@ -97,17 +145,26 @@ class Registry:
                     self.register(kind, value.tideflow_type)(value)  # type: ignore[attr-defined]
 
     def load_plugins(self) -> None:
-        """Load built-ins and third-party components from the entry point group, once."""
+        """Load built-ins and third-party components from the entry point group, once.
+        Thread-safe: the server validates on several request threads at once, and a thread
+        that saw "loading" as "loaded" would find a kind with no types."""
         if self._plugins_loaded:
             return
-        self._plugins_loaded = True
-        from tideflow import builtin
+        with self._load_lock:
+            if self._plugins_loaded or self._loading:
+                return  # loaded meanwhile, or a plugin of this thread looks itself up
+            self._loading = True
+            try:
+                from tideflow import builtin
 
-        builtin.register(self)
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            if ep.value == "tideflow.builtin:register":
-                continue
-            ep.load()(self)
+                builtin.register(self)
+                for ep in entry_points(group=ENTRY_POINT_GROUP):
+                    if ep.value == "tideflow.builtin:register":
+                        continue
+                    ep.load()(self)
+            finally:
+                self._loading = False
+                self._plugins_loaded = True  # a failing plugin is not retried on every call
 
     def items(self, kind: Kind) -> dict[str, Registration]:
         """All registrations of one kind, by name."""

@@ -18,14 +18,16 @@ import orjson
 import polars as pl
 
 from tideflow.connectors.memory import clear, collected
-from tideflow.core.contracts import MAIN_PORT, Context, PlansSchema
+from tideflow.core.contracts import MAIN_PORT, UNREAD, Context, PlansSchema
 from tideflow.core.engine import Engine, RunObserver, RunResult
 from tideflow.core.graph import build_graph
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import Registry, default_registry
+from tideflow.results import OutputTap, PipelineResult, dead_letter_frame
+from tideflow.secrets import redact
 from tideflow.spec.loader import LoadedYaml, validate
 from tideflow.spec.models import PipelineSpec
-from tideflow.state.store import StateStore
+from tideflow.state.store import StateStore, open_state_store
 
 REPLAY_SOURCE = "dead_letter_replay"
 
@@ -53,9 +55,11 @@ def run(
     scope: str = "main",
     state: StateStore | None = None,
     worker: str | None = None,
+    from_scratch: bool = False,
 ) -> RunResult:
     """Run a pipeline to the end (or until stopped); ``worker`` runs it as one worker of
-    its consumer group (see :mod:`tideflow.workers`)."""
+    its consumer group (see :mod:`tideflow.workers`). ``from_scratch`` first clears the
+    output the sinks can clear, the state and the dead letters."""
     engine = Engine(
         spec,
         base_dir,
@@ -64,8 +68,116 @@ def run(
         scope=scope,
         state=state,
         worker=worker,
+        from_scratch=from_scratch,
     )
     return engine.run(handle_signals=handle_signals)
+
+
+FRESH_SOURCES = ("file", "generate", "memory", "sql", "http")
+"""Sources a fresh run may read: they read without taking anything away from the pipeline's
+own runs (a broker, queue or webhook source would consume what its group or queue holds)."""
+FRESH_SINKS = ("memory", "stdout")
+"""Sinks a fresh run may write: they keep nothing outside the process, so the output of
+earlier runs is never written a second time."""
+
+
+def check_fresh(spec: PipelineSpec) -> None:
+    """Refuse a fresh run (no stored state) that would consume records of the pipeline's own
+    runs or write its output a second time."""
+    issues = [
+        f"source {s.name!r} ({s.type}) takes what it reads away from the pipeline's own "
+        "consumer group or queue"
+        for s in spec.all_sources
+        if s.type not in FRESH_SOURCES
+    ]
+    sinks = [*spec.all_sinks, *([spec.on_error.sink] if spec.on_error.sink else [])]
+    issues += [
+        f"sink {s.name or s.type!r} ({s.type}) would write the output of earlier runs a second time"
+        for s in sinks
+        if s.type not in FRESH_SINKS
+    ]
+    if issues:
+        raise ConfigError(
+            "a fresh run reads every source from its start and keeps no state, so it is "
+            "refused here: "
+            + "; ".join(issues)
+            + ". Explore with tf.collect(...) or tf.stdout() sinks (and a copy of the input), "
+            "or start the pipeline itself over with run(from_scratch=True), which clears its "
+            "output and state first"
+        )
+
+
+def run_kept(
+    spec: PipelineSpec,
+    base_dir: str | Path,
+    tap: OutputTap,
+    observer: RunObserver | None = None,
+    fresh: bool = False,
+    registry: Registry | None = None,
+    from_scratch: bool = False,
+) -> PipelineResult:
+    """A normal run (or, with ``fresh``, one with a state store in memory) that keeps each
+    source's, step's and sink's output in ``tap``, for notebooks."""
+    state: StateStore | None = None
+    if fresh:
+        check_fresh(spec)
+        for sink in spec.all_sinks:
+            if sink.type == "memory":
+                clear(getattr(sink, "collector"))  # noqa: B009  # the memory sink's setting
+        state = StateStore(":memory:")
+    try:
+        result = run(
+            spec,
+            base_dir,
+            observer=tap.observer(observer),
+            registry=registry,
+            state=state,
+            from_scratch=from_scratch,
+        )
+        letters = _dead_letters_of_run(spec, base_dir, result, state, tap.keep_rows)
+    finally:
+        if state is not None:
+            state.close()
+    return PipelineResult.of(result, tap, output_names(spec, registry), letters, fresh)
+
+
+def output_names(spec: PipelineSpec, registry: Registry | None = None) -> list[str]:
+    """Every source, step and sink by name, in order, with a step's other outputs as
+    ``step.port``: the names a run's outputs can be asked for by."""
+    registry = registry or default_registry
+    names = [source.name or "" for source in spec.all_sources]
+    for step in spec.steps:
+        names.append(step.name or "")
+        ports = registry.get("step", step.type).cls.ports(step)  # type: ignore[attr-defined]
+        names += [f"{step.name}.{port}" for port in ports if port != MAIN_PORT]
+    return names + [sink.name or "" for sink in spec.all_sinks]
+
+
+def _dead_letters_of_run(
+    spec: PipelineSpec,
+    base_dir: str | Path,
+    result: RunResult,
+    state: StateStore | None,
+    keep_rows: int | None,
+) -> tuple[pl.DataFrame, bool] | None:
+    """The run's dead letters from the ledger (at most ``keep_rows``) and whether there were
+    more; None when they do not go to the ledger."""
+    if spec.on_error.action != "dead_letter" or spec.on_error.sink is not None:
+        return None
+    dead = any(c.get("dead_lettered") for c in result.counts.values())
+    if not dead or keep_rows == 0:
+        return dead_letter_frame([]), dead
+    store = state or open_state_store(spec.state, Path(base_dir).resolve())
+    try:
+        limit = None if keep_rows is None else keep_rows + 1
+        letters = store.dead_letters(spec.name, run_id=result.run_id, limit=limit)
+    finally:
+        if state is None:
+            store.close()
+    cut = keep_rows is not None and len(letters) > keep_rows
+    letters = letters[:keep_rows] if keep_rows is not None else letters
+    rows = [(d.id, d.step, d.reason, d.record, d.created_at) for d in letters]
+    return dead_letter_frame(rows), cut
 
 
 def _without_sinks(data: dict[str, Any], collector_prefix: str) -> dict[str, str]:
@@ -135,62 +247,131 @@ def preview(
     return out
 
 
+@dataclass(frozen=True)
+class SkippedLetter:
+    """A dead letter a replay left alone, and why."""
+
+    id: int
+    why: str
+
+
+def _replayable(letters: list[Any]) -> tuple[list[Any], list[dict[str, Any]], list[SkippedLetter]]:
+    """The letters that hold a record (a JSON object) with their records, and the others:
+    raw text that never became a record (a broken CSV row, invalid JSON) and a record too long
+    to read have no fields to send through the pipeline; they are fixed at the source."""
+    kept, records, skipped = [], [], []
+    for letter in letters:
+        try:
+            record = orjson.loads(letter.record)
+        except orjson.JSONDecodeError:
+            record = None
+        if UNREAD in letter.reason:
+            skipped.append(
+                SkippedLetter(
+                    letter.id,
+                    "was too long to read (max_record_bytes): its letter keeps only where it "
+                    "was and its first bytes",
+                )
+            )
+        elif isinstance(record, dict):
+            kept.append(letter)
+            records.append(record)
+        else:
+            excerpt = redact(letter.record[:60])
+            skipped.append(
+                SkippedLetter(
+                    letter.id,
+                    f"holds text, not a record ({excerpt!r}); fix the "
+                    "input and read it again instead",
+                )
+            )
+    return kept, records, skipped
+
+
 def replay(
     spec: PipelineSpec,
     base_dir: str | Path,
     step: str,
     ids: list[int],
     registry: Registry | None = None,
+    strict: bool = False,
 ) -> RunResult:
     """Send dead-lettered records of ``step`` through the pipeline again, from that step.
 
     Records re-enter where they failed: as the input of a step or sink, or as the output of a
-    source for parse errors. The replay has its own scope, so its checkpoint and file names never
-    clash with the main run. Replayed ledger rows are marked; ones that fail again are
-    dead-lettered anew.
+    source for parse errors, which first go through the source's parsing settings again
+    (``schema_overrides``: their JSON holds the text that was read; one that still does not
+    parse is dead-lettered anew). The replay has its own scope, so its checkpoint and file
+    names never clash with the main run. Replayed ledger rows are marked; ones that fail
+    again are dead-lettered anew. Letters that hold no record (raw text) are skipped, each
+    named in the result's notices with the count, and stay in the ledger; ``strict`` refuses
+    the replay instead.
     """
     engine_probe = Engine(spec, base_dir, registry=registry)
     store = engine_probe.state
-    letters = store.dead_letters(spec.name, step=step, ids=ids or None, include_replayed=False)
-    if not letters:
-        raise ConfigError(f"no dead letters to replay for step {step!r}")
-    records = []
-    for letter in letters:
-        try:
-            record = orjson.loads(letter.record)
-        except orjson.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict):
+    try:
+        letters = store.dead_letters(spec.name, step=step, ids=ids or None, include_replayed=False)
+        if not letters:
+            raise ConfigError(f"no dead letters to replay for step {step!r}")
+        unknown = sorted(set(ids) - {letter.id for letter in letters})
+        if unknown:
             raise ConfigError(
-                f"dead letter {letter.id} holds text that is not a JSON object "
-                f"({letter.record[:60]!r}); fix the input and re-run instead"
+                f"no dead letter of step {step!r} waiting for a replay has id "
+                f"{', '.join(map(str, unknown))} (`tideflow deadletters list --all` shows them)"
             )
-        records.append(record)
-    data = spec_data(spec)
-    names = {n["name"]: kind for kind in ("sources", "steps", "sinks") for n in data[kind]}
-    if step not in names:
-        raise ConfigError(f"the pipeline has no step named {step!r}")
-    replay_source = {"type": "memory", "name": REPLAY_SOURCE, "records": records}
-    if names[step] == "sources":
-        data["sources"] = [
-            replay_source | {"name": s["name"]}
-            if s["name"] == step
-            else {"type": "memory", "name": s["name"], "records": []}
-            for s in data["sources"]
-        ]
-    else:
-        data["sources"] = [
-            {"type": "memory", "name": s["name"], "records": []} for s in data["sources"]
-        ] + [replay_source]
-        for node in data[names[step]]:
-            if node["name"] == step:
-                node["input"] = REPLAY_SOURCE
-    scope = "replay-" + time.strftime("%Y%m%dT%H%M%S")
-    result = Engine(
-        revalidate(data, registry), base_dir, registry=registry, scope=scope, state=store
-    ).run()
-    store.mark_replayed([letter.id for letter in letters])
-    store.close()
+        letters, records, skipped = _replayable(letters)
+        if skipped and (strict or not letters):
+            listed = "\n".join(f"  dead letter {s.id}: {s.why}" for s in skipped)
+            reason = "--strict refuses a replay that skips any" if letters else "none is left"
+            raise ConfigError(
+                f"{len(skipped)} dead letter(s) of step {step!r} cannot be replayed "
+                f"({reason}):\n{listed}"
+            )
+        data = spec_data(spec)
+        names = {n["name"]: kind for kind in ("sources", "steps", "sinks") for n in data[kind]}
+        if step not in names:
+            raise ConfigError(f"the pipeline has no step named {step!r}")
+        rejected = None
+        replay_source = {"type": "memory", "name": REPLAY_SOURCE, "records": records}
+        if names[step] == "sources":
+            node = next(n for n in engine_probe.graph.sources if n.name == step)
+            frame = pl.from_dicts(records, infer_schema_length=None)
+            labels = [f"dead letter {letter.id} replayed" for letter in letters]
+            frame, rejected = node.component.reparse(frame, labels)
+            replay_source["records"] = frame
+            data["sources"] = [
+                replay_source | {"name": s["name"]}
+                if s["name"] == step
+                else {"type": "memory", "name": s["name"], "records": []}
+                for s in data["sources"]
+            ]
+        else:
+            data["sources"] = [
+                {"type": "memory", "name": s["name"], "records": []} for s in data["sources"]
+            ] + [replay_source]
+            for node_data in data[names[step]]:
+                if node_data["name"] == step:
+                    node_data["input"] = REPLAY_SOURCE
+        scope = "replay-" + time.strftime("%Y%m%dT%H%M%S")
+        engine = Engine(
+            revalidate(data, registry), base_dir, registry=registry, scope=scope, state=store
+        )
+        # Letters that fail again join the pipeline's ledger, not the replay's scope: listed
+        # and replayable like the first ones.
+        engine.dead_letter_ledger = spec.name
+        if rejected is not None and rejected.height:
+            source = next(n for n in engine.graph.sources if n.name == step)
+            source.component.rejected = rejected
+        result = engine.run()
+        store.mark_replayed([letter.id for letter in letters])
+    finally:
+        store.close()
+    if skipped:
+        result.notices += [f"dead letter {s.id} skipped: {s.why}" for s in skipped]
+        result.notices.append(
+            f"{len(skipped)} dead letter(s) skipped, {len(letters)} replayed "
+            "(--strict refuses a replay that would skip any)"
+        )
     return result
 
 
@@ -205,7 +386,7 @@ class TestOutcome:
 def run_with_records(
     spec: PipelineSpec,
     base_dir: str | Path,
-    records: Mapping[str, list[dict[str, Any]]],
+    records: Mapping[str, list[dict[str, Any]] | pl.DataFrame],
     registry: Registry | None = None,
 ) -> TestOutcome:
     """Run with each source replaced by inline records and each sink by a memory sink.

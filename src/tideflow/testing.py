@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import polars as pl
 from tideflow.connectors.memory import clear, collected
 from tideflow.core.engine import RunResult
 from tideflow.errors import ConfigError
-from tideflow.pipeline import Pipeline
+from tideflow.pipeline import Pipeline, as_records
 from tideflow.runner import TestOutcome, run_with_records
 from tideflow.spec.loader import load_pipeline
 from tideflow.spec.models import PipelineSpec
@@ -42,13 +43,14 @@ class PipelineRun:
 
 def run_pipeline(
     pipeline: str | Path | Pipeline | PipelineSpec,
-    records: list[dict[str, Any]] | dict[str, list[dict[str, Any]]],
+    records: Any,
     base_dir: str | Path | None = None,
 ) -> PipelineRun:
     """Run with sources replaced by ``records`` and sinks by in-memory collectors.
 
-    ``records`` is a list for a single-source pipeline, or a mapping of source name to records.
-    No state is kept and no real sink is written.
+    ``records`` is what :func:`tideflow.records` takes (a list of dicts, a Polars or pandas
+    DataFrame, an Arrow table) for a single-source pipeline, or a mapping of source name to
+    such records. No state is kept and no real sink is written.
     """
     if isinstance(pipeline, str | Path):
         spec = load_pipeline(pipeline)
@@ -56,8 +58,9 @@ def run_pipeline(
     else:
         spec = pipeline.build() if isinstance(pipeline, Pipeline) else pipeline
         base = Path(base_dir or ".").resolve()
-    if isinstance(records, list):
+    if not isinstance(records, Mapping):
         if len(spec.all_sources) != 1:
             raise ConfigError("this pipeline has several sources: pass records by source name")
         records = {spec.all_sources[0].name or "": records}
-    return PipelineRun(run_with_records(spec, base, records))
+    given = {name: as_records(rows) for name, rows in records.items()}
+    return PipelineRun(run_with_records(spec, base, given))

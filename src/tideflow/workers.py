@@ -9,7 +9,9 @@ Kafka and a PostgreSQL state store).
 
 The supervisor restarts a worker that fails or is killed (with a growing pause, so a worker
 that cannot start does not spin), forwards SIGINT/SIGTERM to all of them, and ends when every
-worker has ended on its own (bounded sources) or after a stop.
+worker has ended on its own (bounded sources) or after a stop. With a metrics port P it serves
+its own metrics there (``tideflow_worker_restarts_total``, ``tideflow_workers_running``) and
+gives worker ``i`` the port ``P + 1 + i`` for the run's metrics.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Any
 
 log = logging.getLogger("tideflow.workers")
 
@@ -29,6 +32,7 @@ RESTART_PAUSE = (1.0, 30.0)
 """First and longest pause before restarting a failed worker (doubling in between)."""
 
 EXIT_CONFIG = 2
+EXIT_INCOMPLETE = 3
 
 
 @dataclass
@@ -60,14 +64,37 @@ class Supervisor:
         args: list[str],
         prefix: str,
         verbose: int = 0,
+        metrics_port: int | None = None,
+        name: str | None = None,
     ) -> None:
         self.pipeline = pipeline
+        self.name = name or pipeline
         self.args = args
         self.verbose = verbose
         self.slots = [Slot(f"{prefix}-{i}") for i in range(workers)]
         self.stopping = False
+        self.metrics_port = metrics_port
+        self.metrics: Any = None
+
+    def serve_metrics(self, host: str = "127.0.0.1") -> None:
+        """Serve the supervisor's metrics on ``metrics_port`` at ``host`` (needs
+        prometheus_client)."""
+        from prometheus_client import start_http_server
+
+        from tideflow.service.metrics import PipelineMetrics
+
+        assert self.metrics_port is not None
+        self.metrics = PipelineMetrics()
+        start_http_server(self.metrics_port, addr=host, registry=self.metrics.registry)
+        self.metrics.workers_running.labels(self.name).set(0)
+        for slot in self.slots:
+            # Present at 0 from the start, so increase() sees the first restart.
+            self.metrics.worker_restarts.labels(self.name, slot.worker_id)
 
     def _command(self, slot: Slot) -> list[str]:
+        port = []
+        if self.metrics_port is not None:
+            port = ["--metrics-port", str(self.metrics_port + 1 + self.slots.index(slot))]
         return [
             sys.executable,
             "-m",
@@ -77,6 +104,7 @@ class Supervisor:
             self.pipeline,
             "--worker-id",
             slot.worker_id,
+            *port,
             *self.args,
         ]
 
@@ -105,6 +133,9 @@ class Supervisor:
                 self._start(slot)
             # Every slot is looked after on every turn (no short-circuit).
             while any([self._alive(slot) for slot in self.slots]):
+                if self.metrics is not None:
+                    running = sum(s.process is not None for s in self.slots)
+                    self.metrics.workers_running.labels(self.name).set(running)
                 time.sleep(0.2)
         finally:
             for sig, handler in previous.items():
@@ -129,10 +160,13 @@ class Supervisor:
         slot.process = None
         slot.exit_code = code
         slot.history.append(code)
-        if code in (0, EXIT_CONFIG) or self.stopping:
-            # Ended on its own, or a configuration error that a restart cannot fix.
+        if code in (0, EXIT_CONFIG, EXIT_INCOMPLETE) or self.stopping:
+            # Ended on its own (a bounded run: done, or its max_wait ran out), or a
+            # configuration error that a restart cannot fix.
             return False
         slot.restarts += 1
+        if self.metrics is not None:
+            self.metrics.worker_restarts.labels(self.name, slot.worker_id).inc()
         if time.monotonic() - slot.started_at > 60:
             slot.pause = RESTART_PAUSE[0]  # it had been working: a fresh failure
         slot.restart_at = time.monotonic() + slot.pause

@@ -41,7 +41,8 @@ sink: {type: topic, topic: TOPIC, broker: "BROKER", key: key, partitions: 6}
 CONSUME = """
 name: f8-consume
 source: {type: topic, topic: TOPIC, group: f8, broker: "BROKER", batch_size: 50,
-         stop_at_end: true, idle_seconds: 3, options: OPTIONS}
+         stop_at_end: true, idle_seconds: 3, options: OPTIONS,
+         partitioned_by: {column: key}}
 steps:
   - {type: python, name: pace, function: "pace.py:pace", mode: batch}
   - {type: aggregate, name: totals, keys: [key], aggregations: {total: sum(value), n: count()}}

@@ -17,6 +17,10 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+LOCAL = "http://127.0.0.1"
+"""The base URL of in-process test clients: the server answers only to its own names, so
+TestClient's default `testserver` would be refused like any foreign Host."""
+
 DEMO = """
 name: demo
 description: numbered records, every tenth one fails its cast

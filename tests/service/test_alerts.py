@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.service.conftest import demo_pipeline, wait_for
+from tests.service.conftest import LOCAL, demo_pipeline, wait_for
 
 from tideflow.service.alerts import AlertManager
 from tideflow.service.app import create_app
@@ -162,7 +162,7 @@ def test_the_server_alerts_on_a_running_pipeline(receiver: Receiver, folder: Pat
         f"    notify: [{{type: webhook, url: '{receiver.url}/hook'}}]\n"
     )
     (folder / "demo.yaml").write_text(text, encoding="utf-8")
-    with TestClient(create_app(folder, tick_seconds=0.2)) as client:
+    with TestClient(create_app(folder, tick_seconds=0.2), base_url=LOCAL) as client:
         assert client.post("/api/pipelines/demo/start").status_code == 201
         wait_for(lambda: len(receiver.of("/hook")) >= 1, timeout=60)
         first = receiver.of("/hook")[0]
@@ -185,7 +185,7 @@ def test_a_rule_on_the_data_counts_matching_records_at_a_step(folder: Path) -> N
         "    for: 1\n"
     )
     (folder / "demo.yaml").write_text(text, encoding="utf-8")
-    with TestClient(create_app(folder, tick_seconds=0.2)) as client:
+    with TestClient(create_app(folder, tick_seconds=0.2), base_url=LOCAL) as client:
         assert client.post("/api/pipelines/demo/start").status_code == 201
 
         def fired() -> list[dict[str, Any]]:
@@ -214,3 +214,102 @@ def test_data_rules_name_an_existing_step(write_pipeline: Any) -> None:
     )
     with pytest.raises(ConfigError, match=r"alerts\[0\]\.step: no step named 'nope'"):
         load_pipeline(path)
+
+
+class Failing:
+    """A webhook receiver on loopback that answers 500, or, for `/slow`, answers nothing
+    within the webhook timeout."""
+
+    def __init__(self) -> None:
+        release = self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                if self.path == "/slow":
+                    release.wait(30)
+                self.send_response(500)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+
+
+def test_each_notification_records_whether_it_was_sent_and_why_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Against real receivers: a 500, a closed port, a receiver that never answers, a URL
+    that is not http(s), and the log. The UI's copy of the event says, per target, `sent`
+    or `failed` with the reason; a webhook is named by scheme, host and port only (its path
+    and query are often its secret); the message gives the rate as a rounded percentage."""
+    from tests.service.conftest import free_port
+
+    from tideflow.service import alerts as alerts_module
+
+    monkeypatch.setattr(alerts_module, "WEBHOOK_TIMEOUT", 0.5)
+    failing = Failing()
+    closed = free_port()
+    try:
+        spec = AlertSpec.model_validate(
+            {
+                "name": "dead",
+                "metric": "dead_letter_rate",
+                "above": 0.001,
+                "for": 10,
+                "notify": [
+                    {"type": "webhook", "url": failing.url + "/T000/B000/secret?token=x1"},
+                    {"type": "webhook", "url": f"http://127.0.0.1:{closed}/hook"},
+                    {"type": "webhook", "url": failing.url + "/slow", "format": "slack"},
+                    {"type": "webhook", "url": "ftp://example.invalid/x"},
+                    {"type": "log"},
+                ],
+            }
+        )
+        manager = AlertManager()
+        manager.observe("p", 0, 0, None, True, now=0)
+        manager.observe("p", 149, 0.3125, None, True, now=10)  # 0.3125/149 = 0.0020973...
+        [event] = manager.evaluate("p", [spec], now=10)
+        assert event["value"] == pytest.approx(0.0020973154362416107)
+        assert "dead-letter rate 0.21% of records read above 0.1%" in event["message"]
+        assert "notifications" not in event  # what a webhook receives is unchanged
+
+        def outcomes() -> list[dict[str, Any]]:
+            return manager.recent()[0]["notifications"]
+
+        wait_for(lambda: all(n["status"] != "sending" for n in outcomes()), timeout=30)
+        port = failing.url.rsplit(":", 1)[1]
+        assert outcomes() == [
+            {
+                "to": f"webhook http://127.0.0.1:{port}",
+                "status": "failed",
+                "error": "HTTP 500 Internal Server Error",
+            },
+            {
+                "to": f"webhook http://127.0.0.1:{closed}",
+                "status": "failed",
+                "error": "Connection refused",
+            },
+            {
+                "to": f"slack webhook http://127.0.0.1:{port}",
+                "status": "failed",
+                "error": "no answer within 0.5 s",
+            },
+            {
+                "to": "webhook ftp://example.invalid",
+                "status": "failed",
+                "error": "the webhook URL must start with http:// or https://",
+            },
+            {"to": "log", "status": "sent", "error": None},
+        ]
+        firing = manager.firing()
+        assert firing[0]["metric"] == "dead_letter_rate" and firing[0]["threshold"] == 0.001
+    finally:
+        failing.close()

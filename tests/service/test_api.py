@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from tests.service.conftest import run_to_end, wait_for
+from tests.service.conftest import LOCAL, run_to_end, wait_for
 
 from tideflow.service.app import create_app
+from tideflow.service.policy import Policy
 
 
 @pytest.fixture
 def client(folder: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(folder, tick_seconds=0.2)) as test_client:
+    with TestClient(create_app(folder, tick_seconds=0.2), base_url=LOCAL) as test_client:
         yield test_client
 
 
@@ -122,7 +123,14 @@ def test_runs_of_one_pipeline_never_overlap_and_stop_on_request(
     assert client.post("/api/pipelines/endless/stop").status_code == 409
 
 
-def test_a_crashing_run_takes_nothing_else_down(client: TestClient, folder: Path) -> None:
+def test_a_crashing_run_takes_nothing_else_down(folder: Path) -> None:
+    app = create_app(folder, tick_seconds=0.2, policy=Policy(allow_python=True))
+    with TestClient(app, base_url=LOCAL) as client:
+        crash_and_carry_on(client, folder)
+
+
+def crash_and_carry_on(client: TestClient, folder: Path) -> None:
+    """A run whose process dies is `crashed`; the server and other pipelines go on."""
     (folder / "boom.py").write_text(
         "import os\n\ndef explode(record):\n    os._exit(3)\n", encoding="utf-8"
     )
@@ -188,7 +196,7 @@ def test_secrets_never_leave_the_server(client: TestClient, folder: Path) -> Non
 
 
 def test_cors_is_off_and_bodies_are_limited(folder: Path) -> None:
-    with TestClient(create_app(folder, max_body=1000, background=False)) as client:
+    with TestClient(create_app(folder, max_body=1000, background=False), base_url=LOCAL) as client:
         preflight = client.options(
             "/api/pipelines",
             headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "GET"},
@@ -214,6 +222,18 @@ def test_cors_is_off_and_bodies_are_limited(folder: Path) -> None:
 def test_the_ui_is_served_with_a_strict_content_security_policy(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and '<script src="/static/app.js"' in page.text
-    assert "default-src 'self'" in page.headers["content-security-policy"]
-    script = client.get("/static/app.js").text
-    assert "innerHTML" not in script.replace("never innerHTML", "")
+    policy = page.headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "unsafe" not in policy
+    # The one inline style allowed is the editor's, by a nonce new for every page.
+    nonce = re.search(r"style-src 'self' 'nonce-([A-Za-z0-9_-]{24})'", policy)
+    assert nonce is not None and f'nonce="{nonce[1]}"' in page.text
+    again = client.get("/")
+    assert nonce[1] not in again.text and nonce[1] not in again.headers["content-security-policy"]
+    # Every file the page loads is the server's own, and is there.
+    loaded = re.findall(r'<(?:script|link)[^>]*? (?:src|href)="([^"]+)"', page.text)
+    assert loaded and all(url.startswith("/static/") for url in loaded), loaded
+    for url in loaded:
+        assert client.get(url).status_code == 200, url
+    assert "/static/vendor/editor.js" in loaded
+    for script in ("/static/app.js", "/static/chart.js"):
+        assert "innerHTML" not in client.get(script).text.replace("never innerHTML", "")

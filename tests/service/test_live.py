@@ -14,7 +14,7 @@ import httpx
 import orjson
 import pytest
 from fastapi.testclient import TestClient
-from tests.service.conftest import Server, demo_pipeline, run_to_end
+from tests.service.conftest import LOCAL, Server, demo_pipeline, run_to_end
 
 from tideflow.service.app import create_app
 
@@ -58,7 +58,7 @@ def topic_folder(tmp_path: Path) -> Path:
 
 
 def test_a_topic_run_reports_lag_end_to_end_latency_and_state_size(topic_folder: Path) -> None:
-    with TestClient(create_app(topic_folder, background=False)) as client:
+    with TestClient(create_app(topic_folder, background=False), base_url=LOCAL) as client:
         assert run_to_end(client, "produce", 90)["status"] == "succeeded"
         # The messages were written an hour ago, as far as their timestamps say: every
         # end-to-end latency, measured from them, is then at least an hour.
@@ -81,12 +81,18 @@ def test_a_topic_run_reports_lag_end_to_end_latency_and_state_size(topic_folder:
         assert 3600 <= latency["p50"] <= latency["p95"] <= latency["max"]
         assert latency["max"] <= 3600 + (after - before) + 1  # plus the timestamps' rounding
 
-        # The state size is what the state store holds for the step, read here directly.
+        # The state size is what the state store holds for the step, read here directly:
+        # its whole state and the deltas stored after it (incremental checkpoints).
         store = sqlite3.connect(topic_folder / ".tideflow" / "state.db")
-        [(stored,)] = store.execute(
+        [(base,)] = store.execute(
             "SELECT length(data) FROM step_state WHERE pipeline='consume' AND step='totals'"
         ).fetchall()
+        [(deltas,)] = store.execute(
+            "SELECT coalesce(sum(length(data)), 0) FROM state_deltas "
+            "WHERE pipeline='consume' AND step='totals'"
+        ).fetchall()
         store.close()
+        stored = base + deltas
         assert run["state_bytes"] == {"totals": stored}
 
         text = client.get("/metrics").text
@@ -94,8 +100,13 @@ def test_a_topic_run_reports_lag_end_to_end_latency_and_state_size(topic_folder:
         count = metric(text, "tideflow_end_to_end_latency_seconds_count", **labels)
         assert count == 20
         assert metric(text, "tideflow_end_to_end_latency_seconds_bucket", le="900.0", **labels) == 0
-        assert metric(text, "tideflow_source_lag_records", **labels) == 0
-        assert metric(text, "tideflow_source_lag_seconds", **labels) == 0
+        # The run has ended: its own lag gauges are gone (nobody measures them any more);
+        # the server's group lag, read from the topic, says nothing is behind.
+        assert metric(text, "tideflow_source_lag_records", **labels) is None
+        assert metric(text, "tideflow_source_lag_seconds", **labels) is None
+        for part in ("0", "1", "2"):
+            group = {**labels, "group": "totals", "topic": "readings", "partition": part}
+            assert metric(text, "tideflow_group_lag_records", **group) == 0
         assert metric(text, "tideflow_state_bytes", pipeline="consume", step="totals") == stored
 
 
@@ -156,7 +167,7 @@ def test_the_event_stream_pushes_the_run_until_its_end(folder: Path) -> None:
 
 def test_the_event_stream_needs_the_token_and_takes_the_ui_cookie(folder: Path) -> None:
     token = "stream-token-for-tests"
-    with TestClient(create_app(folder, token=token, background=False)) as client:
+    with TestClient(create_app(folder, token=token, background=False), base_url=LOCAL) as client:
         assert client.get("/api/pipelines/demo/events").status_code == 401
         client.cookies.set("tideflow_token", token)
         with client.stream("GET", "/api/pipelines/demo/events") as response:

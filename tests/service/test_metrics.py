@@ -10,7 +10,8 @@ import httpx
 import pytest
 from tests.service.conftest import demo_pipeline, free_port, wait_for
 
-from tideflow.service.metrics import PipelineMetrics, source_lag
+from tideflow.observe.figures import source_lag
+from tideflow.service.metrics import PipelineMetrics
 
 CLI = [sys.executable, "-m", "tideflow.cli.main"]
 

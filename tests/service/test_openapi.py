@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from tests.service.conftest import LOCAL
 
 from tideflow.service.app import create_app
 
@@ -22,7 +23,8 @@ def make_app():  # type: ignore[no-untyped-def]
         "name: demo\nsource: {type: generate, shape: sequence, count: 10}\nsink: {type: stdout}\n",
         encoding="utf-8",
     )
-    return create_app(FOLDER, background=False)
+    # schemathesis' ASGI client names the host `testserver`.
+    return create_app(FOLDER, background=False, hosts=("testserver",))
 
 
 APP = make_app()
@@ -30,7 +32,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
 
 def test_openapi_document_is_published() -> None:
-    with TestClient(APP) as client:
+    with TestClient(APP, base_url=LOCAL) as client:
         document = client.get("/openapi.json").json()
     assert document["info"]["title"] == "tideflow"
     paths = set(document["paths"])

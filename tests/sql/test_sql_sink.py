@@ -46,6 +46,74 @@ def test_upsert_merges_on_the_key_last_write_wins(db: Database, tmp_path: Path) 
     assert_frame_equal(normalise(db.table("items"), expected), expected)
 
 
+def _upsert_twice(db: Database, tmp_path: Path) -> tuple[pl.DataFrame, Any]:
+    """Load six rows with upserts; return the expected table after a re-run of all six where
+    three changed (one to a null, one from a null, one a plain new value), and the re-run."""
+    first = pl.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 5, 6],
+            "amount": [1.5, None, 3.5, 4.5, None, 6.5],
+            "name": ["a", "b", None, "d", None, "f"],
+        }
+    )
+    # 2: amount null -> 2.5; 4: name "d" -> null; 6: name "f" -> "g". 1, 3 (a null name)
+    # and 5 (both null) are unchanged.
+    second = pl.DataFrame(
+        {
+            "id": [1, 2, 3, 4, 5, 6],
+            "amount": [1.5, 2.5, 3.5, 4.5, None, 6.5],
+            "name": ["a", "b", None, None, None, "g"],
+        }
+    )
+    pipeline = sql_sink_pipeline("skip", {"table": "items", "mode": "upsert", "key": ["id"]})
+    write_parquet_input(tmp_path, first, prefix="a", parts=1)
+    run_yaml(tmp_path, pipeline, {"DB_URL": db.url})
+    return second, lambda: (
+        write_parquet_input(tmp_path, second, prefix="b", parts=1),
+        run_yaml(tmp_path, pipeline, {"DB_URL": db.url}),
+    )
+
+
+def test_upsert_of_an_unchanged_row_leaves_it_unwritten_on_postgresql(
+    postgres_db: Database, tmp_path: Path
+) -> None:
+    """The re-run rewrites only the rows whose values changed (IS DISTINCT FROM, null-safe):
+    PostgreSQL gives a rewritten row a new xmin, an untouched one keeps its own."""
+    db = postgres_db
+    expected, rerun = _upsert_twice(db, tmp_path)
+    xmin = "SELECT id, xmin::text AS v FROM items ORDER BY id"
+    before = dict(db.query(xmin).iter_rows())
+    result = rerun()[1]
+    after = dict(db.query(xmin).iter_rows())
+    assert result.counts["sql"]["out"] == 6  # every record delivered, changed or not
+    assert [i for i in before if before[i] != after[i]] == [2, 4, 6]
+    assert_frame_equal(normalise(db.table("items"), expected), expected)
+
+
+def test_upsert_of_an_unchanged_row_leaves_it_unwritten_on_sqlite(
+    sqlite_db: Database, tmp_path: Path
+) -> None:
+    """The same on SQLite (``IS NOT``), seen by an update trigger logging each rewrite."""
+    db = sqlite_db
+    expected, rerun = _upsert_twice(db, tmp_path)
+    db.run(
+        "CREATE TABLE rewrites (id INTEGER)",
+        "CREATE TRIGGER log AFTER UPDATE ON items BEGIN INSERT INTO rewrites VALUES (new.id); END",
+    )
+    result = rerun()[1]
+    assert result.counts["sql"]["out"] == 6
+    assert db.table("rewrites").get_column("id").to_list() == [2, 4, 6]
+    assert_frame_equal(normalise(db.table("items"), expected), expected)
+
+
+def test_upsert_rerun_with_some_rows_changed_is_exact(db: Database, tmp_path: Path) -> None:
+    """On every database the re-run leaves the table equal to the second load, nulls
+    included on both sides of a change."""
+    expected, rerun = _upsert_twice(db, tmp_path)
+    rerun()
+    assert_frame_equal(normalise(db.table("items"), expected), expected)
+
+
 def test_rejected_rows_go_to_dead_letters_and_their_neighbours_load(
     db: Database, tmp_path: Path
 ) -> None:

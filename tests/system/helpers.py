@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import polars as pl
@@ -64,9 +65,10 @@ def paced_rooms(
     Returns the reckoning pipeline's path."""
     shutil.copytree(EXAMPLES / "rooms", folder, ignore=shutil.ignore_patterns("out", ".*"))
     if kafka:
+        topic = f"rooms-{uuid.uuid4().hex[:12]}"  # never a name an earlier test used
         for name in ("publish.yaml", "coldstorage.yaml", "reckoning.yaml"):
             path = folder / name
-            path.write_text(path.read_text().replace("rooms-v1", f"rooms-{id(folder)}"))
+            path.write_text(path.read_text().replace("rooms-v1", topic))
     (folder / "pace.py").write_text(
         f"import time\n\ndef pace(batch):\n    time.sleep({pause})\n    return batch\n",
         encoding="utf-8",

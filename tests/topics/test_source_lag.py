@@ -37,9 +37,10 @@ def partitions(broker: str) -> int:
 
 def produce(tmp_path: Path, broker: str, topic: str, count: int, start: int = 0) -> None:
     """Write ``count`` keyed records through the topic sink and commit them."""
+    # Driven by hand, without an engine and its state store: the idempotent producer.
     sink = TopicSink(
         TopicSinkConfig(  # type: ignore[call-arg]
-            topic=topic, broker=broker, key="key", partitions=partitions(broker)
+            topic=topic, broker=broker, key="key", partitions=partitions(broker), exactly_once=False
         )
     )
     sink.open(context(tmp_path, "sink"), None)
@@ -121,4 +122,42 @@ def test_messages_of_an_open_transaction_are_not_lag(tmp_path: Path) -> None:
         assert ctx.metrics["lag_records"] == 50 - consumed
     finally:
         sink.close()
+        source.close()
+
+
+def test_messages_of_an_open_kafka_transaction_are_not_lag(
+    tmp_path: Path, kafka_broker: str
+) -> None:
+    """A read_committed source stops at the last stable offset: the messages of a
+    transaction still open beyond it are not lag until it commits."""
+    import confluent_kafka as ck
+
+    broker = "kafka://" + kafka_broker
+    topic = f"lag_{uuid.uuid4().hex[:8]}"
+    produce(tmp_path, broker, topic, 30)
+    producer = ck.Producer(
+        {"bootstrap.servers": kafka_broker, "transactional.id": f"lag-{uuid.uuid4().hex}"}
+    )
+    producer.init_transactions(30)
+    producer.begin_transaction()
+    for i in range(20):
+        producer.produce(topic, f'{{"id": {1000 + i}}}'.encode(), partition=0)
+    assert producer.flush(30) == 0
+    source, ctx = open_source(tmp_path, broker, topic)
+    try:
+        consumed = read_some(source, 30)
+        assert consumed == 30
+        deadline = time.monotonic() + 30
+        while ctx.metrics.get("lag_records") != 0:
+            assert time.monotonic() < deadline, f"lag {ctx.metrics.get('lag_records')}"
+            batch = source.read_batch()
+            assert batch is not None and batch.size == 0, "read an uncommitted message"
+        producer.commit_transaction(30)
+        consumed += read_some(source, 20)
+        assert consumed == 50
+        deadline = time.monotonic() + 30
+        while ctx.metrics.get("lag_records") != 0:
+            assert time.monotonic() < deadline, f"lag {ctx.metrics.get('lag_records')}"
+            source.read_batch()
+    finally:
         source.close()

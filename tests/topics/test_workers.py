@@ -98,6 +98,22 @@ def owners(folder: Path, state: str) -> dict[str, tuple[str, int]]:
         store.close()
 
 
+def partition_deltas(folder: Path, state: str) -> int:
+    """State deltas stored for partitions (incremental checkpoints) in the shared store."""
+    path = folder / ".tideflow" / "state.db"
+    if not state and not path.exists():
+        return 0
+    store = open_state_store(state or str(path), folder)
+    try:
+        with store._lock:
+            row = store._execute(
+                store._conn, "SELECT count(*) FROM state_deltas WHERE scope <> ''"
+            ).fetchone()
+        return int(row[0])
+    finally:
+        store.close()
+
+
 def wait_for(check: object, timeout: float, what: str) -> None:
     """Poll ``check()`` until true, failing with ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -127,15 +143,27 @@ def test_two_workers_one_killed_give_the_single_worker_result(
         # Both workers own partitions and have checkpointed some: the split is real.
         wait_for(
             lambda: len({owner for owner, _ in owners(folder, environment["STATE"]).values()}) == 2,
-            120,
+            240,  # a tansu rebalance under load has taken over a minute
             "both workers to own partitions",
+        )
+        # The kill lands while partitions' state is stored as base + deltas, so the
+        # partitions handed over are restored from both.
+        wait_for(
+            lambda: partition_deltas(folder, environment["STATE"]) > 0,
+            180,
+            "a partition's state to be stored as deltas",
         )
         workers = psutil.Process(supervisor.pid).children()
         assert len(workers) == 2
         victim = workers[1]
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
-        supervisor.wait(timeout=300)
+        try:
+            supervisor.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                "the group run did not end in 300 s:\n" + log.read_text()[-6000:]
+            ) from None
     finally:
         if supervisor.poll() is None:
             for worker in psutil.Process(supervisor.pid).children():

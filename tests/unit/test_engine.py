@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import threading
 import time
 from pathlib import Path
@@ -128,6 +130,76 @@ class Stamped(Acknowledging):
         pass
 
 
+class SendersConfig(Settings):
+    """Settings of the test source whose senders wait for acknowledgements."""
+
+    batches: int = 5
+    per_batch: int = 3
+    queue_first: int = Field(
+        1, description="Batches handed on before the first one must be acknowledged."
+    )
+    give_up: float = Field(30.0, description="Safety bound (s) on waiting for an ack.")
+
+
+class Senders(Source):
+    """A bounded source like a webhook's senders: it hands on ``queue_first`` batches, then
+    each next one (and its end) only once everything before it was acknowledged (a
+    sequential sender). ``awaiting_ack`` is true while something handed on is not."""
+
+    config_model = SendersConfig
+
+    def open(self, ctx: Context, position: Any) -> None:
+        self.handed = int(position or 0)
+        self.acked = self.handed
+        self.lock = threading.Lock()
+        self.acked_event = threading.Event()
+        self.gave_up = False
+        self.acks: list[int] = []
+        self.queued = threading.Event()
+        """Set once ``queue_first`` batches have been handed on."""
+
+    def awaiting_ack(self) -> bool:
+        with self.lock:
+            return self.acked < self.handed
+
+    def read_batch(self) -> SourceBatch | None:
+        cfg = self.config
+        if self.handed >= cfg.queue_first * cfg.per_batch:
+            self.queued.set()
+            # The sender waits for its answer (a bounded wait, so a missing checkpoint
+            # fails the test instead of hanging it), the last one too.
+            if not self.acked_event.wait(cfg.give_up):
+                self.gave_up = True
+                return None
+        if self.handed >= cfg.batches * cfg.per_batch:
+            return None
+        with self.lock:
+            self.acked_event.clear()
+            ids = pl.DataFrame({"id": range(self.handed, self.handed + cfg.per_batch)})
+            self.handed += cfg.per_batch
+            return SourceBatch(ids, self.handed)
+
+    def checkpointed(self, position: Any) -> None:
+        with self.lock:
+            if position is not None and position > self.acked:
+                self.acked = position
+                self.acks.append(position)
+            if self.acked >= self.handed:
+                self.acked_event.set()
+
+
+class HoldingSink(CrashingSink):
+    """A memory sink whose first write waits until the test lets it go."""
+
+    release: threading.Event | None = None
+
+    def write_batch(self, batch: pl.DataFrame) -> None:
+        if self.release is not None:
+            assert self.release.wait(30), "the test never released the sink"
+            HoldingSink.release = None
+        super().write_batch(batch)
+
+
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry()
@@ -136,6 +208,8 @@ def registry() -> Registry:
     reg.register("source", "ticker")(Ticker)
     reg.register("source", "acking")(Acknowledging)
     reg.register("source", "stamped")(Stamped)
+    reg.register("source", "senders")(Senders)
+    reg.register("sink", "holding")(HoldingSink)
     return reg
 
 
@@ -216,6 +290,39 @@ sink: {type: memory, collector: t3}
     assert sorted(letter.record for letter in letters) == ['{"v":"4.5"}', '{"v":"x"}']
     assert all("cannot cast v value" in letter.reason for letter in letters)
     assert {letter.step for letter in letters} == {"cast"}
+
+
+def test_cast_of_several_columns_dead_letters_each_failed_row_with_its_reason(
+    tmp_path: Path,
+) -> None:
+    clear("t3b")
+    result = run(
+        """
+name: t3b
+source:
+  type: memory
+  records:
+    - {a: "1", t: "2026-01-01T00:00:00Z", k: 1}
+    - {a: "x", t: "2026-01-01T00:00:01Z", k: 2}
+    - {a: "3", t: "not a time", k: 3}
+    - {a: "y", t: "never", k: 4}
+    - {a: null, t: null, k: 5}
+steps:
+  - {type: cast, columns: {a: int, t: datetime_utc}}
+sink: {type: memory, collector: t3b}
+""",
+        tmp_path,
+    )
+    kept = collected("t3b")
+    assert kept["k"].to_list() == [1, 5]
+    assert kept["a"].to_list() == [1, None]
+    assert kept.schema["t"] == pl.Datetime("us", "UTC")
+    assert result.counts["cast"] == {**result.counts["cast"], "in": 5, "out": 2, "dead_lettered": 3}
+    store = StateStore(tmp_path / ".tideflow" / "state.db")
+    reasons = {json.loads(d.record)["k"]: d.reason for d in store.dead_letters("t3b")}
+    assert reasons[2].startswith("cannot cast a value x to Int64")
+    assert reasons[3].startswith("cannot cast t value not a time to Datetime")
+    assert reasons[4].startswith("cannot cast a value y")  # the first failing column names it
 
 
 def test_on_error_fail_stops_the_run(tmp_path: Path) -> None:
@@ -401,3 +508,135 @@ checkpoint: {{every_records: 30}}
     seconds = [value for name, value in events if name != "checkpoint"]
     origin = (before, after) if source == "generate" else (stamp, stamp)
     assert all(max(before - origin[1], 0) <= s <= after - origin[0] for s in seconds), seconds
+
+
+def senders_engine(
+    tmp_path: Path, registry: Registry, source: str, checkpoint: str, sink: str = "crashing"
+) -> Engine:
+    text = f"""
+name: senders
+source: {source}
+sink: {{type: {sink}, collector: senders}}
+checkpoint: {checkpoint}
+"""
+    spec = load_pipeline_text(text, "p.yaml", registry=registry)
+    return Engine(spec, tmp_path, registry=registry)
+
+
+def test_a_waiting_sender_gets_a_checkpoint_without_the_thresholds(
+    tmp_path: Path, registry: Registry
+) -> None:
+    """Thresholds an hour and a million records away: each record a sender waits for is
+    checkpointed (and acknowledged) on its own, one checkpoint per sequential post."""
+    clear("senders")
+    engine = senders_engine(
+        tmp_path,
+        registry,
+        "{type: senders, batches: 5, per_batch: 3}",
+        "{every_records: 1000000, every_seconds: 3600, min_interval: 0}",
+    )
+    result = engine.run()
+    source = engine.graph.sources[0].component
+    assert isinstance(source, Senders)
+    assert not source.gave_up, "a waiting sender got no checkpoint"
+    assert source.acks == [3, 6, 9, 12, 15]
+    assert result.checkpoints == 6  # one per post, and the run's last (which covers nothing)
+    assert collected("senders")["id"].to_list() == list(range(15))
+
+
+def test_without_waiting_senders_the_thresholds_apply(tmp_path: Path, registry: Registry) -> None:
+    clear("senders")
+    result = senders_engine(
+        tmp_path,
+        registry,
+        "{type: acking, count: 95, per_batch: 10}",
+        "{every_records: 1000000, every_seconds: 3600, min_interval: 0}",
+    ).run()
+    assert result.checkpoints == 1  # only the last
+
+
+def test_a_group_commit_takes_every_batch_already_read(tmp_path: Path, registry: Registry) -> None:
+    """Batches queued while the engine was busy share the next checkpoint."""
+    clear("senders")
+    engine = senders_engine(
+        tmp_path,
+        registry,
+        "{type: senders, batches: 4, per_batch: 2, queue_first: 3}",
+        "{every_records: 1000000, every_seconds: 3600, min_interval: 0}",
+        sink="holding",
+    )
+    HoldingSink.release = threading.Event()
+    runner = threading.Thread(target=engine.run)
+    runner.start()
+    source = engine.graph.sources[0].component
+    assert isinstance(source, Senders)
+    # The sink holds the first batch until the other two are queued behind it.
+    while not getattr(source, "queued", threading.Event()).wait(0.01):
+        pass
+    # `queued` is set by the read after the third batch, so the third is in the queue.
+    HoldingSink.release.set()
+    runner.join(30)
+    assert not runner.is_alive()
+    assert not source.gave_up
+    assert source.acks == [6, 8]  # the first three batches in one checkpoint, then the fourth
+    assert collected("senders")["id"].to_list() == list(range(8))
+
+
+def test_min_interval_spaces_group_commits(tmp_path: Path, registry: Registry) -> None:
+    """Senders that always wait get checkpoints no closer than ``min_interval`` (a lower
+    bound on time, which a slow machine only makes easier to meet)."""
+    clear("senders")
+    began: list[float] = []
+    engine = senders_engine(
+        tmp_path,
+        registry,
+        "{type: senders, batches: 6, per_batch: 1}",
+        "{every_records: 1000000, every_seconds: 3600, min_interval: 0.15}",
+    )
+    checkpoint = engine._checkpoint
+
+    def timed() -> None:
+        began.append(time.monotonic())
+        checkpoint()
+
+    engine._checkpoint = timed  # type: ignore[method-assign]
+    result = engine.run()
+    assert result.checkpoints == 7
+    gaps = [b - a for a, b in itertools.pairwise(began[:-1])]  # the last: the run's end
+    assert min(gaps) >= 0.15, gaps
+
+
+def test_queued_batches_of_one_source_are_merged_only_when_their_columns_match() -> None:
+    """What a group commit takes in one write: consecutive batches of one source with the
+    same schema; another source, other columns or a frame without columns stay apart."""
+    from tideflow.core.engine import _coalesce, _SourceItem
+    from tideflow.core.graph import Node
+
+    a = Node("a", "source", "x", Ticker(TickConfig()))
+    b = Node("b", "source", "x", Ticker(TickConfig()))
+
+    def item(node: Node, frame: pl.DataFrame, position: int, dead: int = 0) -> _SourceItem:
+        bad = pl.DataFrame({"record": ["?"] * dead, "reason": ["bad"] * dead}) if dead else None
+        return _SourceItem(node, batch=SourceBatch(frame, position, bad), received=position)
+
+    ints = pl.DataFrame({"id": [1, 2]})
+    floats = pl.DataFrame({"id": [1.5]})
+    items = [
+        item(a, ints, 1),
+        item(a, ints, 2, dead=1),
+        item(a, floats, 3),  # other dtype: not merged (no silent cast)
+        item(b, floats, 4),  # other source
+        item(b, pl.DataFrame(), 5),  # no columns
+        _SourceItem(b, ended=True),
+        item(b, floats, 6),
+    ]
+    merged = _coalesce(items)
+    shapes = [
+        (m.source.name, m.batch.size, m.batch.position) if m.batch else (m.source.name, "end")
+        for m in merged
+    ]
+    assert shapes == [("a", 5, 2), ("a", 1, 3), ("b", 1, 4), ("b", 0, 5), ("b", "end"), ("b", 1, 6)]
+    first = merged[0]
+    assert first.batch is not None and first.received == 1
+    assert first.batch.data["id"].to_list() == [1, 2, 1, 2]
+    assert first.batch.dead is not None and first.batch.dead.height == 1

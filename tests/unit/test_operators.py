@@ -140,8 +140,30 @@ def test_sql_step_groups_like_polars(engine: str, tmp_path: Path) -> None:
     got = result.outputs[MAIN_PORT]
     assert got["country"].to_list() == expected["country"].to_list()
     assert got["n"].cast(pl.Int64).to_list() == expected["n"].cast(pl.Int64).to_list()
-    assert result.filtered == ORDERS.height - expected.height
+    # Grouping absorbs every input row (aggregated, not filtered) and creates the group rows.
+    assert (result.filtered, result.consumed) == (0, ORDERS.height)
+    assert result.generated == expected.height
     step.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "merges"),
+    [
+        ("SELECT country, count(*) AS n FROM batch GROUP BY country", True),
+        ("SELECT round(avg(amount), 2) AS mean FROM batch", True),
+        ("SELECT DISTINCT country FROM batch", True),
+        ("SELECT id, sum(amount) OVER (PARTITION BY country) AS s FROM batch", False),
+        ("SELECT * FROM batch WHERE amount > (SELECT avg(amount) FROM batch)", False),
+        ("SELECT upper(country) AS c FROM batch WHERE amount > 10", False),
+    ],
+)
+def test_sql_step_counts_merged_rows_as_aggregated(query: str, merges: bool) -> None:
+    result = Sql(SqlConfig(query=query, engine="polars")).process(ORDERS)
+    out = result.outputs[MAIN_PORT].height
+    if merges:
+        assert (result.consumed, result.filtered, result.generated) == (ORDERS.height, 0, out)
+    else:
+        assert result.consumed == 0 and result.filtered == ORDERS.height - out
 
 
 def test_sql_errors_name_the_step() -> None:

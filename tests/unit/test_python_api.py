@@ -56,12 +56,3 @@ def test_unknown_names_are_attribute_errors() -> None:
         tf.Pipeline("x").negate_nothing  # noqa: B018
     with pytest.raises(AttributeError):
         tf.no_such_connector  # noqa: B018
-
-
-def test_every_source_and_sink_type_has_a_constructor() -> None:
-    for kind in ("source", "sink"):
-        for type_name in default_registry.items(kind):
-            if type_name in vars(tf):
-                continue  # a hand-written constructor (tf.file, tf.generate, ...) takes over
-            made = getattr(tf, type_name)(option=1)
-            assert made["type"] == type_name and made["option"] == 1

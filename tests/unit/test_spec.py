@@ -91,7 +91,7 @@ def test_json_schema_covers_every_registered_component() -> None:
 def test_describe_lists_fields_with_types_defaults_and_docs() -> None:
     reg = default_registry.get("step", "cast")
     text = describe_component(reg)
-    assert "strict: bool = True" in text
+    assert "strict: bool = true" in text
     assert "columns: dict[str, str] = required" in text
     assert "dead-letter" in text
 

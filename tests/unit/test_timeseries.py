@@ -323,6 +323,33 @@ def test_outlier_scores_cross_batches_and_match_plain_python(method: str) -> Non
     assert scored.filter(pl.col("v") == -30.0)["is_outlier"].to_list() == [True]
 
 
+@pytest.mark.parametrize("method", ["zscore", "mad", "iqr"])
+def test_a_history_without_spread_scores_other_values_infinite(method: str) -> None:
+    # Four equal values: no spread by any measure. The documented rule: an equal value scores
+    # 0 (not an outlier), a larger one +inf and a smaller one -inf (iqr: +inf, a distance),
+    # both outliers whatever the threshold.
+    # Two keys, so that the larger value does not join the history the smaller one meets.
+    batch = pl.DataFrame({"k": ["a"] * 6 + ["b"] * 5, "v": [5.0] * 5 + [9.0] + [5.0] * 4 + [1.0]})
+    cfg = OutliersConfig(column="v", keys=["k"], method=method, window=4, threshold=1e300)
+    scored = Outliers(cfg).process(batch).outputs[MAIN_PORT]
+    below = -math.inf if method != "iqr" else math.inf
+    none3 = [None, None, None]
+    assert scored["score"].to_list() == [*none3, 0.0, 0.0, math.inf, *none3, 0.0, below]
+    assert scored["is_outlier"].to_list() == [False] * 5 + [True] + [False] * 4 + [True]
+
+
+def test_zscore_uses_the_sample_and_normalize_the_population_deviation() -> None:
+    history = [1.0, 2.0, 3.0, 4.0]
+    # sample: sqrt(sum((h - 2.5)^2) / 3) = sqrt(5 / 3); population: sqrt(5 / 4)
+    scored = Outliers(OutliersConfig(column="v", window=4)).process(
+        pl.DataFrame({"v": [*history, 10.0]})
+    )
+    assert math.isclose(scored.outputs[MAIN_PORT]["score"][4], 7.5 / math.sqrt(5 / 3))
+    scaled = Normalize(NormalizeConfig(columns=["v"])).process(pl.DataFrame({"v": history}))
+    assert math.isclose(scaled.outputs[MAIN_PORT]["v"][3], 1.5 / math.sqrt(5 / 4))
+    assert scaled.outputs[MAIN_PORT]["v"][0] is None  # a first value has no spread: null
+
+
 def test_outliers_drop_and_route_account_for_every_record() -> None:
     batch = pl.DataFrame({"v": [1.0, 2.0, 1.0, 2.0, 90.0, 1.5]})
     dropped = Outliers(OutliersConfig(column="v", mode="drop")).process(batch)

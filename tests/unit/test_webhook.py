@@ -12,14 +12,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import polars as pl
 import pytest
 
 from tideflow.connectors.http.webhook import WebhookConfig, WebhookSource
-from tideflow.connectors.memory import clear, collected
+from tideflow.connectors.memory import MemorySink, clear, collected
 from tideflow.core.contracts import Context
 from tideflow.core.engine import Engine
 from tideflow.errors import StateError
+from tideflow.registry import Registry
 from tideflow.spec.loader import load_pipeline_text
+from tideflow.spec.models import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -216,3 +219,233 @@ sink: {type: memory, collector: hook-out}
     runner.join(timeout=30)
     assert result and result[0].stopped
     assert result[0].counts["webhook"]["report"] == {"posts accepted": 8, "posts refused": 0}
+
+
+# -- group commit, delivery ids, back-pressure -----------------------------------------------
+
+
+def start(text: str, tmp_path: Path, registry: Registry | None = None) -> tuple[Engine, Any]:
+    """Run the pipeline in a thread; returns the engine and a function that stops it and
+    returns its result."""
+    spec = load_pipeline_text(text, "p.yaml", registry=registry)
+    engine = Engine(spec, tmp_path, registry=registry)
+    result: list[Any] = []
+    runner = threading.Thread(target=lambda: result.append(engine.run()), daemon=True)
+    runner.start()
+    source = engine.graph.sources[0].component
+    while source._server is None:  # started by the engine's thread
+        assert runner.is_alive(), "the run ended before listening"
+        threading.Event().wait(0.01)
+
+    def stop() -> Any:
+        engine.stop()
+        runner.join(timeout=30)
+        assert result, "the run did not end"
+        return result[0]
+
+    return engine, stop
+
+
+def test_each_post_of_a_sequential_sender_gets_its_own_checkpoint(tmp_path: Path) -> None:
+    """Thresholds an hour away: a waiting sender is answered by a group commit (the client's
+    30 s timeout is only a safety bound), one checkpoint per post."""
+    clear("hook-seq")
+    engine, stop = start(
+        """
+name: hook-seq
+checkpoint: {every_records: 1000000, every_seconds: 3600}
+source: {type: webhook, port: 0}
+sink: {type: memory, collector: hook-seq}
+""",
+        tmp_path,
+    )
+    url = engine.graph.sources[0].component.url
+    for i in range(5):
+        assert post(url, orjson.dumps({"id": i}))[0] == 200
+        # answered only once visible
+        assert collected("hook-seq")["id"].to_list() == list(range(i + 1))
+    assert engine.checkpoints == 5
+    assert stop().checkpoints == 6
+
+
+def test_a_repeated_delivery_is_answered_without_taking_its_records_again(
+    tmp_path: Path,
+) -> None:
+    source = open_source(tmp_path, idempotency_header="X-Delivery")
+    pool = ThreadPoolExecutor(2)
+    try:
+        first = pool.submit(post, source.url, b'{"id": 1}', {"X-Delivery": "d-1"})
+        wait_pending(source, 1)
+        # The same delivery again while the first waits: it waits for the same checkpoint.
+        again = pool.submit(post, source.url, b'{"id": 1}', {"X-Delivery": "d-1"})
+        batch = source.read_batch()
+        assert batch is not None and batch.data["id"].to_list() == [1]
+        assert source.pending == 1
+        source.checkpointed(batch.position)
+        assert first.result(timeout=10) == (200, {"accepted": 1})
+        assert again.result(timeout=10) == (200, {"accepted": 0, "duplicate": True})
+        # Once durable, a repeat is answered at once and takes nothing.
+        assert post(source.url, b'{"id": 1}', {"X-Delivery": "d-1"})[0] == 200
+        assert source.pending == 0
+        empty = source.read_batch()
+        assert empty is not None and empty.data.height == 0
+        # Another id is another delivery.
+        other = pool.submit(post, source.url, b'{"id": 2}', {"X-Delivery": "d-2"})
+        wait_pending(source, 1)
+        batch = source.read_batch()
+        assert batch is not None and batch.data["id"].to_list() == [2]
+        source.checkpointed(batch.position)
+        assert other.result(timeout=10) == (200, {"accepted": 1})
+        assert source.report() == {
+            "posts accepted": 2,
+            "posts refused": 0,
+            "repeated deliveries": 2,
+        }
+    finally:
+        source.close()
+        pool.shutdown()
+
+
+def test_delivery_ids_count_only_once_a_checkpoint_covers_them(tmp_path: Path) -> None:
+    """An id whose post no checkpoint covered (a crash before it) is forgotten on restart:
+    the sender got no 200, and its repeat is taken."""
+    settings = {"idempotency_header": "X-Delivery"}
+    source = open_source(tmp_path, **settings)
+    pool = ThreadPoolExecutor(1)
+    try:
+        lost = pool.submit(post, source.url, b'{"id": 1}', {"X-Delivery": "d-1"})
+        wait_pending(source, 1)
+        assert source.read_batch() is not None  # handed on (id stored), never checkpointed
+    finally:
+        source.close()  # the run ends without a checkpoint
+    assert lost.result(timeout=10)[0] == 503
+    source = open_source(tmp_path, None, **settings)  # resumes from no checkpoint
+    try:
+        answer = pool.submit(post, source.url, b'{"id": 1}', {"X-Delivery": "d-1"})
+        wait_pending(source, 1)
+        batch = source.read_batch()
+        assert batch is not None and batch.data["id"].to_list() == [1]  # taken this time
+        source.checkpointed(batch.position)
+        assert answer.result(timeout=10) == (200, {"accepted": 1})
+        position = batch.position
+    finally:
+        source.close()
+    source = open_source(tmp_path, position, **settings)  # resumes from that checkpoint
+    try:
+        assert post(source.url, b'{"id": 1}', {"X-Delivery": "d-1"}) == (
+            200,
+            {"accepted": 0, "duplicate": True},
+        )
+        assert source.pending == 0
+    finally:
+        source.close()
+        pool.shutdown()
+
+
+def test_delivery_ids_are_forgotten_after_the_retention_window(tmp_path: Path) -> None:
+    source = open_source(tmp_path, idempotency_header="X-Delivery", idempotency_retention=0.05)
+    pool = ThreadPoolExecutor(1)
+    try:
+        for expected in (1, 1):  # the second time, the id has expired: taken again
+            answer = pool.submit(post, source.url, b'{"id": 1}', {"X-Delivery": "d-1"})
+            wait_pending(source, 1)
+            batch = source.read_batch()
+            assert batch is not None and batch.data.height == expected
+            source.checkpointed(batch.position)
+            assert answer.result(timeout=10)[0] == 200
+            threading.Event().wait(0.1)  # longer than the retention (a lower bound only)
+    finally:
+        source.close()
+        pool.shutdown()
+
+
+class SlowConfig(Settings):
+    """Settings of the slow test sink."""
+
+    collector: str
+    seconds: float
+
+
+class SlowSink(MemorySink):
+    """The memory sink, slowed down: every batch takes ``seconds`` to write."""
+
+    config_model = SlowConfig  # type: ignore[assignment]
+
+    def write_batch(self, batch: pl.DataFrame) -> None:
+        threading.Event().wait(self.config.seconds)
+        super().write_batch(batch)
+
+
+def test_a_pipeline_slower_than_its_senders_answers_429_not_a_long_wait(
+    tmp_path: Path,
+) -> None:
+    """Posts keep arriving while each batch takes 0.3 s to write: those that would wait
+    longer than `max_pending_seconds` are refused at once with 429 + Retry-After; senders
+    that come back are all taken in the end, exactly once, and nobody gets a 503."""
+    clear("hook-slow")
+    registry = Registry()
+    registry.load_plugins()
+    registry.register("sink", "slow")(SlowSink)
+    engine, stop = start(
+        """
+name: hook-slow
+source: {type: webhook, port: 0, max_pending_seconds: 0.1, retry_after: 3}
+sink: {type: slow, collector: hook-slow, seconds: 0.3}
+""",
+        tmp_path,
+        registry,
+    )
+    url = engine.graph.sources[0].component.url
+    statuses: list[tuple[int, str | None]] = []
+    lock = threading.Lock()
+
+    def sender(i: int) -> None:
+        threading.Event().wait(0.03 * i)  # arrivals spread over 0.6 s, whatever the answers
+        body = orjson.dumps([{"id": i, "part": j} for j in range(5)])
+        while True:
+            request = urllib.request.Request(url, data=body, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=60) as reply:
+                    status, retry = reply.status, None
+            except urllib.error.HTTPError as exc:
+                status, retry = exc.code, exc.headers["Retry-After"]
+            with lock:
+                statuses.append((status, retry))
+            if status != 429:
+                return
+            threading.Event().wait(0.1)  # a test need not wait the whole Retry-After
+
+    with ThreadPoolExecutor(20) as pool:
+        list(pool.map(sender, range(20)))
+    result = stop()
+    refused = [s for s in statuses if s[0] == 429]
+    assert {s for s, _ in statuses} <= {200, 429}, statuses
+    assert refused, "no post was refused: back-pressure did not act"
+    assert all(retry == "3" for _, retry in refused)
+    assert len(statuses) - len(refused) == 20
+    got = collected("hook-slow").sort("id", "part")
+    assert got["id"].to_list() == [i for i in range(20) for _ in range(5)]
+    assert result.counts["webhook"]["report"] == {
+        "posts accepted": 20,
+        "posts refused": len(refused),
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [(b'{"id": 1,', "application/json"), (b'{"id": 1}\n{"id": ', "application/json")],
+)
+def test_a_malformed_json_body_is_reported_as_json(body: bytes, content_type: str) -> None:
+    from tideflow.connectors.http.webhook import _Rejected, parse_records
+
+    with pytest.raises(_Rejected) as caught:
+        parse_records(body, content_type, "auto")
+    message = str(caught.value)
+    assert "not valid JSON" in message and "NDJSON" not in message
+
+
+def test_ndjson_sent_as_application_json_is_still_read() -> None:
+    from tideflow.connectors.http.webhook import parse_records
+
+    items, long = parse_records(b'{"id": 1}\n{"id": 2}\n', "application/json", "auto")
+    assert items == [{"id": 1}, {"id": 2}] and long == []

@@ -5,8 +5,8 @@ keys) with manual acknowledgements. Nothing is acknowledged until ``checkpointed
 sends one ``basic.ack`` with ``multiple=True`` up to the last delivery tag the checkpoint
 covers. Unacknowledged messages go back to the queue when the connection closes, so a crash
 before the checkpoint redelivers exactly them (flagged ``redelivered``). ``prefetch`` bounds
-the unacknowledged messages, so keep it above ``checkpoint.every_records`` or the stream
-waits for the time-based checkpoint.
+the unacknowledged messages, so it bounds the messages per checkpoint: while messages wait,
+the engine checkpoints as soon as ``checkpoint.min_interval`` allows (group commit).
 
 pika's BlockingConnection may only be used from one thread: the source's thread drives it in
 ``read_batch`` and the engine's ``checkpointed()`` hands the ack over with
@@ -135,7 +135,9 @@ class AmqpSourceConfig(AmqpConnection, BatchingSettings):
         ge=1,
         le=65_535,
         description="Most unacknowledged messages the broker sends (basic.qos). Messages "
-        "are acknowledged at checkpoints, so keep it above `checkpoint.every_records`.",
+        "are acknowledged at checkpoints, so at most this many pass per checkpoint (a group "
+        "commit follows each within `checkpoint.min_interval`; without group commit keep it "
+        "above `checkpoint.every_records`).",
     )
     format: PayloadFormat = Field(
         "json",
@@ -210,6 +212,7 @@ class AmqpSource(Source):
     """Consume a RabbitMQ queue; messages are acknowledged after the checkpoint."""
 
     config_model = AmqpSourceConfig
+    replays_without_state = False  # the queue keeps what was not acknowledged
     config: AmqpSourceConfig
 
     def __init__(self, config: AmqpSourceConfig) -> None:
@@ -246,7 +249,8 @@ class AmqpSource(Source):
         self._inbox.append((method.delivery_tag, method.routing_key, body))
 
     def read_batch(self) -> SourceBatch | None:
-        """Messages received within ``max_wait`` (at most ``batch_size``)."""
+        """The messages waiting on the connection (at most ``batch_size``), as soon as it
+        goes quiet; an empty batch when none came within ``max_wait``."""
         link = self._link
         assert link is not None
         deadline = time.monotonic() + self.config.max_wait
@@ -255,11 +259,17 @@ class AmqpSource(Source):
             # Always once: it also runs the acks `checkpointed` queued, even when messages
             # already waiting would fill the batch.
             link.connection.process_data_events(time_limit=0)
+            had = -1
             while len(self._inbox) < self.config.batch_size:
+                have = len(self._inbox)
+                if have and have == had:
+                    return  # the last call brought nothing new: hand on what is here
                 left = deadline - time.monotonic()
                 if left <= 0 or link.ctx.stop_event.is_set():
                     return
-                link.connection.process_data_events(time_limit=min(left, 0.05))
+                # An ack queued by `checkpointed` wakes this wait (add_callback_threadsafe).
+                link.connection.process_data_events(time_limit=0 if have else min(left, 0.05))
+                had = have
 
         link.call(pump, f"consume {self.config.queue!r}", lambda: link.connect(self._setup))
         taken = self._inbox[: self.config.batch_size]
@@ -276,9 +286,18 @@ class AmqpSource(Source):
         if self.config.routing_key_column:
             extra = {self.config.routing_key_column: [key for _, key, _ in taken]}
         frame, dead = decode_payloads(
-            [body for _, _, body in taken], self.config.format, self.config.payload_column, extra
+            [body for _, _, body in taken],
+            self.config.format,
+            self.config.payload_column,
+            extra,
+            self.config.max_record_bytes,
+            [f"amqp queue {self.config.queue} delivery {tag}" for tag, _, _ in taken],
         )
         return SourceBatch(frame, self._ledger.sequence, dead)
+
+    def awaiting_ack(self) -> bool:
+        """Messages handed on wait for their ``basic.ack``."""
+        return self._ledger.waiting()
 
     def checkpointed(self, position: Any) -> None:
         """Acknowledge (multiple=True) up to the last delivery tag ``position`` covers; sent

@@ -8,10 +8,18 @@ would make visible.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Annotated, Any
 
 import polars as pl
-from pydantic import Field
+from pydantic import (
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.registry import component
@@ -34,10 +42,39 @@ def clear(collector: str) -> None:
         _collected.pop(collector, None)
 
 
+_RECORDS = TypeAdapter(list[dict[str, Any]])
+
+
+def _records_or_frame(value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+    # A frame is kept as it is (no copy, its types kept); anything else must be records, and
+    # its errors read as they always did (not as the two branches of a union).
+    if isinstance(value, pl.DataFrame):
+        return value
+    return _RECORDS.validate_python(value)
+
+
+def _frame_as_records(value: Any) -> Any:
+    return value.to_dicts() if isinstance(value, pl.DataFrame) else value
+
+
+Records = Annotated[
+    list[dict[str, Any]] | SkipJsonSchema[pl.DataFrame],
+    WrapValidator(_records_or_frame),
+    # Written out (to_yaml, spec copies) as the records a frame holds: YAML has no frames.
+    PlainSerializer(_frame_as_records, when_used="json"),
+]
+"""Inline records: a list of mappings or, from Python, a Polars DataFrame."""
+
+
 class MemorySourceConfig(Settings):
     """Settings of the ``memory`` source."""
 
-    records: list[dict[str, Any]] = Field(description="The records, inline.")
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    records: Records = Field(
+        description="The records, inline; from Python also a Polars DataFrame "
+        "(`tf.records(df)` takes pandas and Arrow too)."
+    )
     batch_size: int = Field(10_000, ge=1, description="Records per batch.")
 
 
@@ -50,23 +87,44 @@ class MemorySource(Source):
     def __init__(self, config: MemorySourceConfig) -> None:
         super().__init__(config)
         self.offset = 0
-        self.frame = (
-            pl.from_dicts(config.records, infer_schema_length=None)
-            if config.records
-            else pl.DataFrame()
-        )
+        self._start = 0
+        self.rejected: pl.DataFrame | None = None
+        """Dead letters (``record``, ``reason``) to hand over with the first batch: records a
+        dead-letter replay found still unreadable, counted by the engine like a source's."""
+        records = config.records
+        if isinstance(records, pl.DataFrame):
+            self.frame = records
+        else:
+            self.frame = (
+                pl.from_dicts(records, infer_schema_length=None) if records else pl.DataFrame()
+            )
 
     def open(self, ctx: Context, position: Any) -> None:
         """Resume after ``position`` records."""
         self.offset = int(position or 0)
+        self._start = self.offset
+
+    def notices(self) -> list[str]:
+        """Why a run read nothing: earlier runs read every record already."""
+        if self.frame.height and self._start >= self.frame.height:
+            return [
+                f"all {self.frame.height:,} records were read by earlier runs (`tideflow "
+                "state reset` reads them again)"
+            ]
+        return []
+
+    def expected_records(self) -> int | None:
+        """The records not read by earlier runs."""
+        return max(self.frame.height - self._start, 0)
 
     def read_batch(self) -> SourceBatch | None:
-        """The next slice of records."""
-        if self.offset >= self.frame.height:
+        """The next slice of records (the first one with the ``rejected`` letters)."""
+        rejected, self.rejected = self.rejected, None
+        if self.offset >= self.frame.height and rejected is None:
             return None
         batch = self.frame.slice(self.offset, self.config.batch_size)
         self.offset += batch.height
-        return SourceBatch(batch, self.offset)
+        return SourceBatch(batch, self.offset, rejected)
 
 
 class MemorySinkConfig(Settings):

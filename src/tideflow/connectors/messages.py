@@ -8,6 +8,12 @@
   the number of the last one in a batch is the batch's position. :class:`AckLedger` keeps
   the broker's handle of every delivered message until ``checkpointed(position)`` says
   everything up to that number is durable, and only then hands the handles back for acking.
+  While it holds any, the source answers ``awaiting_ack()``, and the engine checkpoints as
+  soon as ``checkpoint.min_interval`` allows: a message is acknowledged about one checkpoint
+  after it arrived, not at the record or time thresholds.
+- **Batches are handed on when the connection goes quiet**, not when ``max_wait`` runs out:
+  a lone message would otherwise wait ``max_wait`` before its checkpoint could even start.
+  Under load the messages that arrive while the engine is busy make the next batch.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import orjson
 import polars as pl
 from pydantic import Field
 
-from tideflow.core.contracts import raw_dead_letters
+from tideflow.core.contracts import MAX_RECORD_BYTES, long_record_letter, raw_dead_letters
 from tideflow.errors import ConfigError
 from tideflow.spec.models import Settings
 
@@ -33,13 +39,22 @@ class BatchingSettings(Settings):
     """How a message source fills batches and when it ends, shared by the broker sources."""
 
     max_wait: float = Field(
-        0.5, gt=0, description="Longest wait (s) to fill a batch before handing it on."
+        0.5,
+        gt=0,
+        description="Longest wait (s) for a message before handing on an empty batch; a "
+        "batch is handed on as soon as no more messages are waiting on the connection.",
     )
     stop_after_idle: float | None = Field(
         None,
         gt=0,
         description="End the source after this many seconds without a message (drain what "
         "is waiting as a batch job). Unset: run until stopped.",
+    )
+    max_record_bytes: int = Field(
+        MAX_RECORD_BYTES,
+        ge=1024,
+        description="Longest message payload decoded; a longer one is dead-lettered with "
+        "its origin and size (and acknowledged with its batch) instead of being parsed.",
     )
 
 
@@ -63,11 +78,15 @@ def decode_payloads(
     fmt: PayloadFormat,
     payload_column: str,
     extra: dict[str, Sequence[Any]] | None = None,
+    max_bytes: int | None = None,
+    origins: Sequence[str] | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
     """Turn message payloads into a frame, plus dead letters for those that do not decode.
 
     ``extra`` holds per-message metadata columns (topic, stream id, routing key), aligned
-    with ``payloads``; they are kept for the messages that decode.
+    with ``payloads``; they are kept for the messages that decode. A payload longer than
+    ``max_bytes`` is not decoded: its dead letter names its origin (``origins``, aligned with
+    ``payloads``) and size.
     """
     extra = extra or {}
     good: list[int] = []
@@ -76,7 +95,14 @@ def decode_payloads(
     bad_reasons: list[str] = []
     # The client libraries hand over one message at a time; decoding each with orjson (C)
     # is what lets a bad message be dead-lettered alone instead of failing its batch.
+    longest = max(map(len, payloads), default=0) if max_bytes is not None else 0
     for i, payload in enumerate(payloads):
+        if max_bytes is not None and longest > max_bytes and len(payload) > max_bytes:
+            origin = origins[i] if origins is not None else f"message {i + 1} of its batch"
+            record, reason = long_record_letter(origin, len(payload), payload[:256], max_bytes)
+            bad_records.append(record)
+            bad_reasons.append(reason)
+            continue
         try:
             if fmt == "json":
                 value = orjson.loads(payload)
@@ -177,6 +203,12 @@ class AckLedger(Generic[H]):
                 if generation == self._generation:
                     out.append(handle)
         return out
+
+    def waiting(self) -> bool:
+        """Whether some delivered message waits for a checkpoint to be acknowledged (the
+        broker holds it unacknowledged meanwhile)."""
+        with self._lock:
+            return bool(self._pending)
 
     def __len__(self) -> int:
         with self._lock:

@@ -69,9 +69,9 @@ class MqttConnection(Settings):
         "5",
         description="MQTT version. With 5 the client tells the broker how many unacknowledged "
         "messages it may hold (`receive_maximum`); with 3.1.1 the broker's own limit applies "
-        "(Mosquitto's `max_inflight_messages`, 20 by default), and since the source "
-        "acknowledges only at checkpoints, a QoS 1 stream then stalls between checkpoints "
-        "after that many messages.",
+        "(Mosquitto's `max_inflight_messages`, 20 by default). The source acknowledges at "
+        "checkpoints, so at most that many messages pass per checkpoint (with "
+        "`checkpoint.min_interval` unset, a QoS 1 stream then stalls until the next one).",
     )
     session_expiry: int = Field(
         86_400,
@@ -128,8 +128,9 @@ class MqttSourceConfig(MqttConnection, BatchingSettings):
         ge=1,
         le=65_535,
         description="MQTT 5: most unacknowledged QoS 1/2 messages the broker may send before "
-        "the next checkpoint acknowledges them. Keep it above `checkpoint.every_records`, "
-        "or the stream waits for the time-based checkpoint.",
+        "the next checkpoint acknowledges them: at most this many pass per checkpoint (a "
+        "group commit follows each within `checkpoint.min_interval`; without group commit "
+        "keep it above `checkpoint.every_records`).",
     )
 
     @model_validator(mode="after")
@@ -324,6 +325,7 @@ class MqttSource(Source):
     """Subscribe to MQTT topics; QoS 1 messages are acknowledged after the checkpoint."""
 
     config_model = MqttSourceConfig
+    replays_without_state = False  # the broker keeps what was not acknowledged
     config: MqttSourceConfig
 
     def __init__(self, config: MqttSourceConfig) -> None:
@@ -399,7 +401,8 @@ class MqttSource(Source):
         return self._client.generation if self._client is not None else 0
 
     def read_batch(self) -> SourceBatch | None:
-        """Messages received within ``max_wait`` (at most ``batch_size``)."""
+        """The messages waiting on the connection (at most ``batch_size``), as soon as it
+        goes quiet; an empty batch when none came within ``max_wait``."""
         assert self._client is not None
         deadline = time.monotonic() + self.config.max_wait
         had = -1
@@ -407,14 +410,16 @@ class MqttSource(Source):
             self._send_acks()
             with self._lock:
                 have = len(self._inbox)
-            if have >= self.config.batch_size:
-                break
+            if have >= self.config.batch_size or (have and have == had):
+                break  # full, or the last loop brought nothing new: hand on what is here
             now = time.monotonic()
             if now >= deadline or self._client.ctx.stop_event.is_set():
                 break
             # paho reads one packet per loop: while messages keep coming, loop without
-            # waiting; wait (up to 50 ms) only when the socket was idle.
-            self._client.pump(0 if have > had else min(0.05, deadline - now))
+            # waiting. An idle socket is waited on for up to 50 ms, 5 ms while a checkpoint
+            # is due, so that its acknowledgements go out soon after it.
+            quiet = 0.005 if self._ledger.waiting() else 0.05
+            self._client.pump(0 if have > had else min(quiet, deadline - now))
             had = have
         with self._lock:
             taken = self._inbox[: self.config.batch_size]
@@ -433,10 +438,20 @@ class MqttSource(Source):
         extra: dict[str, Sequence[Any]] | None = None
         if self.config.topic_column:
             extra = {self.config.topic_column: [t for t, *_ in taken]}
+        first = self._ledger.sequence - len(taken) + 1
         frame, dead = decode_payloads(
-            [p for _, p, *_ in taken], self.config.format, self.config.payload_column, extra
+            [p for _, p, *_ in taken],
+            self.config.format,
+            self.config.payload_column,
+            extra,
+            self.config.max_record_bytes,
+            [f"mqtt topic {t} message {first + i}" for i, (t, *_) in enumerate(taken)],
         )
         return SourceBatch(frame, self._ledger.sequence, dead)
+
+    def awaiting_ack(self) -> bool:
+        """QoS 1/2 messages handed on wait for their PUBACK/PUBCOMP."""
+        return self.config.qos > 0 and self._ledger.waiting()
 
     def checkpointed(self, position: Any) -> None:
         """Queue the PUBACK/PUBCOMP of every message up to ``position``; the source thread

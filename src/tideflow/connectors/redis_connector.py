@@ -28,7 +28,16 @@ import polars as pl
 from pydantic import Field
 
 from tideflow.connectors.messages import AckLedger, decode_payloads
-from tideflow.core.contracts import Context, Sink, Source, SourceBatch, dead_letters
+from tideflow.core.contracts import (
+    MAX_RECORD_BYTES,
+    Context,
+    Sink,
+    Source,
+    SourceBatch,
+    dead_letters,
+    long_record_letter,
+    raw_dead_letters,
+)
 from tideflow.core.retry import RetryPolicy, with_retries
 from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
 from tideflow.registry import component
@@ -239,6 +248,12 @@ class RedisStreamsSourceConfig(RedisConnection):
     payload_field: str = Field("payload", description="Field decoded by json/text/bytes.")
     id_column: str | None = Field("id", description="Column with the entry id; null to omit.")
     batch_size: int = Field(1000, ge=1, description="Most entries per XREADGROUP.")
+    max_record_bytes: int = Field(
+        MAX_RECORD_BYTES,
+        ge=1024,
+        description="Longest entry decoded (its payload field, or all fields for `fields`); "
+        "a longer one is dead-lettered with its id and size instead of being parsed.",
+    )
     max_wait: float = Field(
         0.5, gt=0, description="Longest block (s) waiting for new entries before handing on."
     )
@@ -255,6 +270,7 @@ class RedisStreamsSource(Source):
     """Read a Redis stream with a consumer group; XACK only after the checkpoint."""
 
     config_model = RedisStreamsSourceConfig
+    replays_without_state = False  # the group keeps what was not acknowledged
     config: RedisStreamsSourceConfig
 
     def __init__(self, config: RedisStreamsSourceConfig) -> None:
@@ -339,6 +355,9 @@ class RedisStreamsSource(Source):
         ids = [eid.decode() for eid, _ in entries]
         extra: dict[str, Sequence[Any]] = {cfg.id_column: ids} if cfg.id_column else {}
         if cfg.format == "fields":
+            sizes = [sum(len(k) + len(v) for k, v in (f or {}).items()) for _, f in entries]
+            if max(sizes, default=0) > cfg.max_record_bytes:
+                return self._decode_fields_bounded(entries, ids, sizes)
             rows = [
                 {k.decode(): v.decode("utf-8", errors="replace") for k, v in (f or {}).items()}
                 for _, f in entries
@@ -349,7 +368,39 @@ class RedisStreamsSource(Source):
             return frame, None
         key = cfg.payload_field.encode()
         payloads = [(f or {}).get(key, b"") for _, f in entries]
-        return decode_payloads(payloads, cfg.format, cfg.payload_field, extra)
+        origins = [f"redis stream {cfg.stream} entry {i}" for i in ids]
+        return decode_payloads(
+            payloads, cfg.format, cfg.payload_field, extra, cfg.max_record_bytes, origins
+        )
+
+    def _decode_fields_bounded(
+        self,
+        entries: list[tuple[bytes, dict[bytes, bytes] | None]],
+        ids: list[str],
+        sizes: list[int],
+    ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+        """``fields`` entries when some are longer than ``max_record_bytes``: those are
+        dead-lettered with their id and size, the others decoded."""
+        cfg = self.config
+        limit = cfg.max_record_bytes
+        keep = [i for i, size in enumerate(sizes) if size <= limit]
+        letters = [
+            long_record_letter(
+                f"redis stream {cfg.stream} entry {ids[i]}",
+                sizes[i],
+                b" ".join(k + b"=" + v[:64] for k, v in (entries[i][1] or {}).items()),
+                limit,
+            )
+            for i in range(len(entries))
+            if sizes[i] > limit
+        ]
+        frame, _ = self._decode([entries[i] for i in keep])
+        dead = raw_dead_letters([r for r, _ in letters], [why for _, why in letters])
+        return frame, dead
+
+    def awaiting_ack(self) -> bool:
+        """Entries handed on wait in the consumer's pending list for their XACK."""
+        return self._ledger.waiting()
 
     def checkpointed(self, position: Any) -> None:
         """XACK every entry up to ``position``: the checkpoint covering them is durable."""

@@ -8,9 +8,13 @@ TLS and SASL) and always talks to Kafka.
 
 Delivery: sources commit group offsets only after the checkpoint that covers them, and start
 from the checkpoint when it is ahead of the group, so output written through a two-phase sink
-(files, a transactional SQL table) holds every message exactly once across crashes. The
-``topic`` sink on the embedded log is transactional (messages become visible at the
-checkpoint); on Kafka it is idempotent and at-least-once across a crash.
+(files, a transactional SQL table) holds every message exactly once across crashes. On Kafka
+they read with ``isolation.level=read_committed`` by default. The ``topic`` sink on the
+embedded log is transactional (messages become visible at the checkpoint); on Kafka it is
+exactly-once by default (``exactly_once``): each checkpoint's messages are stored in the
+checkpoint and then produced in one Kafka transaction, with the consumed offsets of a Kafka
+source on the same cluster (``topics/exactly_once.py``); ``exactly_once: false`` gives an
+idempotent producer that is at-least-once across a crash.
 """
 
 from __future__ import annotations
@@ -18,24 +22,28 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from tideflow.core.contracts import (
+    MAX_RECORD_BYTES,
     Context,
+    ExistingOutput,
     PartitionHandover,
     Sink,
     Source,
     SourceBatch,
     empty_dead_letters,
+    long_record_letter,
+    raw_dead_letters,
 )
-from tideflow.errors import ConfigError
+from tideflow.errors import ConfigError, PartitioningError, PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
-from tideflow.spec.models import Settings
+from tideflow.spec.models import FieldIssue, Settings
 from tideflow.topics.backends import (
     Consumer,
     EmbeddedConsumer,
@@ -51,13 +59,29 @@ from tideflow.topics.codec import (
     RawMessages,
     decode_values,
     encode_values,
+    split_tp,
     tp,
 )
-from tideflow.topics.embedded import open_log
+from tideflow.topics.coverage import Coverage, goals_at_start
+from tideflow.topics.embedded import EmbeddedLog, open_log
+from tideflow.topics.exactly_once import ExactlyOnceProducer
+from tideflow.topics.kafka_txn import TransactionOffsets
 from tideflow.topics.membership import EmbeddedGroupMember
-from tideflow.topics.partitioner import partitions_of
+from tideflow.topics.names import check_topic_name
+from tideflow.topics.outbox import fresh_spill_folder
+from tideflow.topics.partitioner import (
+    PARTITIONERS,
+    Partitioner,
+    keyed_partitions,
+    partitions_of,
+)
 
 log = logging.getLogger("tideflow.topics")
+
+GROUP_CHECK_EVERY = 1.0
+"""Seconds between asking the group's committed offsets while a bounded read waits."""
+WAIT_WARN_EVERY = 30.0
+"""Seconds between warnings naming the partitions a bounded read waits for."""
 
 METADATA = {
     "topic": "_topic",
@@ -92,8 +116,47 @@ def kafka_bootstrap(configured: str | None, kind: str) -> str:
     """The bootstrap servers of a ``kafka`` source or sink: its own, else ``KAFKA_BROKER``."""
     bootstrap = configured or default_bootstrap()
     if not bootstrap:
-        raise ConfigError(f"kafka {kind}: set `bootstrap` or the KAFKA_BROKER variable")
+        raise ConfigError(f"kafka {kind}: set `broker` or the KAFKA_BROKER variable")
     return bootstrap.removeprefix("kafka://")
+
+
+def _kafka_address(broker: str | None, bootstrap: str | None) -> str | None:
+    """Check a ``kafka`` connector's address settings: ``broker`` (``kafka://host:port`` or
+    ``host:port``, several comma-separated), the deprecated ``bootstrap`` alias, else
+    ``KAFKA_BROKER``; a connector with none of them cannot run."""
+    if (
+        broker is not None
+        and bootstrap is not None
+        and broker.removeprefix("kafka://") != bootstrap.removeprefix("kafka://")
+    ):
+        raise FieldIssue(
+            ("bootstrap",), "`bootstrap` is a deprecated name of `broker`: give only `broker`"
+        )
+    address = broker if broker is not None else bootstrap
+    if address == "embedded":
+        raise FieldIssue(
+            ("broker",),
+            "a `kafka` connector needs a Kafka broker; use type `topic` for the embedded log",
+        )
+    if not address and not default_bootstrap():
+        raise FieldIssue(
+            ("broker",),
+            "no Kafka broker: set `broker: kafka://host:port` or the KAFKA_BROKER variable",
+        )
+    return address
+
+
+class PartitionedBy(Settings):
+    """How a topic's records were put in partitions: by the text of one column as the
+    message key, hashed by a named partitioner."""
+
+    column: str = Field(description="The column whose value (as text) is each message's key.")
+    partitioner: Partitioner = Field(
+        "murmur2",
+        description="`murmur2`: Kafka's Java clients and tideflow's `topic` sink; `crc32`: "
+        "librdkafka's default (`consistent_random`) and clients built on it, for keyed "
+        "messages.",
+    )
 
 
 class TopicSourceConfig(Settings):
@@ -117,16 +180,62 @@ class TopicSourceConfig(Settings):
         "`_timestamp`, `_key`, `_headers` columns.",
     )
     batch_size: int = Field(10_000, ge=1, description="Most messages per batch.")
+    max_record_bytes: int = Field(
+        MAX_RECORD_BYTES,
+        ge=1024,
+        description="Longest message value decoded; a longer one is dead-lettered with its "
+        "topic, partition, offset and size instead of being parsed.",
+    )
     poll_timeout: float = Field(0.5, gt=0, description="Longest wait for messages (s).")
     stop_at_end: bool = Field(
         False,
-        description="End when no message arrives for `idle_seconds` (a bounded run over "
-        "what the topic holds); by default the source keeps waiting.",
+        description="A bounded run over what the topics hold: end once every partition is "
+        "read to the end offset it had when the run started (by this member, or committed by "
+        "another member of the group) and no message arrived for `idle_seconds`; by default "
+        "the source keeps waiting.",
     )
     idle_seconds: float = Field(2.0, gt=0, description="With stop_at_end: quiet time to end.")
+    end_offsets: dict[str, int] | None = Field(
+        None,
+        description="End once every listed partition (`topic:partition` -> next offset, e.g. "
+        "from `tideflow topics describe`) has been read up to that offset, or has nothing "
+        "more to read (Kafka: only transaction markers left); messages at or after it are "
+        "left for the next run. A bounded run whose end is decided by the data, not by "
+        "`idle_seconds` of quiet; implies `stop_at_end`. Partitions another member of the "
+        "group owns count as read once the group committed them up to their offset.",
+    )
+    max_wait: float | None = Field(
+        None,
+        gt=0,
+        description="Bounded runs: the longest the run waits (seconds from its start) for "
+        "every partition of its topics to be read to the end offsets seen at the start (or "
+        "`end_offsets`), by this member or another of the group; past it the run ends with "
+        "exit code 3 and names the unread partitions. Null: as long as it takes (a warning "
+        "names them every 30 s).",
+    )
+    partitioned_by: PartitionedBy | None = Field(
+        None,
+        description="Declare that the topic is partitioned by a column, so group workers "
+        "(`--workers`) may keep state per that column (an `aggregate`, `window`, `dedupe`, "
+        "... whose keys include it): every record is checked against it, and the run stops "
+        "at the first record in another partition than the declaration puts it.",
+    )
+    isolation: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed",
+        description="Kafka: `read_committed` reads only messages of committed transactions "
+        "(what exactly-once producers, tideflow's included, commit); `read_uncommitted` "
+        "also those of open and aborted ones. The embedded log always reads committed.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="librdkafka settings for Kafka (TLS, SASL, ...)."
     )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_names(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            check_topic_name(name)
+        return value
 
 
 class TopicSinkConfig(Settings):
@@ -148,9 +257,34 @@ class TopicSinkConfig(Settings):
     compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
         "none", description="Kafka compression codec."
     )
+    exactly_once: bool = Field(
+        True,
+        description="Kafka: each checkpoint's messages are stored in the checkpoint, then "
+        "produced in one transaction (with the consumed offsets of a Kafka source on the "
+        "same cluster), so `read_committed` readers see each record once across crashes; "
+        "each message gets a `tideflow.id` header. false: an idempotent producer, "
+        "at-least-once across a crash. The embedded log is always exactly-once.",
+    )
+    transactional_id: str | None = Field(
+        None,
+        description="Kafka transactional id of the exactly-once producer; default "
+        "`tideflow-<state store id>-<pipeline>-<sink>-<scope>`. A second process with the "
+        "same id fences the first.",
+    )
+    buffer_bytes: int = Field(
+        64 << 20,
+        ge=1 << 20,
+        description="Exactly-once on Kafka: bytes of a checkpoint interval's messages held "
+        "in memory; beyond it they are spilled to files beside the state store.",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict, description="librdkafka settings for Kafka (TLS, SASL, ...)."
     )
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_name(cls, value: str) -> str:
+        return check_topic_name(value)
 
 
 @component("source", "topic")
@@ -160,10 +294,11 @@ class TopicSource(Source):
     config_model = TopicSourceConfig
     config: TopicSourceConfig
     partitioned = True
+    replays_without_state = False  # the group's committed offsets say where to go on
 
     def __init__(self, config: TopicSourceConfig) -> None:
         super().__init__(config)
-        self.bounded = config.stop_at_end
+        self.bounded = config.stop_at_end or config.end_offsets is not None
         self.consumer: Consumer | None = None
         self._next: dict[str, int] = {}
         self._idle = 0.0
@@ -171,6 +306,20 @@ class TopicSource(Source):
         self._ready: deque[SourceBatch] = deque()
         self._metrics: dict[str, float] = {}
         self._last_stamp: float | None = None
+        self._partition_lag: dict[str, int] = {}
+        self._behind: dict[str, int] | None = None
+        self._ended = False
+        self._past_end: set[str] = set()
+        self._kafka: str | None = None
+        self._log: EmbeddedLog | None = None
+        self._coverage: Coverage | None = None
+        self._opened_at = 0.0
+        self._group_checked = 0.0
+        self._warned_at = 0.0
+        self._acked: Offsets = {}
+        self._asked: Offsets | None = None
+        self._incomplete: str | None = None
+        self._counts: Counter[str] = Counter()
 
     @property
     def topics(self) -> list[str]:
@@ -187,7 +336,7 @@ class TopicSource(Source):
         if ctx.partitions is not None:
             self._handover = _Handover(self, ctx.partitions, ctx.name)
         if bootstrap is None:
-            log = open_log(log_path(ctx))
+            log = self._log = open_log(log_path(ctx))
             for topic in self.topics:
                 log.create_topic(topic)
             if self._handover is not None:
@@ -202,15 +351,53 @@ class TopicSource(Source):
                 self._subscription(),
                 self.config.group,
                 self.config.start,
-                self.config.options,
+                {"isolation.level": self.config.isolation, **self.config.options},
                 self._handover,
             )
+            self.consumer.headers = "headers" in self.config.metadata
+            self.consumer.waits_for_topics = not self.bounded
+            self._kafka = bootstrap
         self._next = dict(position or {})
         self._metrics = ctx.metrics
+        if self.bounded:
+            # The ends before joining the group: a bounded read of a topic that does not
+            # exist fails here, not after joining (a member leaving while its group
+            # rebalances can hold the group up), and the coordinator is not asked anything
+            # before the first poll (such a request waits behind the member's JoinGroup).
+            ends = self.consumer.partition_ends()
+            self._check_topics_exist(ends)
+            self._coverage = Coverage(goals_at_start(ends, self.config.end_offsets))
         self.consumer.start(self._next)
+        self._opened_at = time.monotonic()
+
+    def _check_topics_exist(self, ends: dict[str, tuple[int, int]]) -> None:
+        """A bounded read of a named Kafka topic that does not exist fails at once."""
+        if self._kafka is None:
+            return
+        present = {split_tp(key)[0] for key in ends}
+        missing = [t for t in self._subscription() if not t.startswith("^") and t not in present]
+        if missing:
+            raise PipelineError(
+                f"kafka source: topic(s) {', '.join(map(repr, missing))} do not exist on "
+                f"{self._kafka} (UNKNOWN_TOPIC_OR_PART): a bounded read (stop_at_end, "
+                "end_offsets) reads what its topics hold when it starts; check the name, or "
+                "create the topic first"
+            )
 
     def _subscription(self) -> list[str]:
         return self.topics
+
+    def origin(self) -> tuple[str, str] | None:
+        """The embedded log file's id, or the Kafka cluster's (None when the broker does
+        not say which cluster it is)."""
+        if self._log is not None:
+            log_id = self._log.identity()
+            return f"embedded:{log_id}", f"the embedded log {self._log.path} (id {log_id[:8]})"
+        assert isinstance(self.consumer, KafkaConsumer)
+        cluster = self.consumer.cluster_id()
+        if cluster is None:
+            return None
+        return f"kafka:{cluster}", f"the Kafka cluster {cluster} (at {self._kafka})"
 
     def read_batch(self) -> SourceBatch | None:
         """The next messages, decoded; undecodable ones are dead-lettered with their origin.
@@ -219,28 +406,164 @@ class TopicSource(Source):
         assert self.consumer is not None
         if self._ready:
             return self._ready.popleft()
+        if self._ended:
+            return None
         raw = self.consumer.poll(self.config.batch_size, self.config.poll_timeout)
         self._report_lag(raw)
+        if self.config.end_offsets is not None:
+            raw = self._before_end(raw)
         if not len(raw):
-            # Waiting for partitions (standby, a group joining) is not the end of the data.
-            if self.bounded and self.consumer.active:
-                self._idle += self.config.poll_timeout
-                if self._idle >= self.config.idle_seconds:
-                    return None
+            if self._coverage is not None:
+                return self._quiet_bounded(self._coverage)
             return SourceBatch(pl.DataFrame(), {} if self._handover else dict(self._next))
         self._idle = 0.0
         if self._handover is not None:
             for (topic, part), messages in raw.by_partition().items():
                 key = tp(topic, part)
-                batch = self._decode(messages, {key: messages.offsets[-1] + 1})
+                self._next[key] = messages.offsets[-1] + 1
+                batch = self._decode(messages, {key: self._next[key]})
                 batch.partition = key
                 self._ready.append(batch)
             return self._ready.popleft()
         for topic, part, offset in zip(raw.topics, raw.partitions, raw.offsets, strict=True):
             self._next[tp(topic, part)] = offset + 1
+        if self.config.end_offsets is not None and self._coverage is not None:
+            # Reaching the end with this batch saves the wait of one more empty poll.
+            self._note_own_reading(self._coverage)
+            self._ended = not self._coverage.unread()
         return self._decode(raw, dict(self._next))
 
+    def _before_end(self, raw: RawMessages) -> RawMessages:
+        """Only the messages before ``end_offsets``: what was written later is left for the
+        next run (the checkpoint and the group's offsets stop at the end). A message at or
+        past the end of its partition proves everything before it was delivered (a
+        partition is read in order)."""
+        assert self.config.end_offsets is not None
+        ends = self.config.end_offsets
+        keep = []
+        for i, (topic, part, offset) in enumerate(
+            zip(raw.topics, raw.partitions, raw.offsets, strict=True)
+        ):
+            key = tp(topic, part)
+            if key in ends and offset >= ends[key]:
+                self._past_end.add(key)
+            else:
+                keep.append(i)
+        if len(keep) == len(raw):
+            return raw
+        kept = RawMessages()
+        for name, values in vars(raw).items():
+            getattr(kept, name).extend(values[i] for i in keep)
+        return kept
+
+    def _quiet_bounded(self, coverage: Coverage) -> SourceBatch | None:
+        """A bounded read found nothing new: end once every partition of the group is
+        covered (and, for ``stop_at_end``, ``idle_seconds`` passed quietly); else wait on,
+        asking for the checkpoint that shows the group what this member read."""
+        self._idle += self.config.poll_timeout
+        self._note_own_reading(coverage)
+        now = time.monotonic()
+        if coverage.unread() and now - self._group_checked >= GROUP_CHECK_EVERY:
+            self._group_checked = now
+            self._note_group_reading(coverage)
+        if self._ready:
+            return self._ready.popleft()  # positions moved past transaction markers
+        quiet = self.config.end_offsets is not None or self._idle >= self.config.idle_seconds
+        unread = coverage.unread()
+        if not unread and quiet:
+            self._metrics["lag_records"] = 0
+            return None
+        waited = now - self._opened_at
+        if unread and self.config.max_wait is not None and waited >= self.config.max_wait:
+            self._metrics["lag_records"] = coverage.behind()
+            self._incomplete = (
+                f"max_wait ({self.config.max_wait:g} s) ran out with {len(unread)} partition(s) "
+                f"of group {self.config.group!r} unread: "
+                f"{coverage.describe(unread, self._owned())}. What was read is checkpointed; "
+                "run the pipeline again to read the rest (the group resumes where it got to), "
+                "after the members holding them ended or were stopped"
+            )
+            return None
+        if unread and now - self._warned_at >= WAIT_WARN_EVERY and waited >= WAIT_WARN_EVERY:
+            self._warned_at = now
+            log.warning(
+                "bounded read of group %r waits for %d partition(s) to be read to the end "
+                "offsets of its start: %s. A member that died holds its partitions until the "
+                "group notices (session.timeout.ms); `max_wait` bounds this wait",
+                self.config.group,
+                len(unread),
+                coverage.describe(unread, self._owned()),
+            )
+        return self._waiting_batch(coverage)
+
+    def _owned(self) -> set[str]:
+        assert self.consumer is not None
+        return set(self.consumer.read_positions())
+
+    def _handed(self) -> Offsets:
+        """Positions handed to the engine in the partitions this member owns now."""
+        assert self.consumer is not None
+        owned = self.consumer.read_positions()
+        return {key: self._next[key] for key in owned if key in self._next}
+
+    def _note_own_reading(self, coverage: Coverage) -> None:
+        """Record how far this member read its partitions. One read to its end (no lag, or
+        a message past ``end_offsets`` seen) moves its position past what it skipped
+        (Kafka's transaction markers), so the offset the group commits shows it read."""
+        assert self.consumer is not None
+        behind = self._behind or {}
+        chosen = self.config.end_offsets
+        handed = self._handed()
+        for key, position in self.consumer.read_positions().items():
+            if key not in coverage.goals:
+                continue
+            at = handed.get(key)
+            goal = coverage.goals[key].end
+            if behind.get(key) == 0 or key in self._past_end:
+                target = position if chosen is None else min(position, goal)
+                if at is None or target > at:
+                    self._move(key, target)
+                    at = target
+                if chosen is not None:
+                    at = max(at, goal)  # nothing more to read before the chosen end
+            coverage.record(key, at, "this member")
+
+    def _move(self, key: str, position: int) -> None:
+        self._next[key] = position
+        if self._handover is not None:  # a worker's positions move with its batches
+            self._ready.append(SourceBatch(pl.DataFrame(), {key: position}, partition=key))
+
+    def _note_group_reading(self, coverage: Coverage) -> None:
+        """Record what the group committed in the partitions this member does not own."""
+        assert self.consumer is not None
+        owned = self._owned()
+        others = [key for key in coverage.unread() if key not in owned]
+        for key, offset in self.consumer.group_committed(others).items():
+            coverage.record(key, offset, "another member")
+
+    def _waiting_batch(self, coverage: Coverage) -> SourceBatch:
+        """An empty batch; one that asks for a checkpoint when this member's partitions
+        are read and the group has yet to see it (so members waiting for each other's
+        commits do not wait for each other's ends)."""
+        position = {} if self._handover else dict(self._next)
+        handed = self._handed()
+        mine_done = all(coverage.covered(k) for k in handed if k in coverage.goals)
+        unacked = any(self._acked.get(k) != o for k, o in handed.items())
+        if handed and mine_done and handed != self._asked and unacked:
+            self._asked = handed
+            return SourceBatch(pl.DataFrame(), position, checkpoint=True)
+        return SourceBatch(pl.DataFrame(), position)
+
+    def incomplete(self) -> str | None:
+        """Why a bounded read ended before every partition was read (``max_wait``)."""
+        return self._incomplete
+
     def _decode(self, raw: RawMessages, position: Offsets) -> SourceBatch:
+        limit = self.config.max_record_bytes
+        longest = max(map(len, filter(None, raw.values)), default=0)
+        long_letters = None
+        if longest > limit:
+            raw, long_letters = self._without_long(raw, limit)
         frame, kept, dead = decode_values(
             raw,
             self.config.format,
@@ -249,11 +572,100 @@ class TopicSource(Source):
             ),
             self.config.csv_columns,
         )
+        if long_letters is not None:
+            dead = pl.concat([dead, long_letters])
         if self.config.metadata:
             frame = frame.with_columns(self._metadata(raw, kept))
+        if self.config.partitioned_by is not None and frame.height:
+            self._check_partitioning(self.config.partitioned_by, frame, raw, kept)
         stamps = [t for t in raw.timestamps if t is not None and t > 0]
         event_time = min(stamps) / 1000 if stamps else None
         return SourceBatch(frame, position, dead if dead.height else None, event_time=event_time)
+
+    def partition_keys(self) -> list[str] | None:
+        """The column of ``partitioned_by``, if declared."""
+        declared = self.config.partitioned_by
+        return None if declared is None else [declared.column]
+
+    def _check_partitioning(
+        self, declared: PartitionedBy, frame: pl.DataFrame, raw: RawMessages, kept: list[int]
+    ) -> None:
+        """Stop at the first record whose declared key puts it in another partition."""
+        column = declared.column
+        if column not in frame.columns:
+            raise PartitioningError(
+                f"source partitioned_by.column: the records have no column {column!r} "
+                f"(they have: {', '.join(frame.columns) or 'none'})"
+            )
+        keys = frame.get_column(column).cast(pl.String).cast(pl.Binary)
+        topics = pl.Series(raw.topics).gather(kept)
+        parts = pl.Series(raw.partitions, dtype=pl.Int32).gather(kept)
+        for topic in topics.unique().to_list():
+            rows = (topics == topic).arg_true()
+            highest = max(parts.gather(rows).to_list())
+            count = self._partition_count(topic, highest)
+            want = keyed_partitions(keys.gather(rows), count, declared.partitioner)
+            bad = (want.is_null() | (want != parts.gather(rows))).fill_null(True)
+            if bad.any():
+                row = int(rows[bad.arg_true()[0]])
+                self._break_partitioning(declared, frame, raw, kept[row], row, count)
+
+    def _break_partitioning(
+        self,
+        declared: PartitionedBy,
+        frame: pl.DataFrame,
+        raw: RawMessages,
+        index: int,
+        row: int,
+        count: int,
+    ) -> None:
+        column, value = declared.column, frame.get_column(declared.column)[row]
+        where = f"topic {raw.topics[index]} partition {raw.partitions[index]} offset "
+        where += str(raw.offsets[index])
+        if value is None:
+            why = f"has no {column} (null): a record without a key may be in any partition"
+        else:
+            pick = PARTITIONERS[declared.partitioner]
+            home = pick(str(value).encode(), count)
+            why = (
+                f"has {column}={value!r}, which {declared.partitioner} puts in partition "
+                f"{home} of {count}"
+            )
+        raise PartitioningError(
+            f"{where} {why}: the topic is not partitioned by {column} as the source's "
+            f"`partitioned_by` declares (another producer or partitioner wrote it), so state "
+            f"kept per {column} would be split between partitions. Nothing after it was "
+            "read. Check the producers' partitioner, or run one worker without the "
+            "declaration."
+        )
+
+    def _partition_count(self, topic: str, highest: int) -> int:
+        """The topic's partition count (asked again when a higher partition shows up)."""
+        assert self.consumer is not None
+        count = self._counts.get(topic, 0)
+        if count <= highest:
+            self._counts = Counter(split_tp(key)[0] for key in self.consumer.partition_ends())
+            count = self._counts.get(topic, highest + 1)
+        return count
+
+    @staticmethod
+    def _without_long(raw: RawMessages, limit: int) -> tuple[RawMessages, pl.DataFrame]:
+        """The messages no longer than ``limit``, and dead letters (origin, size, first
+        bytes) for the others, which are not decoded."""
+        short = RawMessages()
+        records, reasons = [], []
+        for i, value in enumerate(raw.values):
+            if value is not None and len(value) > limit:
+                origin = (
+                    f"topic {raw.topics[i]} partition {raw.partitions[i]} offset {raw.offsets[i]}"
+                )
+                record, reason = long_record_letter(origin, len(value), bytes(value[:256]), limit)
+                records.append(record)
+                reasons.append(reason)
+                continue
+            for name, values in vars(raw).items():
+                getattr(short, name).append(values[i])
+        return short, raw_dead_letters(records, reasons)
 
     def rebalanced(self) -> None:
         """The group changed this member's share: quiet time before counts for nothing
@@ -266,6 +678,9 @@ class TopicSource(Source):
         reads it again from the checkpoint)."""
         gone = set(partitions)
         self._ready = deque(b for b in self._ready if b.partition not in gone)
+        if self._handover is not None:
+            for key in gone:
+                self._next.pop(key, None)
 
     def _report_lag(self, raw: RawMessages) -> None:
         """Set ``lag_records`` (records behind over owned partitions) and ``lag_seconds``
@@ -281,11 +696,24 @@ class TopicSource(Source):
         except Exception as exc:  # noqa: BLE001 - a monitoring figure must not stop reading
             log.debug("source lag unavailable: %s", redact(str(exc)))
             behind = None
+        self._behind = behind
         if behind is not None:
+            # Swapped whole: report() runs on the engine's thread while this one reads.
+            self._partition_lag = {key: int(n) for key, n in sorted(behind.items())}
             records = sum(behind.values())
             self._metrics["lag_records"] = records
             age = time.time() - self._last_stamp if self._last_stamp is not None else 0.0
             self._metrics["lag_seconds"] = round(max(age, 0.0), 3) if records else 0.0
+
+    def report(self) -> dict[str, Any] | None:
+        """Records behind per owned partition (``topic:partition``), as last measured: the
+        sum is ``lag_records``; exported per partition as a Prometheus gauge."""
+        report: dict[str, Any] = {}
+        if self._partition_lag:
+            report["lag_partitions"] = dict(self._partition_lag)
+        if self._coverage is not None:
+            report["partitions"] = self._coverage.table()
+        return report or None
 
     def _metadata(self, raw: RawMessages, kept: list[int]) -> list[pl.Series]:
         fields: dict[str, tuple[list[Any], type[pl.DataType]]] = {
@@ -307,10 +735,28 @@ class TopicSource(Source):
             columns.append(series)
         return columns
 
+    def ready(self) -> bool:
+        """True once the group has given this member its share (the consumer is active)."""
+        consumer = self.consumer
+        return consumer is not None and consumer.active
+
+    def transaction_offsets(self, position: Any) -> TransactionOffsets | None:
+        """On Kafka: the group's offsets for ``position`` (partitions this member owns) and
+        the consumer's group metadata, for an exactly-once sink to commit in its
+        transaction."""
+        if self._kafka is None or not isinstance(self.consumer, KafkaConsumer) or not position:
+            return None
+        owned = self.consumer.owned(dict(position))
+        metadata = self.consumer.group_metadata()
+        if not owned or metadata is None:
+            return None
+        return TransactionOffsets(self._kafka, owned, metadata)
+
     def checkpointed(self, position: Any) -> None:
         """The checkpoint is durable: commit the group's offsets up to it."""
         if self.consumer is not None and position:
             self.consumer.commit(dict(position))
+            self._acked = dict(position)
 
     def close(self) -> None:
         """Leave the group."""
@@ -367,9 +813,60 @@ class TopicSink(Sink):
             options = dict(self.config.options)
             if self.config.compression != "none":
                 options.setdefault("compression.type", self.config.compression)
-            self.producer = KafkaProducer(bootstrap, options, self.config.partitions)
+            if self.config.exactly_once:
+                self.producer = self._exactly_once(ctx, bootstrap, options)
+            else:
+                self.producer = KafkaProducer(bootstrap, options, self.config.partitions)
         self.producer.recover(pending)
         self._partitions = self.producer.partitions(self.config.topic)
+
+    def committed_output(self, ctx: Context) -> ExistingOutput | None:
+        """Messages in the topic (its end offsets: one metadata request). Other writers'
+        messages count too: a topic does not say who wrote what."""
+        from pathlib import Path
+
+        from tideflow.errors import PipelineError
+        from tideflow.topics.admin import Admin
+
+        bootstrap = self._bootstrap()
+        where = f"on Kafka ({bootstrap})" if bootstrap else f"on the embedded log {log_path(ctx)}"
+        if bootstrap is None and not Path(log_path(ctx)).exists():
+            return None
+        try:
+            ends = Admin(bootstrap, ctx.state_dir).end_offsets(self.config.topic)
+        except PipelineError:  # no such topic
+            return None
+        written = sum(ends.values())
+        if not written:
+            return None
+        return ExistingOutput(
+            found=f"topic {self.config.topic!r} {where} holds {written:,} message(s)",
+            clearing=None,
+        )
+
+    def _exactly_once(
+        self, ctx: Context, bootstrap: str, options: dict[str, Any]
+    ) -> ExactlyOnceProducer:
+        if ctx.outbox is None:
+            raise PipelineError(
+                f"sink {ctx.name!r}: exactly_once on Kafka stores each checkpoint's messages "
+                "in the state store first, and this sink's context has no outbox: run it in "
+                "a pipeline (the engine provides one), give its Context an outbox "
+                "(state.store.SinkOutbox), or set exactly_once: false"
+            )
+        transactional_id = self.config.transactional_id or (
+            f"tideflow-{ctx.state_id[:12]}-{ctx.pipeline}-{ctx.name}-{ctx.scope}"
+        )
+        return ExactlyOnceProducer(
+            bootstrap,
+            options,
+            self.config.partitions,
+            transactional_id,
+            ctx.outbox,
+            ctx.source_offsets,
+            fresh_spill_folder(ctx.state_dir, ctx.scope, ctx.pipeline, ctx.name),
+            self.config.buffer_bytes,
+        )
 
     def write_batch(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Encode and send; keys pick partitions as Kafka's default partitioner does."""
@@ -392,7 +889,8 @@ class TopicSink(Sink):
         return empty_dead_letters()
 
     def flush(self) -> Any:
-        """Make the messages durable; the token commits them."""
+        """Make the messages durable (on Kafka with exactly_once: stage them in the
+        checkpoint); the token commits them."""
         assert self.producer is not None
         return self.producer.flush()
 
@@ -415,12 +913,16 @@ class KafkaSourceConfig(TopicSourceConfig):
         default_factory=list, description="Topic name(s) to read (or give `pattern`)."
     )
     pattern: str | None = Field(None, description="A regular expression of topic names.")
-    bootstrap: str | None = Field(
-        None, description="Bootstrap servers host:port[,...]; default `KAFKA_BROKER`."
+    broker: str | None = Field(
+        None,
+        description="Kafka bootstrap servers, `kafka://host:port[,host:port]` (or without "
+        "`kafka://`); default `KAFKA_BROKER`.",
     )
+    bootstrap: str | None = Field(None, description="Deprecated name of `broker` (still accepted).")
 
     @model_validator(mode="after")
     def _one_subscription(self) -> KafkaSourceConfig:
+        _kafka_address(self.broker, self.bootstrap)
         if bool(self.topic) == bool(self.pattern):
             raise ValueError("give exactly one of `topic` or `pattern`")
         if self.pattern is not None:
@@ -439,7 +941,9 @@ class KafkaSource(TopicSource):
     config: KafkaSourceConfig
 
     def _bootstrap(self) -> str | None:
-        return kafka_bootstrap(self.config.bootstrap, "source")
+        if self.config.bootstrap is not None:
+            log.warning("kafka source: `bootstrap` is deprecated; use `broker`")
+        return kafka_bootstrap(self.config.broker or self.config.bootstrap, "source")
 
     def _subscription(self) -> list[str]:
         # librdkafka reads a subscription starting with ^ as a regular expression.
@@ -451,17 +955,27 @@ class KafkaSource(TopicSource):
 class KafkaSinkConfig(TopicSinkConfig):
     """Settings of the ``kafka`` sink."""
 
-    bootstrap: str | None = Field(
-        None, description="Bootstrap servers host:port[,...]; default `KAFKA_BROKER`."
+    broker: str | None = Field(
+        None,
+        description="Kafka bootstrap servers, `kafka://host:port[,host:port]` (or without "
+        "`kafka://`); default `KAFKA_BROKER`.",
     )
+    bootstrap: str | None = Field(None, description="Deprecated name of `broker` (still accepted).")
+
+    @model_validator(mode="after")
+    def _address(self) -> KafkaSinkConfig:
+        _kafka_address(self.broker, self.bootstrap)
+        return self
 
 
 @component("sink", "kafka")
 class KafkaSink(TopicSink):
-    """Write records to a Kafka topic (idempotent producer, delivery reports checked)."""
+    """Write records to a Kafka topic (exactly-once by default, see ``exactly_once``)."""
 
     config_model = KafkaSinkConfig
     config: KafkaSinkConfig
 
     def _bootstrap(self) -> str | None:
-        return kafka_bootstrap(self.config.bootstrap, "sink")
+        if self.config.bootstrap is not None:
+            log.warning("kafka sink: `bootstrap` is deprecated; use `broker`")
+        return kafka_bootstrap(self.config.broker or self.config.bootstrap, "sink")

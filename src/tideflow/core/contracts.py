@@ -12,12 +12,16 @@ from __future__ import annotations
 import logging
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+import orjson
 import polars as pl
 from pydantic import BaseModel
+
+from tideflow.state.delta import StateDelta
 
 JSON = Any
 """A JSON-serialisable value (positions, commit tokens, small state)."""
@@ -46,6 +50,33 @@ def raw_dead_letters(records: list[str], reasons: list[str]) -> pl.DataFrame:
     return pl.DataFrame({"record": records, "reason": reasons}, schema=DEAD_LETTER_SCHEMA)
 
 
+HEAD_EXCERPT = 200
+"""Bytes of a record too long to read that its dead letter keeps."""
+
+MAX_RECORD_BYTES = 64 << 20
+"""The default of every reader's ``max_record_bytes``: longer records are dead-lettered
+unread, so one huge record cannot exhaust memory."""
+
+
+UNREAD = "skipped unread"
+"""How the reason of a record too long to read ends: its letter holds only where it was and
+its first bytes, not a record a replay could send on."""
+
+
+def too_long(size: int, limit: int) -> str:
+    """Why a record of ``size`` bytes was not read."""
+    return f"{size:,} bytes, longer than max_record_bytes ({limit:,}); {UNREAD}"
+
+
+def long_record_letter(origin: str, size: int, head: bytes, limit: int) -> tuple[str, str]:
+    """The dead letter (record, reason) of a record too long to read (``max_record_bytes``):
+    where it was, its size and its first bytes, never the record itself."""
+    record = orjson.dumps(
+        {"origin": origin, "bytes": size, "head": head[:HEAD_EXCERPT].decode("utf-8", "replace")}
+    ).decode()
+    return record, f"{origin}: {too_long(size, limit)}"
+
+
 def empty_dead_letters() -> pl.DataFrame:
     """A dead-letter frame with no rows."""
     return pl.DataFrame(schema=DEAD_LETTER_SCHEMA)
@@ -65,6 +96,10 @@ class SourceBatch:
     """Unix seconds of the oldest record's own timestamp (a message's timestamp), when the
     source knows it; end-to-end latency is measured from there, else from the moment the
     engine received the batch."""
+    checkpoint: bool = False
+    """Ask for a checkpoint after this batch: a bounded member of a group whose own
+    partitions are read, waiting for the rest of the group, has the group see (commit) what
+    it read now rather than at its end."""
 
     @property
     def size(self) -> int:
@@ -121,6 +156,39 @@ class PartitionHandover(Protocol):
         ...
 
 
+@dataclass
+class Staged:
+    """What ``Sink.flush`` returns when the output of a checkpoint interval must be stored in
+    the checkpoint itself: an *outbox*. The engine writes ``entries`` into the state store in
+    the checkpoint's transaction, stores ``token`` like any sink token, and calls
+    ``commit(token)`` afterwards. Whatever happens next, the state store holds the decided
+    output until the sink marks it delivered (``Context.outbox``), so a sink whose target
+    cannot hold output back until a commit (a Kafka broker whose aborted transactions may
+    stay visible) can still deliver it exactly once."""
+
+    token: JSON
+    entries: Iterable[bytes]
+    checkpoint: int | None = None
+    """Set by the engine: the checkpoint id the entries are stored under (what
+    ``Outbox.delivered`` takes once the sink has delivered them)."""
+
+
+class Outbox(Protocol):
+    """A sink's access to what it staged in earlier checkpoints (see :class:`Staged`)."""
+
+    def checkpoints(self) -> list[int]:
+        """Checkpoints whose staged entries are not marked delivered yet, oldest first."""
+        ...
+
+    def entries(self, checkpoint: int) -> Iterator[bytes]:
+        """The entries staged for ``checkpoint``, in the order the sink gave them."""
+        ...
+
+    def delivered(self, checkpoint: int) -> None:
+        """The entries of ``checkpoint`` (and of every earlier one) are delivered."""
+        ...
+
+
 @dataclass(frozen=True)
 class Context:
     """What a component may know about the run it is part of."""
@@ -140,6 +208,15 @@ class Context:
     partitions: PartitionHandover | None = None
     """Set for the sources of a group worker (``tideflow run --workers``): the source
     splits its input by partition and reports assignments through it."""
+    state_id: str = ""
+    """A random id of the run's state store, fixed for its life: a name that must differ
+    between deployments sharing an external system (a Kafka transactional id) includes it."""
+    outbox: Outbox | None = None
+    """Set for sinks: what the sink staged in the checkpoints (see :class:`Staged`)."""
+    source_offsets: Callable[[], list[Any]] | None = None
+    """Set for sinks: what each source would acknowledge for the checkpoint being taken
+    (``Source.transaction_offsets``), for a sink that can commit it in the same
+    transaction as its output (Kafka's ``send_offsets_to_transaction``)."""
 
     @property
     def log(self) -> logging.Logger:
@@ -178,6 +255,17 @@ class Source(Component):
     bounded: bool = True
     partitioned: bool = False
     """True for sources a group of workers can split by partition (``Context.partitions``)."""
+    replays_without_state: bool = True
+    """True when, without a stored position, the source reads its input from the start
+    again (files, queries, generated records). False for sources whose upstream remembers
+    what was consumed (committed group offsets, acknowledgements): losing the state store
+    does not make them read anything twice."""
+
+    @classmethod
+    def declared_types(cls, config: Any) -> dict[str, Any]:
+        """Column -> Polars dtype the source guarantees (``schema_overrides``), used to check
+        expressions downstream when the pipeline is validated. Empty: nothing declared."""
+        return {}
 
     @abstractmethod
     def open(self, ctx: Context, position: JSON | None) -> None:
@@ -191,14 +279,74 @@ class Source(Component):
         so the engine can notice a stop request.
         """
 
+    def reparse(self, frame: pl.DataFrame, labels: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """Apply this source's parsing settings (column types...) to records replayed from
+        its dead letters, which come back as JSON (``tideflow deadletters replay``): the rows
+        that now parse, and dead letters (``record``, ``reason``) for those that still do not;
+        ``labels`` name each row in those reasons. The default: every row as it is."""
+        return frame, empty_dead_letters()
+
+    def expected_records(self) -> int | None:
+        """How many records this run will read in all, once opened, when the source knows
+        (a count, inline records, file metadata): the total and ETA of the progress line.
+        None (the default): unknown, and the line shows only what was read."""
+        return None
+
+    def ready(self) -> bool:
+        """True once the source reads all it is due to read: a member of a consumer group
+        once the group has given it its share of the partitions (which may be none) and
+        their state is restored. Asked from another thread (``/readyz`` of ``tideflow run
+        --health-port``), so it must not block for long. The default: True."""
+        return True
+
+    def transaction_offsets(self, position: JSON | None) -> Any:
+        """What this source would acknowledge for ``position``, in a form a sink on the same
+        system can commit inside its own transaction (a Kafka source: its group's offsets
+        and the consumer's group metadata). None (the default): nothing of the kind."""
+        return None
+
     def checkpointed(self, position: JSON | None) -> None:
         """Called after a checkpoint covering everything up to ``position`` is durable and
         the sinks have committed: the moment to acknowledge upstream (Kafka offsets, XACK,
         AMQP ack, MQTT PUBACK, a webhook's response). Never earlier, or a crash would lose
         acknowledged records. The default does nothing."""
 
+    def awaiting_ack(self) -> bool:
+        """True while someone upstream waits for the acknowledgement of records this source
+        has handed on (a webhook sender holding its post open, a broker's unacknowledged
+        delivery). The engine then checkpoints as soon as ``checkpoint.min_interval``
+        allows, instead of at the record and time thresholds, so the wait is about one
+        checkpoint long (group commit). Called from the engine's thread while the source's
+        thread reads: it must be cheap and thread-safe. The default: nobody waits."""
+        return False
+
+    def origin(self) -> tuple[str, str] | None:
+        """After ``open``: the identity of the system this source's positions are offsets
+        in, and a phrase naming it for people (an embedded log's id and its file; a Kafka
+        cluster's id). The engine stores the identity with the pipeline's state and refuses
+        to resume positions taken in another system. None (the default): positions that
+        name what they point at (file paths) or none at all."""
+        return None
+
     def close(self) -> None:
         """Release resources."""
+
+    def notices(self) -> list[str]:
+        """Sentences for the end of the run about what the source did not read and why
+        (input read by earlier runs, files that changed since). The default: none."""
+        return []
+
+    def partition_keys(self) -> list[str] | None:
+        """For a source read by a group of workers: the columns by whose values its records
+        were put in partitions (as declared by the user and checked record by record), or
+        None (the default) when nothing is known of how records were partitioned."""
+        return None
+
+    def incomplete(self) -> str | None:
+        """After a bounded read ended: why it ended before it read all it was meant to (a
+        bound such as ``max_wait`` ran out), as a sentence naming what is unread and how to
+        read it; the run's status is then ``incomplete`` (exit code 3). The default: None."""
+        return None
 
 
 class Step(Component):
@@ -208,6 +356,17 @@ class Step(Component):
     def ports(cls, config: Any) -> tuple[str, ...]:
         """Names of the output ports; most steps have one, ``out``."""
         return (MAIN_PORT,)
+
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """Column -> dtype known after this step, given those ``known`` before it. The default
+        forgets every type, which is always safe: unknown types are not checked."""
+        return {}
+
+    @classmethod
+    def type_issues(cls, config: Any, known: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+        """(field path, problem) pairs for the step's expressions over the ``known`` input types."""
+        return []
 
     def open(self, ctx: Context, state: JSON | None) -> None:
         """Prepare; ``state`` is the last snapshot when resuming a stateful step."""
@@ -230,8 +389,50 @@ class Step(Component):
         """State to store at a checkpoint; None for stateless steps."""
         return None
 
+    def state_keys(self) -> list[str] | None:
+        """For a step that keeps state: the columns whose values key it (records with the
+        same values share state; an empty list: one state for all records), or None when
+        the step cannot say. Group workers need every record of a key read by one worker,
+        so the engine compares these with the source's partitioning. The default reads a
+        ``keys`` setting."""
+        keys = getattr(self.config, "keys", None)
+        return [str(k) for k in keys] if isinstance(keys, list) else None
+
+    def snapshot_changes(self) -> StateDelta | None:
+        """Only what changed in the state since the previous :meth:`snapshot` or
+        ``snapshot_changes`` call (each starts a new interval), for an incremental
+        checkpoint; the store applies it to what it holds, so a restored step gets the full
+        state in :meth:`open` as always. None (the default): the step cannot say, and the
+        engine stores :meth:`snapshot`. The engine asks for a full snapshot now and then
+        (compaction), and always for the first checkpoint of a run or of a partition."""
+        return None
+
+    @classmethod
+    def bounded_input_only(cls, config: Any) -> tuple[str, str] | None:
+        """When the step with ``config`` only makes sense if every source it reads from ends
+        (it emits in ``finish``): the setting that makes it so and why. A pipeline with a
+        source upstream that never ends is refused with that message, at that setting's
+        line. None (the default): any input."""
+        return None
+
     def close(self) -> None:
         """Release resources."""
+
+
+@dataclass(frozen=True)
+class ExistingOutput:
+    """Output a sink committed in an earlier run, found while the state store knew nothing
+    of the pipeline (see :meth:`Sink.committed_output`)."""
+
+    found: str
+    """What is there, e.g. ``3 committed files named part-*.parquet in /data/out``."""
+    clearing: str | None
+    """What :meth:`Sink.clear_output` would do (``delete those 3 files``); None when the
+    sink cannot take its output back (messages already published)."""
+    idempotent: bool = False
+    """Writing the same records again leaves the output as it is (an upsert rewrites the
+    same keys, a replace rebuilds the table): reading everything again costs time but
+    duplicates nothing, so the run goes on, with a notice."""
 
 
 class Sink(Component):
@@ -273,6 +474,18 @@ class Sink(Component):
         """The checkpoint last committed with the data (``keeps_checkpoint`` sinks only);
         called before ``open``."""
         return None
+
+    def committed_output(self, ctx: Context) -> ExistingOutput | None:
+        """Output of this pipeline that the target already holds (its files, its table's
+        rows, its topic's messages), or None. Called before ``open`` when the state store
+        holds nothing of the pipeline: output without state means the state was lost, and a
+        run would write its whole input a second time. Must be cheap (a listing, one query);
+        the default, for sinks that cannot tell, is None."""
+        return None
+
+    def clear_output(self, ctx: Context) -> None:
+        """Delete what :meth:`committed_output` found (``tideflow run --from-scratch``);
+        called before ``open``. Sinks that cannot take output back do nothing."""
 
     def attach_checkpoint(self, payload: bytes) -> None:
         """Commit ``payload`` (the encoded checkpoint) with the data at the next ``flush``

@@ -20,6 +20,7 @@ from typing import Any
 import polars as pl
 
 from tideflow.core.contracts import JSON, Context, Step, StepOutput
+from tideflow.state.delta import StateDelta
 
 
 def keeps_state(step: Step) -> bool:
@@ -81,6 +82,10 @@ class ScopedStep(Step):
     def snapshot(self) -> JSON | None:
         """The current partition's state."""
         return self._instance().snapshot()
+
+    def snapshot_changes(self) -> StateDelta | None:
+        """What changed in the current partition's state since its last snapshot."""
+        return self._instance().snapshot_changes()
 
     def report(self) -> dict[str, JSON] | None:
         """Figures summed over the partitions' instances (numbers only)."""

@@ -4,7 +4,8 @@ A connector marks which failures are transient (a refused connection, a server r
 anything else is raised at once. Each wait is drawn uniformly from ``[0, min(cap, first *
 2**attempt)]`` (full jitter, so many workers do not reconnect in lockstep), the first retry
 comes within ``first`` seconds, and the outage is logged when it starts and when it ends and
-counted in the node's metrics (``retries``, ``outage_seconds``).
+counted in the node's metrics (``retries``, ``outage_seconds``, and ``in_outage``: 1 while
+retrying, 0 once recovered).
 
 A long backoff alone would make the run sleep up to ``cap`` seconds past the service's
 return. A connector that can tell cheaply whether the service is back (a TCP connect, a
@@ -73,6 +74,8 @@ def with_retries(
             now = time.monotonic()
             if attempt == 0:
                 started = now
+                # 1 while retrying: a health check reports the node as disconnected.
+                ctx.metrics["in_outage"] = 1.0
                 ctx.log.warning("%s: %s; retrying with backoff", what, redact(_first_line(exc)))
             elif now - started > policy.give_up_after:
                 raise PipelineError(
@@ -97,6 +100,7 @@ def with_retries(
         if attempt:
             outage = time.monotonic() - started
             ctx.metrics["outage_seconds"] = ctx.metrics.get("outage_seconds", 0.0) + outage
+            ctx.metrics["in_outage"] = 0.0
             ctx.log.warning("%s: recovered after %.1f s and %d retries", what, outage, attempt)
         return result
 

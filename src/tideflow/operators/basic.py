@@ -36,6 +36,11 @@ class Select(Step):
 
     config_model = SelectConfig
 
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """The kept columns keep their types."""
+        return {c: known[c] for c in config.columns if c in known}
+
     def process(self, batch: pl.DataFrame) -> StepOutput:
         """Project the batch."""
         _require_columns(batch, self.config.columns, "select")
@@ -53,6 +58,13 @@ class Rename(Step):
     """Rename columns."""
 
     config_model = RenameConfig
+
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """Types follow their columns' new names."""
+        # A column whose name is taken by a renamed one loses its (old) type.
+        targets = set(config.columns.values()) - set(config.columns)
+        return {config.columns.get(c, c): t for c, t in known.items() if c not in targets}
 
     def process(self, batch: pl.DataFrame) -> StepOutput:
         """Rename the batch's columns."""
@@ -72,6 +84,11 @@ class Drop(Step):
     """Remove columns."""
 
     config_model = DropConfig
+
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """The remaining columns keep their types."""
+        return {c: t for c, t in known.items() if c not in config.columns}
 
     def process(self, batch: pl.DataFrame) -> StepOutput:
         """Drop the listed columns."""
@@ -151,6 +168,11 @@ class Cast(Step):
 
     config_model = CastConfig
 
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """The cast columns have their target types, the others keep theirs."""
+        return {**known, **{c: parse_type(t) for c, t in config.columns.items()}}
+
     def __init__(self, config: CastConfig) -> None:
         super().__init__(config)
         self.targets = {col: parse_type(t) for col, t in config.columns.items()}
@@ -192,16 +214,23 @@ class Cast(Step):
         converted = {
             col: self._convert(batch, col, dtype).alias(col) for col, dtype in self.targets.items()
         }
-        result = batch.with_columns(converted.values())
         if not self.config.strict:
+            return StepOutput.of(batch.with_columns(converted.values()))
+        # Each column is converted once, beside the original (parsing text into times is the
+        # costly part); the reasons are formatted for the failed rows only.
+        staged = batch.with_columns([e.alias(f"__cast_{c}") for c, e in converted.items()])
+        result = staged.select(
+            pl.col(f"__cast_{c}").alias(c) if c in converted else pl.col(c) for c in batch.columns
+        )
+        bad = {c: pl.col(c).is_not_null() & pl.col(f"__cast_{c}").is_null() for c in converted}
+        mask = staged.select(pl.any_horizontal(*bad.values()).alias("failed")).to_series()
+        if not mask.any():
             return StepOutput.of(result)
-        failed = pl.lit(False)
+        failed_rows = staged.filter(mask)
         reason: pl.Expr = pl.lit(None, dtype=pl.String)
         for col, dtype in reversed(list(self.targets.items())):
-            bad = pl.col(col).is_not_null() & pl.col(f"__cast_{col}").is_null()
-            failed = failed | bad
             reason = (
-                pl.when(bad)
+                pl.when(bad[col])
                 .then(
                     pl.format(
                         "cannot cast {} value {} to {}",
@@ -212,14 +241,8 @@ class Cast(Step):
                 )
                 .otherwise(reason)
             )
-        check = batch.with_columns([e.alias(f"__cast_{c}") for c, e in converted.items()]).select(
-            failed.alias("failed"), reason.alias("reason")
-        )
-        mask = check.get_column("failed")
-        if not mask.any():
-            return StepOutput.of(result)
         dead = dead_letters(batch.filter(mask), "").with_columns(
-            check.get_column("reason").filter(mask).alias("reason")
+            failed_rows.select(reason.alias("reason")).to_series()
         )
         return StepOutput(outputs={MAIN_PORT: result.filter(~mask)}, dead=dead)
 
@@ -239,13 +262,24 @@ class Filter(Step):
 
     config_model = FilterConfig
 
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """Rows are removed, columns are untouched."""
+        return dict(known)
+
+    @classmethod
+    def type_issues(cls, config: Any, known: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+        """The condition over the known column types."""
+        problem = compile_expr(config.expr, "expr").check(known)
+        return [(("expr",), problem)] if problem else []
+
     def __init__(self, config: FilterConfig) -> None:
         super().__init__(config)
         self.condition = compile_expr(config.expr, "filter.expr")
 
     def process(self, batch: pl.DataFrame) -> StepOutput:
         """Apply the condition."""
-        kept = batch.filter(self.condition.fill_null(False))
+        kept = batch.filter(condition_mask(batch, self.condition))
         return StepOutput.of(kept, filtered=batch.height - kept.height)
 
 
@@ -265,16 +299,39 @@ class WithColumns(Step):
 
     config_model = WithColumnsConfig
 
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """Each computed column has its expression's type when that can be told."""
+        out = dict(known)
+        for name, text in config.columns.items():
+            dtype = compile_expr(text, name).output_type(known)
+            if dtype is None:
+                out.pop(name, None)
+            else:
+                out[name] = dtype
+        return out
+
+    @classmethod
+    def type_issues(cls, config: Any, known: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+        """Every expression over the known column types."""
+        issues: list[tuple[tuple[str, ...], str]] = []
+        for name, text in config.columns.items():
+            problem = compile_expr(text, name).check(known)
+            if problem:
+                issues.append((("columns", name), problem))
+        return issues
+
     def __init__(self, config: WithColumnsConfig) -> None:
         super().__init__(config)
-        self.exprs = [
-            compile_expr(text, f"with_columns.columns.{name}").alias(name)
+        self.exprs = {
+            name: compile_expr(text, f"with_columns.columns.{name}")
             for name, text in config.columns.items()
-        ]
+        }
 
     def process(self, batch: pl.DataFrame) -> StepOutput:
-        """Compute the columns."""
-        return StepOutput.of(batch.with_columns(self.exprs))
+        """Compute the columns, each from the input batch."""
+        values = [expr.evaluate(batch).alias(name) for name, expr in self.exprs.items()]
+        return StepOutput.of(batch.with_columns(values))
 
 
 class RouteConfig(Settings):
@@ -304,6 +361,21 @@ class Route(Step):
     """Send each record to the first output whose condition it matches."""
 
     config_model = RouteConfig
+
+    @classmethod
+    def output_types(cls, config: Any, known: dict[str, Any]) -> dict[str, Any]:
+        """Rows are split, columns are untouched."""
+        return dict(known)
+
+    @classmethod
+    def type_issues(cls, config: Any, known: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+        """Every route's condition over the known column types."""
+        issues: list[tuple[tuple[str, ...], str]] = []
+        for name, text in config.routes.items():
+            problem = compile_expr(text, name).check(known)
+            if problem:
+                issues.append((("routes", name), problem))
+        return issues
 
     @classmethod
     def ports(cls, config: Any) -> tuple[str, ...]:

@@ -4,9 +4,10 @@ Two kinds of rules:
 
 - **named columns** (``columns: {email: hash, ssn: drop}``): the whole value is personal
   data and gets the action;
-- **detectors** (``detect: [email, phone, credit_card, ipv4, ipv6, iban]`` plus user
-  ``patterns``) scan free-text columns (``scan``, every text column by default) and the
-  action replaces each span found inside the text.
+- **detectors** (``detect: [email, phone, credit_card, ipv4, ipv6, iban, person_name]``
+  plus user ``patterns``) scan free-text columns (``scan``, every text column by default)
+  and the action replaces each span found inside the text. ``person_name`` works from name
+  lists, not a model (:mod:`tideflow.operators.person_names`).
 
 Actions: ``mask`` (keep the last ``keep_last`` characters, ``*`` for the rest), ``hash``
 (salted SHA-256 in hex, so equal values still join), ``redact`` (``[EMAIL]`` in text, the
@@ -17,9 +18,11 @@ Vectorised: spans are found with Polars regular expressions over the whole colum
 or dropping spans that need no check is a single ``str.replace_all``. Otherwise the distinct
 spans of the batch are extracted, checked (Luhn for card numbers, a digit count for phone
 numbers, ISO 7064 mod 97 for IBANs, the only check done in Python and only on matched
-candidates), turned into replacements as a column, and substituted with one
-``str.replace_many`` pass. Salted SHA-256 is computed in Python once per distinct value:
-Polars has no cryptographic hash.
+candidates; for names, list look-ups done as joins), turned into replacements as a column,
+and substituted with one ``str.replace_many`` pass. The replacement is by substring: a name
+found in one row is also replaced where it starts a longer word elsewhere in the batch
+(``Tom Baker`` in ``Tom Bakery``), which errs on the side of hiding. Salted SHA-256 is
+computed in Python once per distinct value: Polars has no cryptographic hash.
 
 Every batch adds to :attr:`Pii.audit`: which rule (``column:detector`` or
 ``column:action``) changed how many values; the totals are logged when the step closes.
@@ -31,6 +34,7 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import polars as pl
@@ -38,6 +42,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tideflow.core.contracts import JSON, Context, Step, StepOutput
 from tideflow.errors import PipelineError
+from tideflow.operators.person_names import RUN, person_name_spans
 from tideflow.registry import component, suggest
 from tideflow.secrets import register_secret
 from tideflow.spec.models import Settings
@@ -106,13 +111,39 @@ def _iban_check(spans: pl.Series) -> pl.Series:
 
 Check = Callable[[pl.Series], pl.Series]
 
-DETECTORS: dict[str, tuple[str, Check | None]] = {
-    "credit_card": (CREDIT_CARD, _card_check),
-    "iban": (IBAN, _iban_check),
-    "email": (EMAIL, None),
-    "ipv6": (IPV6, None),
-    "ipv4": (IPV4, None),
-    "phone": (PHONE, _phone_check),
+
+@dataclass(frozen=True)
+class Detector:
+    """Finds one kind of personal data in text: candidates by ``pattern``, kept when
+    ``check`` passes; or a ``find`` function that returns the spans itself."""
+
+    pattern: str
+    check: Check | None = None
+    find: Callable[[pl.Series], pl.Series] | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Every match of ``pattern`` is a finding (a redaction can replace them all)."""
+        return self.check is None and self.find is None
+
+    def spans(self, text: pl.Series) -> pl.Series:
+        """The distinct findings in a text column."""
+        if self.find is not None:
+            return self.find(text)
+        spans = text.str.extract_all(self.pattern).explode().drop_nulls().unique()
+        if self.check is not None and spans.len():
+            spans = spans.filter(self.check(spans))
+        return spans
+
+
+DETECTORS: dict[str, Detector] = {
+    "credit_card": Detector(CREDIT_CARD, _card_check),
+    "iban": Detector(IBAN, _iban_check),
+    "email": Detector(EMAIL),
+    "ipv6": Detector(IPV6),
+    "ipv4": Detector(IPV4),
+    "phone": Detector(PHONE, _phone_check),
+    "person_name": Detector(RUN, find=person_name_spans),
 }
 """Built-in detectors in the order they run (the more specific ones first)."""
 
@@ -138,8 +169,10 @@ class PiiConfig(Settings):
     detect: list[str] | Literal["auto"] = Field(
         "auto",
         description="Detectors that scan free text: `email`, `phone`, `credit_card` "
-        "(Luhn-checked), `ipv4`, `ipv6` (`ip` for both), `iban` (checksum-verified), and the "
-        "names under `patterns`. `auto` (the default): every built-in one; `[]`: none.",
+        "(Luhn-checked), `ipv4`, `ipv6` (`ip` for both), `iban` (checksum-verified), "
+        "`person_name` (capitalised first name + surname from US Census name lists, or a "
+        "title + surname; no model), and the names under `patterns`. `auto` (the default): "
+        "every built-in one; `[]`: none.",
     )
     scan: list[str] | Literal["auto"] = Field(
         "auto",
@@ -231,9 +264,9 @@ class Pii(Step):
             names.extend(ALIASES.get(name, (name,)))
         names.extend(p for p in config.patterns if p not in names)
         # user patterns run first (the most specific), then the built-ins in their order
-        self._detectors: list[tuple[str, str, Check | None]] = [
-            (name, config.patterns[name], None) for name in config.patterns if name in names
-        ] + [(name, *DETECTORS[name]) for name in DETECTORS if name in names]
+        self._detectors: list[tuple[str, Detector]] = [
+            (name, Detector(config.patterns[name])) for name in config.patterns if name in names
+        ] + [(name, DETECTORS[name]) for name in DETECTORS if name in names]
 
     def open(self, ctx: Context, state: JSON | None) -> None:
         """Resolve the salt (from the settings or the environment) and register it as secret."""
@@ -282,8 +315,8 @@ class Pii(Step):
         scanned = []
         for column in self._scan_columns(out):
             series = out.get_column(column)
-            for name, pattern, check in self._detectors:
-                series = self._spans(series, name, pattern, check)
+            for name, detector in self._detectors:
+                series = self._spans(series, name, detector)
             scanned.append(series)
         if scanned:
             out = out.with_columns(scanned)
@@ -326,16 +359,14 @@ class Pii(Step):
         self.audit[f"{column}:{action}"] += text.len() - text.null_count()
         return new.alias(column)
 
-    def _spans(self, series: pl.Series, name: str, pattern: str, check: Check | None) -> pl.Series:
+    def _spans(self, series: pl.Series, name: str, detector: Detector) -> pl.Series:
         """``series`` with every span found by one detector replaced by its action."""
         action = self.config.actions.get(name, self.config.action)
-        if check is None and action in ("redact", "drop"):
+        if detector.plain and action in ("redact", "drop"):
             marker = "" if action == "drop" else self.config.redact_with.format(name=name.upper())
-            new = series.str.replace_all(pattern, marker.replace("$", "$$"))
+            new = series.str.replace_all(detector.pattern, marker.replace("$", "$$"))
         else:
-            spans = series.str.extract_all(pattern).explode().drop_nulls().unique()
-            if check is not None and spans.len():
-                spans = spans.filter(check(spans))
+            spans = detector.spans(series)
             if not spans.len():
                 return series
             spans = spans.gather(spans.str.len_bytes().arg_sort(descending=True))  # longest wins
@@ -391,14 +422,10 @@ def scan_frame(
     rows: list[dict[str, object]] = []
     for column in step._scan_columns(frame):  # every text column
         series = frame.get_column(column)
-        for name, pattern, check in step._detectors:
-            found = series.str.extract_all(pattern)
-            spans = found.explode().drop_nulls()
-            if check is not None and spans.len():
-                spans = spans.filter(check(spans))
-            if not spans.len():
+        for name, detector in step._detectors:
+            valid = detector.spans(series)
+            if not valid.len():
                 continue
-            valid = spans.unique()
             hits = series.str.contains_any(valid.to_list())
             rows.append(
                 {

@@ -4,6 +4,13 @@ A per-record function ``fn(record: dict) -> dict | None`` is called once per rec
 filters the record, an exception dead-letters it with the exception as the reason, and the
 batch goes on. A per-batch function ``fn(df: DataFrame) -> DataFrame`` runs on the whole batch;
 an exception dead-letters the batch.
+
+A per-value function (``mode: value``) gets each record as the JSON value it was published as
+— an object, an array, a string, a number, ``true``/``false`` or ``null`` — decoded from one
+column of JSON text (what a ``topic`` source with ``format: raw`` reads), and returns any
+JSON-serialisable value, which leaves the step as JSON text in the same column. This is how
+the Stream API (:mod:`tideflow.stream`) runs ``return data * 2`` over ``[1, 2, 3]``: no value
+is forced into a table, so nothing is added to or taken from a record on the way.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from tideflow.core.contracts import (
     dead_letters,
     raw_dead_letters,
 )
-from tideflow.errors import ConfigError
+from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import component
 from tideflow.spec.models import Settings
 
@@ -39,10 +46,16 @@ class PythonConfig(Settings):
         description="`module:function` (importable) or `path/to/file.py:function` (relative "
         "to the pipeline file)."
     )
-    mode: Literal["record", "batch"] = Field(
+    mode: Literal["record", "batch", "value"] = Field(
         "record",
         description="`record`: fn(dict) -> dict | None, called per record (slow path); "
-        "`batch`: fn(DataFrame) -> DataFrame (fast path).",
+        "`batch`: fn(DataFrame) -> DataFrame (fast path); `value`: fn(any JSON value) -> "
+        "JSON value | None, over the JSON text in `column` (per record).",
+    )
+    column: str = Field(
+        "value",
+        description="`value` mode: the column holding each record's JSON text, replaced by the "
+        "function's result as JSON text (a `topic` source with `format: raw` reads `value`).",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra keyword arguments passed to every call."
@@ -85,6 +98,11 @@ def load_function(spec: str, base_dir: Path) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
+_VALUE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+"""How results of value-mode functions become JSON: dict keys that are not strings become
+strings (as ``json.dumps`` does), numpy scalars and arrays become numbers and lists."""
+
+
 def _record_json(record: dict[str, Any]) -> str:
     return orjson.dumps(record, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
@@ -107,6 +125,8 @@ class Python(Step):
         """Call the function."""
         if self.config.mode == "batch":
             return self._per_batch(batch)
+        if self.config.mode == "value":
+            return self._per_value(batch)
         return self._per_record(batch)
 
     def _per_batch(self, batch: pl.DataFrame) -> StepOutput:
@@ -144,6 +164,51 @@ class Python(Step):
                     f"function returned {type(result).__name__}, expected dict or None"
                 )
         out = self._frame(kept, batch)
+        dead = raw_dead_letters(bad_records, bad_reasons) if bad_records else None
+        return StepOutput(outputs={MAIN_PORT: out}, filtered=filtered, dead=dead)
+
+    def _per_value(self, batch: pl.DataFrame) -> StepOutput:
+        fn, kwargs, column = self.fn, self.config.kwargs, self.config.column
+        assert fn is not None
+        if column not in batch.columns:
+            raise PipelineError(
+                f"python (mode value): no column {column!r} of JSON text in the batch "
+                f"(columns: {', '.join(batch.columns) or 'none'}); read the topic with "
+                "`format: raw`, or set `column`"
+            )
+        kept: list[str] = []
+        bad_records: list[str] = []
+        bad_reasons: list[str] = []
+        filtered = 0
+        for raw in batch.get_column(column).to_list():
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+            if raw is None:
+                bad_records.append("")
+                bad_reasons.append("the message has no value")
+                continue
+            try:
+                value = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                bad_records.append(text)
+                bad_reasons.append(f"not JSON: {exc}")
+                continue
+            try:
+                result = fn(value, **kwargs) if kwargs else fn(value)
+            except Exception as exc:  # noqa: BLE001 - user code; the record is dead-lettered
+                bad_records.append(text)
+                bad_reasons.append(f"{type(exc).__name__}: {exc}")
+                continue
+            if result is None:
+                filtered += 1
+                continue
+            try:
+                kept.append(orjson.dumps(result, option=_VALUE_OPTIONS).decode())
+            except TypeError as exc:
+                bad_records.append(text)
+                bad_reasons.append(
+                    f"function returned {type(result).__name__}, which is not JSON: {exc}"
+                )
+        out = pl.DataFrame({column: pl.Series(column, kept, dtype=pl.String)})
         dead = raw_dead_letters(bad_records, bad_reasons) if bad_records else None
         return StepOutput(outputs={MAIN_PORT: out}, filtered=filtered, dead=dead)
 

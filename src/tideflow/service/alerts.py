@@ -11,15 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
+from tideflow.observe.figures import source_lag
 from tideflow.secrets import redact
 from tideflow.spec.models import AlertSpec, NotifySpec
 
@@ -50,20 +53,47 @@ class _RuleState:
     firing: bool = False
     last_sent: float = 0.0
     value: float | None = None
+    metric: str = ""
+    threshold: float | None = None
 
 
-def deliver(notify: NotifySpec, event: dict[str, Any]) -> None:
-    """Send one notification (blocking; call it off the request path)."""
+def target(notify: NotifySpec) -> str:
+    """Where a notification goes, safe to show: a webhook's scheme, host and port only (a
+    webhook's path and query often are its secret, as in Slack's)."""
+    if notify.type == "log":
+        return "log"
+    parts = urlsplit(notify.url or "")
+    host = parts.hostname or "?"
+    where = f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+    kind = "slack webhook" if notify.format == "slack" else "webhook"
+    return f"{kind} {redact(where)}"
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why a webhook call failed, in words a user can act on."""
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}".strip()
+    reason: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {WEBHOOK_TIMEOUT:g} s"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror
+    return f"{type(reason).__name__}: {reason}" if str(reason) else type(reason).__name__
+
+
+def deliver(notify: NotifySpec, event: dict[str, Any]) -> str | None:
+    """Send one notification (blocking; call it off the request path). A failure is logged,
+    never raised: its reason is returned (None: delivered)."""
     if notify.type == "log":
         level = logging.INFO if event["state"] == "resolved" else logging.WARNING
         log.log(level, "%s", event["message"])
-        return
+        return None
     assert notify.url is not None
     if not notify.url.lower().startswith(("http://", "https://")):
         log.warning(
             "alert %s: webhook URL must be http(s), not %s", event["alert"], redact(notify.url)
         )
-        return
+        return "the webhook URL must start with http:// or https://"
     body = {"text": event["message"]} if notify.format == "slack" else event
     request = urllib.request.Request(
         notify.url,
@@ -76,15 +106,22 @@ def deliver(notify: NotifySpec, event: dict[str, Any]) -> None:
         with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT) as response:  # nosec B310
             response.read(1024)
     except Exception as exc:  # noqa: BLE001 - a failed notification is logged, never raised
-        log.warning(
-            "alert %s: webhook %s failed: %s", event["alert"], redact(notify.url), redact(str(exc))
-        )
+        reason = redact(failure_reason(exc))
+        log.warning("alert %s: webhook %s failed: %s", event["alert"], redact(notify.url), reason)
+        return reason
+    return None
 
 
 class AlertManager:
-    """Evaluates every pipeline's rules; keeps recent alert events for the UI."""
+    """Evaluates every pipeline's rules; keeps recent alert events for the UI, each with
+    the outcome of its notifications (``sending``, ``sent``, or ``failed`` with the reason).
 
-    def __init__(self, send: Callable[[NotifySpec, dict[str, Any]], None] | None = None) -> None:
+    ``send`` delivers one notification and returns why it failed (None: delivered);
+    :func:`deliver` by default."""
+
+    def __init__(
+        self, send: Callable[[NotifySpec, dict[str, Any]], str | None] | None = None
+    ) -> None:
         self._send = send or deliver
         self._samples: dict[str, deque[Sample]] = {}
         self._states: dict[tuple[str, str], _RuleState] = {}
@@ -157,6 +194,7 @@ class AlertManager:
         sent = []
         for rule in rules:
             state = self._states.setdefault((pipeline, rule.name), _RuleState())
+            state.metric, state.threshold = rule.metric, rule.above
             # `for` is already the window of rate and no-records rules; lag must persist.
             holds, value = self.condition(pipeline, rule, at)
             state.value = value
@@ -178,12 +216,29 @@ class AlertManager:
         return sent
 
     def firing(self) -> list[dict[str, Any]]:
-        """Rules firing now."""
+        """Rules firing now, with the metric and threshold their value is measured against."""
         return [
-            {"pipeline": p, "alert": a, "value": s.value, "since": s.holding_since}
-            for (p, a), s in self._states.items()
+            {
+                "pipeline": p,
+                "alert": a,
+                "metric": s.metric,
+                "value": s.value,
+                "threshold": s.threshold,
+                "since": s.holding_since,
+            }
+            for (p, a), s in list(self._states.items())
             if s.firing
         ]
+
+    def recent(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The latest alert events, newest first, as they stand now (notifications are
+        delivered on threads of their own: their outcome fills in as they finish)."""
+        with self._lock:
+            events = list(self.events)[:limit]
+            return [
+                {**e, "notifications": [dict(n) for n in e.get("notifications", [])]}
+                for e in events
+            ]
 
     def _notify(
         self,
@@ -196,7 +251,8 @@ class AlertManager:
     ) -> dict[str, Any]:
         shown = "n/a" if value is None else f"{value:.4g}"
         what = {
-            "dead_letter_rate": f"dead-letter rate {shown} above {rule.above}",
+            "dead_letter_rate": f"dead-letter rate {_percent(value)} of records read above "
+            f"{_percent(rule.above)}",
             "no_records": f"no records read for {rule.for_:g}s",
             "source_lag": f"source lag {shown}s above {rule.above}s",
             "source_lag_records": f"source lag {shown} records above {rule.above:g}"
@@ -223,10 +279,94 @@ class AlertManager:
             "at": datetime.fromtimestamp(at, UTC).isoformat(),
             "message": redact(message),
         }
+        # What is sent is the event as above; the UI's copy also tracks each delivery.
+        payload = dict(event)
+        outcomes = [{"to": target(n), "status": "sending", "error": None} for n in rule.notify]
         with self._lock:
-            self.events.appendleft(event)
-        for notify in rule.notify:
+            self.events.appendleft({**event, "notifications": outcomes})
+        for notify, outcome in zip(rule.notify, outcomes, strict=True):
             threading.Thread(
-                target=self._send, args=(notify, event), name="alert-notify", daemon=True
+                target=self._deliver,
+                args=(notify, payload, outcome),
+                name="alert-notify",
+                daemon=True,
             ).start()
         return event
+
+    def _deliver(
+        self, notify: NotifySpec, payload: dict[str, Any], outcome: dict[str, Any]
+    ) -> None:
+        try:
+            error = self._send(notify, payload)
+        except Exception as exc:  # noqa: BLE001 - a notification never takes the server down
+            error = f"{type(exc).__name__}: {exc}"
+        with self._lock:
+            outcome["status"] = "failed" if error else "sent"
+            outcome["error"] = redact(error) if error else None
+
+
+def _percent(fraction: float | None) -> str:
+    """A share as a percentage with three significant digits: 0.0020973 -> ``0.21%``."""
+    return "n/a" if fraction is None else f"{fraction * 100:.3g}%"
+
+
+class RunAlerts:
+    """The alert rules of one pipeline, evaluated inside the process that runs it.
+
+    ``tideflow serve`` samples its runs from the server; a pipeline run from Python (the
+    Stream API) has no server, so this gives its engine's observer the same sampling: counts
+    at every progress call (about twice a second), records matching `matching_records`
+    conditions on every output frame, and the same :class:`AlertManager` state machine and
+    notifications.
+    """
+
+    def __init__(
+        self, pipeline: str, rules: list[AlertSpec], manager: AlertManager | None = None
+    ) -> None:
+        from tideflow.core.expressions import compile_expr
+
+        self.pipeline = pipeline
+        self.rules = list(rules)
+        self.manager = manager or AlertManager()
+        self.watches = [
+            (a.name, str(a.step), compile_expr(str(a.where), f"alerts.{a.name}.where"))
+            for a in self.rules
+            if a.metric == "matching_records"
+        ]
+        self.matches: dict[str, float] = {name: 0.0 for name, _, _ in self.watches}
+
+    def on_output(self, node: str, port: str, frame: Any) -> None:
+        """Count the records of a step's output that match a `matching_records` rule."""
+        from tideflow.core.expressions import condition_mask
+
+        key = node if port == "out" else f"{node}.{port}"
+        for name, step, condition in self.watches:
+            if step == key:
+                self.matches[name] += float(condition_mask(frame, condition).sum())
+
+    def on_progress(self, engine: Any) -> None:
+        """Sample the run's counts and evaluate every rule."""
+        self._sample(engine.counts(), running=True)
+
+    def finished(self, counts: dict[str, dict[str, Any]]) -> None:
+        """The run ended: a last sample, so firing rules resolve."""
+        self._sample(counts, running=False)
+
+    def _sample(self, counts: dict[str, dict[str, Any]], running: bool) -> None:
+        records = sum(
+            float(c.get("out", 0)) + float(c.get("dead_lettered", 0))
+            for c in counts.values()
+            if c.get("kind") == "source"
+        )
+        dead = sum(float(c.get("dead_lettered", 0)) for c in counts.values())
+        lag, lag_records = source_lag(counts)
+        self.manager.observe(
+            self.pipeline,
+            records,
+            dead,
+            lag,
+            running,
+            matches=dict(self.matches),
+            lag_records=lag_records,
+        )
+        self.manager.evaluate(self.pipeline, self.rules)

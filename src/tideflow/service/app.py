@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,11 +19,12 @@ import orjson
 from fastapi import Body, FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from tideflow.errors import ConfigError, TideflowError
+from tideflow.observe.figures import source_lag
 from tideflow.secrets import redact, register_secret
 from tideflow.service.alerts import AlertManager
 from tideflow.service.catalog import (
@@ -33,12 +35,13 @@ from tideflow.service.catalog import (
     Entry,
     NotFound,
     issue_json,
-    validate_text,
 )
-from tideflow.service.metrics import CONTENT_TYPE, PipelineMetrics, source_lag
+from tideflow.service.grouplag import GroupLagCollector
+from tideflow.service.metrics import CONTENT_TYPE, PipelineMetrics
+from tideflow.service.policy import Policy
 from tideflow.service.runs import ACTIVE, Run, RunManager
 from tideflow.service.scheduler import Scheduler, Ticker
-from tideflow.service.security import MAX_BODY_BYTES, Guard
+from tideflow.service.security import MAX_BODY_BYTES, Guard, allowed_hosts
 from tideflow.state.store import open_state_store
 
 log = logging.getLogger("tideflow.service")
@@ -46,14 +49,51 @@ STATIC = Path(__file__).parent / "static"
 """The web UI's files."""
 
 
-PAGE_HEADERS = {
+NONCE = "{{nonce}}"
+"""Where index.html takes the page's style nonce."""
+
+
+def page_headers(nonce: str) -> dict[str, str]:
+    """Headers of the UI page. Its scripts and style sheets are its own files, nothing
+    remote, no inline script; the one inline style the page may hold is the YAML editor's
+    (CodeMirror writes its theme into a <style> element), allowed by this response's nonce."""
+    return {
+        "Cache-Control": "no-store",
+        "Content-Security-Policy": f"default-src 'self'; style-src 'self' 'nonce-{nonce}'; "
+        "img-src 'self' data:; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+    }
+
+
+DOCS_HEADERS = {
     "Cache-Control": "no-store",
-    # The UI uses only its own script and style files; nothing inline, nothing remote.
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+    # Swagger UI and ReDoc come from the package fastapi-offline, served from /docs-assets;
+    # the page's only inline script is FastAPI's call that starts Swagger UI.
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; worker-src 'self' blob:; "
+    "frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
-"""Headers of the UI page."""
+"""Headers of the API documentation pages (/docs, /redoc)."""
+DOCS_ASSETS = "/docs-assets"
+"""Where Swagger UI's and ReDoc's files are served from (no CDN)."""
+
+
+def docs_assets() -> Path:
+    """The folder of Swagger UI's and ReDoc's files, as the package fastapi-offline ships
+    them (the `service` extra installs it)."""
+    from importlib.resources import files
+
+    from tideflow.errors import MissingDependencyError
+
+    try:
+        return Path(str(files("fastapi_offline") / "static"))
+    except ModuleNotFoundError as exc:
+        raise MissingDependencyError("fastapi-offline", "service") from exc
+
+
 STREAM_INTERVAL = 0.5
 """Seconds between looks at a run for the event stream (the engine's progress interval)."""
 STREAM_LIFETIME = 600.0
@@ -108,9 +148,10 @@ PidPath = Annotated[str, Field(pattern=ID_PATTERN, max_length=100)]
 class Service:
     """The server's parts, wired together."""
 
-    def __init__(self, folder: str | Path) -> None:
-        self.catalog = Catalog(folder)
+    def __init__(self, folder: str | Path, policy: Policy | None = None) -> None:
+        self.catalog = Catalog(folder, policy)
         self.metrics = PipelineMetrics()
+        self.metrics.registry.register(GroupLagCollector(self.catalog))
         self.alerts = AlertManager()
         self.runs = RunManager(self.catalog, self.metrics)
         self.scheduler = Scheduler(self.catalog, self.runs)
@@ -262,10 +303,16 @@ def create_app(
     max_body: int = MAX_BODY_BYTES,
     background: bool = True,
     tick_seconds: float = 1.0,
+    host: str = "127.0.0.1",
+    hosts: tuple[str, ...] = (),
+    policy: Policy | None = None,
 ) -> FastAPI:
     """The service for the pipelines in ``folder``. With ``token``, every route requires it;
-    ``background`` runs the scheduler and alert checks every ``tick_seconds``."""
-    service = Service(folder)
+    ``background`` runs the scheduler and alert checks every ``tick_seconds``. Requests
+    must name ``host`` (the bound address), a loopback name or one of ``hosts`` in their
+    ``Host`` header; pipelines are held to ``policy`` (by default: no python steps, files
+    only in ``folder``, no file access from SQL)."""
+    service = Service(folder, policy)
     if token:
         register_secret(token)
 
@@ -287,9 +334,12 @@ def create_app(
         version="0.1.0",
         default_response_class=RedactedJSON,
         lifespan=lifespan,
+        # Served below from the package's own files: FastAPI's pages load them from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.service = service
-    app.add_middleware(Guard, token=token, max_body=max_body)
+    app.add_middleware(Guard, token=token, max_body=max_body, hosts=allowed_hosts(host, hosts))
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> Response:
@@ -319,16 +369,51 @@ def create_app(
         return RedactedJSON({"detail": str(exc)}, status_code=400)
 
     _routes(app, service)
+    _docs(app)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=docs_assets()), name="docs-assets")
     return app
+
+
+def _docs(app: FastAPI) -> None:
+    """Swagger UI at /docs and ReDoc at /redoc, with every file served by this server."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> Response:
+        page = get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="tideflow API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            # No badge from the public validator service: nothing leaves the page.
+            swagger_ui_parameters={"validatorUrl": None},
+        )
+        page.headers.update(DOCS_HEADERS)
+        return page
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> Response:
+        page = get_redoc_html(
+            openapi_url="/openapi.json",
+            title="tideflow API",
+            redoc_js_url=f"{DOCS_ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
+        page.headers.update(DOCS_HEADERS)
+        return page
 
 
 def _routes(app: FastAPI, service: Service) -> None:
     catalog, runs = service.catalog, service.runs
 
     @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+    def index() -> HTMLResponse:
+        nonce = secrets.token_urlsafe(18)  # new for every page: guessing it is futile
+        page = (STATIC / "index.html").read_text(encoding="utf-8").replace(NONCE, nonce)
+        return HTMLResponse(page, headers=page_headers(nonce))
 
     @app.get("/api/health", tags=["server"])
     def health() -> dict[str, Any]:
@@ -349,7 +434,7 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/pipelines", tags=["pipelines"], status_code=201)
     def create_pipeline(body: NewPipeline) -> dict[str, Any]:
         """Create a pipeline file; invalid text is refused (422) with every issue."""
-        spec, issues = validate_text(body.yaml, f"{body.id or 'new'}.yaml")
+        spec, issues = catalog.validate(body.yaml, f"{body.id or 'new'}.yaml")
         if spec is None:
             return RedactedJSON(  # type: ignore[return-value]
                 {"detail": "invalid pipeline", "issues": issues}, status_code=422
@@ -360,7 +445,7 @@ def _routes(app: FastAPI, service: Service) -> None:
     @app.post("/api/validate", tags=["pipelines"])
     def validate(body: PipelineText) -> dict[str, Any]:
         """Validate pipeline text without saving it: `issues` carry file, line and field."""
-        spec, issues = validate_text(body.yaml, "pipeline.yaml")
+        spec, issues = catalog.validate(body.yaml, "pipeline.yaml")
         return {"valid": spec is not None, "name": spec.name if spec else None, "issues": issues}
 
     @app.get("/api/pipelines/{pid}", tags=["pipelines"])
@@ -501,8 +586,9 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/api/alerts", tags=["alerts"])
     def alerts() -> dict[str, Any]:
-        """Alerts firing now and the latest alert notifications."""
-        return {"firing": service.alerts.firing(), "events": list(service.alerts.events)[:100]}
+        """Alerts firing now (with metric, value and threshold) and the latest alert events,
+        each with the outcome of its notifications (`sent`, or `failed` with the reason)."""
+        return {"firing": service.alerts.firing(), "events": service.alerts.recent(100)}
 
 
 class _RedactArguments(logging.Filter):
@@ -517,11 +603,18 @@ class _RedactArguments(logging.Filter):
         return True
 
 
-def serve(folder: str | Path, host: str, port: int, token: str | None) -> None:
+def serve(
+    folder: str | Path,
+    host: str,
+    port: int,
+    token: str | None,
+    hosts: tuple[str, ...] = (),
+    policy: Policy | None = None,
+) -> None:
     """Run the server until interrupted (the `tideflow serve` command)."""
     import uvicorn
 
-    app = create_app(folder, token=token)
+    app = create_app(folder, token=token, host=host, hosts=hosts, policy=policy)
     config = uvicorn.Config(app, host=host, port=port, log_level="info", proxy_headers=False)
     # uvicorn configured its own handlers just now; the access log prints request URLs, which
     # may carry the token (`/?token=...`), so its lines are redacted like every other log.

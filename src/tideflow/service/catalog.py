@@ -15,6 +15,7 @@ from typing import Any
 
 from tideflow.errors import ConfigError, ConfigIssue, TideflowError
 from tideflow.secrets import MASK, redact
+from tideflow.service.policy import Policy
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.spec.models import NAME_PATTERN, PipelineSpec
 
@@ -96,22 +97,41 @@ class Entry:
         ]
 
 
-def validate_text(text: str, file: str | None) -> tuple[PipelineSpec | None, list[dict[str, Any]]]:
-    """Validate pipeline text; the spec, or None and every issue as JSON."""
+def validate_text(
+    text: str,
+    file: str | None,
+    policy: Policy | None = None,
+    folder: Path | None = None,
+) -> tuple[PipelineSpec | None, list[dict[str, Any]]]:
+    """Validate pipeline text, then hold it to the server's ``policy`` (files relative to
+    ``folder``); the spec, or None and every issue as JSON."""
     try:
-        return load_pipeline_text(text, file), []
+        spec = load_pipeline_text(text, file)
     except ConfigError as exc:
         return None, [issue_json(issue) for issue in exc.issues]
+    if policy is not None:
+        refused = policy.issues(spec, text, file, folder or Path("."))
+        if refused:
+            return None, [issue_json(issue) for issue in refused]
+    return spec, []
 
 
 class Catalog:
-    """The pipelines of one folder; safe to use from several threads."""
+    """The pipelines of one folder, each held to the server's policy (a file the policy
+    refuses is listed as invalid, with why); safe to use from several threads."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, policy: Policy | None = None) -> None:
+        self.policy = policy if policy is not None else Policy()
         self.folder = Path(folder).resolve()
         self.folder.mkdir(parents=True, exist_ok=True)
         self._entries: dict[str, Entry] = {}
         self._lock = threading.Lock()
+
+    def validate(
+        self, text: str, file: str | None
+    ) -> tuple[PipelineSpec | None, list[dict[str, Any]]]:
+        """Validate text as a pipeline of this folder, under the server's policy."""
+        return validate_text(text, file, self.policy, self.folder)
 
     def path_of(self, pid: str) -> Path:
         """The file of pipeline ``pid``; refuses ids that could leave the folder."""
@@ -141,7 +161,7 @@ class Catalog:
         if have is not None and have.stamp == stamp:
             return
         text = path.read_text(encoding="utf-8", errors="replace")
-        spec, issues = validate_text(text, path.name)
+        spec, issues = self.validate(text, path.name)
         self._entries[path.stem] = Entry(path.stem, path, text, spec, issues, stamp)
 
     def get(self, pid: str) -> Entry:
@@ -181,7 +201,7 @@ class Catalog:
                         )
                     ]
                 )
-        spec, issues = validate_text(text, path.name)
+        spec, issues = self.validate(text, path.name)
         if spec is None:
             raise ConfigError(
                 [ConfigIssue(i["path"], i["message"], i["file"], i["line"]) for i in issues]

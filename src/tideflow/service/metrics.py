@@ -20,51 +20,17 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-OUTCOMES = ("in", "out", "filtered", "dead_lettered", "consumed", "generated")
-"""Record counts exported per step."""
-_PLAIN = {*OUTCOMES, "batches", "seconds", "kind", "type"}
+from tideflow.observe.figures import OUTCOMES, figures
+
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Histogram buckets for batch latency, in seconds."""
 END_TO_END_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0)
 """Histogram buckets for end-to-end latency, in seconds: it includes the checkpoint interval
 (records wait for the checkpoint that makes them visible) and any backlog."""
+CHECKPOINT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+"""Histogram buckets for checkpoint duration, in seconds."""
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 """The Prometheus text exposition content type."""
-
-
-def figures(node: dict[str, Any]) -> dict[str, float]:
-    """The numbers a component reported beside its record counts: those under ``report``
-    (``Context.metrics`` and ``report()``, as the engine's ``counts()`` puts them) and any
-    other numeric key next to the counts."""
-    found = {
-        k: float(v)
-        for k, v in node.items()
-        if k not in _PLAIN and isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    report = node.get("report")
-    if isinstance(report, dict):
-        found.update(
-            (k, float(v))
-            for k, v in report.items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        )
-    return found
-
-
-def source_lag(counts: dict[str, dict[str, Any]]) -> tuple[float | None, float | None]:
-    """The largest lag any source of a run reports: (seconds, records); None where no
-    source reports it. ``lag`` is an older name of ``lag_seconds``."""
-    seconds: list[float] = []
-    records: list[float] = []
-    for node in counts.values():
-        if node.get("kind") != "source":
-            continue
-        found = figures(node)
-        if "lag_seconds" in found or "lag" in found:
-            seconds.append(found.get("lag_seconds", found.get("lag", 0.0)))
-        if "lag_records" in found:
-            records.append(found["lag_records"])
-    return (max(seconds) if seconds else None, max(records) if records else None)
 
 
 class PipelineMetrics:
@@ -154,6 +120,47 @@ class PipelineMetrics:
             ["pipeline", "status"],
             registry=self.registry,
         )
+        self.partition_lag = Gauge(
+            "tideflow_source_partition_lag_records",
+            "Records a topic/kafka source is behind on one partition it owns, as it last "
+            "measured (the partitions add up to tideflow_source_lag_records).",
+            ["pipeline", "source", "topic", "partition"],
+            registry=self.registry,
+        )
+        self.checkpoint_seconds = Histogram(
+            "tideflow_checkpoint_duration_seconds",
+            "Seconds one checkpoint took: sink flushes, the state store commit, sink commits "
+            "and source acknowledgements.",
+            ["pipeline"],
+            buckets=CHECKPOINT_BUCKETS,
+            registry=self.registry,
+        )
+        self.last_checkpoint = Gauge(
+            "tideflow_last_checkpoint_timestamp_seconds",
+            "Unix time of the active run's latest committed checkpoint (its start before the "
+            "first one).",
+            ["pipeline"],
+            registry=self.registry,
+        )
+        self.pending = Gauge(
+            "tideflow_records_since_checkpoint",
+            "Records the active run has read that no checkpoint covers yet.",
+            ["pipeline"],
+            registry=self.registry,
+        )
+        self.worker_restarts = Counter(
+            "tideflow_worker_restarts",
+            "Times `tideflow run --workers` restarted a worker that failed or was killed.",
+            ["pipeline", "worker"],
+            registry=self.registry,
+        )
+        self.workers_running = Gauge(
+            "tideflow_workers_running",
+            "Worker processes of `tideflow run --workers` alive now.",
+            ["pipeline"],
+            registry=self.registry,
+        )
+        self._lag_series: dict[str, set[tuple[Gauge, tuple[str, ...]]]] = {}
 
     def progress(
         self,
@@ -179,17 +186,50 @@ class PipelineMetrics:
             delta = float(now.get("seconds", 0)) - float(was.get("seconds", 0))
             if delta > 0:
                 self.step_seconds.labels(pipeline, step).inc(delta)
+            if kind == "source":
+                self._partition_lags(pipeline, step, now)
             for key, value in figures(now).items():
                 if key in ("lag", "lag_seconds") and kind == "source":
-                    self.source_lag.labels(pipeline, step).set(value)
+                    self._lag(self.source_lag, pipeline, (pipeline, step), value)
                 elif key == "lag_records" and kind == "source":
-                    self.source_lag_records.labels(pipeline, step).set(value)
+                    self._lag(self.source_lag_records, pipeline, (pipeline, step), value)
                 elif key == "state_bytes":
                     self.step_state_bytes.labels(pipeline, step).set(value)
                 else:
                     self.node_metric.labels(pipeline, step, key).set(value)
         if read:
             self.last_record.labels(pipeline).set(time.time())
+
+    def _lag(self, gauge: Gauge, pipeline: str, labels: tuple[str, ...], value: float) -> None:
+        """Set a lag gauge, remembered so that the run's end removes it."""
+        gauge.labels(*labels).set(value)
+        self._lag_series.setdefault(pipeline, set()).add((gauge, labels))
+
+    def _partition_lags(self, pipeline: str, source: str, node: dict[str, Any]) -> None:
+        """Per-partition lag from the source's report; partitions it no longer owns (a
+        rebalance gave them away) are removed, not left at their last value."""
+        report = node.get("report")
+        reported = report.get("lag_partitions") if isinstance(report, dict) else None
+        now: set[tuple[str, ...]] = set()
+        for key, value in (reported or {}).items():
+            topic, _, part = str(key).rpartition(":")
+            owned: tuple[str, ...] = (pipeline, source, topic, part)
+            self._lag(self.partition_lag, pipeline, owned, float(value))
+            now.add(owned)
+        kept = self._lag_series.get(pipeline, set())
+        for gauge, labels in list(kept):
+            if gauge is self.partition_lag and labels[1] == source and labels not in now:
+                gauge.remove(*labels)
+                kept.discard((gauge, labels))
+
+    def checkpoint_status(self, pipeline: str, last_at: float, pending: int) -> None:
+        """The active run's latest checkpoint time and the records no checkpoint covers."""
+        self.last_checkpoint.labels(pipeline).set(last_at)
+        self.pending.labels(pipeline).set(pending)
+
+    def checkpoint(self, pipeline: str, seconds: float) -> None:
+        """Record one committed checkpoint's duration."""
+        self.checkpoint_seconds.labels(pipeline).observe(seconds)
 
     def batch(self, pipeline: str, source: str, seconds: float) -> None:
         """Record one batch's latency."""
@@ -204,9 +244,12 @@ class PipelineMetrics:
         self.running.labels(pipeline).set(1)
 
     def run_finished(self, pipeline: str, status: str) -> None:
-        """A run ended with ``status``."""
+        """A run ended with ``status``. The lag its sources reported is removed: nobody
+        measures it any more (the server's group lag goes on for topic sources)."""
         self.running.labels(pipeline).set(0)
         self.runs.labels(pipeline, status).inc()
+        for gauge, labels in self._lag_series.pop(pipeline, set()):
+            gauge.remove(*labels)
 
     def render(self) -> bytes:
         """The Prometheus text exposition of every metric."""
@@ -220,25 +263,29 @@ class RunHooks:
     on_progress: Callable[[Any], None]
     on_batch: Callable[[str, int, float], None]
     on_visible: Callable[[str, float], None]
+    on_checkpoint_seconds: Callable[[int, float], None]
 
 
-def run_metrics_observer(
-    pipeline: str, port: int, host: str = "127.0.0.1"
-) -> tuple[PipelineMetrics, RunHooks]:
-    """Serve ``/metrics`` for a single ``tideflow run`` on ``host:port``.
-
-    Returns the metrics and the hooks to give the engine's observer.
-    """
+def serve_metrics(port: int, host: str = "127.0.0.1") -> tuple[PipelineMetrics, Any]:
+    """A registry of tideflow metrics served on ``http://host:port/metrics``; returns it and
+    the server (``shutdown()`` stops it)."""
     from prometheus_client import start_http_server
 
     metrics = PipelineMetrics()
-    start_http_server(port, addr=host, registry=metrics.registry)
+    server, _ = start_http_server(port, addr=host, registry=metrics.registry)
+    return metrics, server
+
+
+def run_hooks(metrics: PipelineMetrics, pipeline: str) -> RunHooks:
+    """The engine hooks that feed ``metrics`` from one run of ``pipeline`` (several runs,
+    of several pipelines, may share one registry)."""
     metrics.run_started(pipeline)
     last: dict[str, dict[str, Any]] = {}
 
     def on_progress(engine: Any) -> None:
         counts = engine.counts()
         metrics.progress(pipeline, last.copy(), counts)
+        metrics.checkpoint_status(pipeline, engine.last_checkpoint_at, engine.pending_records)
         last.clear()
         last.update({k: dict(v) for k, v in counts.items()})
 
@@ -248,4 +295,17 @@ def run_metrics_observer(
     def on_visible(source: str, seconds: float) -> None:
         metrics.visible(pipeline, source, seconds)
 
-    return metrics, RunHooks(on_progress, on_batch, on_visible)
+    def on_checkpoint_seconds(checkpoint: int, seconds: float) -> None:
+        metrics.checkpoint(pipeline, seconds)
+
+    return RunHooks(on_progress, on_batch, on_visible, on_checkpoint_seconds)
+
+
+def run_metrics(pipeline: str) -> tuple[PipelineMetrics, RunHooks]:
+    """The metrics of a single ``tideflow run`` and the engine hooks that feed them.
+
+    ``tideflow run --metrics-port`` serves :meth:`PipelineMetrics.render` at ``/metrics``
+    (beside ``/healthz`` and ``/readyz``, :mod:`tideflow.observe.health`).
+    """
+    metrics = PipelineMetrics()
+    return metrics, run_hooks(metrics, pipeline)

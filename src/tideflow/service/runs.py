@@ -4,6 +4,13 @@ A reader thread per run turns the child's events into the run's live state (coun
 throughput, taps, logs) and into metrics. When the child ends without saying how (it
 crashed, ran out of memory, was killed), the run is marked ``crashed`` here and in the
 state store, and the server carries on.
+
+Server and child talk over two one-way pipes and nothing else: events flow up one; the
+other is the stop signal, which the child reads as "stop" when the server closes it *or
+dies*. No multiprocessing ``Queue`` or ``Event``: those are named POSIX semaphores, which
+outlive a server ended by a signal (uvicorn re-raises SIGTERM after its graceful shutdown,
+so no ``atexit`` hook runs) and made the resource tracker warn about leaked semaphores.
+A pipe is a file descriptor: the kernel closes it with its process, whatever ends it.
 """
 
 from __future__ import annotations
@@ -11,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
-import queue
 import threading
 import time
 import uuid
@@ -26,7 +32,7 @@ from tideflow.secrets import redact
 from tideflow.service.catalog import Catalog, Conflict, Entry, NotFound
 from tideflow.service.metrics import PipelineMetrics
 from tideflow.service.worker import worker_main
-from tideflow.state.store import StateStore, open_state_store, state_path
+from tideflow.state.store import StateStore, open_state_store, state_location, state_path
 
 log = logging.getLogger("tideflow.service")
 ACTIVE = ("starting", "running", "stopping")
@@ -70,11 +76,13 @@ class Run:
     visible_batches: dict[str, int] = field(default_factory=dict)
     """Per source: batches made visible so far (all of them, not only those kept)."""
     process: Any = None
-    stop_event: Any = None
+    stop_channel: Any = None
+    """The server's end of the stop pipe (closing it asks the run to stop)."""
     final_status: str | None = None
     state_file: Path | None = None
     """The SQLite state store of the run (None for PostgreSQL), measured for metrics."""
     _last_sample: tuple[float, float] = (0.0, 0.0)
+    _stop_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def records_in(self) -> int:
@@ -149,6 +157,14 @@ class Run:
                 found[name] = {k.removeprefix("lag_"): float(v) for k, v in lag.items()}
         return found
 
+    def request_stop(self) -> None:
+        """Ask the run's process to drain, checkpoint and end: close the stop pipe (once,
+        whichever thread asks: a second close could hit a descriptor number reused since)."""
+        with self._stop_lock:
+            channel, self.stop_channel = self.stop_channel, None
+        if channel is not None:
+            channel.close()
+
     def add_log(self, at: float, level: str, text: str) -> None:
         """Append a log line, numbered so clients can ask for what is new."""
         self.log_seq += 1
@@ -213,7 +229,8 @@ class RunManager:
         active already (runs of one pipeline never overlap: they share its checkpoint)."""
         entry = self.catalog.get(pid)
         if entry.spec is None:
-            raise Conflict(f"pipeline {pid!r} is not valid; fix it before running it")
+            first = entry.issues[0]["message"] if entry.issues else "see its issues"
+            raise Conflict(f"pipeline {pid!r} is not valid; fix it before running it: {first}")
         with self._lock:
             busy = any(r.pipeline == pid and r.status in ACTIVE for r in self._runs.values())
             if busy:
@@ -228,14 +245,22 @@ class RunManager:
             )
             self._runs[run.id] = run
             self._forget_old()
-        location = entry.spec.state
+        location = state_location(entry.spec.state)
         if not (location and "://" in location):
             run.state_file = state_path(location, entry.path.parent)
-        events = self._mp.Queue()
-        run.stop_event = self._mp.Event()
+        events, child_events = self._mp.Pipe(duplex=False)
+        child_stop, run.stop_channel = self._mp.Pipe(duplex=False)
         run.process = self._mp.Process(
             target=worker_main,
-            args=(str(entry.path), run.id, kind, options or {}, events, run.stop_event),
+            args=(
+                str(entry.path),
+                run.id,
+                kind,
+                options or {},
+                child_events,
+                child_stop,
+                self.catalog.policy,
+            ),
             name=f"tideflow-run-{pid}",
             daemon=True,
         )
@@ -244,7 +269,15 @@ class RunManager:
         except Exception as exc:
             run.status, run.ended_at = "failed", time.time()
             run.error = redact(f"the run's process could not start: {exc}")
+            events.close()
+            run.request_stop()
             raise PipelineError(run.error) from exc
+        finally:
+            # The child has its own copies now. Closing ours makes the events pipe end (EOF)
+            # exactly when the child does, and leaves the child the only reader of the stop
+            # pipe.
+            child_events.close()
+            child_stop.close()
         run.add_log(time.time(), "INFO", f"process {run.process.pid} started ({trigger})")
         self.metrics.run_started(entry.name)
         threading.Thread(
@@ -259,7 +292,7 @@ class RunManager:
         if run.status not in ACTIVE:
             return run
         run.status = "stopping"
-        run.stop_event.set()
+        run.request_stop()
 
         def enforce() -> None:
             run.process.join(grace)
@@ -274,7 +307,7 @@ class RunManager:
         """Stop every active run (the server is going down)."""
         active = [r for r in self.runs() if r.status in ACTIVE and r.process.pid is not None]
         for run in active:
-            run.stop_event.set()
+            run.request_stop()
         deadline = time.monotonic() + grace
         for run in active:
             run.process.join(max(deadline - time.monotonic(), 0.1))
@@ -307,19 +340,20 @@ class RunManager:
     def _follow(self, run: Run, events: Any, entry: Entry) -> None:
         """Apply the child's events until it says it is done or its process ends."""
         finished = False
-        while not finished:
-            try:
-                event = events.get(timeout=0.25)
-            except queue.Empty:
-                if not run.process.is_alive():
-                    # Drain what the child sent just before it ended, then give up.
-                    try:
-                        event = events.get(timeout=0.5)
-                    except queue.Empty:
+        try:
+            while not finished:
+                # The pipe ends (EOFError) when the child's process does, however it ends;
+                # the liveness check covers a grandchild that kept a copy of its end open.
+                if not events.poll(0.25):
+                    if run.process.is_alive():
+                        continue
+                    if not events.poll(0.5):
                         break
-                else:
-                    continue
-            finished = self._apply(run, event)
+                finished = self._apply(run, events.recv())
+        except (EOFError, OSError):
+            pass  # the child ended without its final message: a crash, judged below
+        finally:
+            events.close()
         run.process.join(5)
         status = run.final_status
         if not finished or status is None:
@@ -332,7 +366,7 @@ class RunManager:
         run.rate = 0.0
         self.metrics.run_finished(run.name, status)
         run.status = status  # last, so whoever sees the end also sees its metrics
-        events.close()
+        run.request_stop()  # nothing left to stop: release the pipe
         if self.on_event is not None:
             self.on_event(run)
 
@@ -368,6 +402,10 @@ class RunManager:
                     kept = run.end_to_end[source] = deque(maxlen=LATENCY_KEPT)
                 kept.append(float(seconds))
                 run.visible_batches[source] = run.visible_batches.get(source, 0) + 1
+        elif kind == "checkpoints":
+            for seconds in event[3]:
+                self.metrics.checkpoint(run.name, float(seconds))
+            self.metrics.checkpoint_status(run.name, float(event[1]), int(event[2]))
         elif kind == "done":
             previous = run.counts
             run.final_status, run.error = event[1], event[3]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,20 @@ def interpolate(loaded: LoadedYaml, environ: Mapping[str, str] | None = None) ->
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string, in place.
 
     Values come from the environment, then the file's ``vars``, then the default. ``$$`` is a
-    literal ``$``. Values of secret-looking variables are registered for redaction.
+    literal ``$``. Values of secret-looking variables are registered for redaction. An unset
+    variable is left as written and is one issue each.
     """
+    return _interpolate(loaded, environ)[0]
+
+
+def _interpolate(
+    loaded: LoadedYaml, environ: Mapping[str, str] | None
+) -> tuple[list[ConfigIssue], set[Path_]]:
+    """:func:`interpolate`, also returning the paths of the values left unset (their
+    validation errors would only repeat that the variable is missing)."""
     env = os.environ if environ is None else environ
     issues: list[ConfigIssue] = []
+    unset: set[Path_] = set()
     file_vars: dict[str, Any] = {}
 
     def substitute(text: str, path: Path_) -> str:
@@ -158,6 +169,7 @@ def interpolate(loaded: LoadedYaml, environ: Mapping[str, str] | None = None) ->
             elif default is not None:
                 value = default
             else:
+                unset.add(path)
                 issues.append(
                     loaded.issue(
                         path,
@@ -188,7 +200,7 @@ def interpolate(loaded: LoadedYaml, environ: Mapping[str, str] | None = None) ->
         file_vars.update(walk(raw_vars, ("vars",)))
         loaded.data["vars"] = file_vars
     loaded.data = walk(loaded.data, ())
-    return issues
+    return issues, unset
 
 
 def apply_overrides(loaded: LoadedYaml, overrides: Mapping[str, str]) -> None:
@@ -271,18 +283,50 @@ def _known_keys(registry: Registry, data: Any, loc: Path_) -> tuple[Kind | None,
     return kind, list(model.model_fields)
 
 
+def _user_loc(raw_loc: Path_) -> Path_:
+    """A pydantic error location as the user wrote it: discriminated unions put the tag into
+    the location, which no file holds."""
+    return tuple(
+        p
+        for i, p in enumerate(raw_loc)
+        if not (i > 0 and isinstance(p, str) and ":" not in p and _is_tag_position(raw_loc, i))
+    )
+
+
+def _placeholders(data: Any, paths: AbstractSet[Path_]) -> set[str]:
+    """The ``${VAR}`` texts left in the values at ``paths`` (their variables are unset)."""
+    found = set()
+    for path in paths:
+        node = data
+        for part in path:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        if isinstance(node, str):
+            found |= {m.group(0) for m in _VAR.finditer(node) if m.group(0) != "$$"}
+    return found
+
+
+def _under(loc: Path_, paths: AbstractSet[Path_]) -> bool:
+    """True when ``loc`` is one of ``paths`` or inside one of them."""
+    return any(loc[: len(p)] == p for p in paths)
+
+
 def _issues_from_validation(
-    exc: ValidationError, loaded: LoadedYaml, registry: Registry
+    exc: ValidationError,
+    loaded: LoadedYaml,
+    registry: Registry,
+    unset: AbstractSet[Path_] = frozenset(),
 ) -> list[ConfigIssue]:
+    placeholders = _placeholders(loaded.data, unset)
     issues = []
     for err in exc.errors():
         raw_loc: Path_ = tuple(err["loc"])
-        # Discriminated unions put the tag into the location; users never wrote it.
-        loc: Path_ = tuple(
-            p
-            for i, p in enumerate(raw_loc)
-            if not (i > 0 and isinstance(p, str) and ":" not in p and _is_tag_position(raw_loc, i))
-        )
+        loc: Path_ = _user_loc(raw_loc)
+        if _under(loc, unset):
+            continue  # its variable is unset, which is reported already
         kind_word = {
             "sources": "source",
             "source": "source",
@@ -322,6 +366,8 @@ def _issues_from_validation(
         else:
             msg = str(err["msg"]).removeprefix("Value error, ")
             message = f"{msg}; got {_show(err.get('input'), loc)}"
+        if placeholders and any(p in message.split("; got ")[0] for p in placeholders):
+            continue  # a check of a mapping or list quoting an unset `${VAR}` it holds
         issues.append(loaded.issue(loc, redact(message)))
     return issues
 
@@ -340,24 +386,120 @@ def _is_tag_position(loc: Path_, i: int) -> bool:
     return prev == "sink" and i == 2 and loc[0] == "on_error"
 
 
+def _secret_part(name: str) -> bool:
+    """A field name whose value may be a secret: ``password``, ``api_key``, anything of
+    ``auth``, and a bare ``key`` (s3fs's access key in ``storage_options``)."""
+    return is_secret_field(name) or "auth" in name.lower() or name.lower() == "key"
+
+
 def _show(value: Any, loc: Path_) -> str:
-    if loc and isinstance(loc[-1], str) and looks_secret(loc[-1]):
+    # Fields that hold secrets by name (`password`, `api_key`), not every name containing
+    # "key": `keys: country` is a column name, and hiding it makes the error unreadable.
+    # Secrets interpolated from variables are masked by redact() below in any field.
+    if any(isinstance(p, str) and _secret_part(p) for p in loc):
         return "<redacted>"
     text = repr(value)
     return redact(text if len(text) <= 80 else text[:77] + "...")
 
 
-def validate(loaded: LoadedYaml, registry: Registry | None = None) -> PipelineSpec:
-    """Validate plain pipeline data into the typed model, or raise every issue found."""
-    registry = registry or default_registry
-    model = pipeline_model(registry)
+_SCALARS = (str, int, float, bool)
+
+
+def _coerce_scalars_to_lists(exc: ValidationError, data: Any) -> bool:
+    """Wrap each scalar given where a list is expected (`keys: country`) into a one-element
+    list, in place; True when anything changed (the data is then validated again)."""
+    changed = False
+    for err in exc.errors():
+        if err["type"] != "list_type" or not isinstance(err.get("input"), _SCALARS):
+            continue
+        loc = _user_loc(tuple(err["loc"]))
+        if not loc:
+            continue
+        node = data
+        for part in loc[:-1]:
+            try:
+                node = node[part]
+            except (KeyError, IndexError, TypeError):
+                node = None
+                break
+        last = loc[-1]
+        holds = isinstance(node, dict) and last in node
+        holds = holds or (isinstance(node, list) and isinstance(last, int) and last < len(node))
+        if not holds or node is None:
+            continue
+        current = node[last]
+        if isinstance(current, _SCALARS) and current == err["input"]:
+            node[last] = [current]
+            changed = True
+    return changed
+
+
+def _types_named(data: Any) -> set[str]:
+    """Every ``type:`` string anywhere in the pipeline data (the components it uses)."""
+    found: set[str] = set()
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("type"), str):
+                found.add(node["type"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _validate_narrowed(registry: Registry, data: Any) -> PipelineSpec | None:
+    """Validate with a model of only the component types the data names (quick to build);
+    None when that fails, so that the full model reports the errors as it always has."""
     try:
-        spec = model.model_validate(loaded.data)
-    except ValidationError as exc:
-        raise ConfigError(_issues_from_validation(exc, loaded, registry)) from None
-    graph_issues = check_graph(spec, registry)
-    if graph_issues:
-        raise ConfigError([loaded.issue(path, msg) for path, msg in graph_issues])
+        return pipeline_model(registry, only=_types_named(data)).model_validate(data)
+    except ValidationError:
+        return None
+
+
+def _validate_full(
+    registry: Registry, loaded: LoadedYaml, unset: AbstractSet[Path_], earlier: list[ConfigIssue]
+) -> PipelineSpec:
+    """Validate with the model of every registered type, wrapping scalars given for lists;
+    raise every issue found."""
+    model = pipeline_model(registry)
+    # Each round wraps scalars given for lists; a nested list may need a second round.
+    for _ in range(8):
+        try:
+            return model.model_validate(loaded.data)
+        except ValidationError as exc:
+            if _coerce_scalars_to_lists(exc, loaded.data):
+                continue
+            raise ConfigError(
+                earlier + _issues_from_validation(exc, loaded, registry, unset)
+            ) from None
+    # Eight rounds of nested scalars is not a real file.
+    raise ConfigError(earlier or "the file could not be validated")  # pragma: no cover
+
+
+def validate(
+    loaded: LoadedYaml,
+    registry: Registry | None = None,
+    unset: AbstractSet[Path_] = frozenset(),
+    issues: list[ConfigIssue] | None = None,
+) -> PipelineSpec:
+    """Validate plain pipeline data into the typed model, or raise every issue found:
+    ``issues`` found before (unset variables) come first, and the errors of the values at
+    ``unset`` paths are left out."""
+    registry = registry or default_registry
+    earlier = list(issues or [])
+    spec = _validate_narrowed(registry, loaded.data)
+    if spec is None:
+        spec = _validate_full(registry, loaded, unset, earlier)
+    placeholders = _placeholders(loaded.data, unset)
+    graph_issues = [
+        (p, m)
+        for p, m in check_graph(spec, registry)
+        if not _under(p, unset) and not any(text in m for text in placeholders)
+    ]
+    if earlier or graph_issues:
+        raise ConfigError(earlier + [loaded.issue(path, msg) for path, msg in graph_issues])
     return spec
 
 
@@ -386,9 +528,9 @@ def load_pipeline_text(
 ) -> PipelineSpec:
     """Like :func:`load_pipeline`, from text."""
     loaded = parse_yaml(text, file)
-    issues = interpolate(loaded, environ)
-    if issues:
-        raise ConfigError(issues)
+    # An unset variable does not stop the check: the rest of the file is validated too, so
+    # every problem shows at once (the values left unset are not judged).
+    issues, unset = _interpolate(loaded, environ)
     if overrides:
         apply_overrides(loaded, overrides)
-    return validate(loaded, registry)
+    return validate(loaded, registry, unset, issues)

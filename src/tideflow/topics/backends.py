@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -49,6 +50,17 @@ class Consumer(Protocol):
     def lag(self) -> Offsets | None:
         """Records behind per owned partition (high watermark minus the next offset to
         read), from what the backend knows without waiting; None when it cannot tell."""
+
+    def read_positions(self) -> Offsets:
+        """Per partition this member owns now, the next offset it reads (past transaction
+        markers it skipped), as of the last ``lag`` call."""
+
+    def partition_ends(self) -> dict[str, tuple[int, int]]:
+        """Every partition of the subscribed topics -> (first offset still held, end
+        offset), asked of the backend now."""
+
+    def group_committed(self, keys: list[str]) -> Offsets:
+        """The group's committed next offsets of the partitions ``keys`` that have one."""
 
     def close(self) -> None:
         """Leave the group and disconnect."""
@@ -187,6 +199,18 @@ class EmbeddedConsumer:
         offset; none while on standby (a standby owns no partition)."""
         return self.log.lag(self.next) if self._holding else {}
 
+    def read_positions(self) -> Offsets:
+        """The next offsets this member reads (none while on standby)."""
+        return dict(self.next) if self._holding else {}
+
+    def partition_ends(self) -> dict[str, tuple[int, int]]:
+        """First and last stable offsets of every partition of the topics."""
+        return self.log.partition_ends(self.topics)
+
+    def group_committed(self, keys: list[str]) -> Offsets:
+        """The group's committed offsets of ``keys``."""
+        return self.log.group_committed(self.group, keys)
+
     def close(self) -> None:
         """Give the lease up so a standby can take over at once."""
         if self._holding:
@@ -269,7 +293,52 @@ def kafka_config(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:
             value, str
         ):
             register_secret(value)
-    return {"bootstrap.servers": bootstrap, **options}
+    # librdkafka's own log lines go through Python logging (redacted, and one JSON object
+    # per line with --log-format json) instead of straight to stderr.
+    return {
+        "bootstrap.servers": bootstrap,
+        "logger": logging.getLogger("tideflow.kafka.librdkafka"),
+        **options,
+    }
+
+
+SESSION_TIMEOUT_MS = 10_000
+"""How long a member that stopped heartbeating (killed) keeps its partitions; librdkafka's
+default is 45 s. Not lower yet: with 6 s (Kafka's smallest) a dead member expiring in the
+middle of a bounded run's idle wait made that run end early in one of two trials of
+``test_kill_9_mid_consumption_keeps_exactly_every_record[kafka]`` (issue 15 item 3 makes
+bounded runs wait for every partition; then this can come down)."""
+HEARTBEAT_INTERVAL_MS = 2_000
+"""At most a third of the session timeout, as Kafka advises."""
+MAX_POLL_INTERVAL_MS = 15_000
+"""The longest a member may go without polling (a batch in the steps and sinks) before it
+leaves the group; also its rebalance timeout, which a rebalance waits for a member that does
+not rejoin (tansu waits this long for a dead member). librdkafka's default is 5 minutes."""
+
+
+def group_timeouts(options: dict[str, Any]) -> dict[str, Any]:
+    """A group member's timeouts: the defaults above, each overridable in ``options``, so
+    that a killed worker's partitions reach a live one within about 20 s on Kafka and
+    tansu. A batch that takes longer than ``max.poll.interval.ms`` makes the member leave
+    and rejoin (:func:`kafka_messages`): raise it for pipelines with slower batches."""
+    session = int(options.get("session.timeout.ms", SESSION_TIMEOUT_MS))
+    return {
+        "session.timeout.ms": session,
+        "heartbeat.interval.ms": options.get(
+            "heartbeat.interval.ms", min(HEARTBEAT_INTERVAL_MS, max(1, session // 3))
+        ),
+        # librdkafka refuses a poll interval below the session timeout.
+        "max.poll.interval.ms": options.get(
+            "max.poll.interval.ms", max(MAX_POLL_INTERVAL_MS, session)
+        ),
+    }
+
+
+GROUP_QUERY_TIMEOUT = 5.0
+"""Seconds a bounded read waits for the group's committed offsets before asking again later."""
+
+MISSING_TOPIC_WARN_EVERY = 60.0
+"""Seconds between warnings that a subscribed topic does not exist (yet)."""
 
 
 class KafkaConsumer:
@@ -290,6 +359,12 @@ class KafkaConsumer:
         self.listener = listener
         self._stored: Offsets = {}
         self._starts: Offsets = {}
+        self._stable: Offsets = {}
+        self._positions: Offsets = {}
+        self._closing = False
+        """Per partition, the end of the last fetch that reached it (a read_committed
+        consumer's end is the last stable offset: messages of open transactions are not
+        lag, it cannot read them yet)."""
         self._reset = offset_reset
         self._lock = threading.Lock()
         # While a rebalance callback runs inside ``consume`` (holding the lock), the engine
@@ -299,16 +374,29 @@ class KafkaConsumer:
         self._deferred: Offsets | None = None
         self._deferred_lock = threading.Lock()
         self._assigned = False
+        self._owned: frozenset[str] = frozenset()
+        self._metadata: Any = None
+        self.headers = True
+        """Whether to decode message headers (a cost per message; only asked for as the
+        ``_headers`` metadata column)."""
+        self.waits_for_topics = False
+        """Whether a subscribed topic that does not exist yet is waited for (an unbounded
+        consumer started before its producer) rather than an error (a bounded run, which
+        would otherwise end having read nothing of a misspelt topic)."""
+        self._missing: dict[str, float] = {}  # topic -> when last said to be missing
         config = {
             **kafka_config(bootstrap, options),
             "group.id": group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": offset_reset,
-            # A member killed without leaving holds its partitions until this expires; the
-            # librdkafka default (45 s) stalls a restarted pipeline for that long.
-            "session.timeout.ms": options.get("session.timeout.ms", 10_000),
-            "heartbeat.interval.ms": options.get("heartbeat.interval.ms", 2_000),
+            **group_timeouts(options),
+            "enable.partition.eof": options.get("enable.partition.eof", True),
+            # A subscribed topic created after the consumer started is seen at the next
+            # metadata refresh (librdkafka's default: 5 minutes).
+            "topic.metadata.refresh.interval.ms": options.get(
+                "topic.metadata.refresh.interval.ms", 5_000
+            ),
         }
         self.consumer = ck.Consumer(config)
 
@@ -332,7 +420,11 @@ class KafkaConsumer:
         self._stored = stored
 
         def on_assign(consumer: Any, partitions: list[Any]) -> None:
+            if self._closing:
+                return  # an assignment that arrives while leaving (a read that ended first)
             keys = [tp(p.topic, p.partition) for p in partitions]
+            for key in keys:  # an end seen before is no evidence for where reading restarts
+                self._stable.pop(key, None)
             with self._rebalance():
                 stored = self.listener.assigned(keys) if self.listener else self._stored
             committed = consumer.committed(partitions, timeout=30)
@@ -340,7 +432,19 @@ class KafkaConsumer:
                 ours = stored.get(key)
                 if ours is not None and (done.offset < 0 or ours > done.offset):
                     part.offset = ours
+                # Where reading starts, for the lag of a partition nothing was read from
+                # yet (librdkafka has no position for it before its first message): a group
+                # worker's start is the claim's checkpoint, which the source's own
+                # positions do not hold.
+                if part.offset >= 0:
+                    self._starts[key] = part.offset
+                elif done.offset >= 0:
+                    self._starts[key] = done.offset
+                else:
+                    self._starts.pop(key, None)
             consumer.assign(partitions)
+            self._owned = frozenset(keys)
+            self._metadata = consumer.consumer_group_metadata()
             self._assigned = True
 
         def on_revoke(consumer: Any, partitions: list[Any]) -> None:
@@ -349,6 +453,7 @@ class KafkaConsumer:
                 with self._rebalance():
                     self.listener.revoked([tp(p.topic, p.partition) for p in partitions])
             consumer.unassign()
+            self._owned = frozenset()
 
         self.consumer.subscribe(
             self.topics, on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke
@@ -358,7 +463,28 @@ class KafkaConsumer:
         """One ``consume`` call; broker errors other than end-of-partition are raised."""
         with self._lock:
             messages = self.consumer.consume(num_messages=max_messages, timeout=timeout)
-        return kafka_messages(messages)
+        if self.waits_for_topics:
+            messages = [m for m in messages if not self._topic_missing(m)]
+        return kafka_messages(messages, self._stable, self.headers)
+
+    def _topic_missing(self, message: Any) -> bool:
+        """Whether ``message`` is the broker saying a subscribed topic does not exist. For a
+        consumer that waits for its topics this is no error: the subscription takes the
+        topic up at a metadata refresh once it is created (it may exist already: the error
+        can predate its creation). Said as a warning, again every minute while it lasts."""
+        err = message.error()
+        if err is None or err.code() != self._ck.KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return False
+        topic = message.topic() or ", ".join(self.topics)
+        now = time.monotonic()
+        if now - self._missing.get(topic, -MISSING_TOPIC_WARN_EVERY) >= MISSING_TOPIC_WARN_EVERY:
+            self._missing[topic] = now
+            logging.getLogger("tideflow.kafka").warning(
+                "kafka consumer: topic %r does not exist (yet): waiting for it (%s)",
+                topic,
+                redact(err.str()),
+            )
+        return True
 
     @contextmanager
     def _rebalance(self) -> Iterator[None]:
@@ -383,13 +509,25 @@ class KafkaConsumer:
                     )
 
     def commit(self, offsets: Offsets) -> None:
-        """Commit synchronously, only partitions this member is assigned now."""
-        with self._deferred_lock:
-            if self._rebalancing:
-                self._deferred = {**(self._deferred or {}), **offsets}
+        """Commit synchronously, only partitions this member is assigned now.
+
+        The polling thread holds the lock while it polls, and a rebalance callback runs
+        inside that poll waiting for the engine's thread (this one) to hand the partitions
+        over. Waiting for the lock without looking again would deadlock when a callback
+        starts meanwhile: the lock is taken in short tries, and a callback that started in
+        between gets the commit to make at its end."""
+        while True:
+            with self._deferred_lock:
+                if self._rebalancing:
+                    self._deferred = {**(self._deferred or {}), **offsets}
+                    return
+            if self._lock.acquire(timeout=0.05):
+                try:
+                    # Holding the lock, no poll (and so no callback) runs: commit now.
+                    self._commit_owned(offsets)
+                finally:
+                    self._lock.release()
                 return
-        with self._lock:
-            self._commit_owned(offsets)
 
     def _commit_owned(self, offsets: Offsets) -> None:
         owned = {(p.topic, p.partition) for p in self.consumer.assignment()}
@@ -401,8 +539,25 @@ class KafkaConsumer:
         if parts:
             self.consumer.commit(offsets=parts, asynchronous=False)
 
+    def owned(self, offsets: Offsets) -> Offsets:
+        """The part of ``offsets`` for partitions this member is assigned now.
+
+        Kept by the rebalance callbacks rather than asked of librdkafka: the engine asks
+        while a revoke callback waits for its checkpoint, and ``assignment()`` would wait for
+        the callback (a deadlock)."""
+        owned = self._owned
+        return {k: o for k, o in offsets.items() if k in owned}
+
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata as of its latest assignment (for
+        ``send_offsets_to_transaction``)."""
+        return self._metadata
+
     def lag(self) -> Offsets | None:
-        """Records behind per assigned partition: the high watermark minus the position.
+        """Records behind per assigned partition: the high watermark minus the position
+        (none while the position is where the last fetch said the partition ends: with
+        ``read_committed`` that is the last stable offset, and the messages of open
+        transactions beyond it are not lag yet).
 
         The high watermark is the one librdkafka caches from every fetch response, so this
         asks the broker nothing per batch; a partition is left out until its first fetch
@@ -413,8 +568,10 @@ class KafkaConsumer:
         with self._lock:
             assigned = self.consumer.assignment()
             if not assigned:
+                self._positions = {}
                 return {}
             behind: Offsets = {}
+            positions: Offsets = {}
             for part in self.consumer.position(assigned):
                 key = tp(part.topic, part.partition)
                 high = self._high_watermark(part)
@@ -425,8 +582,61 @@ class KafkaConsumer:
                     position = part.offset
                 else:
                     position = self._start_of(part, key)
+                stable = self._stable.get(key)
+                if stable is not None and stable >= position:
+                    # The fetcher reached the end it can read (the stable offset), skipping
+                    # what it does not hand out (transaction markers, aborted messages).
+                    position = stable
+                    high = min(high, stable)
                 behind[key] = max(high - position, 0)
+                positions[key] = position
+        self._positions = positions
         return behind
+
+    def read_positions(self) -> Offsets:
+        """The next offsets this member reads in its partitions, as of the last ``lag``
+        call (librdkafka's positions: past the transaction markers it skipped)."""
+        return dict(self._positions)
+
+    def partition_ends(self) -> dict[str, tuple[int, int]]:
+        """Low and high watermarks of every partition of the subscribed topics (a
+        subscription pattern matched against the cluster's topics now)."""
+        with self._lock:
+            topics = self.consumer.list_topics(timeout=30).topics
+            ends: dict[str, tuple[int, int]] = {}
+            for name in sorted(topics):
+                if not any(_subscribed(name, entry) for entry in self.topics):
+                    continue
+                for part in sorted(topics[name].partitions):
+                    low, high = self.consumer.get_watermark_offsets(
+                        self._ck.TopicPartition(name, part), timeout=30, cached=False
+                    )
+                    ends[tp(name, part)] = (int(low), int(high))
+        return ends
+
+    def group_committed(self, keys: list[str]) -> Offsets:
+        """The group's committed offsets of ``keys``, asked of the group coordinator; none
+        while this member joins the group (the request would wait behind its JoinGroup and
+        hold the polling thread past ``max.poll.interval.ms``: the member would never be
+        assigned) or when the coordinator does not answer within a few seconds."""
+        if not keys or not self.active:
+            return {}
+        parts = [self._ck.TopicPartition(*split_tp(key)) for key in keys]
+        try:
+            with self._lock:
+                done = self.consumer.committed(parts, timeout=GROUP_QUERY_TIMEOUT)
+        except self._ck.KafkaException as exc:
+            logging.getLogger("tideflow.kafka").debug(
+                "kafka consumer: committed offsets not available now: %s", redact(str(exc))
+            )
+            return {}
+        return {tp(p.topic, p.partition): int(p.offset) for p in done if p.offset >= 0}
+
+    def cluster_id(self) -> str | None:
+        """The id of the cluster the consumer talks to, as its brokers report it."""
+        with self._lock:
+            cluster = self.consumer.list_topics(timeout=30).cluster_id
+        return str(cluster) if cluster else None
 
     def _high_watermark(self, part: Any) -> int | None:
         marks = self.consumer.get_watermark_offsets(part, cached=True)
@@ -448,24 +658,50 @@ class KafkaConsumer:
 
     def close(self) -> None:
         """Leave the group (hands partitions to the other members at once)."""
+        self._closing = True
         with self._lock:
             self.consumer.close()
 
 
-def kafka_messages(messages: list[Any]) -> RawMessages:
+def _subscribed(topic: str, entry: str) -> bool:
+    """Whether a subscription entry (a name, or a ``^``-prefixed regular expression as
+    librdkafka reads it) takes ``topic``."""
+    if entry.startswith("^"):
+        return re.match(entry, topic) is not None
+    return topic == entry
+
+
+def kafka_messages(
+    messages: list[Any], ends: Offsets | None = None, headers: bool = True
+) -> RawMessages:
     """confluent-kafka messages as columns; a broker error other than end-of-partition
-    is raised (transient ones as such, so the caller may retry)."""
+    is raised (transient ones as such, so the caller may retry). The offset of each
+    end-of-partition event goes to ``ends``; with ``headers`` false, headers are left out
+    (every message of an exactly-once producer has one)."""
     ck = _confluent()
     out = RawMessages()
     for msg in messages:
         err = msg.error()
         if err is not None:
             if err.code() == ck.KafkaError._PARTITION_EOF:
+                if ends is not None:
+                    ends[tp(msg.topic(), msg.partition())] = msg.offset()
+                continue
+            if err.code() == ck.KafkaError._MAX_POLL_EXCEEDED:
+                # The member left the group while a batch was processed; its partitions
+                # were handed over as lost (the same path as a session timeout: checkpoints
+                # of partitions claimed meanwhile are fenced), and this poll rejoins.
+                logging.getLogger("tideflow.kafka").warning(
+                    "kafka consumer: a batch took longer than max.poll.interval.ms, so this "
+                    "member left the group and rejoins (its partitions may move); set the "
+                    "source's options max.poll.interval.ms above the slowest batch: %s",
+                    redact(str(err)),
+                )
                 continue
             if err.retriable():
                 raise TransientError(redact(f"kafka consumer: {err}"))
             raise PipelineError(redact(f"kafka consumer: {err}"))
-        headers = msg.headers()
+        head = msg.headers() if headers else None
         out.topics.append(msg.topic())
         out.partitions.append(msg.partition())
         out.offsets.append(msg.offset())
@@ -473,8 +709,8 @@ def kafka_messages(messages: list[Any]) -> RawMessages:
         out.keys.append(msg.key())
         out.values.append(msg.value())
         out.headers.append(
-            orjson.dumps({k: (v or b"").decode("utf-8", "replace") for k, v in headers}).decode()
-            if headers
+            orjson.dumps({k: (v or b"").decode("utf-8", "replace") for k, v in head}).decode()
+            if head
             else None
         )
     return out
@@ -501,23 +737,10 @@ class KafkaProducer:
 
     def partitions(self, topic: str) -> int:
         """Partition count from the cluster's metadata; the topic is created if missing."""
-        if topic in self._known:
-            return self._known[topic]
-        meta = self.producer.list_topics(timeout=30)
-        if topic not in meta.topics or meta.topics[topic].error is not None:
-            admin = self._ck.admin.AdminClient(kafka_config(self.bootstrap, self.options))
-            futures = admin.create_topics(
-                [self._ck.admin.NewTopic(topic, num_partitions=self.create_partitions)]
+        if topic not in self._known:
+            self._known[topic] = kafka_partitions(
+                self.producer, self.bootstrap, self.options, topic, self.create_partitions
             )
-            try:
-                futures[topic].result(30)
-            except self._ck.KafkaException as exc:
-                if exc.args[0].code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise PipelineError(
-                        redact(f"cannot create Kafka topic {topic!r}: {exc}")
-                    ) from exc
-            meta = self.producer.list_topics(topic, timeout=30)
-        self._known[topic] = len(meta.topics[topic].partitions)
         return self._known[topic]
 
     def _delivered(self, err: Any, msg: Any) -> None:
@@ -580,6 +803,25 @@ class KafkaProducer:
     def close(self) -> None:
         """Deliver what is queued."""
         self.producer.flush(30)
+
+
+def kafka_partitions(
+    client: Any, bootstrap: str, options: dict[str, Any], topic: str, create: int
+) -> int:
+    """Partition count of ``topic`` from the cluster's metadata (through ``client``, a
+    producer); a missing topic is created with ``create`` partitions."""
+    ck = _confluent()
+    meta = client.list_topics(timeout=30)
+    if topic not in meta.topics or meta.topics[topic].error is not None:
+        admin = ck.admin.AdminClient(kafka_config(bootstrap, options))
+        futures = admin.create_topics([ck.admin.NewTopic(topic, num_partitions=create)])
+        try:
+            futures[topic].result(30)
+        except ck.KafkaException as exc:
+            if exc.args[0].code() != ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                raise PipelineError(redact(f"cannot create Kafka topic {topic!r}: {exc}")) from exc
+        meta = client.list_topics(topic, timeout=30)
+    return len(meta.topics[topic].partitions)
 
 
 def default_bootstrap() -> str | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.errors import PipelineError
+from tideflow.errors import ConfigError, PipelineError
 from tideflow.topics.codec import Offsets, RawMessages, split_tp, tp
+from tideflow.topics.names import topic_name_problem
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -62,6 +64,10 @@ CREATE TABLE IF NOT EXISTS pending (
     end_offset INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS pending_by_partition ON pending (topic, partition, start_offset);
+CREATE TABLE IF NOT EXISTS log_info (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL,
     topic TEXT NOT NULL,
@@ -127,6 +133,15 @@ class EmbeddedLog:
         with self._lock:
             self._conn.close()
 
+    def identity(self) -> str:
+        """A random id given to this log file when it was created, stable for its life: a
+        log deleted and created again at the same path has another one."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO log_info (key, value) VALUES ('id', ?)", (uuid.uuid4().hex,)
+            )
+            return str(conn.execute("SELECT value FROM log_info WHERE key='id'").fetchone()[0])
+
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
@@ -152,7 +167,11 @@ class EmbeddedLog:
         retention_bytes: int | None = None,
         exist_ok: bool = True,
     ) -> None:
-        """Create a topic; with ``exist_ok`` an existing one is left as it is."""
+        """Create a topic; with ``exist_ok`` an existing one is left as it is. A name Kafka
+        would refuse is refused here too (see :mod:`tideflow.topics.names`)."""
+        problem = topic_name_problem(name)
+        if problem is not None:
+            raise ConfigError(problem)
         if partitions < 1:
             raise PipelineError(f"topic {name!r}: partitions must be at least 1")
         with self._write() as conn:
@@ -325,6 +344,27 @@ class EmbeddedLog:
                 (topic,),
             )
         )
+
+    def partition_ends(self, topics: list[str]) -> dict[str, tuple[int, int]]:
+        """Every partition of ``topics`` -> (first offset still held, last stable offset):
+        how far a bounded read of the group must get."""
+        ends: dict[str, tuple[int, int]] = {}
+        for topic in topics:
+            info = self.describe(topic)
+            stable = self.stable_ends(topic)
+            for part in range(info.partitions):
+                end = int(stable.get(part, info.end_offsets[part]))
+                ends[tp(topic, part)] = (min(info.start_offsets[part], end), end)
+        return ends
+
+    def group_committed(self, group: str, keys: list[str]) -> Offsets:
+        """The committed next offsets of ``group`` for the partitions ``keys`` that have
+        one."""
+        out: Offsets = {}
+        for topic in {split_tp(key)[0] for key in keys}:
+            done = self.committed(group, topic)
+            out.update({tp(topic, part): int(offset) for part, offset in done.items()})
+        return {key: out[key] for key in keys if key in out}
 
     def read_in_turn(self, positions: Offsets, turn: int, limit: int) -> RawMessages:
         """Up to ``limit`` messages from the partitions of ``positions`` (next offsets,

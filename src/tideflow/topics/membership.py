@@ -218,6 +218,18 @@ class EmbeddedGroupMember:
         """Records behind per owned partition (to its last stable offset)."""
         return self.log.lag(self.next)
 
+    def read_positions(self) -> Offsets:
+        """The next offsets this member reads in the partitions it owns."""
+        return dict(self.next)
+
+    def partition_ends(self) -> dict[str, tuple[int, int]]:
+        """First and last stable offsets of every partition of the topics."""
+        return self.log.partition_ends(self.topics)
+
+    def group_committed(self, keys: list[str]) -> Offsets:
+        """The group's committed offsets of ``keys``."""
+        return self.log.group_committed(self.group, keys)
+
     def close(self) -> None:
         """Leave the group: free every partition (the final checkpoint covers them)."""
         with self.log._write() as conn:

@@ -8,7 +8,13 @@ partitions over the rows.
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Callable
+from typing import Literal
+
 import polars as pl
+
+Partitioner = Literal["murmur2", "crc32"]
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -48,15 +54,31 @@ def partitions_of(keys: pl.Series, partitions: int, round_robin_start: int = 0) 
     """A partition per row: by key where there is one, round-robin for null keys."""
     if partitions == 1:
         return pl.Series("partition", [0] * keys.len(), dtype=pl.Int32)
+    spread = (pl.int_range(0, keys.len(), eager=True) + round_robin_start) % partitions
+    by_key = keyed_partitions(keys, partitions, "murmur2")
+    return by_key.fill_null(spread.cast(pl.Int32)).cast(pl.Int32).rename("partition")
+
+
+def crc32_partition_for(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's default partitioner (``consistent_random``, and
+    ``consistent``) gives a non-null ``key``: its CRC32 modulo the partition count."""
+    return zlib.crc32(key) % partitions
+
+
+PARTITIONERS: dict[str, Callable[[bytes, int], int]] = {
+    "murmur2": partition_for,
+    "crc32": crc32_partition_for,
+}
+
+
+def keyed_partitions(keys: pl.Series, partitions: int, partitioner: Partitioner) -> pl.Series:
+    """The partition ``partitioner`` gives each (non-null) key; null where a key is null
+    (null keys are spread by producers, not by their key)."""
+    pick = PARTITIONERS[partitioner]
     distinct = keys.drop_nulls().unique()
     table = pl.DataFrame(
-        {
-            "k": distinct,
-            "partition": [partition_for(bytes(k), partitions) for k in distinct.to_list()],
-        },
-        schema={"k": pl.Binary, "partition": pl.Int32},
+        {"k": distinct, "p": [pick(bytes(k), partitions) for k in distinct.to_list()]},
+        schema={"k": pl.Binary, "p": pl.Int32},
     )
     rows = pl.DataFrame({"k": keys.cast(pl.Binary)}).with_row_index("i")
-    joined = rows.join(table, on="k", how="left").sort("i")
-    spread = ((pl.col("i") + round_robin_start) % partitions).cast(pl.Int32)
-    return joined.select(pl.col("partition").fill_null(spread)).to_series()
+    return rows.join(table, on="k", how="left").sort("i").get_column("p")

@@ -29,8 +29,12 @@ from tideflow.connectors.files.settings import (
     extension,
 )
 from tideflow.core.contracts import (
+    HEAD_EXCERPT,
+    MAX_RECORD_BYTES,
     dead_letters,
+    long_record_letter,
     raw_dead_letters,
+    too_long,
 )
 
 
@@ -168,6 +172,63 @@ def _convert_columns(
     return converted.filter(pa.array(keep)), dead, rows
 
 
+def convert_replayed(
+    frame: pl.DataFrame,
+    targets: dict[str, pa.DataType],
+    null_values: pa.Array | None,
+    labels: list[str],
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Records replayed from dead letters converted to ``targets`` as a read converts them:
+    the rows that convert, and dead letters for those that do not (``labels[i]`` names row
+    ``i`` in their reasons)."""
+    table = frame.to_arrow()
+    # Polars hands text over as string views; the conversion (and the null spellings) work
+    # on plain strings, as a read produces them.
+    plain = pa.schema(
+        [
+            f.with_type(pa.string())
+            if pa.types.is_string_view(f.type) or pa.types.is_large_string(f.type)
+            else f
+            for f in table.schema
+        ]
+    )
+    converted, dead, _ = _convert_columns(
+        table.cast(plain), targets, null_values, lambda rows: [labels[int(i)] for i in rows]
+    )
+    return _to_frame(converted), dead
+
+
+def infer_text_columns(frame: pl.DataFrame, keep: set[str]) -> pl.DataFrame:
+    """Text columns typed as the CSV reader infers them (integers, floats, dates, times,
+    null spellings), except ``keep``, left as text (their types are given). For CSV rows
+    replayed from dead letters, whose JSON holds only the text that was read."""
+    data = frame.write_csv().encode()
+    options = pa_csv.ConvertOptions(
+        column_types={name: pa.string() for name in frame.columns if name in keep}
+    )
+    # One line per row, empty ones too (a row of one null column), values with line breaks.
+    parsing = pa_csv.ParseOptions(newlines_in_values=True, ignore_empty_lines=False)
+    # A few letters: no reader threads (a threaded read here could abort the interpreter at
+    # exit, a pyarrow/polars teardown race seen in this environment).
+    reading = pa_csv.ReadOptions(use_threads=False)
+    try:
+        table = pa_csv.read_csv(
+            pa.py_buffer(data),
+            read_options=reading,
+            parse_options=parsing,
+            convert_options=options,
+        )
+        typed = _to_frame(table)
+    except pa.ArrowInvalid:
+        return frame  # left as text: the conversion below reports what does not convert
+    if typed.shape != frame.shape:
+        return frame
+    # Columns still text are the letters' own values (CSV text cannot tell null from "").
+    return typed.with_columns(
+        frame[name] for name, dtype in typed.schema.items() if dtype == pl.String
+    )
+
+
 # -- source: per-format chunk readers ------------------------------------------------------
 
 
@@ -197,6 +258,52 @@ class FileRef:
     path: str
     """The path the filesystem understands."""
     format: ReadFormat
+    size: int | None = None
+    """Bytes, as listed (None when the listing did not say)."""
+    mtime: float | str | None = None
+    """Last modification as listed: Unix seconds, or the store's own text."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """The byte range of a file a tailing read covers: from where the last read ended to
+    the end of its last complete line. ``rows_before`` numbers the rows for reasons."""
+
+    start: int
+    end: int
+    rows_before: int
+
+
+class _WindowFile(io.RawIOBase):
+    """A file handle that reads ``[start, end)`` of another one and then reports the end."""
+
+    def __init__(self, fh: Any, start: int, end: int) -> None:
+        super().__init__()
+        self._fh = fh
+        self._left = end - start
+        fh.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        want = min(len(view), self._left)
+        if want <= 0:
+            return 0
+        data = self._fh.read(want)
+        view[: len(data)] = data
+        self._left -= len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fh.close()
+        super().close()
+
+
+def _open_window(fs: Any, path: str, window: Window) -> Any:
+    return io.BufferedReader(_WindowFile(fs.open(path, "rb"), window.start, window.end))
 
 
 class _LocalParquetReader:
@@ -290,6 +397,109 @@ class _ParquetReader:
         self._fh.close()
 
 
+LONG_ROW_MARK = "tideflow-record-too-long-"
+"""Start of the line that stands in for a CSV line too long to read (see _LongLineFilter)."""
+
+
+class _LongLineFilter(io.RawIOBase):
+    """A CSV byte stream in which every line longer than ``limit`` bytes is replaced by a
+    marker line with more fields than any row (so the parser hands it to the invalid-row
+    handler, at its exact row) and skipped block by block, never held whole. ``found``
+    receives each replaced line's size and first bytes, by marker number."""
+
+    def __init__(
+        self, fh: Any, limit: int, delimiter: bytes, found: dict[int, tuple[int, bytes]]
+    ) -> None:
+        super().__init__()
+        self._fh = fh
+        self._limit = limit
+        self._delimiter = delimiter
+        self._found = found
+        self._out = bytearray()
+        self._carry = bytearray()
+        self._skipping: list[Any] | None = None  # [head, size] of the line being skipped
+        self._fields: int | None = None
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self._out and not self._eof:
+            self._fill()
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), len(self._out))
+        view[:n] = self._out[:n]
+        del self._out[:n]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._fh.close()
+        super().close()
+
+    def _marker(self, head: bytes, size: int) -> bytes:
+        number = len(self._found)
+        self._found[number] = (size, head)
+        fields = self._fields or 4096
+        return f"{LONG_ROW_MARK}{number}".encode() + self._delimiter * fields + b"\n"
+
+    def _fill(self) -> None:
+        block = self._fh.read(NDJSON_BLOCK)
+        if not block:
+            self._eof = True
+            if self._skipping is not None:
+                self._out += self._marker(*self._skipping)
+                self._skipping = None
+            self._out += self._carry
+            self._carry = bytearray()
+            return
+        if self._skipping is not None:
+            end = block.find(b"\n")
+            if end < 0:
+                self._skipping[1] += len(block)
+                return
+            self._skipping[1] += end
+            self._out += self._marker(*self._skipping)
+            self._skipping = None
+            block = block[end + 1 :]
+        data = self._carry + block
+        last = data.rfind(b"\n")
+        complete, tail = data[: last + 1], data[last + 1 :]
+        if self._fields is None and complete:
+            self._fields = complete[: complete.find(b"\n")].count(self._delimiter) + 2
+        if len(complete) > self._limit:
+            complete = self._replace_long(complete)
+        self._out += complete
+        if len(tail) > self._limit:
+            self._skipping = [bytes(tail[:HEAD_EXCERPT]), len(tail)]
+            self._carry = bytearray()
+        else:
+            self._carry = tail
+
+    def _replace_long(self, complete: bytearray) -> bytearray:
+        raw = np.frombuffer(complete, dtype=np.uint8)
+        ends = np.flatnonzero(raw == 10)
+        del raw
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        too_long = np.flatnonzero(ends - starts > self._limit)
+        if not len(too_long):
+            return complete
+        out, pos = bytearray(), 0
+        for i in too_long:
+            begin, end = int(starts[i]), int(ends[i])
+            out += complete[pos:begin]
+            out += self._marker(bytes(complete[begin : begin + HEAD_EXCERPT]), end - begin)
+            pos = end + 1
+        out += complete[pos:]
+        return out
+
+
+def _straddles(exc: Exception) -> bool:
+    """Is this pyarrow's complaint about a row longer than its block?"""
+    return "straddl" in str(exc)
+
+
 class _CsvReader:
     """Streaming CSV: pyarrow's reader with every column read as text, then converted.
 
@@ -299,6 +509,11 @@ class _CsvReader:
     fields) reach ``invalid_row_handler``, which records their row number; the numbers place
     each dead row between the good rows, so the rows consumed by every chunk, and therefore the
     resume offset, are exact even though pyarrow parses ahead.
+
+    pyarrow cannot parse a row longer than its block: when it says so, the rest of the file
+    is read again through :class:`_LongLineFilter` with blocks of ``max_bytes``, so rows up to
+    that size load and longer lines become dead letters at their row. Files without such a
+    row pay nothing for this.
     """
 
     def __init__(
@@ -309,17 +524,29 @@ class _CsvReader:
         opts: CsvReadOptions,
         delimiter: str,
         targets: dict[str, pa.DataType],
+        window: Window | None = None,
+        max_bytes: int = MAX_RECORD_BYTES,
     ) -> None:
+        self._fs = fs
         self._ref = ref
+        self._window = window
+        self._max = max_bytes
         self._header_rows = 1 if opts.has_header else 0
+        # A window after the file's start holds no header line; rows are numbered on from
+        # the rows before it.
+        self._header_in_stream = self._header_rows if window is None or not window.start else 0
+        self._rows_before = window.rows_before if window is not None else 0
+        newlines_in_values = opts.newlines_in_values and window is None
         self._invalid: list[tuple[int, str, str]] = []
+        self._long: dict[int, tuple[int, bytes]] = {}
+        self._filtered = False
         self._next = skip
         self._pending: Any = None
         self._eof = False
         self._fh: Any = None
         self._reader: Any = None
-        read_opts = {
-            "block_size": opts.block_size,
+        self._block = opts.block_size
+        self._read_opts: dict[str, Any] = {
             "use_threads": False,
             "autogenerate_column_names": not opts.has_header,
         }
@@ -328,45 +555,100 @@ class _CsvReader:
             return pa_csv.ParseOptions(
                 delimiter=delimiter,
                 quote_char=opts.quote_char,
-                newlines_in_values=opts.newlines_in_values,
+                newlines_in_values=newlines_in_values,
                 # Blank lines must count as rows: skip_rows_after_names counts them, and the
                 # resume offset has to agree with what was consumed.
                 ignore_empty_lines=False,
                 invalid_row_handler=handler,
             )
 
+        self._parse_options = parse_options
+        self._delimiter = delimiter
         try:
-            with fs.open(ref.path, "rb", compression="infer") as probe_fh:
-                probe = pa_csv.open_csv(
-                    probe_fh,
-                    read_options=pa_csv.ReadOptions(**read_opts),
-                    parse_options=parse_options(lambda row: "skip"),
-                    # Invalid UTF-8 is a problem of one row, found when reading, not of the file.
-                    convert_options=pa_csv.ConvertOptions(check_utf8=False),
-                )
-                schema = probe.schema
-                probe.close()
+            schema = self._probe(filtered=False)
         except pa.ArrowInvalid as exc:
             if "Empty CSV file" in str(exc):
                 self._eof = True
                 return
-            raise  # undecodable (e.g. invalid UTF-8 in a row): the source dead-letters the file
+            if not _straddles(exc):
+                raise  # undecodable (e.g. invalid UTF-8 in a row): the source dead-letters it
+            schema = self._probe(filtered=True)
+        self._schema = schema
         self._targets: dict[str, pa.DataType] = {}
         for fld in schema:
             inferred = pa.string() if pa.types.is_null(fld.type) else fld.type
             self._targets[fld.name] = targets.get(fld.name, inferred)
         self._nulls = pa.array(pa_csv.ConvertOptions().null_values, pa.string())
-        self._delimiter = delimiter
-        self._fh = fs.open(ref.path, "rb", compression="infer")
+        try:
+            self._open(filtered=False)
+        except pa.ArrowInvalid as exc:
+            if not _straddles(exc):
+                raise
+            self._open(filtered=True)
+
+    def _stream(self, filtered: bool, whole: bool = False) -> Any:
+        """The bytes to parse: the window (when tailing) or the whole file."""
+        window = None if whole else self._window
+        if window is not None:
+            fh = _open_window(self._fs, self._ref.path, window)
+        else:
+            fh = self._fs.open(self._ref.path, "rb", compression="infer")
+        if not filtered:
+            return fh
+        delimiter = self._delimiter.encode()
+        return io.BufferedReader(_LongLineFilter(fh, self._max, delimiter, self._long))
+
+    def _block_size(self, filtered: bool) -> int:
+        # Unfiltered, a row longer than max_bytes must not parse (it straddles a block, and
+        # the filter takes over); filtered, no line is longer, and blocks that large parse
+        # every row.
+        if filtered:
+            return max(self._block, self._max + (1 << 16))
+        return min(self._block, self._max)
+
+    def _probe(self, filtered: bool) -> Any:
+        """The file's columns, typed from its first block (of the file, not the window:
+        the header is there)."""
+        with self._stream(filtered, whole=True) as probe_fh:
+            probe = pa_csv.open_csv(
+                probe_fh,
+                read_options=pa_csv.ReadOptions(
+                    **self._read_opts, block_size=self._block_size(filtered)
+                ),
+                parse_options=self._parse_options(lambda row: "skip"),
+                # Invalid UTF-8 is a problem of one row, found when reading, not of the file.
+                convert_options=pa_csv.ConvertOptions(check_utf8=False),
+            )
+            schema = probe.schema
+            probe.close()
+        self._long.clear()  # the probe's markers are found again by the reader
+        return schema
+
+    def _open(self, filtered: bool) -> None:
+        """(Re)start reading after the rows consumed so far."""
+        if self._reader is not None:
+            self._reader.close()
+        if self._fh is not None:
+            self._fh.close()
+        self._filtered = filtered
+        # Rows not yet handed on are read again: forget what was noted about them.
+        self._invalid = [item for item in self._invalid if item[0] < self._next]
+        self._long.clear()
+        self._fh = self._stream(filtered)
+        read_opts = dict(self._read_opts, block_size=self._block_size(filtered))
+        if self._window is not None and self._window.start:
+            # no header line here: the names come from the file's start
+            read_opts["autogenerate_column_names"] = False
+            read_opts["column_names"] = self._schema.names
         self._reader = pa_csv.open_csv(
             self._fh,
-            read_options=pa_csv.ReadOptions(**read_opts, skip_rows_after_names=skip),
-            parse_options=parse_options(self._on_invalid),
+            read_options=pa_csv.ReadOptions(**read_opts, skip_rows_after_names=self._next),
+            parse_options=self._parse_options(self._on_invalid),
             # Everything as bytes, decoded per batch so invalid UTF-8 dead-letters its row: an
             # unquoted empty field is null, a quoted one ("") is an empty string, as Polars
             # reads and writes them.
             convert_options=pa_csv.ConvertOptions(
-                column_types={name: pa.binary() for name in schema.names},
+                column_types={name: pa.binary() for name in self._schema.names},
                 check_utf8=False,
                 strings_can_be_null=True,
                 null_values=[""],
@@ -375,17 +657,24 @@ class _CsvReader:
         )
 
     def _on_invalid(self, row: Any) -> str:
-        ordinal = self._next if row.number is None else row.number - 1 - self._header_rows
-        if row.text.strip():
+        ordinal = self._next if row.number is None else row.number - 1 - self._header_in_stream
+        text: str = row.text
+        if text.startswith(LONG_ROW_MARK) and self._filtered:
+            number = int(text[len(LONG_ROW_MARK) :].split(self._delimiter, 1)[0])
+            size, head = self._long[number]
+            record, _ = long_record_letter(self._row_label(ordinal), size, head, self._max)
+            self._invalid.append((ordinal, record, too_long(size, self._max)))
+            return "skip"
+        if text.strip():
             why = f"expected {row.expected_columns} fields, found {row.actual_columns}"
         else:
             why = ""
-        self._invalid.append((ordinal, row.text, why))
+        self._invalid.append((ordinal, text, why))
         return "skip"
 
     def _row_label(self, ordinal: int) -> str:
         # Spreadsheet numbering: the header is row 1.
-        return f"{self._ref.url}: row {ordinal + 1 + self._header_rows}"
+        return f"{self._ref.url}: row {self._rows_before + ordinal + 1 + self._header_rows}"
 
     def read(self, limit: int) -> Chunk | None:
         while not self._eof and (self._pending is None or self._pending.num_rows == 0):
@@ -394,6 +683,9 @@ class _CsvReader:
             except StopIteration:
                 self._eof = True
             except pa.ArrowInvalid as exc:
+                if _straddles(exc) and not self._filtered:
+                    self._open(filtered=True)  # a row longer than a block: see the class
+                    continue
                 # The parser cannot go on (a stray quote swallowing the rest, a malformed row
                 # that is not UTF-8): the source dead-letters the rest of the file, this reason.
                 raise ValueError(
@@ -615,17 +907,40 @@ def _parse_json_lines(
     return data, kept, records, reasons + more_reasons
 
 
+@dataclass(frozen=True)
+class _LongLine:
+    """A line longer than ``max_record_bytes``, skipped: its size and first bytes."""
+
+    size: int
+    head: bytes
+
+
 class _NdjsonReader:
     """Newline-delimited JSON, read in chunks of whole lines.
 
     A chunk is parsed by Polars in one go; only if that fails are its lines checked one by one,
-    so good lines still flow and bad ones become dead letters naming their line.
+    so good lines still flow and bad ones become dead letters naming their line. A line longer
+    than ``max_bytes`` is skipped block by block (never held whole) and dead-lettered with
+    its size.
     """
 
-    def __init__(self, fs: Any, ref: FileRef, skip: int, targets: dict[str, pa.DataType]) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        ref: FileRef,
+        skip: int,
+        targets: dict[str, pa.DataType],
+        window: Window | None = None,
+        max_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
         self._ref = ref
         self._targets = targets
-        self._fh = fs.open(ref.path, "rb", compression="infer")
+        self._max = max_bytes
+        if window is None:
+            self._fh = fs.open(ref.path, "rb", compression="infer")
+        else:
+            self._fh = _open_window(fs, ref.path, window)
+        self._lines_before = window.rows_before if window is not None else 0
         self._buf = bytearray()
         self._eof = False
         self._dirty = False
@@ -634,11 +949,12 @@ class _NdjsonReader:
             got = self._take(min(skip - self._line, 1 << 16))
             if got is None:
                 break
-            self._line += got[1]
+            self._line += 1 if isinstance(got, _LongLine) else got[1]
 
-    def _take(self, limit: int) -> tuple[bytes, int] | None:
-        """Up to ``limit`` whole lines and how many; None at the end of the file."""
-        counted, scanned = 0, 0
+    def _take(self, limit: int) -> tuple[bytes, int] | _LongLine | None:
+        """Up to ``limit`` whole lines and how many, or one line too long to read; None at
+        the end of the file."""
+        counted, scanned, line_start = 0, 0, 0
         while True:
             if len(self._buf) > scanned:
                 view = np.frombuffer(self._buf, dtype=np.uint8)[scanned:]
@@ -649,7 +965,14 @@ class _NdjsonReader:
                     counted = limit
                     break
                 counted += len(newlines)
+                if len(newlines):
+                    line_start = scanned + int(newlines[-1]) + 1
                 scanned = len(self._buf)
+            if len(self._buf) - line_start > self._max:  # an open line already too long
+                if counted:
+                    cut = line_start  # hand on the lines before it first
+                    break
+                return self._skip_long()
             if self._eof:
                 cut = len(self._buf)
                 if cut and self._buf[-1] != 10:
@@ -662,16 +985,66 @@ class _NdjsonReader:
                 self._buf += block
             else:
                 self._eof = True
+        if cut > self._max:  # only then can a whole line in it be too long
+            long_line = self._cut_long(cut, counted)
+            if long_line is not None:
+                return long_line
         chunk = bytes(self._buf[:cut])
         del self._buf[:cut]
         return chunk, counted
+
+    def _cut_long(self, cut: int, counted: int) -> tuple[bytes, int] | _LongLine | None:
+        """A chunk of ``counted`` whole lines holding one longer than allowed: the lines
+        before it, or (when it comes first) that line, dropped."""
+        raw = np.frombuffer(self._buf, dtype=np.uint8)[:cut]
+        ends = np.flatnonzero(raw == 10)[:counted]
+        del raw
+        if len(ends) < counted:
+            ends = np.append(ends, cut)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        too_long = np.flatnonzero(ends - starts > self._max)
+        if not len(too_long):
+            return None
+        first = int(too_long[0])
+        if first:
+            chunk = bytes(self._buf[: int(starts[first])])
+            del self._buf[: int(starts[first])]
+            return chunk, first
+        size = int(ends[0])
+        head = bytes(self._buf[:HEAD_EXCERPT])
+        del self._buf[: min(size + 1, len(self._buf))]
+        return _LongLine(size, head)
+
+    def _skip_long(self) -> _LongLine:
+        """The buffer starts with a line longer than allowed and holds no newline: read on,
+        block by block, to its end, keeping only its first bytes."""
+        head = bytes(self._buf[:HEAD_EXCERPT])
+        size = len(self._buf)
+        self._buf = bytearray()
+        while True:
+            block = self._fh.read(NDJSON_BLOCK)
+            if not block:
+                self._eof = True
+                break
+            end = block.find(b"\n")
+            if end >= 0:
+                size += end
+                self._buf += block[end + 1 :]
+                break
+            size += len(block)
+        return _LongLine(size, head)
 
     def read(self, limit: int) -> Chunk | None:
         got = self._take(limit)
         if got is None:
             return None
+        if isinstance(got, _LongLine):
+            self._line += 1
+            origin = f"{self._ref.url}: line {self._lines_before + self._line}"
+            record, reason = long_record_letter(origin, got.size, got.head, self._max)
+            return Chunk(pl.DataFrame(), raw_dead_letters([record], [reason]), 1)
         chunk, count = got
-        first = self._line + 1
+        first = self._lines_before + self._line + 1
         self._line += count
         records: list[str] = []
         reasons: list[str] = []
@@ -709,10 +1082,25 @@ class _NdjsonReader:
 class _JsonReader:
     """A JSON array of objects (or a single object), loaded whole: JSON is not streamable."""
 
-    def __init__(self, fs: Any, ref: FileRef, skip: int, targets: dict[str, pa.DataType]) -> None:
+    def __init__(
+        self,
+        fs: Any,
+        ref: FileRef,
+        skip: int,
+        targets: dict[str, pa.DataType],
+        max_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
         self._ref = ref
         with fs.open(ref.path, "rb", compression="infer") as fh:
-            raw = fh.read()
+            raw = fh.read(max_bytes + 1)
+            if len(raw) > max_bytes:
+                size, raw = len(raw), b""
+                while block := fh.read(NDJSON_BLOCK):
+                    size += len(block)
+                raise ValueError(
+                    f"{too_long(size, max_bytes)}: a JSON document is read whole; write "
+                    "NDJSON (one record per line) for larger inputs, or raise max_record_bytes"
+                )
         dead: list[tuple[int, str, str]] = []
         try:
             data = pl.read_json(io.BytesIO(raw), infer_schema_length=None)
@@ -800,9 +1188,15 @@ class _JsonReader:
 
 
 def open_reader(
-    fs: Any, ref: FileRef, skip: int, config: FileSourceConfig, targets: dict[str, pa.DataType]
+    fs: Any,
+    ref: FileRef,
+    skip: int,
+    config: FileSourceConfig,
+    targets: dict[str, pa.DataType],
+    window: Window | None = None,
 ) -> Reader:
-    """A streaming reader for one file, positioned after its first ``skip`` rows."""
+    """A streaming reader for one file, positioned after its first ``skip`` rows (of
+    ``window``, a byte range of complete lines, when tailing)."""
     cfg = config
     if ref.format == "parquet" and is_local(fs):
         return _LocalParquetReader(ref, skip, targets)
@@ -812,7 +1206,7 @@ def open_reader(
         delimiter = cfg.csv.delimiter
         if "delimiter" not in cfg.csv.model_fields_set and extension(ref.path) == ".tsv":
             delimiter = "\t"
-        return _CsvReader(fs, ref, skip, cfg.csv, delimiter, targets)
+        return _CsvReader(fs, ref, skip, cfg.csv, delimiter, targets, window, cfg.max_record_bytes)
     if ref.format == "ndjson":
-        return _NdjsonReader(fs, ref, skip, targets)
-    return _JsonReader(fs, ref, skip, targets)
+        return _NdjsonReader(fs, ref, skip, targets, window, cfg.max_record_bytes)
+    return _JsonReader(fs, ref, skip, targets, cfg.max_record_bytes)

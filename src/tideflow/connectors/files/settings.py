@@ -10,6 +10,7 @@ import pyarrow as pa
 from fsspec.utils import infer_compression
 from pydantic import Field, field_validator, model_validator
 
+from tideflow.core.contracts import MAX_RECORD_BYTES
 from tideflow.errors import ConfigError
 from tideflow.registry import suggest
 from tideflow.spec.models import Settings
@@ -69,6 +70,17 @@ PARQUET_CODECS = ("none", "snappy", "gzip", "brotli", "lz4", "zstd")
 # -- settings ------------------------------------------------------------------------------
 
 
+# One text for the source and the sink: where S3 credentials come from.
+STORAGE_OPTIONS_DOC = (
+    "fsspec options for the path's file system, e.g. `{key: ..., secret: ..., endpoint_url: "
+    "...}` for S3. Without them S3 (`s3://`, the `s3` extra) reads the standard AWS settings, "
+    "as the AWS CLI does: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, "
+    "`AWS_DEFAULT_REGION`, `AWS_PROFILE` with `~/.aws/credentials`, an "
+    "instance or pod role, and `AWS_ENDPOINT_URL` for an S3-compatible store (MinIO...). "
+    "Prefer those (or `${VAR}`) to secrets written in the file."
+)
+
+
 class CsvReadOptions(Settings):
     """How the source parses CSV."""
 
@@ -124,6 +136,24 @@ class FileSourceConfig(Settings):
     poll_interval: float = Field(
         1.0, gt=0, description="watch: seconds to wait between two looks for new files."
     )
+    tail: bool = Field(
+        False,
+        description="Read lines appended to NDJSON and CSV files after an earlier run (or, "
+        "with `watch`, while the stream runs): a file read to its end is remembered by its "
+        "byte offset, and the next run reads what was appended after it, exactly once. A "
+        "last line without a newline is left until it is complete. One record per line "
+        "(CSV values may not hold line breaks); uncompressed files only (others, and "
+        "Parquet/JSON, are read once). A file rewritten rather than appended to is reported, "
+        "not read.",
+    )
+    max_record_bytes: int = Field(
+        MAX_RECORD_BYTES,
+        ge=1024,
+        description="Longest record read, in bytes (an NDJSON line, a CSV row, a whole JSON "
+        "document). A longer one is dead-lettered with its file, line or row and size, and "
+        "skipped without ever being held whole in memory. CSV rows are also limited by "
+        "`csv.block_size`, the longest row the CSV parser takes.",
+    )
     csv: CsvReadOptions = Field(default_factory=CsvReadOptions, description="CSV parsing options.")
     schema_overrides: dict[str, str] = Field(
         default_factory=dict,
@@ -136,7 +166,7 @@ class FileSourceConfig(Settings):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="fsspec options, e.g. `{key: ..., secret: ..., endpoint_url: ...}` for S3.",
+        description=STORAGE_OPTIONS_DOC,
     )
 
     @field_validator("path")
@@ -145,6 +175,24 @@ class FileSourceConfig(Settings):
         if not value.strip():
             raise ValueError("must name a file, folder or glob, e.g. `data/*.csv`")
         return value
+
+    @model_validator(mode="after")
+    def _tail_reads_lines(self) -> FileSourceConfig:
+        if self.tail and self.format in ("parquet", "json"):
+            raise ValueError(
+                f"tail reads lines appended to NDJSON and CSV files; {self.format} files "
+                "are not appended to line by line"
+            )
+        if (
+            self.tail
+            and self.csv.newlines_in_values
+            and "newlines_in_values" in (self.csv.model_fields_set)
+        ):
+            raise ValueError(
+                "tail reads CSV one line at a time: a value holding a line break would be "
+                "cut at a file's end; set `csv.newlines_in_values: false` (or leave it out)"
+            )
+        return self
 
     @field_validator("schema_overrides")
     @classmethod
@@ -220,7 +268,7 @@ class FileSinkConfig(Settings):
     )
     storage_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="fsspec options, e.g. `{key: ..., secret: ..., endpoint_url: ...}` for S3.",
+        description=STORAGE_OPTIONS_DOC,
     )
 
     @field_validator("path")

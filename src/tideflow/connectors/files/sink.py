@@ -31,6 +31,7 @@ from tideflow.connectors.files.settings import (
 from tideflow.core.contracts import (
     JSON,
     Context,
+    ExistingOutput,
     Sink,
     dead_letters,
 )
@@ -155,6 +156,58 @@ class FileSink(Sink):
             self._epoch = self._next_free_epoch()
         self._discard_staging()
         self._seq = 0
+
+    def _committed_files(self, ctx: Context) -> tuple[Any, list[str]]:
+        """The filesystem and the committed files of this sink for ``ctx``'s pipeline: names
+        ``PREFIX-EPOCH-SEQ.EXT`` of main runs and ``PREFIX-replay-STAMP-EPOCH-SEQ.EXT`` of
+        dead-letter replays, anywhere below the destination (partition folders)."""
+        fs, root = fsspec.core.url_to_fs(
+            ctx.resolve(self.config.path), **self.config.storage_options
+        )
+        fs.invalidate_cache()
+        root = root.rstrip("/")
+        if not fs.exists(root) or not fs.isdir(root):
+            return fs, []
+        name = re.compile(
+            re.escape(self.config.prefix)
+            + r"(?:-replay-\d{8}T\d{6})?-\d+-\d+"
+            + re.escape(self._ext)
+            + "$"
+        )
+        found = [path for path in fs.find(root) if name.match(posixpath.basename(path))]
+        return fs, sorted(found)
+
+    def committed_output(self, ctx: Context) -> ExistingOutput | None:
+        """The files this sink committed in earlier runs (one listing of the destination)."""
+        fs, files = self._committed_files(ctx)
+        if not files:
+            return None
+        shown = f"{self.config.prefix}-*{self._ext}"
+        return ExistingOutput(
+            found=f"{len(files):,} committed file(s) named {shown} in {self.config.path} "
+            f"(e.g. {files[0] if is_local(fs) else fs.unstrip_protocol(files[0])})",
+            clearing=f"delete those {len(files):,} file(s)",
+        )
+
+    def clear_output(self, ctx: Context) -> None:
+        """Delete the committed files (``--from-scratch``) and the partition folders that
+        are left empty."""
+        fs, files = self._committed_files(ctx)
+        folders = {posixpath.dirname(path) for path in files}
+        for path in files:
+            fs.rm_file(path)
+        if is_local(fs):
+            root = fs._strip_protocol(ctx.resolve(self.config.path)).rstrip("/")
+            for deepest in sorted(folders, key=len, reverse=True):
+                folder = deepest
+                while folder.startswith(root + "/"):
+                    try:
+                        os.rmdir(folder)
+                    except OSError:
+                        break  # not empty: something else lives there
+                    folder = posixpath.dirname(folder)
+            _fsync_dir(root)
+        fs.invalidate_cache()
 
     def _claim(self) -> None:
         # Two sinks numbering files in one folder with one prefix would pick the same epochs and

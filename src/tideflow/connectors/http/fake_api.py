@@ -1,12 +1,18 @@
 """A small JSON API served on loopback, for tests, examples and benchmarks.
 
 It pages in every style the ``http`` source supports, authenticates, rate-limits with
-``429`` + ``Retry-After``, fails transiently at a seeded rate, answers lookups and records
+``429`` + ``Retry-After``, fails transiently at a given rate, answers lookups and records
 what is posted to it, counting everything server-side. Standard library only::
 
     with FakeApi(records=1000, fail_rate=0.1) as api:
         api.url("/page")          # http://127.0.0.1:PORT/page
         api.stats.requests        # what the server saw
+
+Transient failures are deterministic per path: with ``fail_rate=0.1`` exactly one request in
+every ten of each path gets ``503``, evenly spaced (where in the cycle the first one falls
+depends on ``seed`` and the path). Which requests fail therefore does not depend on how
+concurrent clients' requests interleave, and a path asked ``1 / fail_rate`` times or more
+is sure to have failed at least once; ``fail_rate=1.0`` fails every request.
 
 Endpoints (each list endpoint takes ``since``: only records with ``updated_at > since``):
 
@@ -23,6 +29,11 @@ Endpoints (each list endpoint takes ``since``: only records with ``updated_at > 
 - ``GET /redirect?to=URL`` -> ``302`` to ``URL``; ``GET /echo-headers`` -> the request's headers
 - ``POST /oauth/token`` -> a client-credentials token (form body, HTTP basic client auth),
   revoked after ``token_uses`` requests when that is set
+
+Pages that stay broken: ``broken={("/page", "2"): "truncated", ("/offset", "100"): 500}``
+makes that page (named by its ``page``, ``offset``, ``after`` or ``cursor`` parameter)
+answer every time with its JSON cut in half (status 200, headers kept) or with that status
+(and no ``Link`` header).
 """
 
 from __future__ import annotations
@@ -52,9 +63,12 @@ class ApiStats:
     in_flight: int = 0
     max_in_flight: int = 0
     paths: Counter[str] = field(default_factory=Counter)
+    failed_paths: Counter[str] = field(default_factory=Counter)
+    """Transient failures (503) per path."""
     posted: list[Any] = field(default_factory=list)
     idempotency_keys: list[str] = field(default_factory=list)
     tokens_issued: int = 0
+    broken_served: int = 0
 
 
 def make_record(i: int) -> dict[str, Any]:
@@ -85,8 +99,10 @@ class FakeApi:
         token_uses: int | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        broken: dict[tuple[str, str], str | int] | None = None,
     ) -> None:
         self.records = [make_record(i) for i in range(1, records + 1)]
+        self.broken = dict(broken or {})
         self.fail_rate = fail_rate
         self.rate_limit = rate_limit
         self.window = window
@@ -97,7 +113,9 @@ class FakeApi:
         self.token_uses = token_uses
         self.stats = ApiStats()
         self.lock = threading.Lock()
+        self.seed = seed
         self._random = random.Random(seed)
+        self._phase: dict[str, float] = {}
         self._recent: deque[float] = deque()
         self._tokens: dict[str, int] = {}
         handler = type("Handler", (_Handler,), {"api": self})
@@ -165,10 +183,24 @@ class FakeApi:
                     return 429, {"Retry-After": str(self.retry_after)}
                 self._recent.append(now)
                 self.stats.max_in_window = max(self.stats.max_in_window, len(self._recent))
-            if self.fail_rate and self._random.random() < self.fail_rate:
+            if self._fails(path, self.stats.paths[path]):
                 self.stats.transient_failures += 1
+                self.stats.failed_paths[path] += 1
                 return 503, {}
         return None
+
+    def _fails(self, path: str, nth: int) -> bool:
+        """Does the ``nth`` request of ``path`` fail? ``floor((n + phase) * rate)`` steps up
+        once every ``1 / rate`` requests: those fail."""
+        rate = self.fail_rate
+        if rate <= 0:
+            return False
+        if rate >= 1:
+            return True
+        if path not in self._phase:
+            self._phase[path] = random.Random(f"{self.seed}:{path}").random() / rate
+        phase = self._phase[path]
+        return int((nth + phase) * rate) > int((nth - 1 + phase) * rate)
 
     def authorized(self, headers: Any, query: dict[str, str]) -> bool:
         """Check the configured credentials (``auth`` = ``{"type": ..., ...}``)."""
@@ -235,6 +267,7 @@ def _after(rows: list[dict[str, Any]], after: int, limit: int) -> list[dict[str,
 class _Handler(BaseHTTPRequestHandler):
     api: FakeApi
     protocol_version = "HTTP/1.1"
+    _broken: str | int | None = None
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet."""
@@ -242,6 +275,15 @@ class _Handler(BaseHTTPRequestHandler):
     def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         self._done()  # before the client can see the answer and send its next request
         data = json.dumps(body).encode()
+        broken, self._broken = self._broken, None
+        if broken is not None:
+            with self.api.lock:
+                self.api.stats.broken_served += 1
+            if broken == "truncated":
+                data = data[: len(data) // 2]
+            else:
+                status, headers = int(broken), {}
+                data = json.dumps({"error": "this page is broken"}).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -339,6 +381,9 @@ class _Handler(BaseHTTPRequestHandler):
             path = "/page"
         rows = api.newer(query.get("since"))
         limit = _int(query, "limit", _int(query, "per_page", 100))
+        names = {"/page": ("page", "1"), "/offset": ("offset", "0"), "/cursor": ("cursor", "")}
+        param, default = names.get(path, ("after", "0"))
+        self._broken = api.broken.get((path, query.get(param, default)))
         if path == "/page":
             page = _int(query, "page", 1)
             items = rows[(page - 1) * limit : page * limit]

@@ -112,3 +112,31 @@ def next_state(
         return {"url": url} if isinstance(url, str) and url else None
     url = link_next(headers.get("link"))
     return {"url": url} if url else None
+
+
+def next_state_without_body(
+    cfg: PaginationConfig, state: dict[str, Any], headers: dict[str, str], ok: bool, pages: int
+) -> tuple[bool, dict[str, Any] | None]:
+    """The paging state after a page whose body is unusable: ``(True, state)``, or ``(True,
+    None)`` when that page was the last; ``(False, None)`` when it cannot be known.
+
+    ``page`` and ``offset`` paging count on (offset by ``page_size``); ``link_header``
+    paging follows the response's ``Link`` header, and a successful response without one was
+    the last page (an error response without one says nothing). ``cursor`` and ``next_url``
+    paging need the body. ``pages`` counts this sweep's pages, this one included.
+    """
+    if cfg.style == "none":
+        return True, None
+    if cfg.max_pages is not None and pages >= cfg.max_pages:
+        return True, None
+    if cfg.style == "page":
+        return True, {"page": state["page"] + 1}
+    if cfg.style == "offset":
+        assert cfg.page_size is not None  # required for offset paging
+        return True, {"offset": state["offset"] + cfg.page_size}
+    if cfg.style == "link_header":
+        url = link_next(headers.get("link"))
+        if url:
+            return True, {"url": url}
+        return (True, None) if ok else (False, None)
+    return False, None

@@ -190,6 +190,34 @@ class HttpSourceConfig(Settings):
         "again). Omitted: one sweep, then the run ends.",
     )
     flatten: bool = Field(False, description="Flatten nested objects into `parent.child` columns.")
+    on_error: Literal["fail", "skip"] = Field(
+        "fail",
+        description="A page that stays broken (an error status after every retry, a body "
+        "that is not JSON or not a list of records): `fail` the run at that page (it resumes "
+        "there), or `skip` it: the page is dead-lettered (URL, status, a body excerpt, the "
+        "reason) and paging goes on with the next page, which `page`, `offset` and "
+        "`link_header` paging know without the body (`cursor` and `next_url` do not). "
+        "Authentication failures (401/403) and rate limits (429) always fail.",
+    )
+    skip_limit: int = Field(
+        5,
+        ge=1,
+        description="With `on_error: skip`: this many broken pages in a row fail the run "
+        "(an API that fails every page is down, not broken in places).",
+    )
+
+    @model_validator(mode="after")
+    def _skip_needs_a_known_next_page(self) -> HttpSourceConfig:
+        style = self.pagination.style
+        if self.on_error == "skip" and style in ("cursor", "next_url"):
+            where = "cursor" if style == "cursor" else "next page's URL"
+            raise ValueError(
+                f"on_error: skip cannot go past a broken page with `{style}` paging: the "
+                f"{where} is in the page's body, which a broken page does not have; use "
+                "`on_error: fail` (the run stops at that page and resumes there), or an API "
+                "paging by `page`, `offset` or `link_header`"
+            )
+        return self
 
 
 class HttpSinkConfig(Settings):

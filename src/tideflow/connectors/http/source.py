@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urljoin
 
+import orjson
 import polars as pl
 
 from tideflow.connectors.http import pagination
@@ -28,10 +29,25 @@ from tideflow.connectors.http.client import (
     render,
 )
 from tideflow.connectors.http.settings import HttpSourceConfig
-from tideflow.core.contracts import JSON, Context, Source, SourceBatch
+from tideflow.core.contracts import JSON, Context, Source, SourceBatch, raw_dead_letters
 from tideflow.errors import StateError, TerminalError, TransientError
 from tideflow.registry import component
 from tideflow.secrets import redact
+
+ALWAYS_FAIL = (401, 403, 407, 429)
+"""Statuses that are not about one page (credentials, rate limits): never skipped."""
+
+EXCERPT = 500
+"""Characters of a broken page's body kept in its dead letter."""
+
+
+class _BrokenPage(TerminalError):
+    """One page cannot be used; with ``on_error: skip`` it is dead-lettered. ``transient``:
+    the server kept answering a status worth retrying (a restart may get past it)."""
+
+    def __init__(self, message: str, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 def records_frame(records: list[Any], flatten: bool) -> pl.DataFrame:
@@ -44,7 +60,7 @@ def records_frame(records: list[Any], flatten: bool) -> pl.DataFrame:
             return pl.json_normalize(rows, infer_schema_length=None)
         return pl.from_dicts(rows, infer_schema_length=None)
     except pl.exceptions.PolarsError as exc:
-        raise TerminalError(
+        raise _BrokenPage(
             "the records of one page do not share a schema (a field holds a list in one "
             f"record and text in another?): {str(exc).splitlines()[0]}"
         ) from exc
@@ -74,6 +90,8 @@ class HttpSource(Source):
         super().__init__(config)
         self.config: HttpSourceConfig = config
         self.bounded = config.poll_interval is None
+        # Without an incremental cursor every sweep reads everything anyway.
+        self.replays_without_state = config.incremental is not None
         self._ctx: Context | None = None
         self._client: HttpClient | None = None
         self._figures: dict[str, JSON] = {}
@@ -82,6 +100,10 @@ class HttpSource(Source):
         self._next: dict[str, Any] | None = None
         self._pages = 0
         self._swept = False
+        self._records = 0
+        self._start_since: Any = None
+        self._broken_in_a_row = 0
+        self._skipped_pages = 0
 
     @property
     def client(self) -> HttpClient | None:
@@ -89,10 +111,12 @@ class HttpSource(Source):
         return self._client
 
     def report(self) -> dict[str, JSON] | None:
-        """Requests sent and retried, for the run summary."""
-        figures = self._figures
+        """Requests sent and retried (and pages skipped), for the run summary."""
+        figures = dict(self._figures)
         if self._client is not None:
             figures = {"requests": self._client.requests, "retries": self._client.retries}
+        if self._skipped_pages:
+            figures["pages skipped"] = self._skipped_pages
         return figures or None
 
     def open(self, ctx: Context, position: JSON | None) -> None:
@@ -111,6 +135,7 @@ class HttpSource(Source):
                 position["seen"],
                 position["next"],
             )
+        self._start_since = self._since if position is not None else None
         register_secret_values(cfg.params)
         self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, ctx.stop_event, cfg.headers)
 
@@ -120,6 +145,17 @@ class HttpSource(Source):
             self._figures = {"requests": self._client.requests, "retries": self._client.retries}
             self._client.close()
             self._client = None
+
+    def notices(self) -> list[str]:
+        """Why an incremental run read nothing: the API has no record newer than the cursor
+        earlier runs reached."""
+        inc = self.config.incremental
+        if inc is None or self._records or self._start_since is None:
+            return []
+        return [
+            f"the API returned no record newer than {inc.param}={self._start_since!r}, where "
+            "earlier runs left the cursor (`tideflow state reset` reads everything again)"
+        ]
 
     def position(self) -> JSON:
         """Where the source stands now."""
@@ -164,15 +200,28 @@ class HttpSource(Source):
                 body = {**(body if isinstance(body, dict) else {}), inc.param: self._since}
         assert self._client is not None
         response = self._client.send(cfg.method, url, params=params, json=body)
-        self._check(response)
         try:
-            payload = response.json()
-        except ValueError as exc:
-            raise TerminalError(
-                redact(f"{cfg.method} {response.url} did not return JSON: {exc}")
-            ) from exc
-        found = pagination_records(payload, cfg.records_path, response.url)
-        frame = records_frame(found, cfg.flatten)
+            self._check(response)
+            try:
+                payload = response.json()
+            except ValueError as exc:
+                raise _BrokenPage(
+                    redact(f"{cfg.method} {response.url} did not return JSON: {exc}")
+                ) from exc
+            found = pagination_records(payload, cfg.records_path, response.url)
+            frame = records_frame(found, cfg.flatten)
+        except _BrokenPage as exc:
+            if cfg.on_error == "skip":
+                return self._skip(state, response, exc)
+            hint = ""
+            if cfg.pagination.style not in ("cursor", "next_url"):
+                hint = (
+                    "; `on_error: skip` on the http source dead-letters a broken page and goes on"
+                )
+            error = TransientError if exc.transient else TerminalError
+            raise error(f"{exc}{hint}") from exc
+        self._broken_in_a_row = 0
+        self._records += frame.height
         if inc is not None and frame.height:
             if inc.field not in frame.columns:
                 raise TerminalError(
@@ -207,12 +256,57 @@ class HttpSource(Source):
             return
         message = describe_failure(response, 300)
         if status in self.config.retry.statuses:
-            raise TransientError(
+            text = (
                 f"{message} (still failing after {self.config.retry.max_attempts} attempts; "
                 "the run can be restarted and resumes at this page)"
             )
+            if status in ALWAYS_FAIL:
+                raise TransientError(text)
+            raise _BrokenPage(text, transient=True)
         hint = " (check `auth`)" if status in (401, 403) else ""
-        raise TerminalError(message + hint)
+        if status in ALWAYS_FAIL:
+            raise TerminalError(message + hint)
+        raise _BrokenPage(message)
+
+    def _skip(self, state: dict[str, Any], response: Response, exc: Exception) -> SourceBatch:
+        """``on_error: skip``: dead-letter the broken page and go on with the next one, when
+        it is known without the page's body."""
+        cfg = self.config
+        self._pages += 1
+        known, nxt = pagination.next_state_without_body(
+            cfg.pagination, state, response.headers, response.ok, self._pages
+        )
+        if not known:
+            raise TerminalError(
+                f"{exc}; on_error: skip cannot go past this page: with `link_header` paging "
+                "the next page is named by a Link header, and this response has none"
+            ) from exc
+        self._broken_in_a_row += 1
+        if self._broken_in_a_row > cfg.skip_limit:
+            raise TerminalError(
+                f"{exc}; that is {self._broken_in_a_row} broken pages in a row (skip_limit "
+                f"{cfg.skip_limit}): the API is failing, not one page of it"
+            ) from exc
+        if nxt is not None and "url" in nxt:
+            nxt = {"url": urljoin(response.url, nxt["url"])}
+        self._skipped_pages += 1
+        body = response.text
+        excerpt = body[:EXCERPT] + ("..." if len(body) > EXCERPT else "")
+        record = {
+            "url": response.url,
+            "status": response.status_code,
+            "page": state,
+            "bytes": len(response.content),
+            "body": excerpt,
+        }
+        reason = f"page skipped (on_error: skip): {exc}"
+        dead = raw_dead_letters([redact(orjson.dumps(record).decode())], [redact(reason)])
+        self._next = nxt
+        if nxt is None:  # that was the last page: the sweep is complete
+            self._since = _larger(self._since, self._seen)
+            self._seen = None
+            self._swept = True
+        return SourceBatch(pl.DataFrame(), self.position(), dead)
 
 
 def pagination_records(payload: Any, path: str | None, url: str) -> list[Any]:
@@ -223,7 +317,7 @@ def pagination_records(payload: Any, path: str | None, url: str) -> list[Any]:
     if isinstance(found, dict):
         return [found]
     if not isinstance(found, list):
-        raise TerminalError(
+        raise _BrokenPage(
             f"records_path {path!r} in the response from {redact(url)} is a "
             f"{type(found).__name__}, not a list of records"
         )

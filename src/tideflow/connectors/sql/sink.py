@@ -38,7 +38,13 @@ from tideflow.connectors.sql.schema import (
     wanted_columns,
 )
 from tideflow.connectors.sql.urls import DatabaseSettings, DatabaseUrl, parse_url
-from tideflow.core.contracts import Context, Sink, dead_letters, empty_dead_letters
+from tideflow.core.contracts import (
+    Context,
+    ExistingOutput,
+    Sink,
+    dead_letters,
+    empty_dead_letters,
+)
 from tideflow.core.faults import crash_point
 from tideflow.core.retry import with_retries
 from tideflow.errors import PipelineError
@@ -78,6 +84,13 @@ class SqlSinkConfig(DatabaseSettings):
     )
     indexes: list[IndexModel] = Field(
         default_factory=list, description="Indexes created with the table."
+    )
+    schema_lock_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds to wait for another worker's or pipeline's change of the "
+        "table's schema (creating it, adding columns) before failing with a message naming "
+        "the lock; schema changes of one table are serialized by a database lock.",
     )
     transactional: bool = Field(
         False,
@@ -254,6 +267,53 @@ class SqlSink(Sink):
         self._commit()
         return bytes(rows[0][0]) if rows else None
 
+    def committed_output(self, ctx: Context) -> ExistingOutput | None:
+        """Rows in the target table, or a checkpoint this pipeline stored with them: two
+        cheap queries (``LIMIT 1``), no count."""
+        self._connect(ctx)
+        rows, checkpoint = self._retrying(self._holds, "looking at its table")
+        if not (rows or checkpoint):
+            return None
+        table, what = self.config.table, []
+        if rows:
+            what.append(f"table {table} holds rows")
+        if checkpoint:
+            what.append(f"{CHECKPOINT_TABLE} holds a checkpoint of this pipeline")
+        clearing = f"delete every row of table {table}" if rows else ""
+        if checkpoint:
+            clearing += (" and " if clearing else "delete ") + "its stored checkpoint"
+        # An upsert rewrites the same keys and a replace rebuilds the table: no duplicates.
+        idempotent = self.config.mode in ("upsert", "replace")
+        return ExistingOutput(found=" and ".join(what), clearing=clearing, idempotent=idempotent)
+
+    def _holds(self) -> tuple[bool, bool]:
+        assert self.dialect is not None
+        d, schema = self.dialect, self.config.db_schema
+        rows = False
+        if d.columns(self.conn, self.config.table, schema) is not None:
+            rows = bool(self._exec(f"SELECT 1 FROM {d.table(self.config.table, schema)} LIMIT 1"))  # nosec B608 - identifiers quoted
+        self._commit()
+        return rows, self._read_checkpoint() is not None
+
+    def clear_output(self, ctx: Context) -> None:
+        """``--from-scratch``: delete the table's rows (its columns, indexes and grants
+        stay), an unfinished ``replace`` load, and this pipeline's stored checkpoint."""
+        self._connect(ctx)
+        self._retrying(lambda: self._in_tx(self._clear), "clearing its table")
+
+    def _clear(self) -> None:
+        assert self.dialect is not None
+        d, schema = self.dialect, self.config.db_schema
+        if d.columns(self.conn, self.config.table, schema) is not None:
+            self._exec(f"DELETE FROM {d.table(self.config.table, schema)}")  # nosec B608 - identifiers quoted
+        if self.config.mode == "replace":
+            self._drop(replace_table_name(self.config.table))
+        if d.columns(self.conn, CHECKPOINT_TABLE, schema) is not None:
+            self._exec(
+                f"DELETE FROM {self._q(CHECKPOINT_TABLE)} WHERE pipeline = {self._p(1)}",  # nosec B608 - identifiers quoted, values bound
+                (self.pipeline,),
+            )
+
     def attach_checkpoint(self, payload: bytes) -> None:
         """Store ``payload`` with the rows at the next flush."""
         self._checkpoint = payload
@@ -368,13 +428,22 @@ class SqlSink(Sink):
         return self.config.table
 
     def _prepare_table(self, schema: pl.Schema) -> None:
-        """Create or change the target so the batch loads; kept until the schema moves."""
+        """Create or change the target so the batch loads; kept until the schema moves.
+
+        Schema changes run under the database's lock for this table (workers of a group,
+        or several pipelines, may start on a missing table at the same moment), and are
+        planned again once it is held: whoever waited finds the table another one created
+        or evolved, and changes only what is still missing."""
         if self._table is not None and self._planned == dict(schema):
             return
+        assert self.dialect is not None
         self._begin()
         table_plan = self.plan_schema(schema)
-        for statement in table_plan.statements:
-            self._exec(statement)
+        if table_plan.statements:
+            with self._schema_lock(self._target_name()):
+                table_plan = self.plan_schema(schema)
+                for statement in table_plan.statements:
+                    self._exec(statement)
         self._table, self._planned = table_plan, dict(schema)
         if self.config.mode == "replace":
             self._loading = True
@@ -389,7 +458,11 @@ class SqlSink(Sink):
             d.select_expr(c, table.sql_types[c], table.kinds[c]) for c in batch.columns
         )
         upsert = self.config.mode == "upsert"
-        merge = d.upsert_clause(self.config.key, batch.columns) if upsert else ""
+        merge = (
+            d.upsert_clause(self.config.key, batch.columns, self._target_name(), table.sql_types)
+            if upsert
+            else ""
+        )
         head = (
             f"INSERT INTO {d.table(self._target_name(), self.config.db_schema)} ({cols}) "  # nosec B608 - identifiers quoted, values bound
             f"SELECT {select} FROM {d.quote(staging)} s WHERE "
@@ -511,10 +584,25 @@ class SqlSink(Sink):
         self._exec(f"DROP TABLE IF EXISTS {self.dialect.table(table, self.config.db_schema)}")
 
     def _ensure_checkpoint_table(self) -> None:
+        assert self.dialect is not None
+        if self.dialect.columns(self.conn, CHECKPOINT_TABLE, self.config.db_schema) is not None:
+            return
         blob = "BYTEA" if self.url and self.url.dialect == "postgresql" else "BLOB"
-        self._exec(
-            f"CREATE TABLE IF NOT EXISTS {self._q(CHECKPOINT_TABLE)} "
-            f"(pipeline TEXT PRIMARY KEY, payload {blob} NOT NULL)"
+        # IF NOT EXISTS alone is not enough: two PostgreSQL sessions creating the same table
+        # at once still collide on its row type (pg_type_typname_nsp_index).
+        with self._schema_lock(CHECKPOINT_TABLE):
+            self._exec(
+                f"CREATE TABLE IF NOT EXISTS {self._q(CHECKPOINT_TABLE)} "
+                f"(pipeline TEXT PRIMARY KEY, payload {blob} NOT NULL)"
+            )
+
+    def _schema_lock(self, table: str) -> contextlib.AbstractContextManager[None]:
+        """The database's lock serializing schema changes of ``table`` (see
+        :meth:`Dialect.schema_lock`), inside the open transaction."""
+        assert self.dialect is not None
+        self._begin()
+        return self.dialect.schema_lock(
+            self.conn, table, self.config.db_schema, self.config.schema_lock_timeout
         )
 
     def _store_checkpoint(self, payload: bytes) -> None:

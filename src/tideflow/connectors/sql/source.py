@@ -124,6 +124,9 @@ class SqlSource(Source):
     def __init__(self, config: SqlSourceConfig) -> None:
         super().__init__(config)
         self.bounded = config.poll_interval is None
+        # Without a cursor every run reads the whole table (a snapshot): a lost position
+        # makes no run read more than it would anyway.
+        self.replays_without_state = config.cursor is not None
         self.url: DatabaseUrl | None = None
         self.dialect: Dialect | None = None
         self.conn: Any = None
@@ -134,6 +137,8 @@ class SqlSource(Source):
         self._threads: list[threading.Thread] = []
         self._declared: dict[str, str] = {}
         self._position: Any = None
+        self._start_cursor: Any = None
+        self._rows = 0
 
     def open(self, ctx: Context, position: Any) -> None:
         """Connect and plan the read from ``position``."""
@@ -147,7 +152,19 @@ class SqlSource(Source):
                 raise PipelineError(f"sql source: table {self.config.table!r} does not exist")
             self._declared = found
         self._position = position
+        if self.config.cursor is not None and position:
+            self._start_cursor = decode_value(position["cursor"])
         self._plan(position)
+
+    def notices(self) -> list[str]:
+        """Why an incremental run read nothing: no row is past the cursor earlier runs
+        reached."""
+        if self.config.cursor is None or self._rows or self._start_cursor is None:
+            return []
+        return [
+            f"no row has {self.config.cursor} > {self._start_cursor!r}, where earlier runs "
+            "left the cursor (`tideflow state reset` reads every row again)"
+        ]
 
     def _table_columns(self) -> dict[str, str] | None:
         assert self.dialect is not None and self.config.table is not None
@@ -173,6 +190,7 @@ class SqlSource(Source):
         batch = self._retrying(self._next, "reading", recover=self._recover)
         if batch is not None:
             self._position = batch.position
+            self._rows += batch.data.height
         return batch
 
     def _retrying(

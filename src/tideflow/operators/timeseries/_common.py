@@ -56,6 +56,14 @@ def parse_duration(text: str) -> int:
     return round(total)
 
 
+def environment_duration(text: str) -> str:
+    """A duration from an environment variable such as ``WINDOW_SIZE``: a bare number is
+    seconds (``60`` -> ``60s``), as stream-processing tools that read these variables take
+    it; anything else must be a duration with units, as in a pipeline file."""
+    cleaned = text.strip()
+    return f"{cleaned}s" if re.fullmatch(r"\d+(?:\.\d+)?", cleaned) else cleaned
+
+
 def _check_duration(text: str) -> str:
     parse_duration(text)
     return text

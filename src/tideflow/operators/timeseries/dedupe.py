@@ -17,6 +17,7 @@ from tideflow.operators.timeseries._common import (
     require_columns,
 )
 from tideflow.registry import component
+from tideflow.state.delta import FrameDelta, StateDelta
 
 
 class DedupeConfig(EventTimeSettings):
@@ -51,6 +52,10 @@ class Dedupe(Step):
         self.keys = list(config.keys)
         self.held: pl.DataFrame | None = None
         self.last: pl.DataFrame | None = None
+        self.changed: list[pl.DataFrame] = []
+        """Keys whose newest time was set since the last checkpoint."""
+        self.forgotten: list[pl.DataFrame] = []
+        """Keys forgotten (past the horizon) since the last checkpoint."""
 
     def open(self, ctx: Context, state: JSON | None) -> None:
         """Restore the clock, held records and newest time per key."""
@@ -60,7 +65,27 @@ class Dedupe(Step):
 
     def snapshot(self) -> JSON:
         """Clock, held records and the per-key newest time."""
+        self.changed, self.forgotten = [], []
         return {"clock": self.clock.snapshot(), "held": self.held, "last": self.last}
+
+    def snapshot_changes(self) -> StateDelta:
+        """The clock and the held records (bounded by the out-of-orderness) whole; of the
+        per-key newest times, those set and those forgotten since the last checkpoint."""
+        values = {"clock": self.clock.snapshot(), "held": self.held}
+        changed = pl.concat(self.changed).unique() if self.changed else None
+        forgotten = pl.concat(self.forgotten).unique() if self.forgotten else None
+        self.changed, self.forgotten = [], []
+        if self.last is None:
+            return StateDelta(values=values)
+        upsert = (
+            self.last.head(0)
+            if changed is None
+            else self.last.join(changed, on=self.keys, how="semi", nulls_equal=True)
+        )
+        return StateDelta(
+            values=values,
+            frames={"last": FrameDelta(keys=self.keys, upsert=upsert, delete=forgotten)},
+        )
 
     def _floor(self) -> int | None:
         wm = self.clock.watermark
@@ -109,8 +134,11 @@ class Dedupe(Step):
         fresh = ordered.filter(~pl.col("__state"))
         kept = fresh.filter(~pl.col("__repeat")).sort(T, maintain_order=True)
         self.last = ordered.group_by(self.keys).agg(pl.col(T).max())
+        self.changed.append(released.select(self.keys).unique())
         if floor is not None:  # no record released later can fall within the horizon
-            self.last = self.last.filter(pl.col(T) > floor - self.horizon)
+            keep = (pl.col(T) > floor - self.horizon).fill_null(False)
+            self.forgotten.append(self.last.filter(~keep).select(self.keys))
+            self.last = self.last.filter(keep)
         out = kept.select(released.columns).drop(T)
         return StepOutput(
             outputs={MAIN_PORT: out},

@@ -20,7 +20,11 @@ class NormalizeConfig(Settings):
 
     columns: list[str] = Field(min_length=1, description="Numeric columns to scale in place.")
     method: Literal["minmax", "zscore"] = Field(
-        "zscore", description="`minmax`: (x - min) / (max - min); `zscore`: (x - mean) / std."
+        "zscore",
+        description="`minmax`: (x - min) / (max - min); `zscore`: (x - mean) / std, std the "
+        "population standard deviation (n in the denominator; `outliers` uses the sample one). "
+        "Online, min, max, mean and std are over the key's non-null values so far, x included, "
+        "so a key's first value has no spread. A zero (or, fixed, negative) spread gives null.",
     )
     fit: Literal["fixed", "online"] = Field(
         "online",

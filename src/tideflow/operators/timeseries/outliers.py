@@ -24,8 +24,13 @@ class OutliersConfig(Settings):
     keys: list[str] = Field(default_factory=list, description="One history per key.")
     method: Literal["zscore", "mad", "iqr"] = Field(
         "zscore",
-        description="`zscore`: (x - mean) / stddev; `mad`: 0.6745 (x - median) / MAD; `iqr`: "
-        "distance outside [Q1, Q3] in IQRs.",
+        description="Over the history H (the key's previous `window` non-null values; x itself "
+        "is not in H): `zscore`: (x - mean(H)) / s(H), s the sample standard deviation (n - 1 "
+        "in the denominator); `mad`: 0.6745 (x - median(H)) / MAD(H), MAD(H) = median(|h - "
+        "median(H)|), a median of an even count being the mean of the middle two; `iqr`: "
+        "(x - Q3) / (Q3 - Q1) above Q3, (Q1 - x) / (Q3 - Q1) below Q1, 0 between, with Q1 and "
+        "Q3 the 25% and 75% quantiles of H, interpolated linearly. A zero spread (s, MAD or "
+        "IQR) scores x equal to the centre 0 and any other x +inf or -inf, an outlier.",
     )
     window: int = Field(50, ge=2, description="How many previous values of the key to use.")
     min_points: int = Field(
@@ -53,7 +58,10 @@ class Outliers(Step):
 
     A value is scored against the values of its key that arrived before it (arrival order);
     every non-null value, outlier or not, then joins the history. Nulls get no score and are
-    never outliers. A history without spread (all equal) scores any other value +-inf.
+    never outliers. A history without spread (all equal) scores any other value +inf or -inf
+    (an outlier at every threshold: it is infinitely many spreads away) and an equal value 0.
+    Parquet, CSV and PostgreSQL keep the infinities; JSON has none, so NDJSON/JSON sinks write
+    such a score as null (``is_outlier`` still says true).
     State: the last ``window`` values per key. With ``mode: route`` read the outliers with
     ``input: <step>.outliers``.
     """

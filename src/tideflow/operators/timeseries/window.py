@@ -21,6 +21,7 @@ from tideflow.operators.timeseries._common import (
     PositiveDuration,
     T,
     combine_dead,
+    environment_duration,
     key_frame,
     late_letters,
     parse_duration,
@@ -33,11 +34,11 @@ from tideflow.operators.timeseries.aggs import (
     holistic_exprs,
     merge_exprs,
     parse_aggregations,
-    raw_column,
     raw_exprs,
     row_exprs,
 )
 from tideflow.registry import component
+from tideflow.state.delta import FrameDelta, StateDelta
 
 WS, LAST, N = "__ws", "__last", "__n"
 """Internal columns: window start, last event time (sessions), row count."""
@@ -62,7 +63,9 @@ class WindowConfig(EventTimeSettings):
         "share a window.",
     )
     size: PositiveDuration | None = Field(
-        None, description="Window length (tumbling, sliding). Default: $WINDOW_SIZE."
+        None,
+        description="Window length (tumbling, sliding). Default: $WINDOW_SIZE (a bare "
+        "number there is seconds: `WINDOW_SIZE=60` is `60s`).",
     )
     slide: PositiveDuration | None = Field(None, description="Sliding: distance between starts.")
     gap: PositiveDuration | None = Field(None, description="Session: inactivity that ends it.")
@@ -90,7 +93,7 @@ class WindowConfig(EventTimeSettings):
             return data
         data = dict(data)
         if data.get("size") is None and os.environ.get("WINDOW_SIZE"):
-            data["size"] = os.environ["WINDOW_SIZE"]
+            data["size"] = environment_duration(os.environ["WINDOW_SIZE"])
         if not data.get("aggregations"):
             data["aggregations"] = default_aggregations(list(data.get("columns") or []))
         return data
@@ -146,6 +149,10 @@ class Window(Step):
         self.partials: pl.DataFrame | None = None
         self.raw: pl.DataFrame | None = None
         self.gkeys = list(config.keys) or [ALL]
+        self.touched: list[pl.DataFrame] = []
+        """(keys, window start) of windows changed since the last checkpoint."""
+        self.closed: list[pl.DataFrame] = []
+        """(keys, window start) of windows closed since the last checkpoint."""
 
     def open(self, ctx: Context, state: JSON | None) -> None:
         """Restore the clock and the open windows."""
@@ -156,7 +163,32 @@ class Window(Step):
 
     def snapshot(self) -> JSON:
         """Clock and open windows (frames travel as Arrow IPC through the state codec)."""
+        self.touched, self.closed = [], []
         return {"clock": self.clock.snapshot(), "partials": self.partials, "raw": self.raw}
+
+    def snapshot_changes(self) -> StateDelta | None:
+        """Tumbling and sliding windows without raw values: the open windows changed since
+        the last checkpoint and those closed. Sessions (whose start moves as they merge)
+        and holistic aggregations (raw values) are stored whole (None)."""
+        if self.session or self.holistic:
+            return None
+        group = [*self.gkeys, WS]
+        values = {"clock": self.clock.snapshot(), "raw": None}
+        if self.partials is None:
+            self.touched, self.closed = [], []
+            return StateDelta(values=values)
+        touched = pl.concat(self.touched, how="vertical_relaxed") if self.touched else None
+        upsert = (
+            self.partials.head(0)
+            if touched is None
+            else self.partials.join(touched, on=group, how="semi", nulls_equal=True)
+        )
+        closed = pl.concat(self.closed, how="vertical_relaxed").unique() if self.closed else None
+        self.touched, self.closed = [], []
+        return StateDelta(
+            values=values,
+            frames={"partials": FrameDelta(keys=group, upsert=upsert, delete=closed)},
+        )
 
     # -- processing ----------------------------------------------------------------------
 
@@ -165,14 +197,9 @@ class Window(Step):
         frame, dead = self.clock.prepare(batch)
         require_columns(frame, [*self.config.keys, *columns_used(self.specs)], "window")
         frame, _ = key_frame(frame, self.config.keys)
-        rows = frame.select(
-            *self.gkeys,
-            T,
-            "__row",
-            pl.lit(1, pl.Int64).alias(N),
-            *row_exprs(self.specs),
-            *raw_exprs(self.specs),
-        )
+        # Only the columns the windows read (a select of existing columns copies nothing);
+        # the per-row partial states are computed inside the batch's own group_by.
+        rows = frame.select(*self.gkeys, T, "__row", *columns_used(self.specs))
         floor = self._floor()
         if self.session:
             late, touched = self._merge_sessions(rows, floor)
@@ -211,23 +238,22 @@ class Window(Step):
         wm = self.clock.watermark
         return None if wm is None else wm - self.clock.lateness
 
-    def _partial_columns(self) -> list[str]:
-        names = [N]
-        names += [e.meta.output_name() for e in row_exprs(self.specs)]
-        return names
-
     def _merge_windows(self, rows: pl.DataFrame, floor: int | None) -> tuple[pl.Series, Any]:
-        """Tumbling and sliding: assign each row to its windows, merge partials per window."""
+        """Tumbling and sliding: assign each row to its windows, reduce the batch to one
+        partial row per key and window with one group_by, then merge those (a few thousand
+        rows) into the open windows' state: the state is never re-sorted or joined whole."""
         last_start = (pl.col(T) // self.slide) * self.slide
         if floor is None:
-            late = pl.Series("late", [False] * rows.height, dtype=pl.Boolean)
+            late = _all_false(rows.height)
+            live = rows.lazy()
         else:
             late = rows.select((last_start + self.size <= floor).alias("late")).to_series()
-        live = rows.filter(~late).with_columns(last_start.alias(WS))
+            live = rows.lazy().filter(~late) if late.any() else rows.lazy()
+        live = live.with_columns(last_start.alias(WS))
         count = -(-self.size // self.slide)
         if count > 1:
             # Every window containing t starts at one of the `count` slide multiples <= t.
-            offsets = pl.DataFrame({"__i": pl.Series(range(count), dtype=pl.Int64)})
+            offsets = pl.LazyFrame({"__i": pl.Series(range(count), dtype=pl.Int64)})
             live = (
                 live.join(offsets, how="cross")
                 .with_columns((pl.col(WS) - pl.col("__i") * self.slide).alias(WS))
@@ -236,31 +262,40 @@ class Window(Step):
             if floor is not None:  # windows of this record that have already closed
                 live = live.filter(pl.col(WS) + self.size > floor)
         group = [*self.gkeys, WS]
-        parts = live.select(*group, *self._partial_columns())
-        self.partials = self._merge(self.partials, parts, group)
-        if self.holistic:
-            new_raw = live.select(*group, *[raw_column(c) for c in self._raw_columns()])
+        # Row partials and their merge in one lazy query: Polars fuses the projection into
+        # the aggregation, so the per-row partial columns are never materialised.
+        parts = (
+            live.select(*group, pl.lit(1, pl.Int64).alias(N), *row_exprs(self.specs))
+            .group_by(group)
+            .agg(pl.col(N).sum(), *merge_exprs(self.specs))
+        )
+        if self.holistic:  # the raw values of open windows, for median and the like
+            new_raw = live.select(*group, *raw_exprs(self.specs)).collect()
             self.raw = new_raw if self.raw is None else pl.concat([self.raw, new_raw])
-        return late, parts.select(group).unique()
+        batch_parts = parts.collect()
+        self.partials = self._merge(self.partials, batch_parts, group)
+        if not self.holistic:  # incremental checkpoints (snapshot_changes)
+            self.touched.append(batch_parts.select(group))
+        # The batch's partials are one row per window it touched: no unique() needed.
+        return late, batch_parts.select(group)
 
     def _merge(self, state: pl.DataFrame | None, parts: pl.DataFrame, group: list[str]) -> Any:
-        both = parts if state is None else pl.concat([state, parts], how="vertical_relaxed")
+        if state is None or state.height == 0:
+            return parts
+        both = pl.concat([state, parts], how="vertical_relaxed")
         return both.group_by(group).agg(pl.col(N).sum(), *merge_exprs(self.specs))
-
-    def _raw_columns(self) -> list[str]:
-        return sorted({s.column for s in self.specs if s.holistic and s.column is not None})
 
     def _merge_sessions(self, rows: pl.DataFrame, floor: int | None) -> tuple[pl.Series, Any]:
         """Sessions: open sessions and new rows, sorted per key by start, are chained while the
         next start is closer than ``gap`` to the furthest end so far; each chain is a session."""
-        cols = self._partial_columns()
         new = rows.select(
             *self.gkeys,
             pl.col(T).alias(WS),
             pl.col(T).alias(LAST),
             pl.lit(False).alias("__state"),
             "__row",
-            *cols,
+            pl.lit(1, pl.Int64).alias(N),
+            *row_exprs(self.specs),
         )
         parts = [new]
         if self.partials is not None and self.partials.height:
@@ -288,7 +323,7 @@ class Window(Step):
                 both = self._chain(both.filter(~pl.col("__lost")))
             both = both.drop("__lost")
         else:
-            late = pl.Series("late", [False] * rows.height, dtype=pl.Boolean)
+            late = _all_false(rows.height)
         merged = both.group_by("__g").agg(
             *[pl.col(k).first() for k in self.gkeys],
             pl.col(WS).min(),
@@ -300,9 +335,7 @@ class Window(Step):
         touched = merged.filter(pl.col("__new")).select(*self.gkeys, WS)
         self.partials = merged.drop("__g", "__new")
         if self.holistic:
-            kept = rows.filter(~late).select(
-                *self.gkeys, pl.col(T), *[raw_column(c) for c in self._raw_columns()]
-            )
+            kept = rows.filter(~late).select(*self.gkeys, pl.col(T), *raw_exprs(self.specs))
             self.raw = kept if self.raw is None else pl.concat([self.raw, kept])
         return late, touched
 
@@ -331,6 +364,8 @@ class Window(Step):
         flagged = state.with_columns(mask.alias("__closed"))
         closed = flagged.filter(pl.col("__closed")).drop("__closed")
         self.partials = flagged.filter(~pl.col("__closed")).drop("__closed")
+        if closed.height and not (self.session or self.holistic):
+            self.closed.append(closed.select(*self.gkeys, WS))
         if self.config.emit == "on_update" and touched is not None:
             emit = state.join(touched, on=[*self.gkeys, WS], how="semi", nulls_equal=True)
         elif self.config.emit == "on_update":
@@ -391,3 +426,8 @@ class Window(Step):
             *self.config.keys,
             *names,
         )
+
+
+def _all_false(height: int) -> pl.Series:
+    """A mask of ``height`` False values, built in Polars (not from a Python list)."""
+    return pl.select(pl.repeat(False, height, dtype=pl.Boolean)).to_series().alias("late")

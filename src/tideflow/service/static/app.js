@@ -6,6 +6,7 @@
 "use strict";
 
 const POLL_MS = 1000;
+const THROUGHPUT_WINDOW_MS = 10 * 60 * 1000;  // the throughput chart shows the last 10 minutes
 let timers = [];
 let page = {};
 
@@ -57,6 +58,8 @@ function every(fn, ms = POLL_MS) {
 }
 
 function fmt(n) { return typeof n === "number" ? n.toLocaleString("en-US") : (n ?? ""); }
+// Three significant digits, no exponent: 0.0020973154 -> "0.0021", 14.2857 -> "14.3".
+function sig(n) { return Number(n.toPrecision(3)).toLocaleString("en-US", { maximumFractionDigits: 12 }); }
 function when(t) { return t ? new Date(t * 1000).toLocaleString() : ""; }
 function badge(status) { return el("span", { class: `badge ${status}`, "data-status": status, text: status }); }
 function view() { return document.getElementById("view"); }
@@ -125,14 +128,14 @@ function pipelinePage(pid) {
     title, controls, alerts,
     el("div", { class: "row" },
       el("div", { class: "card" }, el("h2", { text: "Steps" }), el("div", { id: "graph" })),
-      el("div", { class: "card" }, el("h2", { text: "Throughput (records/s)" }), el("canvas", { id: "throughput", width: 600, height: 120 }),
+      el("div", { class: "card" }, el("h2", { text: "Throughput" }), el("div", { id: "throughput", class: "chart-box" }),
         el("h2", { text: "Counters" }), el("table", { id: "counters" }),
         el("h2", { text: "End-to-end latency and lag per source" }), el("table", { id: "sources" }))),
     el("div", { class: "card", id: "tap" },
       el("h2", { text: "Live tap: latest records" }),
       el("label", {}, "Step ", el("select", { id: "tap-step", onchange: (e) => { page.tapStep = e.target.value; showTap(); } })),
       el("label", {}, " Chart column ", el("select", { id: "tap-chart-column", onchange: () => showTap() })),
-      el("canvas", { id: "tap-chart", width: 600, height: 120 }),
+      el("div", { id: "tap-chart", class: "chart-box" }),
       el("div", { id: "tap-records" })),
     el("div", { class: "tabs" }, ...tabs),
     el("div", { class: "card", id: "tab-body" }));
@@ -141,7 +144,7 @@ function pipelinePage(pid) {
   every(async () => {
     const data = await api("GET", "/api/alerts");
     alerts.replaceChildren(...data.firing.filter((a) => a.pipeline === pid)
-      .map((a) => el("div", { class: "alert", text: `alert ${a.alert} is firing (value ${a.value})` })));
+      .map((a) => el("div", { class: "alert", "data-alert": a.alert, text: `alert ${a.alert} is firing: ${alertValue(a.metric, a.value)} (threshold ${alertValue(a.metric, a.threshold)})` })));
   }, 3000);
 }
 
@@ -222,9 +225,13 @@ function showPipeline(title, p) {
   document.getElementById("run-status").textContent = run
     ? `run ${run.id} (${run.kind}, ${run.trigger}): ${fmt(run.records_in)} records in ${run.elapsed}s${run.error ? " — " + run.error : ""}`
     : "no run yet";
-  page.rates.push(p.active ? p.rate : 0);
-  if (page.rates.length > 120) page.rates.shift();
-  drawLine(document.getElementById("throughput"), page.rates);
+  const now = Date.now();
+  page.rates.push([now, p.active ? p.rate : 0]);
+  while (page.rates.length > 2 && page.rates[0][0] < now - THROUGHPUT_WINDOW_MS) page.rates.shift();
+  TideflowChart.draw(document.getElementById("throughput"), page.rates, {
+    id: "throughput-chart", yTitle: "records/s", xTitle: "time", xType: "time",
+    empty: "start the pipeline to see its throughput",
+  });
   drawGraph(p.graph, run ? run.counts : {});
   drawCounters(p.graph, run ? run.counts : {});
   drawSources(p.graph, run);
@@ -325,28 +332,6 @@ function drawSources(graph, run) {
     }));
 }
 
-function drawLine(canvas, values) {
-  // Match the drawing buffer to the displayed size, or the browser stretches the picture.
-  if (canvas.clientWidth && canvas.width !== canvas.clientWidth) canvas.width = canvas.clientWidth;
-  const ctx = canvas.getContext("2d");
-  const { width, height } = canvas;
-  ctx.clearRect(0, 0, width, height);
-  const max = Math.max(1, ...values);
-  const min = Math.min(0, ...values);
-  ctx.fillStyle = "#6b7280";
-  ctx.font = "11px sans-serif";
-  ctx.fillText(fmt(Math.round(max)), 4, 12);
-  ctx.strokeStyle = "#1f6feb";
-  ctx.lineWidth = 2;
-  ctx.beginPath();
-  values.forEach((v, i) => {
-    const x = values.length > 1 ? (i / (values.length - 1)) * (width - 10) + 5 : 5;
-    const y = height - 8 - ((v - min) / (max - min || 1)) * (height - 24);
-    if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
-  });
-  ctx.stroke();
-}
-
 // The tap of the chosen step: pushed records when the stream runs, else fetched.
 function showTap() {
   if (page.polling) refreshTap();
@@ -369,13 +354,30 @@ function drawTap(records) {
     chartSelect.dataset.columns = numeric.join(",");
   }
   const column = chartSelect.value;
-  drawLine(document.getElementById("tap-chart"), column ? records.map((r) => Number(r[column]) || 0) : []);
+  // Along a time column when the records have one (the first whose values are all
+  // timestamps), else in the order the records arrived.
+  const timeColumn = columns.find((c) => records.every((r) => r[c] === null || r[c] === undefined || isTimestamp(r[c]))
+    && records.some((r) => isTimestamp(r[c])));
+  const value = (r) => (typeof r[column] === "number" ? r[column] : null);
+  const points = !column ? [] : timeColumn
+    ? records.filter((r) => isTimestamp(r[timeColumn])).map((r) => [Date.parse(r[timeColumn]), value(r)]).sort((a, b) => a[0] - b[0])
+    : records.map((r, i) => [i + 1, value(r)]);
+  TideflowChart.draw(document.getElementById("tap-chart"), points, {
+    id: "tap-chart-svg", yTitle: column || "value", xType: timeColumn ? "time" : "number",
+    xTitle: timeColumn || `record (latest ${records.length})`,
+    empty: column ? "no records yet" : "no numeric column at this step", zero: false, dots: true,
+    // Several records at one time (one per sensor, say) are several series: points only.
+    line: new Set(points.map((p) => p[0])).size === points.length,
+  });
   const table = el("table", { id: "tap-table", "data-step": page.tapStep },
     el("tr", {}, ...columns.map((c) => el("th", { text: c }))),
     ...records.map((r) => el("tr", {}, ...columns.map((c) => el("td", { text: typeof r[c] === "object" && r[c] !== null ? JSON.stringify(r[c]) : (r[c] ?? "") })))));
   document.getElementById("tap-records").replaceChildren(
     records.length ? table : el("p", { class: "muted", text: "No records seen at this step yet; start the pipeline." }));
 }
+
+const TIMESTAMP = /^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?$/;
+function isTimestamp(v) { return typeof v === "string" && TIMESTAMP.test(v) && !Number.isNaN(Date.parse(v)); }
 
 function showTab(name) {
   page.tab = name;
@@ -390,6 +392,7 @@ function showTab(name) {
 
 async function runsTab(body) {
   const rows = await api("GET", `/api/pipelines/${page.pid}/runs`);
+  if (page.tab !== "runs") return;  // another tab was opened meanwhile: leave it alone
   body.replaceChildren(el("table", { id: "runs" },
     el("tr", {}, ...["Run", "Status", "Trigger", "Started", "Ended", "Records read", "Error"].map((h) => el("th", { text: h }))),
     ...rows.map((r) => {
@@ -400,14 +403,33 @@ async function runsTab(body) {
     })));
 }
 
+// The run's log lines, fetched from the last one shown on. One fetch at a time: events
+// arrive faster than a fetch may take, and two fetches from the same point would show the
+// same lines twice.
 async function refreshLogs(run) {
   const pre = document.getElementById("logs");
   if (!pre || !run) return;
-  if (page.logRun !== run.id) { page.logRun = run.id; page.lastSeq = 0; pre.textContent = ""; }
-  const data = await api("GET", `/api/runs/${run.id}/logs?after=${page.lastSeq}`);
-  for (const line of data.lines) {
-    pre.append(`${new Date(line.at * 1000).toLocaleTimeString()} ${line.level} ${line.text}\n`);
-    page.lastSeq = line.seq;
+  if (page.logFetch) { page.logAgain = run; return; }
+  if (page.logRun !== run.id) { page.logRun = run.id; page.lastSeq = 0; pre.replaceChildren(); }
+  page.logFetch = true;
+  try {
+    const data = await api("GET", `/api/runs/${run.id}/logs?after=${page.lastSeq}`);
+    if (page.logRun !== run.id || document.getElementById("logs") !== pre) return;
+    const follow = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    for (const line of data.lines) {
+      if (line.seq <= page.lastSeq) continue;
+      const time = new Date(line.at * 1000).toLocaleTimeString("en-GB", { hour12: false });
+      pre.append(el("div", { class: `log-line ${line.level.toLowerCase()}`, "data-seq": line.seq, "data-level": line.level },
+        el("span", { class: "log-time", text: time }), " ", el("span", { class: "log-level", text: line.level.padEnd(7) }), " ",
+        el("span", { class: "log-text", text: line.text })));
+      page.lastSeq = line.seq;
+    }
+    if (follow) pre.scrollTop = pre.scrollHeight;
+  } finally {
+    page.logFetch = false;
+    const again = page.logAgain;
+    page.logAgain = null;
+    if (again) refreshLogs(again);
   }
 }
 
@@ -423,6 +445,7 @@ function deadTab(body) {
     if (step.value) query.set("step", step.value);
     if (reason.value) query.set("reason", reason.value);
     const data = await api("GET", `/api/pipelines/${page.pid}/deadletters?${query}`);
+    if (page.tab !== "dead") return;
     summary.replaceChildren(...data.summary.map((s) => el("div", {}, el("b", { text: fmt(s.count) }), ` at ${s.step}: ${s.reason}`)));
     table.replaceChildren(
       el("tr", {}, el("th", { text: "" }), ...["#", "Step", "Reason", "Record", "When"].map((h) => el("th", { text: h }))),
@@ -446,26 +469,38 @@ function deadTab(body) {
   load();
 }
 
-function editorTab(body, pid) {
-  const text = el("textarea", { class: "yaml", id: "yaml", spellcheck: "false" });
+// The YAML editor (CodeMirror, from static/vendor/editor.js): line numbers, and every
+// validation issue on its line as the text is typed.
+async function editorTab(body, pid) {
+  const host = el("div", { class: "yaml", id: "yaml" });
   const messages = el("ul", { class: "issues", id: "issues" });
   const saved = el("span", { id: "save-status" });
-  text.value = pid && page.detail ? page.detail.yaml : "name: my_pipeline\nsource:\n  type: generate\n  count: 1000\nsink:\n  type: stdout\n";
-  let pending = null;
+  // A pipeline's own text, even when the tab is opened before the page has loaded it: a
+  // template saved over the pipeline would replace it.
+  const detail = pid ? page.detail || await api("GET", `/api/pipelines/${pid}`) : null;
+  if (pid && page.tab !== "editor") return;
+  const start = detail ? detail.yaml : "name: my_pipeline\nsource:\n  type: generate\n  count: 1000\nsink:\n  type: stdout\n";
+  let pending = null, checked = 0;
   const check = async () => {
-    const result = await api("POST", "/api/validate", { yaml: text.value });
-    showIssues(messages, text, result.valid, result.issues);
+    const asked = ++checked;
+    const result = await api("POST", "/api/validate", { yaml: editor.getText() });
+    if (asked === checked) showIssues(messages, editor, result.valid, result.issues);  // a later check wins
   };
-  text.oninput = () => { clearTimeout(pending); pending = setTimeout(check, 300); };
+  const editor = TideflowEditor.create(host, {
+    doc: start,
+    label: pid ? `YAML of pipeline ${pid}` : "YAML of the new pipeline",
+    onChange: () => { clearTimeout(pending); pending = setTimeout(check, 300); },
+  });
+  page.editor = editor;
   const save = async () => {
     saved.textContent = "";
     try {
-      if (pid) await api("PUT", `/api/pipelines/${pid}`, { yaml: text.value });
-      else { const created = await api("POST", "/api/pipelines", { yaml: text.value }); location.hash = `#/p/${created.id}`; }
+      if (pid) await api("PUT", `/api/pipelines/${pid}`, { yaml: editor.getText() });
+      else { const created = await api("POST", "/api/pipelines", { yaml: editor.getText() }); location.hash = `#/p/${created.id}`; }
       saved.textContent = "saved";
     } catch (error) {
       saved.textContent = error.message;
-      if (error.data && error.data.issues) showIssues(messages, text, false, error.data.issues);
+      if (error.data && error.data.issues) showIssues(messages, editor, false, error.data.issues);
     }
   };
   const buttons = [el("button", { id: "save", class: "primary", onclick: save }, pid ? "Save" : "Create")];
@@ -473,21 +508,20 @@ function editorTab(body, pid) {
     if (!confirm(`Delete ${pid}?`)) return;
     try { await api("DELETE", `/api/pipelines/${pid}`); location.hash = "#/"; } catch (error) { saved.textContent = error.message; }
   } }, "Delete"));
-  body.replaceChildren(text, el("div", { class: "row" }, ...buttons, saved), messages);
+  body.replaceChildren(host, el("div", { class: "row" }, ...buttons, saved), messages);
   check();
 }
 
-function showIssues(list, text, valid, issues) {
-  if (valid) { list.replaceChildren(el("li", { class: "ok", text: "valid" })); return; }
+function showIssues(list, editor, valid, issues) {
+  list.dataset.valid = valid ? "true" : "false";
+  editor.showIssues(valid ? [] : issues);
+  if (valid) { list.replaceChildren(el("li", { class: "ok", text: "✓ valid" })); return; }
   list.replaceChildren(...issues.map((issue) => el("li", {
+    class: "issue",
     "data-line": issue.line,
+    title: issue.line ? `go to line ${issue.line}` : null,
     text: `line ${issue.line ?? "?"}: ${issue.path ? issue.path + ": " : ""}${issue.message}`,
-    onclick: () => {
-      const lines = text.value.split("\n");
-      const offset = lines.slice(0, (issue.line || 1) - 1).join("\n").length;
-      text.focus();
-      text.setSelectionRange(offset, offset + (lines[(issue.line || 1) - 1] || "").length + 1);
-    },
+    onclick: () => { if (issue.line) editor.goToLine(issue.line); },
   })));
 }
 
@@ -497,6 +531,20 @@ function newPipelinePage() {
   editorTab(body, null);
 }
 
+// An alert's value in its metric's unit: a dead-letter rate is a share of the records
+// read, lag is in seconds or records, the others count records.
+function alertValue(metric, value) {
+  if (value === null || value === undefined) return "n/a";
+  if (metric === "dead_letter_rate") return `${sig(value * 100)} % of records read`;
+  if (metric === "source_lag") return `${sig(value)} s`;
+  return `${fmt(Math.round(value))} records`;
+}
+
+function delivery(n) {
+  const text = n.status === "failed" ? `${n.to}: failed: ${n.error}` : `${n.to}: ${n.status}`;
+  return el("div", { class: `delivery ${n.status}`, "data-delivery": n.status, text });
+}
+
 function alertsPage() {
   const body = el("div");
   view().replaceChildren(el("h1", { text: "Alerts" }), body);
@@ -504,9 +552,21 @@ function alertsPage() {
     const data = await api("GET", "/api/alerts");
     body.replaceChildren(
       el("h2", { text: "Firing" }),
-      data.firing.length ? el("ul", {}, ...data.firing.map((a) => el("li", { text: `${a.pipeline}/${a.alert}: value ${a.value}` }))) : el("p", { class: "muted", text: "none" }),
-      el("h2", { text: "Notifications" }),
-      el("table", {}, ...data.events.map((e) => el("tr", {}, el("td", { text: e.at }), el("td", {}, badge(e.state === "firing" ? "failed" : "succeeded")), el("td", { text: e.message })))));
+      data.firing.length ? el("ul", { id: "firing" }, ...data.firing.map((a) => el("li", { "data-alert": a.alert },
+        `${a.pipeline}/${a.alert}: `, el("b", { class: "alert-value", text: alertValue(a.metric, a.value) }),
+        ` (threshold ${alertValue(a.metric, a.threshold)}${a.since ? ", since " + when(a.since) : ""})`)))
+        : el("p", { class: "muted", text: "none" }),
+      el("h2", { text: "Events and notifications" }),
+      data.events.length ? el("table", { id: "alert-events" },
+        el("tr", {}, ...["When", "Alert", "State", "Value", "Message", "Notifications"].map((h) => el("th", { text: h }))),
+        ...data.events.map((e) => el("tr", { "data-alert": e.alert, "data-state": e.state },
+          el("td", { text: new Date(e.at).toLocaleString() }),
+          el("td", { text: `${e.pipeline}/${e.alert}` }),
+          el("td", {}, badge(e.state)),
+          el("td", { class: "num alert-value", text: alertValue(e.metric, e.value) }),
+          el("td", { text: e.message }),
+          el("td", { class: "deliveries" }, ...(e.notifications || []).map(delivery)))))
+        : el("p", { class: "muted", text: "none yet" }));
   }, 2000);
 }
 
