@@ -159,17 +159,19 @@ def tansu_broker() -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def kafka_broker() -> Iterator[str]:
-    """The session's shared tansu broker (see :func:`tansu_broker`); tests on it use topic
-    names of their own."""
+    """A tansu broker of this test's own (see :func:`tansu_broker`; it starts in well under a
+    second). Not shared across tests: tansu can hold a consumer group in a rebalance for
+    minutes after a member was killed, and groups named alike in two tests (examples keep
+    their names) would then hang every later test of that name."""
     with tansu_broker() as address:
         yield address
 
 
 @pytest.fixture
-def private_kafka_broker() -> Iterator[str]:
-    """A tansu broker of this test's own, for code whose topic names are fixed (examples
-    run as their README says)."""
+def second_kafka_broker() -> Iterator[str]:
+    """Another broker of this test's own, a cluster apart from :func:`kafka_broker`'s (for
+    tests of moving between clusters)."""
     with tansu_broker() as address:
         yield address

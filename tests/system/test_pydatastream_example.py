@@ -146,10 +146,10 @@ def fresh_clone(target: Path) -> Path:
 
 
 def test_the_readme_commands_run_from_a_fresh_clone(
-    tmp_path: Path, postgres_database: str, private_kafka_broker: str
+    tmp_path: Path, postgres_database: str, kafka_broker: str
 ) -> None:
     """The README's commands, in order, with the database and broker addresses pointed at
-    the test's own services (a private broker: the scripts' topic names are fixed)."""
+    the test's own services (a broker of its own, as every Kafka test has)."""
     clone = fresh_clone(tmp_path / "clone")
     assert not (clone / "examples" / "pydatastream" / ".tideflow").exists()
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BROKER", "DB_URL")}
@@ -159,7 +159,7 @@ def test_the_readme_commands_run_from_a_fresh_clone(
     script = []
     for command in readme_commands():
         pointed = re.sub(r"DB_URL=\S+", f"DB_URL={postgres_database}", command)
-        script.append(re.sub(r"KAFKA_BROKER=\S+", f"KAFKA_BROKER={private_kafka_broker}", pointed))
+        script.append(re.sub(r"KAFKA_BROKER=\S+", f"KAFKA_BROKER={kafka_broker}", pointed))
     done = subprocess.run(
         ["bash", "-e", "-c", "\n".join(script)],
         cwd=clone,
@@ -177,7 +177,7 @@ def test_the_readme_commands_run_from_a_fresh_clone(
     stream = Stream("any", state_dir=folder)
     assert stream.read_data("labelled") == expected_labels(stream.read_data("room_readings"))
     on_kafka = folder / "on-kafka"
-    assert Stream("any", broker=private_kafka_broker, state_dir=on_kafka).read_data("double") == [
+    assert Stream("any", broker=kafka_broker, state_dir=on_kafka).read_data("double") == [
         2,
         4,
         6,

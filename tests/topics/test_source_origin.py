@@ -77,7 +77,7 @@ def test_a_log_created_anew_is_refused_and_reset_reads_it(tmp_path: Path) -> Non
 
 
 def test_another_broker_is_refused(
-    tmp_path: Path, kafka_broker: str, private_kafka_broker: str
+    tmp_path: Path, kafka_broker: str, second_kafka_broker: str
 ) -> None:
     """Embedded log -> a Kafka cluster -> another Kafka cluster, one state store."""
     publish(tmp_path, "moved", 0, 60, None)
@@ -93,8 +93,8 @@ def test_another_broker_is_refused(
     assert invoke(tmp_path, "run", "sub.yaml", "-q")[0] == 0
     assert read_ids(tmp_path) == list(range(60)) + list(range(100, 190))
 
-    publish(tmp_path, "moved", 500, 10, private_kafka_broker)
-    write(tmp_path, "sub.yaml", READ, private_kafka_broker, topic="moved")
+    publish(tmp_path, "moved", 500, 10, second_kafka_broker)
+    write(tmp_path, "sub.yaml", READ, second_kafka_broker, topic="moved")
     code, output = invoke(tmp_path, "run", "sub.yaml", "-q")
     assert code == 2, output
     assert read_ids(tmp_path) == list(range(60)) + list(range(100, 190))
