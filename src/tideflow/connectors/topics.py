@@ -314,6 +314,7 @@ class TopicSource(Source):
         self._log: EmbeddedLog | None = None
         self._coverage: Coverage | None = None
         self._opened_at = 0.0
+        self._started = False
         self._group_checked = 0.0
         self._warned_at = 0.0
         self._acked: Offsets = {}
@@ -367,8 +368,11 @@ class TopicSource(Source):
             ends = self.consumer.partition_ends()
             self._check_topics_exist(ends)
             self._coverage = Coverage(goals_at_start(ends, self.config.end_offsets))
-        self.consumer.start(self._next)
-        self._opened_at = time.monotonic()
+        # Joining the group waits for the first read: the engine checks where the stored
+        # positions were taken between open and reading, and a member that joins and is
+        # refused leaves in the middle of the group's join (tansu then held the group for
+        # good, and the next run read nothing).
+        self._started = False
 
     def _check_topics_exist(self, ends: dict[str, tuple[int, int]]) -> None:
         """A bounded read of a named Kafka topic that does not exist fails at once."""
@@ -404,6 +408,10 @@ class TopicSource(Source):
 
         In a group of workers, each batch holds one partition's messages."""
         assert self.consumer is not None
+        if not self._started:
+            self.consumer.start(self._next)
+            self._started = True
+            self._opened_at = time.monotonic()
         if self._ready:
             return self._ready.popleft()
         if self._ended:
