@@ -17,6 +17,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -853,11 +854,12 @@ def _blank_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nd
 
 
 def _parse_json_lines(
-    chunk: bytes, count: int, first: int, url: str
+    chunk: bytes, count: int, first: int, url: str, parse: Callable[[bytes, int], pl.DataFrame]
 ) -> tuple[pl.DataFrame, np.ndarray, list[str], list[str]]:
     """Locate bad lines (the fallback when a whole chunk does not parse).
 
-    ``first`` is the line number of the chunk's first line. Returns the good records as a
+    ``first`` is the line number of the chunk's first line; ``parse(lines, count)`` reads
+    whole lines (raising PolarsError or ValueError when it cannot). Returns the good records as a
     frame, the index of the line of each, and the text and reason of each bad line.
     """
     raw = np.frombuffer(chunk, dtype=np.uint8)
@@ -881,9 +883,7 @@ def _parse_json_lines(
     try:
         # The good lines with their newlines, cut out of the chunk without a copy per line.
         span = np.diff(np.append(starts, len(raw)))
-        data = pl.read_ndjson(
-            io.BytesIO(raw[np.repeat(good, span)].tobytes()), infer_schema_length=None
-        )
+        data = parse(raw[np.repeat(good, span)].tobytes(), len(good_at))
     except (pl.exceptions.PolarsError, ValueError):
         # A line that looked right is not JSON after all: judge every line.
         lines = [raw[starts[i] : ends[i]].tobytes() for i in range(count)]
@@ -905,6 +905,118 @@ def _parse_json_lines(
     ]
     kept = np.delete(good_at, failed) if failed else good_at
     return data, kept, records, reasons + more_reasons
+
+
+_FAST_JSON_BLOCK = 1 << 20
+"""Block size of pyarrow's JSON parser: blocks are parsed in parallel (a line longer than a
+block fails the fast parse and takes Polars' path)."""
+
+_SAMPLE_BYTES = 1 << 18
+"""How much of a file's first chunk Polars reads to learn the columns before the fast parse."""
+
+
+def _arrow_type(dtype: pl.DataType) -> pa.DataType | None:
+    """The Arrow type pyarrow's JSON parser fills exactly as Polars would for ``dtype``, or
+    None for types the fast parse does not handle (structs: a sub-field absent from a whole
+    chunk would still appear, where Polars leaves it out)."""
+    if isinstance(dtype, pl.List):
+        inner = _arrow_type(dtype.inner)
+        return None if inner is None else pa.list_(inner)
+    simple = {
+        pl.Boolean: pa.bool_(),
+        pl.Int64: pa.int64(),
+        pl.Float64: pa.float64(),
+        pl.String: pa.string(),
+        pl.Null: pa.null(),
+    }
+    for polars_type, arrow_type in simple.items():
+        if dtype == polars_type:
+            return arrow_type
+    return None
+
+
+def _arrow_schema(schema: pl.Schema) -> pa.Schema | None:
+    """``schema`` (as Polars inferred it) for pyarrow's JSON parser; None when not every
+    column has a type the fast parse handles."""
+    fields = []
+    for name, dtype in schema.items():
+        arrow_type = _arrow_type(dtype)
+        if arrow_type is None:
+            return None
+        fields.append(pa.field(name, arrow_type))
+    return pa.schema(fields) if fields else None
+
+
+def _has_nan(column: pa.ChunkedArray) -> bool:
+    """Does a float column (or list of floats) hold NaN or infinity? Valid JSON cannot spell
+    them; pyarrow reads ``NaN`` and ``Infinity`` where Polars refuses the line."""
+    values: Any = column
+    while pa.types.is_list(values.type):
+        values = pc.list_flatten(values)
+    if not pa.types.is_floating(values.type) or len(values) == 0:
+        return False
+    return bool(pc.any(pc.invert(pc.is_finite(values))).as_py())
+
+
+def _fast_json(chunk: bytes, count: int, schema: pa.Schema) -> pl.DataFrame | None:
+    """``count`` lines parsed by pyarrow (in parallel) with the columns ``schema`` names, or
+    None when the result might differ from what Polars makes of them.
+
+    pyarrow fails on a field not in ``schema`` and on a value of another kind, so a chunk
+    whose records still fit the columns learnt from earlier ones parses in one pass, with no
+    inference. Where pyarrow is more lenient than Polars, the result is checked instead:
+    one record per non-blank line (pyarrow reads ``{..}{..}`` as two), no NaN or infinity,
+    valid UTF-8 text, and no column that is null throughout while its name may appear
+    (Polars gives a present, all-null field the type Null and leaves an absent one out).
+    """
+    try:
+        table = pa_json.read_json(
+            pa.py_buffer(chunk),
+            read_options=pa_json.ReadOptions(use_threads=True, block_size=_FAST_JSON_BLOCK),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="error"
+            ),
+        )
+        table.validate(full=True)  # pyarrow does not check that text is UTF-8
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if table.num_rows == 0:
+        return None
+    raw = np.frombuffer(chunk, dtype=np.uint8)
+    starts, ends = _line_bounds(raw, count)
+    filled = np.flatnonzero(~_blank_lines(raw, starts, ends))
+    if table.num_rows != len(filled):
+        return None
+    absent = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if _has_nan(column):
+            return None
+        if column.null_count == table.num_rows:
+            # Absent for sure only when the key's JSON spelling never occurs and no key
+            # could be spelt with escapes.
+            if orjson.dumps(name) in chunk or b"\\u" in chunk:
+                return None
+            absent.append(name)
+    if absent:
+        table = table.drop_columns(absent)
+    order = _first_seen_order(chunk[starts[filled[0]] : ends[filled[0]]], table.column_names)
+    if order is None:
+        return None
+    return _to_frame(table.select(order))
+
+
+def _first_seen_order(first: bytes, names: list[str]) -> list[str] | None:
+    """``names`` in the order Polars gives them, when the chunk's first record holds every
+    one of them: that record's key order. None otherwise (Polars' order for fields first
+    seen in later records is not simply the order of their appearance)."""
+    try:
+        record = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    if type(record) is not dict or any(name not in record for name in names):
+        return None
+    wanted = set(names)
+    return [key for key in record if key in wanted]
 
 
 @dataclass(frozen=True)
@@ -944,6 +1056,10 @@ class _NdjsonReader:
         self._buf = bytearray()
         self._eof = False
         self._dirty = False
+        # The columns of the last chunk Polars parsed (for the fast parse); None before the
+        # first chunk, or when they have types the fast parse does not handle.
+        self._columns: pa.Schema | None = None
+        self._sampled = False
         self._line = 0
         while self._line < skip:
             got = self._take(min(skip - self._line, 1 << 16))
@@ -1052,9 +1168,11 @@ class _NdjsonReader:
         data = None
         if not self._dirty:
             with contextlib.suppress(pl.exceptions.PolarsError, ValueError):
-                data = pl.read_ndjson(io.BytesIO(chunk), infer_schema_length=None)
+                data = self._parse(chunk, count)
         if data is None:
-            data, kept, records, reasons = _parse_json_lines(chunk, count, first, self._ref.url)
+            data, kept, records, reasons = _parse_json_lines(
+                chunk, count, first, self._ref.url, self._parse
+            )
             good_lines = kept + first
             # Bad lines come in runs (a broken producer): after one, check lines first
             # instead of paying for a failed whole-chunk parse every time.
@@ -1074,6 +1192,28 @@ class _NdjsonReader:
             data = _to_frame(table)
             dead = concat_dead([dead, conv_dead])
         return Chunk(data, dead, count)
+
+    def _parse(self, lines: bytes, count: int) -> pl.DataFrame:
+        """``count`` whole lines as records, as Polars reads them (with every line's fields
+        and types), raising PolarsError or ValueError when they are not all JSON objects.
+
+        The fast parse (:func:`_fast_json`) serves chunks whose records fit the columns
+        learnt so far; any other chunk is Polars' to read, and teaches the columns. Before
+        the first chunk, Polars reads a sample of it to learn them."""
+        if not self._sampled:
+            self._sampled = True
+            if len(lines) > 2 * _SAMPLE_BYTES:
+                sample = lines[: lines.rfind(b"\n", 0, _SAMPLE_BYTES) + 1]
+                with contextlib.suppress(pl.exceptions.PolarsError, ValueError):
+                    learnt = pl.read_ndjson(io.BytesIO(sample), infer_schema_length=None)
+                    self._columns = _arrow_schema(learnt.schema)
+        if self._columns is not None:
+            data = _fast_json(lines, count, self._columns)
+            if data is not None:
+                return data
+        data = pl.read_ndjson(io.BytesIO(lines), infer_schema_length=None)
+        self._columns = _arrow_schema(data.schema)
+        return data
 
     def close(self) -> None:
         self._fh.close()
