@@ -828,10 +828,12 @@ _WHITESPACE = np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)
 """The bytes ``bytes.strip`` removes."""
 
 
-def _line_bounds(raw: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _line_bounds(
+    raw: np.ndarray, count: int, newlines: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Where each of the first ``count`` lines of ``raw`` starts, and ends (exclusive, before
-    its newline)."""
-    ends = np.flatnonzero(raw == 10)[:count]
+    its newline); ``newlines``, where the newlines of ``raw`` are, saves looking for them."""
+    ends = (np.flatnonzero(raw == 10) if newlines is None else newlines)[:count]
     if len(ends) < count:  # a last line without a newline
         ends = np.append(ends, len(raw))
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
@@ -958,9 +960,12 @@ def _has_nan(column: pa.ChunkedArray) -> bool:
     return bool(pc.any(pc.invert(pc.is_finite(values))).as_py())
 
 
-def _fast_json(chunk: bytes, count: int, schema: pa.Schema) -> pl.DataFrame | None:
-    """``count`` lines parsed by pyarrow (in parallel) with the columns ``schema`` names, or
-    None when the result might differ from what Polars makes of them.
+def _fast_json(
+    chunk: bytes, count: int, schema: pa.Schema, newlines: np.ndarray | None = None
+) -> pl.DataFrame | None:
+    """``count`` lines (``newlines``: where their newlines are, when known) parsed by pyarrow
+    (in parallel) with the columns ``schema`` names, or None when the result might differ
+    from what Polars makes of them.
 
     pyarrow fails on a field not in ``schema`` and on a value of another kind, so a chunk
     whose records still fit the columns learnt from earlier ones parses in one pass, with no
@@ -983,7 +988,7 @@ def _fast_json(chunk: bytes, count: int, schema: pa.Schema) -> pl.DataFrame | No
     if table.num_rows == 0:
         return None
     raw = np.frombuffer(chunk, dtype=np.uint8)
-    starts, ends = _line_bounds(raw, count)
+    starts, ends = _line_bounds(raw, count, newlines)
     filled = np.flatnonzero(~_blank_lines(raw, starts, ends))
     if table.num_rows != len(filled):
         return None
@@ -1060,6 +1065,8 @@ class _NdjsonReader:
         # first chunk, or when they have types the fast parse does not handle.
         self._columns: pa.Schema | None = None
         self._sampled = False
+        self._newlines: np.ndarray | None = None
+        """Where the newlines of the chunk ``_take`` returned last are, when it knows."""
         self._line = 0
         while self._line < skip:
             got = self._take(min(skip - self._line, 1 << 16))
@@ -1071,6 +1078,8 @@ class _NdjsonReader:
         """Up to ``limit`` whole lines and how many, or one line too long to read; None at
         the end of the file."""
         counted, scanned, line_start = 0, 0, 0
+        found: list[np.ndarray] = []  # where the newlines are (kept for the parse)
+        self._newlines = None
         while True:
             if len(self._buf) > scanned:
                 view = np.frombuffer(self._buf, dtype=np.uint8)[scanned:]
@@ -1078,9 +1087,11 @@ class _NdjsonReader:
                 del view  # a live view would stop the buffer from being resized
                 if counted + len(newlines) >= limit:
                     cut = scanned + int(newlines[limit - counted - 1]) + 1
+                    found.append(newlines[: limit - counted] + scanned)
                     counted = limit
                     break
                 counted += len(newlines)
+                found.append(newlines + scanned)
                 if len(newlines):
                     line_start = scanned + int(newlines[-1]) + 1
                 scanned = len(self._buf)
@@ -1105,8 +1116,9 @@ class _NdjsonReader:
             long_line = self._cut_long(cut, counted)
             if long_line is not None:
                 return long_line
-        chunk = bytes(self._buf[:cut])
+        chunk = bytes(memoryview(self._buf)[:cut])  # one copy (a slice would make two)
         del self._buf[:cut]
+        self._newlines = np.concatenate(found) if found else None
         return chunk, counted
 
     def _cut_long(self, cut: int, counted: int) -> tuple[bytes, int] | _LongLine | None:
@@ -1168,7 +1180,7 @@ class _NdjsonReader:
         data = None
         if not self._dirty:
             with contextlib.suppress(pl.exceptions.PolarsError, ValueError):
-                data = self._parse(chunk, count)
+                data = self._parse(chunk, count, self._newlines)
         if data is None:
             data, kept, records, reasons = _parse_json_lines(
                 chunk, count, first, self._ref.url, self._parse
@@ -1193,7 +1205,7 @@ class _NdjsonReader:
             dead = concat_dead([dead, conv_dead])
         return Chunk(data, dead, count)
 
-    def _parse(self, lines: bytes, count: int) -> pl.DataFrame:
+    def _parse(self, lines: bytes, count: int, newlines: np.ndarray | None = None) -> pl.DataFrame:
         """``count`` whole lines as records, as Polars reads them (with every line's fields
         and types), raising PolarsError or ValueError when they are not all JSON objects.
 
@@ -1208,7 +1220,7 @@ class _NdjsonReader:
                     learnt = pl.read_ndjson(io.BytesIO(sample), infer_schema_length=None)
                     self._columns = _arrow_schema(learnt.schema)
         if self._columns is not None:
-            data = _fast_json(lines, count, self._columns)
+            data = _fast_json(lines, count, self._columns, newlines)
             if data is not None:
                 return data
         data = pl.read_ndjson(io.BytesIO(lines), infer_schema_length=None)
