@@ -541,6 +541,11 @@ class _CsvReader:
         self._invalid: list[tuple[int, str, str]] = []
         self._long: dict[int, tuple[int, bytes]] = {}
         self._filtered = False
+        # Parsing in parallel is about twice as fast, but pyarrow then cannot number the
+        # malformed rows it reports: at the first one, the read starts again after the rows
+        # handed on, on one thread, where it can (see read).
+        self._threaded = True
+        self._lost = False
         self._next = skip
         self._pending: Any = None
         self._eof = False
@@ -636,7 +641,13 @@ class _CsvReader:
         self._invalid = [item for item in self._invalid if item[0] < self._next]
         self._long.clear()
         self._fh = self._stream(filtered)
-        read_opts = dict(self._read_opts, block_size=self._block_size(filtered))
+        self._pending = None
+        self._lost = False
+        read_opts = dict(
+            self._read_opts,
+            block_size=self._block_size(filtered),
+            use_threads=self._threaded and not filtered,
+        )
         if self._window is not None and self._window.start:
             # no header line here: the names come from the file's start
             read_opts["autogenerate_column_names"] = False
@@ -658,6 +669,9 @@ class _CsvReader:
         )
 
     def _on_invalid(self, row: Any) -> str:
+        if row.number is None and self._threaded and not self._filtered:
+            self._lost = True  # which row, pyarrow cannot say: read again on one thread
+            return "skip"
         ordinal = self._next if row.number is None else row.number - 1 - self._header_in_stream
         text: str = row.text
         if text.startswith(LONG_ROW_MARK) and self._filtered:
@@ -687,6 +701,12 @@ class _CsvReader:
                 if _straddles(exc) and not self._filtered:
                     self._open(filtered=True)  # a row longer than a block: see the class
                     continue
+                if self._threaded:
+                    # Parsed ahead in parallel, the failing block may lie past rows not yet
+                    # handed on: read on from them on one thread, which fails in its place.
+                    self._threaded = False
+                    self._open(filtered=False)
+                    continue
                 # The parser cannot go on (a stray quote swallowing the rest, a malformed row
                 # that is not UTF-8): the source dead-letters the rest of the file, this reason.
                 raise ValueError(
@@ -694,6 +714,11 @@ class _CsvReader:
                     f"{exc}; fix the file, or set `csv.newlines_in_values: false` if a stray "
                     "quote is the cause"
                 ) from exc
+            if self._lost:
+                # A malformed row in what was parsed since the last rows handed on (a batch
+                # is returned only once parsed): drop it all, read it again on one thread.
+                self._threaded, self._eof = False, False
+                self._open(filtered=False)
         if self._pending is not None and self._pending.num_rows:
             take = self._pending.slice(0, limit)
             self._pending = self._pending.slice(take.num_rows)
