@@ -61,3 +61,26 @@ def test_a_clean_file_is_parsed_in_parallel_to_the_end(tmp_path: Path) -> None:
     reader.close()
     assert ids == good
     assert reader._threaded  # no malformed row: never fell back to one thread
+
+
+def test_null_spellings_past_the_first_block_are_nulls_as_before(tmp_path: Path) -> None:
+    """Columns are converted in one cast when no spelling of null could convert to a value;
+    "NaN" and "nan" do convert to floats, so a float column holding them is nulled first."""
+    rows = [f"{i},{i * 0.5},2026-01-01T00:00:{i % 60:02d},{i % 2}" for i in range(5_000)]
+    spelled = {
+        3_000: "3000,NaN,2026-01-01T00:00:00,1",
+        3_001: "3001,nan,NA,0",
+        4_000: "NULL,1.5,,1",
+    }
+    for index, text in spelled.items():
+        rows[index] = text
+    (tmp_path / "s.csv").write_text("id,v,ts,flag\n" + "\n".join(rows) + "\n")
+    result = read_all(make_ctx(tmp_path), path="s.csv", batch_size=1_000, csv={"block_size": 8192})
+    assert result.reasons == []
+    data = result.data
+    assert data.height == 5_000
+    assert data["v"].is_nan().sum() == 0
+    assert data["v"].null_count() == 2 and data["v"][3_000] is None and data["v"][3_001] is None
+    assert data["ts"].null_count() == 2 and data["ts"][3_001] is None
+    assert data["id"].null_count() == 1 and data["id"][4_000] is None
+    assert data["v"][10] == 5.0 and data["id"][4_999] == 4_999

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import math
 import os
 import re
 from collections import deque
@@ -71,6 +73,38 @@ def _castable(value: pa.Array, target: pa.DataType) -> bool:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=128)
+def _spellings_read_as(spellings: tuple[str, ...], target: pa.DataType) -> str:
+    """What the null spellings that convert to ``target`` become: "none" when none converts,
+    "nan" when all that do become NaN (floats read "NaN" and "nan"), else "values"."""
+    read = []
+    for spelling in spellings:
+        try:
+            read.append(pc.cast(pa.array([spelling], pa.string()), target)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            continue
+    if not read:
+        return "none"
+    return "nan" if all(isinstance(v, float) and math.isnan(v) for v in read) else "values"
+
+
+def _cast_without_spellings(
+    column: pa.ChunkedArray, target: pa.DataType, null_values: pa.Array
+) -> pa.ChunkedArray | None:
+    """``column`` cast to ``target`` in one go, when that is what nulling its null spellings
+    first would give (no spelling of null is in it that converts to a value); else None."""
+    kind = _spellings_read_as(tuple(null_values.to_pylist()), target)
+    if kind == "values":
+        return None
+    try:
+        cast = pc.cast(column, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if kind == "nan" and pc.any(pc.is_nan(cast)).as_py():
+        return None  # "NaN" (null) or a NaN spelt otherwise: the spellings decide
+    return cast
 
 
 def _decode_text(
@@ -144,6 +178,11 @@ def _convert_columns(
             and pa.types.is_string(column.type)
             and not pa.types.is_string(target)
         ):
+            # Most columns hold no spelling of null that would convert: one cast does.
+            direct = _cast_without_spellings(column, target, null_values)
+            if direct is not None:
+                converted = converted.set_column(index, name, direct)
+                continue
             column = pc.if_else(pc.is_in(column, value_set=null_values), None, column)
         if column.type == target:
             converted = converted.set_column(index, name, column)
