@@ -1140,17 +1140,21 @@ class _NdjsonReader:
 
     def _take(self, limit: int) -> tuple[bytes, int] | _LongLine | None:
         """Up to ``limit`` whole lines and how many, or one line too long to read; None at
-        the end of the file."""
-        counted, scanned, line_start = 0, 0, 0
+        the end of the file.
+
+        Blocks read are kept as a list and joined once into the chunk: growing one buffer
+        block by block copied it again at every growth."""
+        counted, scanned, line_start, size = 0, 0, 0, len(self._buf)
         found: list[np.ndarray] = []  # where the newlines are (kept for the parse)
         self._newlines = None
+        parts: list[bytes | bytearray] = [self._buf] if self._buf else []
+        in_last = -1  # where the cut is in the last part, when there
         while True:
-            if len(self._buf) > scanned:
-                view = np.frombuffer(self._buf, dtype=np.uint8)[scanned:]
-                newlines = np.flatnonzero(view == 10)
-                del view  # a live view would stop the buffer from being resized
+            if size > scanned:  # the last part is not scanned yet
+                newlines = np.flatnonzero(np.frombuffer(parts[-1], dtype=np.uint8) == 10)
                 if counted + len(newlines) >= limit:
-                    cut = scanned + int(newlines[limit - counted - 1]) + 1
+                    in_last = int(newlines[limit - counted - 1]) + 1
+                    cut = scanned + in_last
                     found.append(newlines[: limit - counted] + scanned)
                     counted = limit
                     break
@@ -1158,24 +1162,35 @@ class _NdjsonReader:
                 found.append(newlines + scanned)
                 if len(newlines):
                     line_start = scanned + int(newlines[-1]) + 1
-                scanned = len(self._buf)
-            if len(self._buf) - line_start > self._max:  # an open line already too long
+                scanned = size
+            if size - line_start > self._max:  # an open line already too long
                 if counted:
                     cut = line_start  # hand on the lines before it first
                     break
+                self._buf = bytearray(b"".join(parts))
                 return self._skip_long()
             if self._eof:
-                cut = len(self._buf)
-                if cut and self._buf[-1] != 10:
+                cut = size
+                if cut and parts[-1][-1] != 10:
                     counted += 1  # a last line without a newline
                 if counted == 0:
+                    self._buf = bytearray()
                     return None
                 break
             block = self._fh.read(NDJSON_BLOCK)
             if block:
-                self._buf += block
+                parts.append(block)
+                size += len(block)
             else:
                 self._eof = True
+        if in_last >= 0 and cut <= self._max:  # the common case: one join, no buffer
+            last = memoryview(parts[-1])
+            chunk = b"".join([*parts[:-1], last[:in_last]])
+            self._buf = bytearray(last[in_last:])
+            del last
+            self._newlines = np.concatenate(found)
+            return chunk, counted
+        self._buf = bytearray(b"".join(parts))
         if cut > self._max:  # only then can a whole line in it be too long
             long_line = self._cut_long(cut, counted)
             if long_line is not None:
