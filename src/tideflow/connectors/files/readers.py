@@ -981,10 +981,10 @@ _SAMPLE_BYTES = 1 << 18
 """How much of a file's first chunk Polars reads to learn the columns before the fast parse."""
 
 
-def _arrow_type(dtype: pl.DataType) -> pa.DataType | None:
-    """The Arrow type pyarrow's JSON parser fills exactly as Polars would for ``dtype``, or
-    None for types the fast parse does not handle (structs: a sub-field absent from a whole
-    chunk would still appear, where Polars leaves it out)."""
+def _arrow_type(dtype: Any) -> pa.DataType | None:
+    """The Arrow type pyarrow's JSON parser fills exactly as Polars would for ``dtype`` (a
+    Polars type or type class), or None for types the fast parse does not handle (structs: a
+    sub-field absent from a whole chunk would still appear, where Polars leaves it out)."""
     if isinstance(dtype, pl.List):
         inner = _arrow_type(dtype.inner)
         return None if inner is None else pa.list_(inner)
