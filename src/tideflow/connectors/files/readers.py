@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
+import math
 import os
 import re
 from collections import deque
@@ -17,6 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -70,6 +73,38 @@ def _castable(value: pa.Array, target: pa.DataType) -> bool:
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
         return False
     return True
+
+
+@functools.lru_cache(maxsize=128)
+def _spellings_read_as(spellings: tuple[str, ...], target: pa.DataType) -> str:
+    """What the null spellings that convert to ``target`` become: "none" when none converts,
+    "nan" when all that do become NaN (floats read "NaN" and "nan"), else "values"."""
+    read = []
+    for spelling in spellings:
+        try:
+            read.append(pc.cast(pa.array([spelling], pa.string()), target)[0].as_py())
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            continue
+    if not read:
+        return "none"
+    return "nan" if all(isinstance(v, float) and math.isnan(v) for v in read) else "values"
+
+
+def _cast_without_spellings(
+    column: pa.ChunkedArray, target: pa.DataType, null_values: pa.Array
+) -> pa.ChunkedArray | None:
+    """``column`` cast to ``target`` in one go, when that is what nulling its null spellings
+    first would give (no spelling of null is in it that converts to a value); else None."""
+    kind = _spellings_read_as(tuple(null_values.to_pylist()), target)
+    if kind == "values":
+        return None
+    try:
+        cast = pc.cast(column, target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if kind == "nan" and pc.any(pc.is_nan(cast)).as_py():
+        return None  # "NaN" (null) or a NaN spelt otherwise: the spellings decide
+    return cast
 
 
 def _decode_text(
@@ -143,6 +178,11 @@ def _convert_columns(
             and pa.types.is_string(column.type)
             and not pa.types.is_string(target)
         ):
+            # Most columns hold no spelling of null that would convert: one cast does.
+            direct = _cast_without_spellings(column, target, null_values)
+            if direct is not None:
+                converted = converted.set_column(index, name, direct)
+                continue
             column = pc.if_else(pc.is_in(column, value_set=null_values), None, column)
         if column.type == target:
             converted = converted.set_column(index, name, column)
@@ -540,6 +580,11 @@ class _CsvReader:
         self._invalid: list[tuple[int, str, str]] = []
         self._long: dict[int, tuple[int, bytes]] = {}
         self._filtered = False
+        # Parsing in parallel is about twice as fast, but pyarrow then cannot number the
+        # malformed rows it reports: at the first one, the read starts again after the rows
+        # handed on, on one thread, where it can (see read).
+        self._threaded = True
+        self._lost = False
         self._next = skip
         self._pending: Any = None
         self._eof = False
@@ -635,7 +680,13 @@ class _CsvReader:
         self._invalid = [item for item in self._invalid if item[0] < self._next]
         self._long.clear()
         self._fh = self._stream(filtered)
-        read_opts = dict(self._read_opts, block_size=self._block_size(filtered))
+        self._pending = None
+        self._lost = False
+        read_opts = dict(
+            self._read_opts,
+            block_size=self._block_size(filtered),
+            use_threads=self._threaded and not filtered,
+        )
         if self._window is not None and self._window.start:
             # no header line here: the names come from the file's start
             read_opts["autogenerate_column_names"] = False
@@ -657,6 +708,9 @@ class _CsvReader:
         )
 
     def _on_invalid(self, row: Any) -> str:
+        if row.number is None and self._threaded and not self._filtered:
+            self._lost = True  # which row, pyarrow cannot say: read again on one thread
+            return "skip"
         ordinal = self._next if row.number is None else row.number - 1 - self._header_in_stream
         text: str = row.text
         if text.startswith(LONG_ROW_MARK) and self._filtered:
@@ -686,6 +740,12 @@ class _CsvReader:
                 if _straddles(exc) and not self._filtered:
                     self._open(filtered=True)  # a row longer than a block: see the class
                     continue
+                if self._threaded:
+                    # Parsed ahead in parallel, the failing block may lie past rows not yet
+                    # handed on: read on from them on one thread, which fails in its place.
+                    self._threaded = False
+                    self._open(filtered=False)
+                    continue
                 # The parser cannot go on (a stray quote swallowing the rest, a malformed row
                 # that is not UTF-8): the source dead-letters the rest of the file, this reason.
                 raise ValueError(
@@ -693,6 +753,11 @@ class _CsvReader:
                     f"{exc}; fix the file, or set `csv.newlines_in_values: false` if a stray "
                     "quote is the cause"
                 ) from exc
+            if self._lost:
+                # A malformed row in what was parsed since the last rows handed on (a batch
+                # is returned only once parsed): drop it all, read it again on one thread.
+                self._threaded, self._eof = False, False
+                self._open(filtered=False)
         if self._pending is not None and self._pending.num_rows:
             take = self._pending.slice(0, limit)
             self._pending = self._pending.slice(take.num_rows)
@@ -827,10 +892,12 @@ _WHITESPACE = np.frombuffer(b" \t\r\n\x0b\x0c", dtype=np.uint8)
 """The bytes ``bytes.strip`` removes."""
 
 
-def _line_bounds(raw: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _line_bounds(
+    raw: np.ndarray, count: int, newlines: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Where each of the first ``count`` lines of ``raw`` starts, and ends (exclusive, before
-    its newline)."""
-    ends = np.flatnonzero(raw == 10)[:count]
+    its newline); ``newlines``, where the newlines of ``raw`` are, saves looking for them."""
+    ends = (np.flatnonzero(raw == 10) if newlines is None else newlines)[:count]
     if len(ends) < count:  # a last line without a newline
         ends = np.append(ends, len(raw))
     starts = np.concatenate(([0], ends[:-1] + 1)).astype(np.int64)
@@ -853,11 +920,12 @@ def _blank_lines(raw: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nd
 
 
 def _parse_json_lines(
-    chunk: bytes, count: int, first: int, url: str
+    chunk: bytes, count: int, first: int, url: str, parse: Callable[[bytes, int], pl.DataFrame]
 ) -> tuple[pl.DataFrame, np.ndarray, list[str], list[str]]:
     """Locate bad lines (the fallback when a whole chunk does not parse).
 
-    ``first`` is the line number of the chunk's first line. Returns the good records as a
+    ``first`` is the line number of the chunk's first line; ``parse(lines, count)`` reads
+    whole lines (raising PolarsError or ValueError when it cannot). Returns the good records as a
     frame, the index of the line of each, and the text and reason of each bad line.
     """
     raw = np.frombuffer(chunk, dtype=np.uint8)
@@ -881,9 +949,7 @@ def _parse_json_lines(
     try:
         # The good lines with their newlines, cut out of the chunk without a copy per line.
         span = np.diff(np.append(starts, len(raw)))
-        data = pl.read_ndjson(
-            io.BytesIO(raw[np.repeat(good, span)].tobytes()), infer_schema_length=None
-        )
+        data = parse(raw[np.repeat(good, span)].tobytes(), len(good_at))
     except (pl.exceptions.PolarsError, ValueError):
         # A line that looked right is not JSON after all: judge every line.
         lines = [raw[starts[i] : ends[i]].tobytes() for i in range(count)]
@@ -905,6 +971,121 @@ def _parse_json_lines(
     ]
     kept = np.delete(good_at, failed) if failed else good_at
     return data, kept, records, reasons + more_reasons
+
+
+_FAST_JSON_BLOCK = 1 << 20
+"""Block size of pyarrow's JSON parser: blocks are parsed in parallel (a line longer than a
+block fails the fast parse and takes Polars' path)."""
+
+_SAMPLE_BYTES = 1 << 18
+"""How much of a file's first chunk Polars reads to learn the columns before the fast parse."""
+
+
+def _arrow_type(dtype: Any) -> pa.DataType | None:
+    """The Arrow type pyarrow's JSON parser fills exactly as Polars would for ``dtype`` (a
+    Polars type or type class), or None for types the fast parse does not handle (structs: a
+    sub-field absent from a whole chunk would still appear, where Polars leaves it out)."""
+    if isinstance(dtype, pl.List):
+        inner = _arrow_type(dtype.inner)
+        return None if inner is None else pa.list_(inner)
+    simple = {
+        pl.Boolean: pa.bool_(),
+        pl.Int64: pa.int64(),
+        pl.Float64: pa.float64(),
+        pl.String: pa.string(),
+        pl.Null: pa.null(),
+    }
+    for polars_type, arrow_type in simple.items():
+        if dtype == polars_type:
+            return arrow_type
+    return None
+
+
+def _arrow_schema(schema: pl.Schema) -> pa.Schema | None:
+    """``schema`` (as Polars inferred it) for pyarrow's JSON parser; None when not every
+    column has a type the fast parse handles."""
+    fields = []
+    for name, dtype in schema.items():
+        arrow_type = _arrow_type(dtype)
+        if arrow_type is None:
+            return None
+        fields.append(pa.field(name, arrow_type))
+    return pa.schema(fields) if fields else None
+
+
+def _has_nan(column: pa.ChunkedArray) -> bool:
+    """Does a float column (or list of floats) hold NaN or infinity? Valid JSON cannot spell
+    them; pyarrow reads ``NaN`` and ``Infinity`` where Polars refuses the line."""
+    values: Any = column
+    while pa.types.is_list(values.type):
+        values = pc.list_flatten(values)
+    if not pa.types.is_floating(values.type) or len(values) == 0:
+        return False
+    return bool(pc.any(pc.invert(pc.is_finite(values))).as_py())
+
+
+def _fast_json(
+    chunk: bytes, count: int, schema: pa.Schema, newlines: np.ndarray | None = None
+) -> pl.DataFrame | None:
+    """``count`` lines (``newlines``: where their newlines are, when known) parsed by pyarrow
+    (in parallel) with the columns ``schema`` names, or None when the result might differ
+    from what Polars makes of them.
+
+    pyarrow fails on a field not in ``schema`` and on a value of another kind, so a chunk
+    whose records still fit the columns learnt from earlier ones parses in one pass, with no
+    inference. Where pyarrow is more lenient than Polars, the result is checked instead:
+    one record per non-blank line (pyarrow reads ``{..}{..}`` as two), no NaN or infinity,
+    valid UTF-8 text, and no column that is null throughout while its name may appear
+    (Polars gives a present, all-null field the type Null and leaves an absent one out).
+    """
+    try:
+        table = pa_json.read_json(
+            pa.py_buffer(chunk),
+            read_options=pa_json.ReadOptions(use_threads=True, block_size=_FAST_JSON_BLOCK),
+            parse_options=pa_json.ParseOptions(
+                explicit_schema=schema, unexpected_field_behavior="error"
+            ),
+        )
+        table.validate(full=True)  # pyarrow does not check that text is UTF-8
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return None
+    if table.num_rows == 0:
+        return None
+    raw = np.frombuffer(chunk, dtype=np.uint8)
+    starts, ends = _line_bounds(raw, count, newlines)
+    filled = np.flatnonzero(~_blank_lines(raw, starts, ends))
+    if table.num_rows != len(filled):
+        return None
+    absent = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if _has_nan(column):
+            return None
+        if column.null_count == table.num_rows:
+            # Absent for sure only when the key's JSON spelling never occurs and no key
+            # could be spelt with escapes.
+            if orjson.dumps(name) in chunk or b"\\u" in chunk:
+                return None
+            absent.append(name)
+    if absent:
+        table = table.drop_columns(absent)
+    order = _first_seen_order(chunk[starts[filled[0]] : ends[filled[0]]], table.column_names)
+    if order is None:
+        return None
+    return _to_frame(table.select(order))
+
+
+def _first_seen_order(first: bytes, names: list[str]) -> list[str] | None:
+    """``names`` in the order Polars gives them, when the chunk's first record holds every
+    one of them: that record's key order. None otherwise (Polars' order for fields first
+    seen in later records is not simply the order of their appearance)."""
+    try:
+        record = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return None
+    if type(record) is not dict or any(name not in record for name in names):
+        return None
+    wanted = set(names)
+    return [key for key in record if key in wanted]
 
 
 @dataclass(frozen=True)
@@ -944,6 +1125,12 @@ class _NdjsonReader:
         self._buf = bytearray()
         self._eof = False
         self._dirty = False
+        # The columns of the last chunk Polars parsed (for the fast parse); None before the
+        # first chunk, or when they have types the fast parse does not handle.
+        self._columns: pa.Schema | None = None
+        self._sampled = False
+        self._newlines: np.ndarray | None = None
+        """Where the newlines of the chunk ``_take`` returned last are, when it knows."""
         self._line = 0
         while self._line < skip:
             got = self._take(min(skip - self._line, 1 << 16))
@@ -953,44 +1140,64 @@ class _NdjsonReader:
 
     def _take(self, limit: int) -> tuple[bytes, int] | _LongLine | None:
         """Up to ``limit`` whole lines and how many, or one line too long to read; None at
-        the end of the file."""
-        counted, scanned, line_start = 0, 0, 0
+        the end of the file.
+
+        Blocks read are kept as a list and joined once into the chunk: growing one buffer
+        block by block copied it again at every growth."""
+        counted, scanned, line_start, size = 0, 0, 0, len(self._buf)
+        found: list[np.ndarray] = []  # where the newlines are (kept for the parse)
+        self._newlines = None
+        parts: list[bytes | bytearray] = [self._buf] if self._buf else []
+        in_last = -1  # where the cut is in the last part, when there
         while True:
-            if len(self._buf) > scanned:
-                view = np.frombuffer(self._buf, dtype=np.uint8)[scanned:]
-                newlines = np.flatnonzero(view == 10)
-                del view  # a live view would stop the buffer from being resized
+            if size > scanned:  # the last part is not scanned yet
+                newlines = np.flatnonzero(np.frombuffer(parts[-1], dtype=np.uint8) == 10)
                 if counted + len(newlines) >= limit:
-                    cut = scanned + int(newlines[limit - counted - 1]) + 1
+                    in_last = int(newlines[limit - counted - 1]) + 1
+                    cut = scanned + in_last
+                    found.append(newlines[: limit - counted] + scanned)
                     counted = limit
                     break
                 counted += len(newlines)
+                found.append(newlines + scanned)
                 if len(newlines):
                     line_start = scanned + int(newlines[-1]) + 1
-                scanned = len(self._buf)
-            if len(self._buf) - line_start > self._max:  # an open line already too long
+                scanned = size
+            if size - line_start > self._max:  # an open line already too long
                 if counted:
                     cut = line_start  # hand on the lines before it first
                     break
+                self._buf = bytearray(b"".join(parts))
                 return self._skip_long()
             if self._eof:
-                cut = len(self._buf)
-                if cut and self._buf[-1] != 10:
+                cut = size
+                if cut and parts[-1][-1] != 10:
                     counted += 1  # a last line without a newline
                 if counted == 0:
+                    self._buf = bytearray()
                     return None
                 break
             block = self._fh.read(NDJSON_BLOCK)
             if block:
-                self._buf += block
+                parts.append(block)
+                size += len(block)
             else:
                 self._eof = True
+        if in_last >= 0 and cut <= self._max:  # the common case: one join, no buffer
+            last = memoryview(parts[-1])
+            chunk = b"".join([*parts[:-1], last[:in_last]])
+            self._buf = bytearray(last[in_last:])
+            del last
+            self._newlines = np.concatenate(found)
+            return chunk, counted
+        self._buf = bytearray(b"".join(parts))
         if cut > self._max:  # only then can a whole line in it be too long
             long_line = self._cut_long(cut, counted)
             if long_line is not None:
                 return long_line
-        chunk = bytes(self._buf[:cut])
+        chunk = bytes(memoryview(self._buf)[:cut])  # one copy (a slice would make two)
         del self._buf[:cut]
+        self._newlines = np.concatenate(found) if found else None
         return chunk, counted
 
     def _cut_long(self, cut: int, counted: int) -> tuple[bytes, int] | _LongLine | None:
@@ -1052,9 +1259,11 @@ class _NdjsonReader:
         data = None
         if not self._dirty:
             with contextlib.suppress(pl.exceptions.PolarsError, ValueError):
-                data = pl.read_ndjson(io.BytesIO(chunk), infer_schema_length=None)
+                data = self._parse(chunk, count, self._newlines)
         if data is None:
-            data, kept, records, reasons = _parse_json_lines(chunk, count, first, self._ref.url)
+            data, kept, records, reasons = _parse_json_lines(
+                chunk, count, first, self._ref.url, self._parse
+            )
             good_lines = kept + first
             # Bad lines come in runs (a broken producer): after one, check lines first
             # instead of paying for a failed whole-chunk parse every time.
@@ -1074,6 +1283,28 @@ class _NdjsonReader:
             data = _to_frame(table)
             dead = concat_dead([dead, conv_dead])
         return Chunk(data, dead, count)
+
+    def _parse(self, lines: bytes, count: int, newlines: np.ndarray | None = None) -> pl.DataFrame:
+        """``count`` whole lines as records, as Polars reads them (with every line's fields
+        and types), raising PolarsError or ValueError when they are not all JSON objects.
+
+        The fast parse (:func:`_fast_json`) serves chunks whose records fit the columns
+        learnt so far; any other chunk is Polars' to read, and teaches the columns. Before
+        the first chunk, Polars reads a sample of it to learn them."""
+        if not self._sampled:
+            self._sampled = True
+            if len(lines) > 2 * _SAMPLE_BYTES:
+                sample = lines[: lines.rfind(b"\n", 0, _SAMPLE_BYTES) + 1]
+                with contextlib.suppress(pl.exceptions.PolarsError, ValueError):
+                    learnt = pl.read_ndjson(io.BytesIO(sample), infer_schema_length=None)
+                    self._columns = _arrow_schema(learnt.schema)
+        if self._columns is not None:
+            data = _fast_json(lines, count, self._columns, newlines)
+            if data is not None:
+                return data
+        data = pl.read_ndjson(io.BytesIO(lines), infer_schema_length=None)
+        self._columns = _arrow_schema(data.schema)
+        return data
 
     def close(self) -> None:
         self._fh.close()
