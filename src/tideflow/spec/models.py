@@ -32,7 +32,10 @@ class FieldIssue(ValueError):
 class Settings(BaseModel):
     """Base for every component's settings model: frozen and strict about unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when it is first used, not when its class is
+    # defined. A run validates with one model of the pipeline (the envelope, checkpoint and
+    # component models built into it), so building each class's own as well cost start-up.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class SourceSpec(Settings):
