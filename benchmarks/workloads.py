@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -784,6 +785,79 @@ def w4_on_update(src: Path, out: Path) -> None:
     _w4_tideflow(src, out, "on_update")
 
 
+STARTUP_PIPELINE = """\
+name: startup
+source: {type: generate, count: %d}
+sinks:
+  - {type: stdout, name: out}
+"""
+
+PEAK_HOOK = """\
+import atexit
+def _peak():  # VmHWM is this process's own peak: ru_maxrss would count the forking parent's
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open("peak_kb", "w").write(line.split()[1])
+atexit.register(_peak)
+"""
+
+STARTUP_SCRIPT = (
+    PEAK_HOOK
+    + """\
+import sys
+import numpy as np
+import polars as pl
+rows = int(sys.argv[1])
+rng = np.random.default_rng(0)
+print(pl.DataFrame({"id": np.arange(rows), "value": rng.normal(0, 1, rows)}))
+"""
+)
+
+RUN_SCRIPT = (
+    PEAK_HOOK
+    + """\
+import runpy, sys
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+)
+
+
+def _whole_process(command: list[str], out: Path, rows: int) -> None:
+    """Run ``command`` in ``out`` as a fresh process and keep its wall time and peak RSS
+    (which it leaves in ``peak_kb``) as the job's: for the start-up workload the whole
+    process is the job."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    proc = subprocess.run(command, cwd=out, capture_output=True, check=False)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} failed:\n{proc.stderr.decode()}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    peak_mb = int((out / "peak_kb").read_text()) / 1024
+    (out / "rows").write_text(str(rows))
+    extra = {"seconds": seconds, "peak_mb": peak_mb, "cpu": cpu}
+    (out / "extra.json").write_text(json.dumps(extra))
+
+
+def startup_polars(src: Path, out: Path) -> None:
+    """Start-up, hand-written: a fresh Python prints N random rows made with numpy + Polars."""
+    rows = pq.ParquetFile(src).metadata.num_rows
+    (out / "s.py").write_text(STARTUP_SCRIPT)
+    _whole_process([sys.executable, "s.py", str(rows)], out, rows)
+
+
+def startup_tideflow(src: Path, out: Path) -> None:
+    """Start-up: ``tideflow run`` of an N-record ``generate`` -> ``stdout`` pipeline (the
+    installed ``tideflow`` script, run by a Python that records its peak memory at exit)."""
+    rows = pq.ParquetFile(src).metadata.num_rows
+    (out / "p.yaml").write_text(STARTUP_PIPELINE % rows)
+    script = Path(sys.executable).with_name("tideflow")
+    command = [sys.executable, "-c", RUN_SCRIPT, str(script), "run", "p.yaml"]
+    _whole_process(command, out, rows)
+
+
 IMPLS = {
     ("filter", "baseline"): filter_polars,
     ("filter", "tideflow"): filter_tideflow,
@@ -821,6 +895,8 @@ IMPLS = {
     ("w4", "baseline"): w4_polars,
     ("w4", "tideflow"): w4_on_end,
     ("w4", "on_update"): w4_on_update,
+    ("startup", "baseline"): startup_polars,
+    ("startup", "tideflow"): startup_tideflow,
 }
 
 
@@ -842,7 +918,7 @@ def main() -> None:
     if name == "pii":
         notes(rows)  # generated once, outside the timing
     out.mkdir(parents=True, exist_ok=True)
-    if impl in ("tideflow", "embedded") or name in CLEAN_INPUT_BASELINES:
+    if name != "startup" and (impl in ("tideflow", "embedded") or name in CLEAN_INPUT_BASELINES):
         # Load tideflow and its built-in components before the clock starts, as the baseline's
         # Polars was loaded by this module's imports (and as a baseline that is tideflow over
         # clean input loads them); the runner times whole processes too.

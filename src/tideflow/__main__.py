@@ -1,5 +1,5 @@
 """``python -m tideflow``: the same as the ``tideflow`` command."""
 
-from tideflow.cli.main import cli
+from tideflow.cli.entry import main
 
-cli(prog_name="tideflow")
+main(prog_name="tideflow")

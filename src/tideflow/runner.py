@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import polars as pl
 
-from tideflow.connectors.memory import clear, collected
 from tideflow.core.contracts import MAIN_PORT, UNREAD, Context, PlansSchema
 from tideflow.core.engine import Engine, RunObserver, RunResult
 from tideflow.core.graph import build_graph
@@ -120,6 +119,10 @@ def run_kept(
     source's, step's and sink's output in ``tap``, for notebooks."""
     state: StateStore | None = None
     if fresh:
+        # Imported where used (here, in preview and in run_with_records): the memory
+        # connector builds its pydantic models at import, which a plain run does not need.
+        from tideflow.connectors.memory import clear
+
         check_fresh(spec)
         for sink in spec.all_sinks:
             if sink.type == "memory":
@@ -211,6 +214,8 @@ def preview(
 ) -> Preview:
     """Run until every step has shown ``rows`` records, the sources end, or ``timeout``
     seconds pass; write no sink, keep no state."""
+    from tideflow.connectors.memory import clear
+
     data = spec_data(spec)
     collectors = _without_sinks(data, f"preview-{uuid.uuid4().hex}")
     preview_spec = revalidate(data, registry)
@@ -393,6 +398,8 @@ def run_with_records(
 
     Returns every step's output and what each sink committed, keyed by name.
     """
+    from tideflow.connectors.memory import clear, collected
+
     data = spec_data(spec)
     for source in data["sources"]:
         name = source["name"]

@@ -20,7 +20,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import orjson
@@ -124,6 +123,10 @@ class RunEndpoints:
         metrics: Callable[[], bytes] | None = None,
         metrics_type: str = "text/plain; version=0.0.4; charset=utf-8",
     ) -> None:
+        # Imported here: http.server pulls in http.client, ssl and email (about 20 ms), and
+        # most runs serve no endpoints.
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
         routes: dict[str, Callable[[], tuple[int, str, bytes]]] = {
             "/healthz": lambda: _json(*health.liveness()),
             "/readyz": lambda: _json(*health.readiness()),

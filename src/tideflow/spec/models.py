@@ -32,7 +32,10 @@ class FieldIssue(ValueError):
 class Settings(BaseModel):
     """Base for every component's settings model: frozen and strict about unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # defer_build: a model's validator is built when it is first used, not when its class is
+    # defined. A run validates with one model of the pipeline (the envelope, checkpoint and
+    # component models built into it), so building each class's own as well cost start-up.
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class SourceSpec(Settings):
@@ -333,6 +336,36 @@ def component_model(registry: Registry, kind: Kind, type_name: str) -> type[Sett
     return model
 
 
+_UNUSED_TYPE = "<no type of this kind is used>"
+
+
+class _NotUsed(Settings):
+    """The member of a narrowed model's union for a kind its pipeline does not use.
+
+    It accepts nothing, so any component of that kind fails the narrowed validation and the
+    full model reports it as it always has.
+    """
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, data: Any) -> Any:
+        raise ValueError("no component of this kind is expected")
+
+
+_unused_cache: dict[Kind, type[Settings]] = {}
+
+
+def _unused_model(kind: Kind) -> type[Settings]:
+    """The placeholder member (see :class:`_NotUsed`) for ``kind``'s union."""
+    if kind not in _unused_cache:
+        fields: dict[str, Any] = {
+            "type": (Literal[_UNUSED_TYPE], Field(description="Not used.")),
+            "__base__": (_NotUsed, ENVELOPES[kind]),
+        }
+        _unused_cache[kind] = create_model(f"{kind}:unused", **fields)
+    return _unused_cache[kind]
+
+
 def _union(models: list[type[Settings]]) -> Any:
     """A union of component models discriminated by their ``type`` literal."""
     if not models:
@@ -354,14 +387,16 @@ def pipeline_model(registry: Registry, only: AbstractSet[str] | None = None) -> 
     if key in _model_cache:
         return _model_cache[key]
 
-    def names(kind: Kind) -> list[str]:
+    def models(kind: Kind) -> list[type[Settings]]:
         every = sorted(registry.items(kind))
         chosen = every if only is None else [n for n in every if n in only]
-        return chosen or every[:1]  # a union needs a member; this kind is not used
+        if not chosen and only is not None:
+            # A union needs a member, and a real type would import its module (numpy, an
+            # HTTP client, ...) for a kind the pipeline does not use.
+            return [_unused_model(kind)]
+        return [component_model(registry, kind, name) for name in chosen or every[:1]]
 
-    source_union, step_union, sink_union = (
-        _union([component_model(registry, kind, name) for name in names(kind)]) for kind in KINDS
-    )
+    source_union, step_union, sink_union = (_union(models(kind)) for kind in KINDS)
     dead_letter_model = create_model(
         "OnError",
         __base__=OnErrorSpec,
