@@ -61,7 +61,7 @@ def paced_rooms(
 ) -> Path:
     """A copy of the rooms example in ``folder`` whose reckoning consumer pauses ``pause``
     seconds per batch of ``batch_size`` (so a fault lands mid-run) and checkpoints every
-    ``every_records``; on Kafka each copy gets its own topic on the shared test broker.
+    ``every_records``; on Kafka each copy gets a topic name of its own.
     Returns the reckoning pipeline's path."""
     shutil.copytree(EXAMPLES / "rooms", folder, ignore=shutil.ignore_patterns("out", ".*"))
     if kafka:

@@ -47,7 +47,7 @@ def broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
 
 
 def fresh(prefix: str) -> str:
-    """A topic name no other test (or earlier run on the shared broker) uses."""
+    """A topic name no other test uses (also where tests share one embedded log)."""
     return f"{prefix}-{time.time_ns()}-{uuid.uuid4().hex[:6]}"
 
 

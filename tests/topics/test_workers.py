@@ -38,7 +38,7 @@ def environment(request: pytest.FixtureRequest) -> dict[str, str]:
 
 def prepare(folder: Path, environment: dict[str, str]) -> Path:
     """The rooms example, slowed down (small batches, a pause per batch) so a kill lands
-    mid-run, with its own topic when on the shared Kafka broker."""
+    mid-run (with a topic name of its own on Kafka)."""
     kafka = bool(environment["KAFKA_BROKER"])
     reckoning = paced_rooms(folder, kafka, 0.2, batch_size=40, every_records=200)
     text = reckoning.read_text().replace(
