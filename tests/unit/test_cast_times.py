@@ -116,3 +116,14 @@ def test_non_strict_turns_what_neither_way_reads_into_null() -> None:
         None,
         datetime(2024, 5, 1, 10),
     ]
+
+
+@pytest.mark.parametrize("target", ["datetime_utc", "datetime"])
+def test_a_batch_opening_without_offset_still_reads_the_times_with_one(target: str) -> None:
+    naive = iso_texts(5, 200, offsets=False)
+    aware = iso_texts(6, 200, offsets=True)
+    texts = [t for pair in zip(naive, aware, strict=True) for t in pair]
+    out, dead = cast(texts, target)
+    assert dead is None
+    got = out["ts"].dt.replace_time_zone(None) if target == "datetime_utc" else out["ts"]
+    assert got.to_list() == [oracle(t) for t in texts]
