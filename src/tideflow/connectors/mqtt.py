@@ -7,7 +7,9 @@ Source:
 - **acknowledges after the checkpoint**: the client runs with paho's manual acks, so a QoS 1
   message is PUBACKed only in ``checkpointed()``. With a persistent session (``client_id``
   and ``clean_session: false``) a crash before the checkpoint leaves the messages
-  unacknowledged and the broker delivers them again to the next run (at-least-once);
+  unacknowledged and the broker delivers them again to the next run (at-least-once; a
+  PUBACK sent just before a crash can be lost too, so messages of the last checkpoint may
+  also come again);
 - QoS 2 is delivered once within a connection, but the protocol hands a QoS 2 message over
   at PUBREC, before tideflow can make it durable: the broker will not send it again after a
   crash. Use QoS 1 when a crash must not lose messages;
