@@ -372,7 +372,7 @@ def patch(cls: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callable[
 def broker_run(kind: str, rate: float, count: int) -> list[float]:
     """Publish ``count`` messages at ``rate`` a second through a default pipeline; the
     publication -> acknowledgement delay of each, in ms."""
-    from tideflow.core.engine import Engine
+    from tideflow.run.plan import engine_for
     from tideflow.spec.loader import load_pipeline_text
 
     clock = AckClock()
@@ -387,7 +387,7 @@ def broker_run(kind: str, rate: float, count: int) -> list[float]:
         f"name: {name}\nsource: {sources[kind]}\nsink: {{type: file, path: out, format: ndjson}}\n",
         "p.yaml",
     )
-    engine = Engine(spec, work)
+    engine = engine_for(spec, work)
     publish, cleanup = _instrument(kind, name, clock, engine)
     runner = threading.Thread(target=engine.run, daemon=True)
     runner.start()

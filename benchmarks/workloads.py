@@ -922,7 +922,8 @@ def main() -> None:
         # Load tideflow and its built-in components before the clock starts, as the baseline's
         # Polars was loaded by this module's imports (and as a baseline that is tideflow over
         # clean input loads them); the runner times whole processes too.
-        from tideflow.registry import KINDS, default_registry
+        from tideflow.core.contracts import KINDS
+        from tideflow.registry import default_registry
 
         for kind in KINDS:  # built-ins are imported when first used: import them all now
             for registration in default_registry.items(kind).values():

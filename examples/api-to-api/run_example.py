@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from tideflow.connectors.http.fake_api import FakeApi
-from tideflow.core.engine import Engine
+from tideflow.run.plan import engine_for
 from tideflow.runner import run
 from tideflow.spec.loader import load_pipeline
 
@@ -56,7 +56,7 @@ def main() -> None:
         result = run(load_pipeline(HERE / "pipeline.yaml"), HERE)
         print(f"api-to-api: {result.status}; the target received {len(target.stats.posted)}")
 
-        engine = Engine(load_pipeline(HERE / "webhooks.yaml"), HERE)
+        engine = engine_for(load_pipeline(HERE / "webhooks.yaml"), HERE)
         runner = threading.Thread(target=engine.run, daemon=True)
         runner.start()
         hook = engine.graph.sources[0].component

@@ -8,7 +8,8 @@ classes the modules mark with ``@component``.
 
 from __future__ import annotations
 
-from tideflow.registry import Kind, Registry
+from tideflow.core.contracts import Kind
+from tideflow.registry import Registry
 
 BUILTIN_MODULES = (
     "tideflow.operators.basic",

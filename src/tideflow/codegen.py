@@ -35,11 +35,12 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tideflow.registry import Kind, Registration, Registry
+from tideflow.core.contracts import Kind
+from tideflow.core.settings import CheckpointSpec
+from tideflow.registry import Registration, Registry
 from tideflow.spec.models import (
     ENVELOPES,
     AlertSpec,
-    CheckpointSpec,
     OnErrorSpec,
     PipelineSpec,
 )

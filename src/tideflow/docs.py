@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from tideflow.registry import KINDS, Registration, Registry, default_registry
+from tideflow.core.contracts import KINDS
+from tideflow.registry import Registration, Registry, default_registry
 from tideflow.spec.models import ENVELOPES, pipeline_model
 
 

@@ -19,7 +19,9 @@ path), what was expected, what was found, and what to do.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -126,3 +128,12 @@ class RecordError(PipelineError):
 
 class StateError(TideflowError):
     """The state store cannot be read, or does not match the pipeline."""
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """A "did you mean" hint listing the closest known names, or all of them if none is close."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if close:
+        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return "valid names: " + ", ".join(known)

@@ -8,22 +8,21 @@ that receives the registry.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel
 
-from tideflow.core.contracts import Component, Sink, Source, Step
-from tideflow.errors import TideflowError, UnknownNameError
+from tideflow.core.contracts import KINDS, Component, Kind, Sink, Source, Step
+from tideflow.errors import TideflowError, UnknownNameError, suggest
 
-Kind = Literal["source", "step", "sink"]
-KINDS: tuple[Kind, ...] = ("source", "step", "sink")
 ENTRY_POINT_GROUP = "tideflow.plugins"
+BUILTIN_PLUGIN = "tideflow.builtin"
+"""The module of the components that ship with tideflow (also its entry point)."""
 
 C = TypeVar("C", bound=type[Component])
 
@@ -76,15 +75,6 @@ class Registration:
 
     def __repr__(self) -> str:
         return f"Registration({self.kind!r}, {self.type_name!r})"
-
-
-def suggest(name: str, known: Iterable[str]) -> str:
-    """A "did you mean" hint listing the closest known names, or all of them if none is close."""
-    known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-    if close:
-        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    return "valid names: " + ", ".join(known)
 
 
 class Registry:
@@ -155,11 +145,11 @@ class Registry:
                 return  # loaded meanwhile, or a plugin of this thread looks itself up
             self._loading = True
             try:
-                from tideflow import builtin
-
-                builtin.register(self)
+                # The built-in plugin first, by name like any entry point (it imports this
+                # module, so importing it here would make the two a cycle); then the rest.
+                importlib.import_module(BUILTIN_PLUGIN).register(self)
                 for ep in entry_points(group=ENTRY_POINT_GROUP):
-                    if ep.value == "tideflow.builtin:register":
+                    if ep.value == f"{BUILTIN_PLUGIN}:register":
                         continue
                     ep.load()(self)
             finally:

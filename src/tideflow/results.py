@@ -37,8 +37,7 @@ from typing import Any
 import polars as pl
 
 from tideflow.core.engine import RunObserver, RunResult
-from tideflow.errors import ConfigError, MissingDependencyError, TideflowError
-from tideflow.registry import suggest
+from tideflow.errors import ConfigError, MissingDependencyError, TideflowError, suggest
 
 DEFAULT_KEEP_ROWS = 100_000
 """Rows kept per source, step and sink by default (about 8 MB for ten numeric columns)."""

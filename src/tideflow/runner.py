@@ -19,11 +19,12 @@ import polars as pl
 
 from tideflow.core.contracts import MAIN_PORT, UNREAD, Context, PlansSchema
 from tideflow.core.engine import Engine, RunObserver, RunResult
-from tideflow.core.graph import build_graph
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import Registry, default_registry
 from tideflow.results import OutputTap, PipelineResult, dead_letter_frame
+from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
+from tideflow.spec.graph import build_graph
 from tideflow.spec.loader import LoadedYaml, validate
 from tideflow.spec.models import PipelineSpec
 from tideflow.state.store import StateStore, open_state_store
@@ -59,7 +60,7 @@ def run(
     """Run a pipeline to the end (or until stopped); ``worker`` runs it as one worker of
     its consumer group (see :mod:`tideflow.workers`). ``from_scratch`` first clears the
     output the sinks can clear, the state and the dead letters."""
-    engine = Engine(
+    engine = engine_for(
         spec,
         base_dir,
         registry=registry,
@@ -233,7 +234,7 @@ def preview(
         if engine is not None and step_names <= filled:
             engine.stop()
 
-    engine = Engine(
+    engine = engine_for(
         preview_spec,
         base_dir,
         registry=registry,
@@ -312,8 +313,8 @@ def replay(
     named in the result's notices with the count, and stay in the ledger; ``strict`` refuses
     the replay instead.
     """
-    engine_probe = Engine(spec, base_dir, registry=registry)
-    store = engine_probe.state
+    store = open_state_store(spec.state, Path(base_dir).resolve())
+    engine_probe = engine_for(spec, base_dir, registry=registry, state=store)
     try:
         letters = store.dead_letters(spec.name, step=step, ids=ids or None, include_replayed=False)
         if not letters:
@@ -358,7 +359,7 @@ def replay(
                 if node_data["name"] == step:
                     node_data["input"] = REPLAY_SOURCE
         scope = "replay-" + time.strftime("%Y%m%dT%H%M%S")
-        engine = Engine(
+        engine = engine_for(
             revalidate(data, registry), base_dir, registry=registry, scope=scope, state=store
         )
         # Letters that fail again join the pipeline's ledger, not the replay's scope: listed
@@ -413,7 +414,7 @@ def run_with_records(
         key = node if port == "out" else f"{node}.{port}"
         outputs.setdefault(key, []).append(frame)
 
-    result = Engine(
+    result = engine_for(
         test_spec,
         base_dir,
         registry=registry,

@@ -59,6 +59,7 @@ from ruamel.yaml import YAML
 
 from tideflow.core.engine import Engine, RunObserver, RunResult
 from tideflow.errors import ConfigError, PipelineError
+from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.models import NAME_PATTERN
 from tideflow.topics.names import topic_name_problem
@@ -684,7 +685,7 @@ class Stream:
         spec = self._validate(data)
         alerts = RunAlerts(spec.name, entry.alerts) if entry.alerts else None
         observer = self._observer(spec.name, alerts)
-        engine = Engine(spec, self.base_dir, observer=observer)
+        engine = engine_for(spec, self.base_dir, observer=observer)
         thread = threading.Thread(
             target=self._run_one, args=(name, engine), name=f"tideflow-{spec.name}", daemon=True
         )
@@ -732,7 +733,7 @@ class Stream:
             if run is not None and run.alerts is not None and result is not None:
                 run.alerts.finished(result.counts)
             if self._metrics is not None and result is not None:
-                self._metrics.run_finished(engine.spec.name, result.status)
+                self._metrics.run_finished(engine.plan.name, result.status)
 
     def _fail(self, name: str, engine: Engine | None, exc: BaseException) -> None:
         """A processor died: record it, and stop the others (a chain with a dead link only

@@ -9,8 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tideflow.errors import ConfigError
-from tideflow.registry import suggest
+from tideflow.errors import ConfigError, suggest
 
 _SKIP = shutil.ignore_patterns(".tideflow", "out", "__pycache__", "*.pyc", "test_*.py")
 

@@ -10,34 +10,6 @@ from pathlib import Path
 import tideflow
 
 SRC = Path(tideflow.__file__).parent
-FORBIDDEN_IN_CORE = (
-    "tideflow.connectors",
-    "tideflow.operators",
-    "tideflow.service",
-    "tideflow.cli",
-    "tideflow.runner",
-)
-
-
-def imported_modules(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-    return names
-
-
-def test_core_imports_no_connector_operator_service_or_cli() -> None:
-    offenders = {
-        f"{path.relative_to(SRC)} imports {name}"
-        for path in (SRC / "core").rglob("*.py")
-        for name in imported_modules(path)
-        if name.startswith(FORBIDDEN_IN_CORE)
-    }
-    assert not offenders, sorted(offenders)
 
 
 def test_import_tideflow_loads_no_driver_or_web_framework() -> None:

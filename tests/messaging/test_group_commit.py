@@ -26,6 +26,7 @@ import redis
 
 from tideflow.connectors.memory import clear, collected
 from tideflow.core.engine import Engine, RunResult
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 
 THRESHOLDS = "checkpoint: {every_records: 1000000, every_seconds: 3600}"
@@ -33,7 +34,7 @@ THRESHOLDS = "checkpoint: {every_records: 1000000, every_seconds: 3600}"
 
 def start(text: str, tmp_path: Path) -> tuple[Engine, Callable[[], RunResult]]:
     """Run the pipeline in a thread; returns the engine and a function that stops it."""
-    engine = Engine(load_pipeline_text(text, "p.yaml"), tmp_path)
+    engine = engine_for(load_pipeline_text(text, "p.yaml"), tmp_path)
     result: list[RunResult] = []
     runner = threading.Thread(target=lambda: result.append(engine.run()), daemon=True)
     runner.start()

@@ -9,7 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.core.engine import Engine, RunObserver, RunResult
+from tideflow.core.engine import RunObserver, RunResult
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import StateStore
 
@@ -22,7 +23,7 @@ def run_yaml(
 ) -> RunResult:
     """Load pipeline YAML (``${VAR}`` from ``env``) and run it with ``base`` as its folder."""
     spec = load_pipeline_text(text, str(base / "pipeline.yaml"), environ=env or {})
-    return Engine(spec, base, observer=observer).run()
+    return engine_for(spec, base, observer=observer).run()
 
 
 def dead_letter_rows(base: Path, pipeline: str) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from tests.system.helpers import read_parquet_tree
 from tideflow.connectors.memory import clear, collected
 from tideflow.connectors.sql.source import SqlSource, SqlSourceConfig
 from tideflow.core.contracts import Context
-from tideflow.core.engine import Engine
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 
 
@@ -131,7 +131,7 @@ def test_polling_picks_up_rows_inserted_while_running(db: Database, tmp_path: Pa
         "checkpoint: {every_seconds: 0.1}\n"
     )
     clear("sql-poll")
-    engine = Engine(load_pipeline_text(text, environ={"DB_URL": db.url}), tmp_path)
+    engine = engine_for(load_pipeline_text(text, environ={"DB_URL": db.url}), tmp_path)
     runner = threading.Thread(target=engine.run)
     runner.start()
     try:

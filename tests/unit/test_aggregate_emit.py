@@ -14,13 +14,13 @@ import pytest
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
+from tideflow.core.codec import decode_state, encode_state
 from tideflow.core.contracts import MAIN_PORT, Context, StepOutput
-from tideflow.core.engine import Engine
 from tideflow.core.partitions import ScopedStep
 from tideflow.errors import ConfigError
 from tideflow.operators.timeseries.aggregate import Aggregate, AggregateConfig
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
-from tideflow.state.codec import decode_state, encode_state
 
 AGGS = {"total": "sum(v)", "n": "count()", "top": "max(v)"}
 KEYS = 50
@@ -257,7 +257,7 @@ sink: {type: stdout}
     assert "'generate' (generate) does not end" in message
     assert "every" in message  # what to write instead
     bounded = load_pipeline_text(text.replace("keys: 3}", "keys: 3, count: 10}"), "p.yaml")
-    Engine(bounded, tmp_path)  # a bounded source is fine
+    engine_for(bounded, tmp_path)  # a bounded source is fine
     hidden = text.replace("  - {type: with_columns", "  - {type: with_columns, input: generate")
     with pytest.raises(ConfigError, match=r"steps\[1\]\.emit"):  # through explicit inputs too
         load_pipeline_text(hidden, "p.yaml")
@@ -291,7 +291,7 @@ def test_pipeline_results_equal_a_polars_group_by(tmp_path: Path, emit: str) -> 
     write_inputs(tmp_path / "in", data)
     name = emit.strip("{}").split(":")[0]
     text = PIPELINE.replace("EMITNAME", name).replace("EMIT", emit)
-    result = Engine(load_pipeline_text(text, "p.yaml"), tmp_path).run()
+    result = engine_for(load_pipeline_text(text, "p.yaml"), tmp_path).run()
     assert result.records_in == sum(b.height for b in data)
     with sqlite3.connect(tmp_path / "totals.db") as conn:
         table = pl.DataFrame(
@@ -306,5 +306,5 @@ def test_pipeline_results_equal_a_polars_group_by(tmp_path: Path, emit: str) -> 
     else:  # bounded: one final row per key (every's period never passed in this short run)
         assert_frame_equal(rows.sort("k"), expected(data), check_dtypes=False)
     # Running again with no new input emits nothing more.
-    Engine(load_pipeline_text(text, "p.yaml"), tmp_path).run()
+    engine_for(load_pipeline_text(text, "p.yaml"), tmp_path).run()
     assert pl.read_parquet(tmp_path / "out" / "*.parquet").height == rows.height

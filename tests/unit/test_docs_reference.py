@@ -15,6 +15,7 @@ import pytest
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
+from tideflow.core.contracts import KINDS
 from tideflow.docs import (
     _default_text,
     connector_reference,
@@ -22,7 +23,7 @@ from tideflow.docs import (
     nested_models,
     yaml_text,
 )
-from tideflow.registry import KINDS, default_registry
+from tideflow.registry import default_registry
 
 
 def load(text: str) -> Any:

@@ -16,10 +16,11 @@ from pydantic import Field
 from tideflow.connectors.memory import clear, collected
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.core.engine import Engine, RunObserver
+from tideflow.core.settings import Settings
 from tideflow.errors import PipelineError
 from tideflow.registry import Registry
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
-from tideflow.spec.models import Settings
 from tideflow.state.store import StateStore
 
 
@@ -215,7 +216,7 @@ def registry() -> Registry:
 
 def run(text: str, tmp_path: Path, registry: Registry | None = None, **kw: Any) -> Any:
     spec = load_pipeline_text(text, "p.yaml", registry=registry)
-    return Engine(spec, tmp_path, registry=registry, **kw).run()
+    return engine_for(spec, tmp_path, registry=registry, **kw).run()
 
 
 def test_fan_out_route_and_when_account_for_every_record(tmp_path: Path) -> None:
@@ -403,7 +404,7 @@ sink: {type: memory, collector: t8}
     spec = load_pipeline_text(text, "p.yaml", registry=registry)
     for _ in range(2):
         seen = threading.Event()
-        engine = Engine(
+        engine = engine_for(
             spec,
             tmp_path,
             registry=registry,
@@ -435,7 +436,7 @@ sink: {type: memory, collector: t9}
 """,
         "p.yaml",
     )
-    engine = Engine(spec, tmp_path)
+    engine = engine_for(spec, tmp_path)
     source = engine.graph.sources[0].component
 
     def on_output(node: str, port: str, frame: pl.DataFrame) -> None:
@@ -520,7 +521,7 @@ sink: {{type: {sink}, collector: senders}}
 checkpoint: {checkpoint}
 """
     spec = load_pipeline_text(text, "p.yaml", registry=registry)
-    return Engine(spec, tmp_path, registry=registry)
+    return engine_for(spec, tmp_path, registry=registry)
 
 
 def test_a_waiting_sender_gets_a_checkpoint_without_the_thresholds(

@@ -17,8 +17,8 @@ from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.connectors.http.source import HttpSource
 from tideflow.connectors.memory import clear, collected
 from tideflow.core.contracts import Context
-from tideflow.core.engine import Engine
 from tideflow.errors import ConfigError, PipelineError
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import StateStore
 
@@ -57,7 +57,7 @@ def run(text: str, folder: Path) -> tuple[list[int], object]:
     spec = load_pipeline_text(text, str(folder / "p.yaml"))
     collector = spec.all_sinks[0].collector  # type: ignore[attr-defined]
     clear(collector)
-    result = Engine(spec, folder).run()
+    result = engine_for(spec, folder).run()
     got = collected(collector)
     ids = sorted(got["id"].to_list()) if got.height else []
     clear(collector)

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tideflow.connectors.http.fake_api import FakeApi
-from tideflow.core.engine import Engine
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import StateStore
 
@@ -60,7 +60,7 @@ def test_api_to_api_pipeline_delivers_each_record_once_masked_and_enriched(
     # and an empty one), so its failures are certain, not a matter of thread timing.
     with FakeApi(records=300, fail_rate=0.2, seed=3) as api:
         spec = load_pipeline_text(pipeline(api), str(tmp_path / "p.yaml"))
-        result = Engine(spec, tmp_path).run()
+        result = engine_for(spec, tmp_path).run()
         expected = [i for i in range(1, 301) if i % 13]
         assert sorted(api.posted_ids()) == expected  # exactly once each, server-side
         assert all(api.stats.failed_paths[p] > 0 for p in ("/page", "/sink"))
@@ -88,6 +88,6 @@ def test_api_to_api_pipeline_delivers_each_record_once_masked_and_enriched(
         # second run: the incremental cursor sends `since`, so only the new records come
         api.add_records(30)
         before = len(api.stats.posted)
-        Engine(spec, tmp_path).run()
+        engine_for(spec, tmp_path).run()
         new = [r["id"] for r in api.stats.posted[before:]]
         assert sorted(new) == [i for i in range(301, 331) if i % 13]

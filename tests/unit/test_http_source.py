@@ -14,8 +14,8 @@ from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.connectors.http.settings import HttpSourceConfig
 from tideflow.connectors.http.source import HttpSource
 from tideflow.core.contracts import Context
-from tideflow.core.engine import Engine
 from tideflow.errors import TerminalError
+from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.loader import load_pipeline_text
 
@@ -295,7 +295,7 @@ source:
 sink: {{type: file, path: out, format: parquet}}
 """
     spec = load_pipeline_text(text, "p.yaml")
-    engine = Engine(spec, tmp_path)
+    engine = engine_for(spec, tmp_path)
     pages = 0
 
     def on_checkpoint(_: int) -> None:
@@ -307,7 +307,7 @@ sink: {{type: file, path: out, format: parquet}}
     engine.observer.on_checkpoint = on_checkpoint
     first = engine.run()
     assert first.stopped
-    second = Engine(spec, tmp_path).run()
+    second = engine_for(spec, tmp_path).run()
     assert not second.stopped
     out = pl.read_parquet(str(tmp_path / "out" / "*.parquet"))
     assert sorted(out["id"].to_list()) == list(range(1, 538))

@@ -22,11 +22,11 @@ from polars.testing import assert_frame_equal
 
 import tideflow as tf
 from tideflow.core.contracts import Context
+from tideflow.core.delta import FrameDelta, StateDelta, apply_delta
 from tideflow.core.engine import RunObserver
 from tideflow.operators.timeseries.aggregate import CHANGED, Aggregate, AggregateConfig
 from tideflow.operators.timeseries.dedupe import Dedupe, DedupeConfig
 from tideflow.operators.timeseries.window import Window, WindowConfig
-from tideflow.state.delta import FrameDelta, StateDelta, apply_delta
 from tideflow.state.store import GroupCheckpoint, PartitionState, StateStore, open_state_store
 
 
@@ -213,7 +213,7 @@ def test_a_delta_applies_resets_then_deletes_then_upserts() -> None:
             )
         },
     )
-    from tideflow.state.codec import decode_state, encode_state
+    from tideflow.core.codec import decode_state, encode_state
 
     out = apply_delta(base, decode_state(encode_state(delta.encodable())))
     assert out["c"] == 2

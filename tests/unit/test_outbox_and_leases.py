@@ -12,8 +12,8 @@ import pytest
 
 from tideflow.connectors.memory import MemorySinkConfig, clear, collected
 from tideflow.core.contracts import Context, Sink, Staged
-from tideflow.core.engine import Engine
 from tideflow.registry import Registry
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import FencedError, StateStore, open_state_store
 
@@ -157,7 +157,7 @@ def registry() -> Registry:
 def run(text: str, folder: Path) -> Any:
     reg = registry()
     spec = load_pipeline_text(text, "p.yaml", registry=reg)
-    return Engine(spec, folder, registry=reg).run()
+    return engine_for(spec, folder, registry=reg).run()
 
 
 def test_a_run_replaced_while_paused_fails_at_its_next_checkpoint(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 
 import tideflow as tf
 from tideflow.core.contracts import Step, StepOutput
+from tideflow.core.settings import Settings
 from tideflow.registry import default_registry
-from tideflow.spec.models import Settings
 from tideflow.testing import collected
 
 

@@ -9,7 +9,8 @@ import subprocess
 import sys
 
 from tideflow.builtin import BUILTIN_MODULES, BUILTIN_TYPES
-from tideflow.registry import KINDS, Registry
+from tideflow.core.contracts import KINDS
+from tideflow.registry import Registry
 
 
 def test_the_lazy_table_names_every_marked_class_and_nothing_else() -> None:

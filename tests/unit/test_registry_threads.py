@@ -10,7 +10,8 @@ import time
 import pytest
 
 from tideflow import builtin
-from tideflow.registry import KINDS, Registry
+from tideflow.core.contracts import KINDS
+from tideflow.registry import Registry
 
 
 def test_threads_that_look_up_a_fresh_registry_all_see_every_component(

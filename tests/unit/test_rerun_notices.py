@@ -25,7 +25,7 @@ from tideflow.cli.main import cli
 from tideflow.connectors.files.settings import FileSourceConfig
 from tideflow.connectors.files.source import FileSource
 from tideflow.core.contracts import Context
-from tideflow.core.engine import Engine
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import StateStore
 
@@ -140,12 +140,12 @@ def test_a_finished_file_that_changed_since_is_named(tmp_path: Path) -> None:
         "name: changed\nsource: {type: file, path: in}\nsink: {type: file, path: out}\n",
         str(tmp_path / "p.yaml"),
     )
-    assert Engine(spec, tmp_path).run().records_in == 3
+    assert engine_for(spec, tmp_path).run().records_in == 3
     with grows.open("a") as fh:
         fh.write('{"id": 4}\n')
     rewritten.write_text('{"id": 20, "note": "rewritten"}\n')
     os.utime(same, (time.time() + 60, time.time() + 60))  # touched: same bytes, new time
-    result = Engine(spec, tmp_path).run()
+    result = engine_for(spec, tmp_path).run()
     assert result.records_in == 0
     notices = result.notices
     assert (
@@ -213,10 +213,10 @@ def test_tail_reads_rows_appended_to_csv_with_their_row_numbers(tmp_path: Path) 
         "sink: {type: file, path: out, format: parquet}\n",
         str(tmp_path / "p.yaml"),
     )
-    assert Engine(spec, tmp_path).run().records_in == 2
+    assert engine_for(spec, tmp_path).run().records_in == 2
     with table.open("a") as fh:
         fh.write("3,c\nnot-a-number,d\n4,e\n5,")
-    result = Engine(spec, tmp_path).run()
+    result = engine_for(spec, tmp_path).run()
     assert result.counts["file"]["out"] == 2 and result.counts["file"]["dead_lettered"] == 1
     assert output_ids(tmp_path) == [1, 2, 3, 4]
     assert complete_csv_ids_without_bad(table) == [1, 2, 3, 4]
@@ -227,7 +227,7 @@ def test_tail_reads_rows_appended_to_csv_with_their_row_numbers(tmp_path: Path) 
     ]
     with table.open("a") as fh:
         fh.write("f\n")
-    assert Engine(spec, tmp_path).run().records_in == 1
+    assert engine_for(spec, tmp_path).run().records_in == 1
     assert output_ids(tmp_path) == [1, 2, 3, 4, 5]
 
 
@@ -304,7 +304,7 @@ def test_tail_with_watch_follows_a_growing_file_while_running(tmp_path: Path) ->
     from tideflow.connectors.memory import clear, collected
 
     clear("follow-live")
-    engine = Engine(spec, tmp_path)
+    engine = engine_for(spec, tmp_path)
     runner = threading.Thread(target=engine.run)
     runner.start()
     try:

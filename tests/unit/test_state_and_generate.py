@@ -10,8 +10,8 @@ import polars as pl
 import pytest
 
 from tideflow.connectors.generate import Generate, GenerateConfig, generate_range
+from tideflow.core.codec import decode_state, encode_state
 from tideflow.core.contracts import Context, dead_letters
-from tideflow.state.codec import decode_state, encode_state
 from tideflow.state.store import StateStore, open_state_store
 
 

@@ -17,8 +17,9 @@ from pydantic import ValidationError
 
 from tideflow.connectors.generate import GenerateConfig, _block
 from tideflow.connectors.memory import clear, collected
+from tideflow.core.codec import decode_state, encode_state
 from tideflow.core.contracts import MAIN_PORT, Context, Sink, StepOutput
-from tideflow.core.engine import Engine
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.operators.timeseries._common import parse_duration
 from tideflow.operators.timeseries.aggregate import Aggregate, AggregateConfig
@@ -28,9 +29,8 @@ from tideflow.operators.timeseries.normalize import Normalize, NormalizeConfig
 from tideflow.operators.timeseries.outliers import Outliers, OutliersConfig
 from tideflow.operators.timeseries.window import Window, WindowConfig
 from tideflow.registry import Registry
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
-from tideflow.spec.models import Settings
-from tideflow.state.codec import decode_state, encode_state
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -433,7 +433,7 @@ checkpoint: {every_records: 1000}
 """,
         "p.yaml",
     )
-    result = Engine(spec, tmp_path).run()
+    result = engine_for(spec, tmp_path).run()
     got = collected("ts-e2e").sort("window_start", "sensor_id")
     source = collected("ts-e2e-in")
     expected = (
@@ -512,9 +512,9 @@ sink: {type: crashing, collector: ts-crash, crash_after: CRASH}
             text.replace("CRASH", str(crash_after)), "p.yaml", registry=registry
         )
         with pytest.raises(PipelineError, match="simulated crash"):
-            Engine(spec, tmp_path, registry=registry).run()
+            engine_for(spec, tmp_path, registry=registry).run()
     spec = load_pipeline_text(text.replace("CRASH", "-1"), "p.yaml", registry=registry)
-    result = Engine(spec, tmp_path, registry=registry).run()
+    result = engine_for(spec, tmp_path, registry=registry).run()
     assert result.records_in < 6000  # it resumed
     got = collected("ts-crash").sort("window_start", "sensor_id")
     source = pl.concat([_block(GenerateConfig(shape="sensors", keys=3, seed=3), b) for b in (0, 1)])
@@ -581,7 +581,6 @@ def test_idle_timeout_closes_the_last_window_of_a_quiet_stream(tmp_path: Path) -
 
     from tideflow.connectors.memory import clear, collected
     from tideflow.core.contracts import SourceBatch
-    from tideflow.core.engine import Engine
     from tideflow.spec.loader import load_pipeline_text
 
     text = """
@@ -600,7 +599,7 @@ sink: {type: memory, collector: quiet-windows}
 """
     clear("quiet-windows")
     spec = load_pipeline_text(text)
-    engine = Engine(spec, tmp_path)
+    engine = engine_for(spec, tmp_path)
     # Keep the run going after the memory source ends, like a live stream gone quiet.
     source = engine.graph.sources[0].component
     source.bounded = False

@@ -21,8 +21,8 @@ import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tideflow.core.codec import decode_state, encode_state
 from tideflow.core.contracts import MAIN_PORT, Context, Step, StepOutput
-from tideflow.state.codec import decode_state, encode_state
 
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 DELAY = 10  # seconds of out-of-orderness the generated streams use

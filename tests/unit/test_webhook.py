@@ -19,10 +19,11 @@ from tideflow.connectors.http.webhook import WebhookConfig, WebhookSource
 from tideflow.connectors.memory import MemorySink, clear, collected
 from tideflow.core.contracts import Context
 from tideflow.core.engine import Engine
+from tideflow.core.settings import Settings
 from tideflow.errors import StateError
 from tideflow.registry import Registry
+from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
-from tideflow.spec.models import Settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -195,7 +196,7 @@ checkpoint: {every_records: 1000000, every_seconds: 0.05}
 source: {type: webhook, port: 0, max_wait: 0.02}
 sink: {type: memory, collector: hook-out}
 """
-    engine = Engine(load_pipeline_text(text, "p.yaml"), tmp_path)
+    engine = engine_for(load_pipeline_text(text, "p.yaml"), tmp_path)
     result: list[Any] = []
     runner = threading.Thread(target=lambda: result.append(engine.run()), daemon=True)
     runner.start()
@@ -228,7 +229,7 @@ def start(text: str, tmp_path: Path, registry: Registry | None = None) -> tuple[
     """Run the pipeline in a thread; returns the engine and a function that stops it and
     returns its result."""
     spec = load_pipeline_text(text, "p.yaml", registry=registry)
-    engine = Engine(spec, tmp_path, registry=registry)
+    engine = engine_for(spec, tmp_path, registry=registry)
     result: list[Any] = []
     runner = threading.Thread(target=lambda: result.append(engine.run()), daemon=True)
     runner.start()

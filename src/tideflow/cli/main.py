@@ -21,6 +21,7 @@ from tideflow.cli.targets import Target, require_file, resolve
 from tideflow.errors import ConfigError, ConfigIssue, StateLostError, TideflowError
 from tideflow.observe.logs import LOG_FORMATS, json_enabled
 from tideflow.observe.logs import configure as configure_logging
+from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.models import PipelineSpec
 
@@ -321,8 +322,8 @@ def _supervise(
     ``metrics_port`` P the supervisor serves its metrics (worker restarts) on P and worker
     ``i`` serves its run's metrics on P + 1 + i."""
     from tideflow.core.engine import check_group_worker
-    from tideflow.core.graph import build_graph
     from tideflow.registry import default_registry
+    from tideflow.spec.graph import build_graph
     from tideflow.workers import Supervisor, default_prefix
 
     # Refused here once, rather than by each worker it would start.
@@ -408,8 +409,8 @@ def _serve_endpoints(
 
 def print_plan(spec: PipelineSpec, base: Path) -> None:
     """Describe what a run would do."""
-    from tideflow.core.graph import build_graph
     from tideflow.registry import default_registry
+    from tideflow.spec.graph import build_graph
     from tideflow.state.store import state_location, state_path
 
     graph = build_graph(spec, default_registry)
@@ -559,7 +560,7 @@ def validate(pipelines: tuple[str, ...], sets: tuple[str, ...], as_json: bool) -
 def _validation_issues(path: str, sets: tuple[str, ...]) -> list[ConfigIssue]:
     """Every problem of one pipeline file: its settings, then the packages it needs."""
     from tideflow.spec.loader import parse_yaml
-    from tideflow.spec.requirements import missing_requirements
+    from tideflow.cli.requirements import missing_requirements
 
     try:
         spec, _ = load(path, sets)
@@ -597,7 +598,8 @@ def connectors(ctx: click.Context, kind: str | None, as_json: bool) -> None:
     """List the registered sources, steps and sinks."""
     if ctx.invoked_subcommand is not None:
         return
-    from tideflow.registry import KINDS, default_registry
+    from tideflow.core.contracts import KINDS
+    from tideflow.registry import default_registry
 
     kinds = [k for k in KINDS if not kind or k == kind]
     if as_json:
@@ -661,9 +663,10 @@ def type_hint(name: str, known: Mapping[str, list[str]]) -> str:
 @handle_errors
 def connectors_describe(type_name: str, as_json: bool) -> None:
     """Print every setting of a type: name, type, default and description."""
+    from tideflow.core.contracts import KINDS
     from tideflow.docs import describe_component
     from tideflow.errors import UnknownNameError
-    from tideflow.registry import KINDS, default_registry
+    from tideflow.registry import default_registry
 
     found = default_registry.find(type_name)
     if not found:
@@ -962,7 +965,6 @@ def state_reset(pipeline: str, dead_letters: bool, yes: bool, state_dir: Path | 
     read again and written beside the output already there (says which; PIPELINE: a file, or
     the name of a pipeline that ran in this folder). To clear that output as well, run with
     `--from-scratch` instead."""
-    from tideflow.core.engine import Engine
 
     target = resolve(pipeline, state_dir=state_dir)
     if target.spec is None:
@@ -977,17 +979,18 @@ def state_reset(pipeline: str, dead_letters: bool, yes: bool, state_dir: Path | 
         out.print(f"{target.name}: state reset")
         return
     spec = target.spec
-    engine = Engine(spec, target.base)
+    store = _store_for(target)
+    engine = engine_for(spec, target.base, state=store)
     try:
         lines = _reset_consequences(engine)
         for line in lines:
             out.print(line, markup=False, soft_wrap=True)
         if not yes:
             click.confirm(f"reset the state of {spec.name}?", abort=True)
-        engine.state.reset(spec.name, dead_letters=dead_letters)
-        engine.state.record_reset(engine.run_id, spec.name, "; ".join(lines))
+        store.reset(spec.name, dead_letters=dead_letters)
+        store.record_reset(engine.run_id, spec.name, "; ".join(lines))
     finally:
-        engine.state.close()
+        store.close()
     out.print(f"{spec.name}: state reset")
 
 

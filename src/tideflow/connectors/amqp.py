@@ -38,10 +38,10 @@ from tideflow.connectors.messages import (
 )
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
-from tideflow.spec.models import Settings
 
 T = TypeVar("T")
 ExchangeType = Literal["direct", "topic", "fanout", "headers"]

@@ -15,8 +15,8 @@ import polars as pl
 from pydantic import Field
 
 from tideflow.core.contracts import Context, Source, SourceBatch
+from tideflow.core.settings import Settings
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 _BLOCK = 4096
 _COUNTRIES = ("US", "DE", "FR", "GB", "NL", "ES", "IT", "SE", "PL", "JP")

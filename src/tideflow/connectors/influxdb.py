@@ -31,10 +31,10 @@ from pydantic import Field, model_validator
 
 from tideflow.core.contracts import Context, Sink, dead_letters
 from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
-from tideflow.spec.models import Settings
 
 Precision = Literal["ns", "us", "ms", "s"]
 _V1_PRECISION = {"ns": "n", "us": "u", "ms": "ms", "s": "s"}

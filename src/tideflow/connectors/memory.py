@@ -22,8 +22,8 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
+from tideflow.core.settings import Settings
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 _lock = threading.Lock()
 _collected: dict[str, list[pl.DataFrame]] = {}

@@ -28,8 +28,8 @@ import polars as pl
 from pydantic import Field
 
 from tideflow.core.contracts import MAX_RECORD_BYTES, long_record_letter, raw_dead_letters
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError
-from tideflow.spec.models import Settings
 
 PayloadFormat = Literal["json", "text", "bytes"]
 H = TypeVar("H")

@@ -39,10 +39,10 @@ from tideflow.core.contracts import (
     raw_dead_letters,
 )
 from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
-from tideflow.spec.models import Settings
 
 T = TypeVar("T")
 

@@ -9,8 +9,8 @@ import polars as pl
 from pydantic import Field
 
 from tideflow.core.contracts import Context, Sink
+from tideflow.core.settings import Settings
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 
 class StdoutConfig(Settings):

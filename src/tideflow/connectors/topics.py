@@ -40,10 +40,11 @@ from tideflow.core.contracts import (
     long_record_letter,
     raw_dead_letters,
 )
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PartitioningError, PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
-from tideflow.spec.models import FieldIssue, Settings
+from tideflow.spec.models import FieldIssue
 from tideflow.topics.backends import (
     Consumer,
     EmbeddedConsumer,

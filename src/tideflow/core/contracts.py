@@ -15,16 +15,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import orjson
 import polars as pl
 from pydantic import BaseModel
 
-from tideflow.state.delta import StateDelta
+from tideflow.core.delta import StateDelta
 
 JSON = Any
 """A JSON-serialisable value (positions, commit tokens, small state)."""
+
+Kind = Literal["source", "step", "sink"]
+"""What a component is: read by the engine, run as a step, or written to."""
+KINDS: tuple[Kind, ...] = ("source", "step", "sink")
 
 MAIN_PORT = "out"
 

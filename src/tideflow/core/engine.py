@@ -28,6 +28,14 @@ from typing import Any
 
 import polars as pl
 
+from tideflow.core.checkpoints import (
+    CheckpointStore,
+    GroupCheckpoint,
+    Lease,
+    PartitionState,
+    SinkOutbox,
+)
+from tideflow.core.codec import decode_state, encode_state
 from tideflow.core.contracts import (
     MAIN_PORT,
     Context,
@@ -36,10 +44,12 @@ from tideflow.core.contracts import (
     Staged,
     StepOutput,
 )
+from tideflow.core.delta import StateDelta
 from tideflow.core.expressions import condition_mask
 from tideflow.core.faults import crash_point
-from tideflow.core.graph import Graph, Node, build_graph
+from tideflow.core.graph import Graph, Node
 from tideflow.core.partitions import Handover, HandoverRequest, ScopedStep, keeps_state
+from tideflow.core.plan import RunPlan
 from tideflow.errors import (
     ConfigError,
     PipelineError,
@@ -47,18 +57,7 @@ from tideflow.errors import (
     StateLostError,
     TideflowError,
 )
-from tideflow.registry import Registry, default_registry
 from tideflow.secrets import redact, redact_frame
-from tideflow.state.codec import decode_state, encode_state
-from tideflow.state.delta import StateDelta
-from tideflow.state.store import (
-    GroupCheckpoint,
-    Lease,
-    PartitionState,
-    SinkOutbox,
-    StateStore,
-    open_state_store,
-)
 
 log = logging.getLogger("tideflow.engine")
 
@@ -223,7 +222,8 @@ class _StoredState:
 
 
 class Engine:
-    """Runs one pipeline spec once.
+    """Runs one :class:`RunPlan` once against a checkpoint store (``tideflow.run.plan.
+    engine_for`` makes both from a pipeline spec).
 
     With ``worker`` set, the run is one worker of a consumer group (``tideflow run
     --workers``): its sources are split by partition between the group's workers, stateful
@@ -233,23 +233,22 @@ class Engine:
 
     def __init__(
         self,
-        spec: Any,
+        plan: RunPlan,
+        state: CheckpointStore,
         base_dir: str | Path = ".",
-        registry: Registry | None = None,
-        state: StateStore | None = None,
         observer: RunObserver | None = None,
         scope: str = "main",
-        graph: Graph | None = None,
         progress_interval: float = 0.5,
         worker: str | None = None,
         from_scratch: bool = False,
+        owns_state: bool = False,
     ) -> None:
-        self.spec = spec
-        self.registry = registry or default_registry
+        self.plan = plan
         self.base_dir = Path(base_dir).resolve()
-        self.graph = graph or build_graph(spec, self.registry)
-        self.state = state or open_state_store(spec.state, self.base_dir)
-        self._owns_state = state is None
+        self.graph = plan.graph
+        self.state = state
+        self._owns_state = owns_state
+        """Close the store when the run ends (the engine was handed one opened for it)."""
         self.observer = observer or RunObserver()
         self.from_scratch = from_scratch
         self._notices: list[str] = []
@@ -258,7 +257,7 @@ class Engine:
         if worker is not None and scope == "main":
             scope = f"worker-{worker}"  # output file names and staging never clash
         self.scope = scope
-        self.state_key = spec.name if scope == "main" else f"{spec.name}#{scope}"
+        self.state_key = plan.name if scope == "main" else f"{plan.name}#{scope}"
         self.dead_letter_ledger: str | None = None
         """Where this run's dead letters are kept, when not under its state key (a replay
         keeps them in its pipeline's ledger, so they show in `tideflow deadletters list`)."""
@@ -271,11 +270,11 @@ class Engine:
         self.started = 0.0
         self.checkpoints = 0
         self.checkpoint_id = 0
-        self._queue: queue.Queue[_SourceItem] = queue.Queue(maxsize=max(spec.queue_size, 1))
+        self._queue: queue.Queue[_SourceItem] = queue.Queue(maxsize=max(plan.queue_size, 1))
         self._abort = threading.Event()
         self._positions: dict[str, Any] = {}
         self._dead_buffer: list[tuple[str, pl.DataFrame]] = []
-        self._dead_sink: Node | None = None
+        self._dead_sink = plan.dead_letter_sink if plan.on_error == "dead_letter" else None
         self._records_since_checkpoint = 0
         self._last_checkpoint = 0.0
         self.last_checkpoint_at = 0.0
@@ -298,15 +297,8 @@ class Engine:
         self._stored: dict[tuple[str, str, str], _StoredState] = {}
         """(step, source, partition) -> what the store holds of that state since this run
         stored it whole (source and partition empty outside a group); none: store it whole."""
-        self._init_dead_letter_sink()
         if worker is not None:
             check_group_worker(self.graph)
-
-    def _init_dead_letter_sink(self) -> None:
-        cfg = self.spec.on_error.sink
-        if self.spec.on_error.action == "dead_letter" and cfg is not None:
-            component = self.registry.get("sink", cfg.type).cls(cfg)
-            self._dead_sink = Node(cfg.name or "dead_letters", "sink", cfg.type, component)
 
     # -- public --------------------------------------------------------------------------
 
@@ -413,7 +405,7 @@ class Engine:
     def _context(self, node: Node) -> Context:
         sink = node.kind == "sink"
         return Context(
-            pipeline=self.spec.name,
+            pipeline=self.plan.name,
             name=node.name,
             base_dir=self.base_dir,
             state_dir=self.state.path.parent,
@@ -520,7 +512,7 @@ class Engine:
     def _prepare_state(self) -> None:
         """Before anything opens: start over if asked, adopt a checkpoint a sink kept, and
         refuse to read everything again when the state is gone but the output is not."""
-        known = self.state.knows(self.spec.name)
+        known = self.state.knows(self.plan.name)
         if self.from_scratch:
             if not self._owns_main_output():
                 raise ConfigError("from_scratch applies to a pipeline's main run only")
@@ -553,7 +545,7 @@ class Engine:
     ) -> str:
         sources = ", ".join(f"{n.name!r} ({n.type_name})" for n in rereading)
         lines = [
-            f"pipeline {self.spec.name!r}: the state store holds no checkpoint of it, but "
+            f"pipeline {self.plan.name!r}: the state store holds no checkpoint of it, but "
             "its output of an earlier run is there; its state was lost.",
             f"  state store: {self.state.describe()}",
             "  output found:",
@@ -586,7 +578,7 @@ class Engine:
         reading everything beside half-cleared output)."""
         self.state.start_run(self.run_id, self.state_key, "clearing")
         self._run_recorded = True
-        self.state.reset(self.spec.name, dead_letters=True)
+        self.state.reset(self.plan.name, dead_letters=True)
         # The reset forgot the leases too: this run claims its own again.
         self._lease = self.state.claim_lease(self.state_key, self.run_id)
         crash_point("from_scratch.mid_clear")
@@ -622,7 +614,7 @@ class Engine:
         if checkpoint:
             self.checkpoint_id = checkpoint.id
             self._positions = dict(checkpoint.positions)
-            log.info("resuming %s from checkpoint %d", self.spec.name, checkpoint.id)
+            log.info("resuming %s from checkpoint %d", self.plan.name, checkpoint.id)
         if self.worker is not None:
             # Positions and step state belong to partitions, restored as they are assigned.
             for node in self.graph.steps:
@@ -636,7 +628,7 @@ class Engine:
         held = {name for name, position in self._positions.items() if position}
         if self.worker is not None:
             # A group's positions live per partition, under the pipeline's name.
-            held = {row[0] for row in self.state.partition_states(self.spec.name) if row[4]}
+            held = {row[0] for row in self.state.partition_states(self.plan.name) if row[4]}
             self._positions = {node.name: {} for node in self.graph.sources}
         for node in self.graph.sources:
             node.component.open(self._context(node), self._positions.get(node.name))
@@ -650,11 +642,11 @@ class Engine:
         if found is None:
             return
         identity, described = found
-        key = self.spec.name if self.worker is not None else self.state_key
+        key = self.plan.name if self.worker is not None else self.state_key
         stored = self.state.source_origin(key, node.name)
         if stored is not None and stored[0] != identity and has_positions:
             raise SourceMovedError(
-                f"pipeline {self.spec.name!r}, source {node.name!r}: the stored positions are "
+                f"pipeline {self.plan.name!r}, source {node.name!r}: the stored positions are "
                 f"offsets in {stored[1]}, but the source now reads {described}. Resuming "
                 "from them would skip records, or read some twice, without a word. Nothing "
                 "was read or written. Ways on:\n"
@@ -817,7 +809,7 @@ class Engine:
 
     def _take_partitions(self, source: str, parts: list[str]) -> dict[str, Any]:
         assert self.worker is not None
-        claims = self.state.claim_partitions(self.spec.name, self.worker, source, parts)
+        claims = self.state.claim_partitions(self.plan.name, self.worker, source, parts)
         positions = {}
         for claim in claims:
             self._claims[(source, claim.part)] = claim
@@ -880,7 +872,7 @@ class Engine:
                     step_states=states,
                 )
             )
-        return GroupCheckpoint(self.spec.name, self.worker, partitions)
+        return GroupCheckpoint(self.plan.name, self.worker, partitions)
 
     # -- processing ----------------------------------------------------------------------
 
@@ -1012,7 +1004,7 @@ class Engine:
 
     def _dead_letter(self, node: Node, dead: pl.DataFrame) -> None:
         node.counts.dead += dead.height
-        action = self.spec.on_error.action
+        action = self.plan.on_error
         if action == "fail":
             reason = dead.get_column("reason")[0]
             raise PipelineError(
@@ -1027,7 +1019,7 @@ class Engine:
         dead = redact_frame(dead, ("record", "reason"))
         if self._dead_sink is not None:
             stamped = dead.with_columns(
-                pl.lit(self.spec.name).alias("pipeline"),
+                pl.lit(self.plan.name).alias("pipeline"),
                 pl.lit(node.name).alias("step"),
                 pl.lit(time.time()).alias("failed_at"),
             )
@@ -1052,7 +1044,7 @@ class Engine:
         done and ``min_interval`` has passed since it began: a sender waits about one
         checkpoint, and under load every checkpoint takes all that arrived during the last.
         """
-        gap = self.spec.checkpoint.min_interval
+        gap = self.plan.checkpoint.min_interval
         if gap is None or not self._fresh or not self._senders_waiting():
             return None
         return max(0.0, self._checkpoint_began + float(gap) - time.monotonic())
@@ -1068,7 +1060,7 @@ class Engine:
             self._handle_all(self._queued())
             self._checkpoint()
             return
-        cp = self.spec.checkpoint
+        cp = self.plan.checkpoint
         due_records = cp.every_records and self._records_since_checkpoint >= cp.every_records
         due_time = cp.every_seconds and (
             time.monotonic() - self._last_checkpoint >= cp.every_seconds
@@ -1200,7 +1192,7 @@ class Engine:
         stored = self._stored.get(key)
         if stored is None:
             return None
-        if stored.deltas + 1 >= self.spec.checkpoint.compact_every:
+        if stored.deltas + 1 >= self.plan.checkpoint.compact_every:
             return None
         if stored.delta_bytes > stored.base:
             return None
@@ -1272,7 +1264,7 @@ class Engine:
         status = "stopped" if self.stop_event.is_set() else "succeeded"
         return RunResult(
             run_id=self.run_id,
-            pipeline=self.spec.name,
+            pipeline=self.plan.name,
             status="incomplete" if incomplete and status == "succeeded" else status,
             seconds=self.elapsed,
             checkpoints=self.checkpoints,

@@ -20,7 +20,7 @@ from typing import Any
 import polars as pl
 
 from tideflow.core.contracts import JSON, Context, Step, StepOutput
-from tideflow.state.delta import StateDelta
+from tideflow.core.delta import StateDelta
 
 
 def keeps_state(step: Step) -> bool:

@@ -25,9 +25,9 @@ from typing import TypeVar
 from pydantic import Field
 
 from tideflow.core.contracts import Context
+from tideflow.core.settings import Settings
 from tideflow.errors import PipelineError
 from tideflow.secrets import redact
-from tideflow.spec.models import Settings
 
 T = TypeVar("T")
 

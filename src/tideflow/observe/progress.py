@@ -92,7 +92,7 @@ class ProgressLine:
             self._last_logged = elapsed
         read = sum(c["in"] for c in engine.counts().values() if c["kind"] == "source")
         total = expected_total(engine)
-        text = progress_text(engine.spec.name, read, total, elapsed, engine.checkpoints)
+        text = progress_text(engine.plan.name, read, total, elapsed, engine.checkpoints)
         if self.log is not None:
             figures = {"records": read, "seconds": round(elapsed, 3)}
             figures["checkpoints"] = engine.checkpoints

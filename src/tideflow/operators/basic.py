@@ -12,9 +12,9 @@ from pydantic import Field, field_validator
 
 from tideflow.core.contracts import MAIN_PORT, Step, StepOutput, dead_letters
 from tideflow.core.expressions import SqlExpression, compile_expr, condition_mask
-from tideflow.errors import PipelineError
-from tideflow.registry import component, suggest
-from tideflow.spec.models import Settings
+from tideflow.core.settings import Settings
+from tideflow.errors import PipelineError, suggest
+from tideflow.registry import component
 
 
 def _require_columns(frame: pl.DataFrame, columns: list[str], step: str) -> None:

@@ -14,9 +14,9 @@ import polars as pl
 from pydantic import Field
 
 from tideflow.core.contracts import Step, StepOutput
+from tideflow.core.settings import Settings
 from tideflow.errors import PipelineError, RecordError
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 
 class FlattenConfig(Settings):

@@ -41,11 +41,11 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from tideflow.core.contracts import JSON, Context, Step, StepOutput
-from tideflow.errors import PipelineError
+from tideflow.core.settings import Settings
+from tideflow.errors import PipelineError, suggest
 from tideflow.operators.person_names import RUN, person_name_spans
-from tideflow.registry import component, suggest
+from tideflow.registry import component
 from tideflow.secrets import register_secret
-from tideflow.spec.models import Settings
 
 Action = Literal["mask", "hash", "redact", "drop"]
 

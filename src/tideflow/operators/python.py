@@ -34,9 +34,9 @@ from tideflow.core.contracts import (
     dead_letters,
     raw_dead_letters,
 )
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 
 class PythonConfig(Settings):

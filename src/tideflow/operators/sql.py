@@ -10,9 +10,9 @@ import polars as pl
 from pydantic import Field
 
 from tideflow.core.contracts import MAIN_PORT, Context, Step, StepOutput
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 
 class SqlConfig(Settings):

@@ -69,8 +69,8 @@ class Entry:
         return self._bounded
 
     def _all_sources_bounded(self) -> bool:
-        from tideflow.core.graph import build_graph
         from tideflow.registry import default_registry
+        from tideflow.spec.graph import build_graph
 
         try:
             graph = build_graph(self.spec, default_registry)
@@ -82,8 +82,8 @@ class Entry:
         """Nodes in declared (topological) order with their inputs, for the UI's step graph."""
         if self.spec is None:
             return []
-        from tideflow.core.graph import build_graph
         from tideflow.registry import default_registry
+        from tideflow.spec.graph import build_graph
 
         graph = build_graph(self.spec, default_registry)
         return [

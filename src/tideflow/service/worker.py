@@ -25,6 +25,7 @@ import orjson
 import polars as pl
 
 from tideflow.core.expressions import Expression, compile_expr, condition_mask
+from tideflow.run.plan import engine_for
 from tideflow.secrets import RedactingFilter, redact
 
 TAP_ROWS = 20
@@ -211,7 +212,7 @@ def worker_main(
     counts: dict[str, Any] = {}
     try:
         from tideflow import runner
-        from tideflow.core.engine import Engine, RunObserver
+        from tideflow.core.engine import RunObserver
         from tideflow.observe.progress import ProgressLine
         from tideflow.spec.loader import load_pipeline
 
@@ -261,7 +262,7 @@ def worker_main(
             on_visible=reporter.on_visible,
             on_checkpoint_seconds=reporter.on_checkpoint_seconds,
         )
-        engine = Engine(spec, base, observer=observer)
+        engine = engine_for(spec, base, observer=observer)
         engine.run_id = run_id  # the server's id, so its history and the state store agree
 
         def stop_when_asked() -> None:

@@ -20,10 +20,11 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
-from tideflow.core.graph import check_graph
-from tideflow.errors import ConfigError, ConfigIssue, render_path
-from tideflow.registry import Kind, Registry, default_registry, suggest
+from tideflow.core.contracts import Kind
+from tideflow.errors import ConfigError, ConfigIssue, render_path, suggest
+from tideflow.registry import Registry, default_registry
 from tideflow.secrets import is_secret_field, looks_secret, redact, register_secret
+from tideflow.spec.graph import check_graph
 from tideflow.spec.models import (
     ENVELOPES,
     FieldIssue,

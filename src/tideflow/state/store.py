@@ -7,7 +7,7 @@ is either wholly there or not at all. Both backends run the same SQL (written wi
 placeholders, which the PostgreSQL backend turns into ``%s``).
 
 Step state is stored whole (``step_state``; per partition in ``partition_state``) or, for
-steps that can say what changed (:class:`~tideflow.state.delta.StateDelta`), as a base
+steps that can say what changed (:class:`~tideflow.core.delta.StateDelta`), as a base
 snapshot plus the deltas stored after it (``state_deltas``, in order of ``epoch``, ``seq``),
 applied on load. Storing a full snapshot of a step deletes its deltas (compaction), in the
 same transaction.
@@ -24,18 +24,26 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 import polars as pl
 
+from tideflow.core.checkpoints import (
+    Checkpoint,
+    FencedError,
+    GroupCheckpoint,
+    Lease,
+    PartitionLostError,
+    PartitionState,
+)
+from tideflow.core.codec import decode_state, encode_state
+from tideflow.core.delta import StateDelta, apply_delta, is_delta
 from tideflow.core.faults import crash_point
 from tideflow.errors import MissingDependencyError, StateError
 from tideflow.secrets import redact
-from tideflow.state.codec import decode_state, encode_state
-from tideflow.state.delta import StateDelta, apply_delta, is_delta
 
 _SCHEMA_TEMPLATE = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -121,57 +129,6 @@ CREATE TABLE IF NOT EXISTS run_processes (
     pid INTEGER NOT NULL
 );
 """
-
-
-@dataclass
-class Checkpoint:
-    """The last durable checkpoint of a pipeline."""
-
-    id: int
-    created_at: float
-    positions: dict[str, Any]
-    sink_tokens: dict[str, Any]
-    step_states: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class PartitionState:
-    """One source partition's share of a group worker's checkpoint: its position and the
-    states of the steps scoped to it, fenced by the ``epoch`` of the worker's claim."""
-
-    source: str
-    part: str
-    epoch: int
-    position: Any
-    step_states: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class GroupCheckpoint:
-    """The partitions a group worker (``owner``) of ``pipeline`` checkpoints."""
-
-    pipeline: str
-    owner: str
-    partitions: list[PartitionState]
-
-
-class PartitionLostError(StateError):
-    """A worker tried to checkpoint a partition that another worker has claimed since."""
-
-
-class FencedError(StateError):
-    """A run tried to store a checkpoint after another run of the same pipeline (or the same
-    group worker id) took the pipeline's checkpoint over: this run is a zombie."""
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A run's claim on a pipeline's checkpoint row: only the holder of the latest ``epoch``
-    may store checkpoints (optimistic concurrency against a paused-then-resumed run)."""
-
-    pipeline: str
-    epoch: int
-    owner: str
 
 
 @dataclass(frozen=True)
@@ -1025,46 +982,3 @@ def state_path(location: str | None, base_dir: Path) -> Path:
         path = Path(location)
         return path if path.is_absolute() else base_dir / path
     return base_dir / ".tideflow" / "state.db"
-
-
-class SinkOutbox:
-    """One sink's outbox in one pipeline's checkpoints (``core.contracts.Outbox``).
-
-    Marking entries delivered costs no transaction of its own: the mark is applied by the
-    next checkpoint's transaction (``take_delivered``) or when the run ends (``settle``).
-    Until then a crash leaves them in place, and the sink's next start finds them delivered
-    (a Kafka sink reads its topic back and produces nothing)."""
-
-    def __init__(self, store: StateStore, pipeline: str, sink: str) -> None:
-        self.store = store
-        self.pipeline = pipeline
-        self.sink = sink
-        self._delivered = 0
-
-    def checkpoints(self) -> list[int]:
-        """Checkpoints whose entries this sink has not marked delivered, oldest first."""
-        return [
-            c
-            for c in self.store.outbox_checkpoints(self.pipeline, self.sink)
-            if c > self._delivered
-        ]
-
-    def entries(self, checkpoint: int) -> Iterator[bytes]:
-        """The entries this sink staged for ``checkpoint``, in order."""
-        return self.store.outbox_entries(self.pipeline, self.sink, checkpoint)
-
-    def delivered(self, checkpoint: int) -> None:
-        """The entries of ``checkpoint`` and earlier ones are delivered: forget them."""
-        self._delivered = max(self._delivered, checkpoint)
-
-    def take_delivered(self) -> int:
-        """The latest checkpoint marked delivered since the last call (0: none), for the
-        next checkpoint's transaction to forget."""
-        done, self._delivered = self._delivered, 0
-        return done
-
-    def settle(self) -> None:
-        """Forget what was marked delivered now, in a transaction of its own."""
-        done = self.take_delivered()
-        if done:
-            self.store.outbox_delivered(self.pipeline, self.sink, done)

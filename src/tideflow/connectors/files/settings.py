@@ -11,9 +11,8 @@ from fsspec.utils import infer_compression
 from pydantic import Field, field_validator, model_validator
 
 from tideflow.core.contracts import MAX_RECORD_BYTES
-from tideflow.errors import ConfigError
-from tideflow.registry import suggest
-from tideflow.spec.models import Settings
+from tideflow.core.settings import Settings
+from tideflow.errors import ConfigError, suggest
 
 ReadFormat = Literal["csv", "ndjson", "json", "parquet"]
 WriteFormat = Literal["csv", "ndjson", "parquet"]

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from tideflow.spec.models import Settings
+from tideflow.core.settings import Settings
 
 Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
 

@@ -46,10 +46,10 @@ from tideflow.core.contracts import (
     long_record_letter,
     raw_dead_letters,
 )
+from tideflow.core.settings import Settings
 from tideflow.errors import StateError, TerminalError
 from tideflow.registry import component
 from tideflow.secrets import register_secret
-from tideflow.spec.models import Settings
 
 
 class WebhookConfig(Settings):

@@ -17,8 +17,8 @@ from pydantic import Field, field_validator
 
 from tideflow.connectors.sql.dialects import Dialect
 from tideflow.connectors.sql.types import base_kind, check_kind, fits, kind_of, widened
+from tideflow.core.settings import Settings
 from tideflow.errors import PipelineError
-from tideflow.spec.models import Settings
 
 SchemaPolicy = Literal["evolve", "strict", "recreate"]
 

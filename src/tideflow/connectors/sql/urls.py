@@ -9,9 +9,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from pydantic import Field
 
 from tideflow.core.retry import RetryPolicy
+from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError
 from tideflow.secrets import redact, register_secret
-from tideflow.spec.models import Settings
 
 SCHEMES = {
     "postgresql": "postgresql",

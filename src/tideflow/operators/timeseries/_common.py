@@ -14,9 +14,8 @@ import polars as pl
 from pydantic import AfterValidator, Field
 
 from tideflow.core.contracts import JSON, dead_letters
-from tideflow.errors import PipelineError
-from tideflow.registry import suggest
-from tideflow.spec.models import Settings
+from tideflow.core.settings import Settings
+from tideflow.errors import PipelineError, suggest
 
 T = "__t"
 """Internal column: event time in microseconds since the epoch."""

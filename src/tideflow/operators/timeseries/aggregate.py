@@ -22,6 +22,8 @@ import polars as pl
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
 
 from tideflow.core.contracts import JSON, MAIN_PORT, Context, Step, StepOutput
+from tideflow.core.delta import FrameDelta, StateDelta
+from tideflow.core.settings import Settings
 from tideflow.operators.timeseries._common import (
     ALL,
     Duration,
@@ -39,8 +41,6 @@ from tideflow.operators.timeseries.aggs import (
     row_exprs,
 )
 from tideflow.registry import component
-from tideflow.spec.models import Settings
-from tideflow.state.delta import FrameDelta, StateDelta
 
 SEEN = "__seen"
 """Internal column: newest event time (or arrival number) of a key, for expiry."""

@@ -6,6 +6,7 @@ import polars as pl
 from pydantic import Field
 
 from tideflow.core.contracts import JSON, MAIN_PORT, Context, Step, StepOutput
+from tideflow.core.delta import FrameDelta, StateDelta
 from tideflow.operators.timeseries._common import (
     EventClock,
     EventTimeSettings,
@@ -17,7 +18,6 @@ from tideflow.operators.timeseries._common import (
     require_columns,
 )
 from tideflow.registry import component
-from tideflow.state.delta import FrameDelta, StateDelta
 
 
 class DedupeConfig(EventTimeSettings):

@@ -8,9 +8,9 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from tideflow.core.contracts import JSON, Context, Step, StepOutput
+from tideflow.core.settings import Settings
 from tideflow.operators.timeseries._common import ALL, key_frame, require_columns
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 _PARAMS = {"minmax": ("min", "max"), "zscore": ("mean", "std")}
 

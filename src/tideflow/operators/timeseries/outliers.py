@@ -8,9 +8,9 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from tideflow.core.contracts import JSON, MAIN_PORT, Context, Step, StepOutput
+from tideflow.core.settings import Settings
 from tideflow.operators.timeseries._common import ALL, key_frame, require_columns
 from tideflow.registry import component
-from tideflow.spec.models import Settings
 
 OUTLIERS_PORT = "outliers"
 DEFAULT_THRESHOLDS = {"zscore": 3.0, "mad": 3.5, "iqr": 1.5}

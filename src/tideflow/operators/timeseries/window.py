@@ -14,6 +14,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from tideflow.core.contracts import JSON, MAIN_PORT, Context, Step, StepOutput
+from tideflow.core.delta import FrameDelta, StateDelta
 from tideflow.operators.timeseries._common import (
     ALL,
     EventClock,
@@ -38,7 +39,6 @@ from tideflow.operators.timeseries.aggs import (
     row_exprs,
 )
 from tideflow.registry import component
-from tideflow.state.delta import FrameDelta, StateDelta
 
 WS, LAST, N = "__ws", "__last", "__n"
 """Internal columns: window start, last event time (sessions), row count."""

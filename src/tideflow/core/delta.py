@@ -44,7 +44,7 @@ class StateDelta:
     frames: dict[str, FrameDelta] = field(default_factory=dict)
 
     def encodable(self) -> dict[str, Any]:
-        """The delta as a JSON-like value with frames (for ``state.codec.encode_state``)."""
+        """The delta as a JSON-like value with frames (for ``core.codec.encode_state``)."""
         return {
             DELTA_MARK: 1,
             "values": self.values,

@@ -1,0 +1,1 @@
+"""Running pipelines: from a validated spec to an engine (``plan``)."""
