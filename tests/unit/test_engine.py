@@ -610,15 +610,15 @@ def test_min_interval_spaces_group_commits(tmp_path: Path, registry: Registry) -
 def test_queued_batches_of_one_source_are_merged_only_when_their_columns_match() -> None:
     """What a group commit takes in one write: consecutive batches of one source with the
     same schema; another source, other columns or a frame without columns stay apart."""
-    from tideflow.core.engine import _coalesce, _SourceItem
     from tideflow.core.graph import Node
+    from tideflow.core.source_queue import SourceItem, coalesce
 
     a = Node("a", "source", "x", Ticker(TickConfig()))
     b = Node("b", "source", "x", Ticker(TickConfig()))
 
-    def item(node: Node, frame: pl.DataFrame, position: int, dead: int = 0) -> _SourceItem:
+    def item(node: Node, frame: pl.DataFrame, position: int, dead: int = 0) -> SourceItem:
         bad = pl.DataFrame({"record": ["?"] * dead, "reason": ["bad"] * dead}) if dead else None
-        return _SourceItem(node, batch=SourceBatch(frame, position, bad), received=position)
+        return SourceItem(node, batch=SourceBatch(frame, position, bad), received=position)
 
     ints = pl.DataFrame({"id": [1, 2]})
     floats = pl.DataFrame({"id": [1.5]})
@@ -628,10 +628,10 @@ def test_queued_batches_of_one_source_are_merged_only_when_their_columns_match()
         item(a, floats, 3),  # other dtype: not merged (no silent cast)
         item(b, floats, 4),  # other source
         item(b, pl.DataFrame(), 5),  # no columns
-        _SourceItem(b, ended=True),
+        SourceItem(b, ended=True),
         item(b, floats, 6),
     ]
-    merged = _coalesce(items)
+    merged = coalesce(items)
     shapes = [
         (m.source.name, m.batch.size, m.batch.position) if m.batch else (m.source.name, "end")
         for m in merged

@@ -321,7 +321,7 @@ def _supervise(
     """Start and look after ``workers`` group workers; their exit code. With
     ``metrics_port`` P the supervisor serves its metrics (worker restarts) on P and worker
     ``i`` serves its run's metrics on P + 1 + i."""
-    from tideflow.core.engine import check_group_worker
+    from tideflow.core.ownership import check_group_worker
     from tideflow.registry import default_registry
     from tideflow.spec.graph import build_graph
     from tideflow.workers import Supervisor, default_prefix
@@ -559,8 +559,8 @@ def validate(pipelines: tuple[str, ...], sets: tuple[str, ...], as_json: bool) -
 
 def _validation_issues(path: str, sets: tuple[str, ...]) -> list[ConfigIssue]:
     """Every problem of one pipeline file: its settings, then the packages it needs."""
-    from tideflow.spec.loader import parse_yaml
     from tideflow.cli.requirements import missing_requirements
+    from tideflow.spec.loader import parse_yaml
 
     try:
         spec, _ = load(path, sets)

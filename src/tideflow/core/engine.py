@@ -6,9 +6,9 @@ time through the whole graph, so at a checkpoint nothing is in flight inside the
 position recorded for each source is that of the last batch fully processed, however far the
 source has read ahead.
 
-A checkpoint is a two-phase commit: sinks ``flush`` (durable, invisible), then source
-positions, step state, sink tokens and dead letters are stored in one transaction, then sinks
-``commit`` (visible). On start, sinks are handed the last stored token to finish or discard.
+A checkpoint is a two-phase commit (:mod:`tideflow.core.checkpointer`); a group worker's
+partitions are claimed and given up by :mod:`tideflow.core.ownership`; what a run checks
+before it resumes is in :mod:`tideflow.core.resume`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -28,40 +28,21 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.core.checkpoints import (
-    CheckpointStore,
-    GroupCheckpoint,
-    Lease,
-    PartitionState,
-    SinkOutbox,
-)
-from tideflow.core.codec import decode_state, encode_state
-from tideflow.core.contracts import (
-    MAIN_PORT,
-    Context,
-    ExistingOutput,
-    SourceBatch,
-    Staged,
-    StepOutput,
-)
-from tideflow.core.delta import StateDelta
+from tideflow.core.checkpointer import Checkpointer
+from tideflow.core.checkpoints import CheckpointStore
+from tideflow.core.contracts import MAIN_PORT, Context, ExistingOutput, SourceBatch, StepOutput
 from tideflow.core.expressions import condition_mask
 from tideflow.core.faults import crash_point
-from tideflow.core.graph import Graph, Node
-from tideflow.core.partitions import Handover, HandoverRequest, ScopedStep, keeps_state
+from tideflow.core.graph import Node
+from tideflow.core.ownership import PartitionOwnership, check_group_worker
+from tideflow.core.partitions import Handover, HandoverRequest
 from tideflow.core.plan import RunPlan
-from tideflow.errors import (
-    ConfigError,
-    PipelineError,
-    SourceMovedError,
-    StateLostError,
-    TideflowError,
-)
+from tideflow.core.resume import check_origin, existing_output, state_lost_message
+from tideflow.core.source_queue import SourceItem, SourceQueue, coalesce
+from tideflow.errors import ConfigError, PipelineError, StateLostError, TideflowError
 from tideflow.secrets import redact, redact_frame
 
 log = logging.getLogger("tideflow.engine")
-
-_END = object()
 
 
 @dataclass
@@ -117,110 +98,6 @@ class RunResult:
         )
 
 
-@dataclass
-class _SourceItem:
-    source: Node
-    batch: SourceBatch | None = None
-    error: BaseException | None = None
-    ended: bool = False
-    handover: HandoverRequest | None = None
-    received: float = 0.0
-    """Unix time the source thread got the batch (end-to-end latency starts there)."""
-
-
-def _coalesce(items: list[_SourceItem]) -> list[_SourceItem]:
-    """The items in order, with consecutive batches of one source (and partition) whose
-    frames have the same schema merged into one (the last one's position)."""
-    out: list[_SourceItem] = []
-    for item in items:
-        last = out[-1] if out else None
-        if last is not None and _mergeable(last, item):
-            assert last.batch is not None and item.batch is not None
-            a, b = last.batch, item.batch
-            dead = [d for d in (a.dead, b.dead) if d is not None]
-            times = [t for t in (a.event_time, b.event_time) if t is not None]
-            merged = SourceBatch(
-                pl.concat([a.data, b.data]),
-                b.position,
-                pl.concat(dead) if dead else None,
-                b.partition,
-                min(times) if times else None,
-            )
-            out[-1] = _SourceItem(last.source, batch=merged, received=last.received)
-        else:
-            out.append(item)
-    return out
-
-
-def _mergeable(a: _SourceItem, b: _SourceItem) -> bool:
-    if a.batch is None or b.batch is None or a.source is not b.source:
-        return False
-    x, y = a.batch.data, b.batch.data
-    # A frame without columns may still count records (`{}` messages): not merged.
-    return (
-        a.batch.partition == b.batch.partition
-        and not a.batch.checkpoint
-        and x.width > 0
-        and x.schema == y.schema
-        and (a.batch.event_time is None) == (b.batch.event_time is None)
-    )
-
-
-def unpartitioned_state(step: str, kind: str, keys: list[str] | None, graph: Graph) -> str:
-    """Why a stateful step cannot run in a group of workers, and the ways on."""
-    by = f"per {', '.join(keys)}" if keys else "over all records" if keys == [] else ""
-    source = graph.sources[0].name if graph.sources else "source"
-    column = keys[0] if keys else "COLUMN"
-    return (
-        f"step {step!r} ({kind}) keeps state {by}; with workers each worker reads only "
-        "its partitions, so a key whose records are in two partitions would be counted "
-        "in two places and its results overwrite each other. Declare how the topic is "
-        f"partitioned on source {source!r}, by one of the step's keys: `partitioned_by: "
-        f"{{column: {column}, partitioner: murmur2}}` (murmur2: Kafka's Java clients and "
-        "tideflow's own topic sink; crc32: librdkafka's default); every record is checked "
-        "against it and the run fails at the first that breaks it. Or run one worker."
-    )
-
-
-def check_group_worker(graph: Graph) -> None:
-    """Refuse a graph that a group of workers cannot run: every source must split by
-    partition, and no sink may keep the (then per-worker) checkpoint with its data."""
-    for node in graph.sources:
-        if not node.component.partitioned:
-            raise ConfigError(
-                f"source {node.name!r} ({node.type_name}) cannot be split between "
-                "workers: a group of workers needs `topic` or `kafka` sources"
-            )
-    for node in graph.sinks:
-        if node.component.keeps_checkpoint:
-            raise ConfigError(
-                f"sink {node.name!r} keeps the checkpoint with its data "
-                "(`transactional: true`), which holds one worker's partitions only; with "
-                "workers use `transactional: false` (an upsert stays exact on replay)"
-            )
-    partitioned = [set(n.component.partition_keys() or ()) for n in graph.sources]
-    for node in graph.steps:
-        if not keeps_state(node.component):
-            continue
-        keys = node.component.state_keys()
-        # Each worker keeps the state of the records it reads: exact only when no key's
-        # records are spread over the partitions of two workers.
-        if keys is None or not all(p and p <= set(keys) for p in partitioned):
-            raise ConfigError(unpartitioned_state(node.name, node.type_name, keys, graph))
-
-
-@dataclass
-class _StoredState:
-    """What the state store holds of one step's state since this run stored it whole."""
-
-    base: int
-    """Bytes of the whole state (the base)."""
-    deltas: int = 0
-    """Deltas stored after the base."""
-    delta_bytes: int = 0
-    """Their bytes."""
-
-
 class Engine:
     """Runs one :class:`RunPlan` once against a checkpoint store (``tideflow.run.plan.
     engine_for`` makes both from a pipeline spec).
@@ -258,9 +135,6 @@ class Engine:
             scope = f"worker-{worker}"  # output file names and staging never clash
         self.scope = scope
         self.state_key = plan.name if scope == "main" else f"{plan.name}#{scope}"
-        self.dead_letter_ledger: str | None = None
-        """Where this run's dead letters are kept, when not under its state key (a replay
-        keeps them in its pipeline's ledger, so they show in `tideflow deadletters list`)."""
         self.stop_event = threading.Event()
         self.run_id = uuid.uuid4().hex[:12]
         self._phase = "created"
@@ -268,35 +142,23 @@ class Engine:
         """Monotonic time of the main loop's latest turn (it turns at least every 0.1 s
         unless a step or sink holds it): what a liveness check looks at."""
         self.started = 0.0
-        self.checkpoints = 0
-        self.checkpoint_id = 0
-        self._queue: queue.Queue[_SourceItem] = queue.Queue(maxsize=max(plan.queue_size, 1))
         self._abort = threading.Event()
+        self._queue = SourceQueue(plan.queue_size, self._abort)
         self._positions: dict[str, Any] = {}
-        self._dead_buffer: list[tuple[str, pl.DataFrame]] = []
-        self._dead_sink = plan.dead_letter_sink if plan.on_error == "dead_letter" else None
-        self._records_since_checkpoint = 0
-        self._last_checkpoint = 0.0
-        self.last_checkpoint_at = 0.0
-        """Unix time of the last committed checkpoint (the run's start before the first)."""
+        self.checkpointer = Checkpointer(
+            plan, state, self.state_key, self.run_id, self._positions, self._visible
+        )
+        self.ownership = PartitionOwnership(
+            plan.name, worker, self.graph, state, self._positions, self.checkpointer.store_whole
+        )
+        self._dead_sink = self.checkpointer.dead_sink
         self._progress_interval = progress_interval
         self._last_record_at = time.monotonic()
         self._last_idle_call = 0.0
         self._last_progress = 0.0
         self._handover = Handover(self._submit_handover)
-        self._claims: dict[tuple[str, str], PartitionState] = {}
-        self._lease: Lease | None = None
-        self._outboxes: dict[str, SinkOutbox] = {}
-        self._unseen: list[tuple[str, float]] = []
-        """(source, start of its latency) per batch processed since the last checkpoint."""
-        self._checkpoint_began = float("-inf")
-        self._fresh: set[str] = set()
-        """Sources whose records the engine took since the last checkpoint."""
         self._running: set[str] = set()
         """Sources that have not ended."""
-        self._stored: dict[tuple[str, str, str], _StoredState] = {}
-        """(step, source, partition) -> what the store holds of that state since this run
-        stored it whole (source and partition empty outside a group); none: store it whole."""
         if worker is not None:
             check_group_worker(self.graph)
 
@@ -315,10 +177,40 @@ class Engine:
             return "stopping"
         return self._phase
 
+    @property
+    def checkpoints(self) -> int:
+        """Checkpoints this run committed."""
+        return self.checkpointer.checkpoints
+
+    @property
+    def checkpoint_id(self) -> int:
+        """The id of the last checkpoint (stored before this run, or by it)."""
+        return self.checkpointer.checkpoint_id
+
+    @property
+    def last_checkpoint_at(self) -> float:
+        """Unix time of the last committed checkpoint (the run's start before the first)."""
+        return self.checkpointer.last_at
+
+    @property
+    def pending_records(self) -> int:
+        """Records read since the last checkpoint (not yet covered by one)."""
+        return self.checkpointer.pending_records
+
+    @property
+    def dead_letter_ledger(self) -> str | None:
+        """Where this run's dead letters are kept, when not under its state key (a replay
+        keeps them in its pipeline's ledger, so they show in `tideflow deadletters list`)."""
+        return self.checkpointer.dead_letter_ledger
+
+    @dead_letter_ledger.setter
+    def dead_letter_ledger(self, ledger: str | None) -> None:
+        self.checkpointer.dead_letter_ledger = ledger
+
     def run(self, handle_signals: bool = False) -> RunResult:
         """Run to the end of bounded sources, or until :meth:`stop`; return the counts."""
-        self.started = self._last_checkpoint = time.monotonic()
-        self.last_checkpoint_at = time.time()
+        self.started = time.monotonic()
+        self.checkpointer.started()
         if self.observer.on_start is not None:
             self.observer.on_start(self)
         with self._signals(handle_signals):
@@ -358,9 +250,8 @@ class Engine:
 
     def counts(self) -> dict[str, dict[str, Any]]:
         """Counts per node, with its kind and type."""
-        nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
         counts = {}
-        for n in nodes:
+        for n in self._all_nodes():
             counts[n.name] = {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()}
             # Counters a component bumped through its context (retries, outage seconds) and
             # the figures it reports at the end share one place in the summary.
@@ -374,12 +265,17 @@ class Engine:
     def owned_partitions(self) -> list[str]:
         """``source:partition`` of every partition this group worker owns now (none outside a
         group)."""
-        return sorted(f"{source}:{part}" for source, part in list(self._claims))
+        return self.ownership.owned()
 
     @property
     def elapsed(self) -> float:
         """Seconds since the run started."""
         return time.monotonic() - self.started if self.started else 0.0
+
+    def existing_output(self) -> list[tuple[Node, ExistingOutput]]:
+        """What each sink already holds of this pipeline's output (see
+        :meth:`Sink.committed_output`); opens nothing."""
+        return existing_output(self.checkpointer.sinks(), self._context)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -414,69 +310,9 @@ class Engine:
             metrics=node.counts.metrics,
             partitions=self._handover if self.worker and node.kind == "source" else None,
             state_id=self.state.identity(),
-            outbox=self._outbox(node.name) if sink else None,
-            source_offsets=self._source_offsets if sink else None,
+            outbox=self.checkpointer.outbox(node.name) if sink else None,
+            source_offsets=self.checkpointer.source_offsets if sink else None,
         )
-
-    def _outbox(self, sink: str) -> SinkOutbox:
-        if sink not in self._outboxes:
-            self._outboxes[sink] = SinkOutbox(self.state, self.state_key, sink)
-        return self._outboxes[sink]
-
-    def _source_offsets(self) -> list[Any]:
-        """What each source would acknowledge for the positions of the checkpoint being
-        taken, for sinks that commit it in their own transaction."""
-        offsets = []
-        for node in self.graph.sources:
-            position = self._positions.get(node.name)
-            if position:
-                offered = node.component.transaction_offsets(position)
-                if offered is not None:
-                    offsets.append(offered)
-        return offsets
-
-    def _keeper(self) -> Node | None:
-        """The sink that stores checkpoints with its data, if any (at most one may)."""
-        keepers = [n for n in self.graph.sinks if n.component.keeps_checkpoint]
-        if len(keepers) > 1:
-            raise PipelineError(
-                "only one sink can keep the checkpoint with its data (transactional); found "
-                + ", ".join(repr(n.name) for n in keepers)
-            )
-        return keepers[0] if keepers else None
-
-    def _adopt_stored_checkpoint(self, keeper: Node) -> None:
-        """After a crash between the keeper's commit and the state store's, the keeper holds
-        the newer checkpoint: copy it into the state store before anything opens."""
-        payload = keeper.component.stored_checkpoint(self._context(keeper))
-        current = self.state.load_checkpoint(self.state_key)
-        if payload is None:
-            if current is not None:
-                raise PipelineError(
-                    f"sink {keeper.name!r} holds no checkpoint, but the state store holds "
-                    f"checkpoint {current.id}: the target was changed outside tideflow; reset "
-                    f"the pipeline's state (`tideflow state reset`) to load it again"
-                )
-            return
-        stored = decode_state(payload)
-        if current is not None and current.id > stored["id"]:
-            raise PipelineError(
-                f"sink {keeper.name!r} holds checkpoint {stored['id']}, older than the state "
-                f"store's {current.id}: the target was changed outside tideflow; reset the "
-                f"pipeline's state (`tideflow state reset`) to load it again"
-            )
-        if current is None or current.id < stored["id"]:
-            log.info("adopting checkpoint %d stored by sink %s", stored["id"], keeper.name)
-            self.state.commit_checkpoint(
-                self.state_key,
-                stored["id"],
-                stored["positions"],
-                stored["states"],
-                stored["tokens"],
-                [(step, frame) for step, frame in stored["dead"]],
-                self.run_id,
-                lease=self._lease,
-            )
 
     def _record_start(self) -> None:
         """Write this run into the run history (once)."""
@@ -489,26 +325,6 @@ class Engine:
         replay, which have scopes of their own)."""
         return self.scope == "main" or self.worker is not None
 
-    def _all_sinks(self) -> list[Node]:
-        return self.graph.sinks + ([self._dead_sink] if self._dead_sink else [])
-
-    def existing_output(self) -> list[tuple[Node, ExistingOutput]]:
-        """What each sink already holds of this pipeline's output (see
-        :meth:`Sink.committed_output`); opens nothing."""
-        found = []
-        for node in self._all_sinks():
-            try:
-                output = node.component.committed_output(self._context(node))
-            except TideflowError:
-                raise
-            except Exception as exc:
-                raise PipelineError(
-                    redact(f"sink {node.name!r} could not tell what output it holds: {exc}")
-                ) from exc
-            if output is not None:
-                found.append((node, output))
-        return found
-
     def _prepare_state(self) -> None:
         """Before anything opens: start over if asked, adopt a checkpoint a sink kept, and
         refuse to read everything again when the state is gone but the output is not."""
@@ -517,9 +333,9 @@ class Engine:
             if not self._owns_main_output():
                 raise ConfigError("from_scratch applies to a pipeline's main run only")
             self._start_over()
-        keeper = self._keeper()
+        keeper = self.checkpointer.keeper()
         if keeper is not None:
-            self._adopt_stored_checkpoint(keeper)
+            self.checkpointer.adopt_stored_checkpoint(keeper, self._context(keeper))
         if (
             self.from_scratch
             or known
@@ -532,44 +348,13 @@ class Engine:
             return
         found = self.existing_output()
         if any(not output.idempotent for _, output in found):
-            raise StateLostError(self._state_lost_message(rereading, found))
+            raise StateLostError(state_lost_message(self.plan.name, self.state, rereading, found))
         for node, output in found:
             self._notices.append(
                 f"the state store held nothing of this pipeline, so every input is read "
                 f"from the start; sink {node.name!r} already held {output.found} and "
                 "writes the same records again without duplicating them"
             )
-
-    def _state_lost_message(
-        self, rereading: list[Node], found: list[tuple[Node, ExistingOutput]]
-    ) -> str:
-        sources = ", ".join(f"{n.name!r} ({n.type_name})" for n in rereading)
-        lines = [
-            f"pipeline {self.plan.name!r}: the state store holds no checkpoint of it, but "
-            "its output of an earlier run is there; its state was lost.",
-            f"  state store: {self.state.describe()}",
-            "  output found:",
-        ]
-        lines += [f"    sink {n.name!r} ({n.type_name}): {out.found}" for n, out in found]
-        lines.append(
-            f"A run now would read the input of source(s) {sources} again from the start "
-            "and write all of it a second time. Nothing was read or written. Ways on:"
-        )
-        lines.append("  - restore the state store from a backup and run again;")
-        clearing = [f"{n.name!r}: {out.clearing}" for n, out in found if out.clearing]
-        keeping = [f"{n.name!r}" for n, out in found if not out.clearing]
-        what = "; ".join(clearing) if clearing else "nothing"
-        lines.append(
-            "  - `tideflow run PIPELINE_FILE --from-scratch` (Python: `.run(from_scratch="
-            f"True)`) starts over: it clears the output first ({what}) and the dead letters"
-            + (f"; sink(s) {', '.join(keeping)} cannot take output back" if keeping else "")
-            + ";"
-        )
-        lines.append(
-            "  - `tideflow state reset --yes PIPELINE_FILE` accepts that the input is read "
-            "again and written beside the output already there."
-        )
-        return "\n".join(lines)
 
     def _start_over(self) -> None:
         """``from_scratch``: forget the state and the dead letters, then clear what the sinks
@@ -580,7 +365,7 @@ class Engine:
         self._run_recorded = True
         self.state.reset(self.plan.name, dead_letters=True)
         # The reset forgot the leases too: this run claims its own again.
-        self._lease = self.state.claim_lease(self.state_key, self.run_id)
+        self.checkpointer.lease = self.state.claim_lease(self.state_key, self.run_id)
         crash_point("from_scratch.mid_clear")
         for node, output in self.existing_output():
             if output.clearing is None:
@@ -600,7 +385,7 @@ class Engine:
     def _open(self) -> None:
         # From here on, a run of this pipeline (or this worker id) started before is
         # fenced: its next checkpoint fails instead of overwriting ours.
-        self._lease = self.state.claim_lease(self.state_key, self.run_id)
+        self.checkpointer.lease = self.state.claim_lease(self.state_key, self.run_id)
         self._prepare_state()
         self._record_start()
         checkpoint = self.state.load_checkpoint(self.state_key)
@@ -612,16 +397,13 @@ class Engine:
         tokens = checkpoint.sink_tokens if checkpoint else {}
         states = checkpoint.step_states if checkpoint else {}
         if checkpoint:
-            self.checkpoint_id = checkpoint.id
-            self._positions = dict(checkpoint.positions)
+            self.checkpointer.checkpoint_id = checkpoint.id
+            self._positions.update(checkpoint.positions)
             log.info("resuming %s from checkpoint %d", self.plan.name, checkpoint.id)
         if self.worker is not None:
             # Positions and step state belong to partitions, restored as they are assigned.
-            for node in self.graph.steps:
-                if keeps_state(node.component):
-                    node.component = ScopedStep(node.component)
-        sinks = self.graph.sinks + ([self._dead_sink] if self._dead_sink else [])
-        for node in sinks:
+            self.ownership.scope_steps()
+        for node in self.checkpointer.sinks():
             node.component.open(self._context(node), tokens.get(node.name))
         for node in self.graph.steps:
             node.component.open(self._context(node), states.get(node.name))
@@ -629,46 +411,16 @@ class Engine:
         if self.worker is not None:
             # A group's positions live per partition, under the pipeline's name.
             held = {row[0] for row in self.state.partition_states(self.plan.name) if row[4]}
-            self._positions = {node.name: {} for node in self.graph.sources}
+            self._positions.clear()
+            self._positions.update({node.name: {} for node in self.graph.sources})
+        origins = self.plan.name if self.worker is not None else self.state_key
         for node in self.graph.sources:
             node.component.open(self._context(node), self._positions.get(node.name))
-            self._check_origin(node, node.name in held)
-
-    def _check_origin(self, node: Node, has_positions: bool) -> None:
-        """Refuse to resume positions taken in another system than the one ``node`` reads
-        now (a log created anew, another Kafka cluster): they would skip records, or read
-        some twice, without a word. Otherwise remember where they are taken."""
-        found = node.component.origin()
-        if found is None:
-            return
-        identity, described = found
-        key = self.plan.name if self.worker is not None else self.state_key
-        stored = self.state.source_origin(key, node.name)
-        if stored is not None and stored[0] != identity and has_positions:
-            raise SourceMovedError(
-                f"pipeline {self.plan.name!r}, source {node.name!r}: the stored positions are "
-                f"offsets in {stored[1]}, but the source now reads {described}. Resuming "
-                "from them would skip records, or read some twice, without a word. Nothing "
-                "was read or written. Ways on:\n"
-                "  - point the source back at the system it read before;\n"
-                "  - `tideflow state reset --yes PIPELINE_FILE` forgets the positions and "
-                "reads the new one from its start (or `start: latest` for its end);\n"
-                "  - `tideflow run PIPELINE_FILE --from-scratch` (Python: "
-                "`.run(from_scratch=True)`) also clears the output first."
-            )
-        if stored is None or stored[0] != identity:
-            self.state.record_source_origin(key, node.name, identity, described)
+            check_origin(node, node.name in held, self.state, self.plan.name, origins)
 
     def _close(self, failed: bool) -> None:
-        nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
-        for outbox in self._outboxes.values():
-            try:
-                outbox.settle()
-            except Exception as exc:
-                if not failed:
-                    raise
-                log.warning("forgetting delivered outbox entries failed: %s", redact(str(exc)))
-        for node in nodes:
+        self.checkpointer.settle(failed)
+        for node in self._all_nodes():
             try:
                 node.component.close()
             except Exception as exc:
@@ -697,16 +449,10 @@ class Engine:
                 # A group worker's positions move per partition, with records.
                 moved = self.worker is None and batch.position != self._positions.get(node.name)
                 if batch.size or moved or batch.partition is not None or batch.checkpoint:
-                    self._put(_SourceItem(node, batch=batch, received=time.time()))
-            self._put(_SourceItem(node, ended=True))
+                    self._queue.put(SourceItem(node, batch=batch, received=time.time()))
+            self._queue.put(SourceItem(node, ended=True))
         except BaseException as exc:  # noqa: BLE001 - handed to the main loop to raise
-            self._put(_SourceItem(node, error=exc))
-
-    def _put(self, item: _SourceItem) -> None:
-        while not self._abort.is_set():
-            with suppress(queue.Full):
-                self._queue.put(item, timeout=0.1)
-                return
+            self._queue.put(SourceItem(node, error=exc))
 
     def _main_loop(self) -> None:
         running = {n.name for n in self.graph.sources}
@@ -724,7 +470,7 @@ class Engine:
             if item.batch is not None and item.source.component.awaiting_ack():
                 # Its senders wait: take what else is queued now with it (one write per
                 # sink for all of it, and all of it in the next checkpoint).
-                if not self._handle_all([item, *self._queued()]):
+                if not self._handle_all([item, *self._queue.queued()]):
                     continue
             elif not self._handle(item):
                 continue
@@ -737,7 +483,7 @@ class Engine:
                 node.component.end_of_input()
         self._emit_progress()
 
-    def _handle(self, item: _SourceItem) -> bool:
+    def _handle(self, item: SourceItem) -> bool:
         """Act on one item of the queue; True when it was a batch."""
         if item.error is not None:
             err = item.error
@@ -750,129 +496,35 @@ class Engine:
             self._running.discard(item.source.name)
             return False
         if item.handover is not None:
-            self._hand_over(item.handover)
+            self.ownership.hand_over(item.handover, self._checkpoint)
             return False
         assert item.batch is not None
         self._process_source_batch(item.source, item.batch)
         if item.batch.checkpoint:
             self._checkpoint()
         if item.batch.size and self.observer.on_visible is not None:
-            began = item.batch.event_time
-            self._unseen.append((item.source.name, began or item.received))
+            self.checkpointer.unseen(item.source.name, item.batch.event_time or item.received)
         return True
 
-    def _queued(self) -> list[_SourceItem]:
-        """The items queued now (not those that arrive meanwhile: the queue is bounded,
-        but a source may keep it full)."""
-        items: list[_SourceItem] = []
-        for _ in range(self._queue.qsize()):
-            try:
-                items.append(self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return items
-
-    def _handle_all(self, items: list[_SourceItem]) -> bool:
+    def _handle_all(self, items: list[SourceItem]) -> bool:
         """Act on items in order; True when one was a batch.
 
         Consecutive batches of one source are taken as one where they have the same
         columns: a group commit then costs each sink one write, however many small
         batches (webhook posts, messages) the source read while the last checkpoint ran."""
         batches = False
-        for item in _coalesce(items):
+        for item in coalesce(items):
             batches |= self._handle(item)
         return batches
-
-    # -- group workers -------------------------------------------------------------------
 
     def _submit_handover(self, request: HandoverRequest) -> bool:
         """Source thread: queue a hand-over behind the batches already read; wait for it."""
         node = next(n for n in self.graph.sources if n.name == request.source)
-        self._put(_SourceItem(node, handover=request))
+        self._queue.put(SourceItem(node, handover=request))
         while not request.done.wait(0.1):
             if self._abort.is_set() or self._handover.closed:
                 return False
         return True
-
-    def _hand_over(self, request: HandoverRequest) -> None:
-        """Main loop: act on a source's partitions moving, in order with its batches."""
-        try:
-            if request.assigned:
-                request.positions = self._take_partitions(request.source, request.partitions)
-            else:
-                self._give_partitions(request.source, request.partitions)
-        except BaseException as exc:
-            request.error = exc
-            raise
-        finally:
-            request.done.set()
-
-    def _take_partitions(self, source: str, parts: list[str]) -> dict[str, Any]:
-        assert self.worker is not None
-        claims = self.state.claim_partitions(self.plan.name, self.worker, source, parts)
-        positions = {}
-        for claim in claims:
-            self._claims[(source, claim.part)] = claim
-            for node in self._scoped_steps():
-                node.component.adopt(claim.part, claim.step_states.get(node.name))
-                # The first checkpoint of a partition taken over stores its state whole.
-                self._stored.pop((node.name, source, claim.part), None)
-            if claim.position is not None:
-                positions[claim.part] = claim.position
-                self._positions[source][claim.part] = claim.position
-        log.info("worker %s took partitions %s of %s", self.worker, ", ".join(parts), source)
-        return positions
-
-    def _give_partitions(self, source: str, parts: list[str]) -> None:
-        # Checkpoint first: the next owner resumes from what is stored now.
-        self._checkpoint()
-        for part in parts:
-            self._claims.pop((source, part), None)
-            self._positions[source].pop(part, None)
-            for node in self._scoped_steps():
-                node.component.drop(part)
-                self._stored.pop((node.name, source, part), None)
-        log.info("worker %s gave partitions %s of %s up", self.worker, ", ".join(parts), source)
-
-    def _scoped_steps(self) -> list[Node]:
-        return [n for n in self.graph.steps if isinstance(n.component, ScopedStep)]
-
-    def _partition_scopes(self) -> Sequence[str | None]:
-        """The partitions whose step state is held here (one scope, None, outside a group)."""
-        if self.worker is None:
-            return [None]
-        return sorted({part for _, part in self._claims})
-
-    def _enter_partition(self, part: str | None) -> None:
-        for node in self._scoped_steps():
-            node.component.current = part
-
-    def _group_checkpoint(self) -> GroupCheckpoint | None:
-        if self.worker is None:
-            return None
-        partitions = []
-        for (source, part), claim in sorted(self._claims.items()):
-            self._enter_partition(part)
-            states = {}
-            # A partition's step states are stored all whole or all as deltas (its base is
-            # one row): a delta taken and then not stored is covered by the whole state.
-            nodes = self._scoped_steps()
-            deltas = {n.name: self._delta(n, (n.name, source, part)) for n in nodes}
-            whole = any(delta is None for delta in deltas.values())
-            for node in nodes:
-                snap = node.component.snapshot() if whole else deltas[node.name]
-                if snap is not None:
-                    states[node.name] = snap
-            partitions.append(
-                PartitionState(
-                    source=source,
-                    part=part,
-                    epoch=claim.epoch,
-                    position=self._positions[source].get(part),
-                    step_states=states,
-                )
-            )
-        return GroupCheckpoint(self.plan.name, self.worker, partitions)
 
     # -- processing ----------------------------------------------------------------------
 
@@ -888,17 +540,16 @@ class Engine:
         if self.worker is None:
             self._positions[node.name] = batch.position
         elif batch.partition is not None:
-            if (node.name, batch.partition) not in self._claims:
+            if not self.ownership.owns(node.name, batch.partition):
                 raise PipelineError(
                     f"source {node.name!r} handed over records of partition "
                     f"{batch.partition}, which this worker does not own"
                 )
             self._positions[node.name].update(batch.position)
-            self._enter_partition(batch.partition)
-        self._records_since_checkpoint += batch.size
+            self.ownership.enter(batch.partition)
+        self.checkpointer.took(node.name, batch.size)
         if batch.size:
             self._last_record_at = time.monotonic()
-            self._fresh.add(node.name)
         if batch.data.height:
             self._push({(node.name, MAIN_PORT): batch.data})
         if self.observer.on_batch is not None:
@@ -986,8 +637,8 @@ class Engine:
             return
         self._last_idle_call = now
         quiet = now - self._last_record_at
-        for part in self._partition_scopes():
-            self._enter_partition(part)
+        for part in self.ownership.scopes():
+            self.ownership.enter(part)
             for node in self.graph.steps:
                 out = self._account(node, node.component.idle(quiet))
                 if out:
@@ -995,8 +646,8 @@ class Engine:
 
     def _finish_steps(self) -> None:
         """Every bounded source ended: let stateful steps emit what they hold, in order."""
-        for part in self._partition_scopes():
-            self._enter_partition(part)
+        for part in self.ownership.scopes():
+            self.ownership.enter(part)
             for node in self.graph.steps:
                 out = self._account(node, node.component.finish())
                 if out:
@@ -1025,220 +676,37 @@ class Engine:
             )
             self._write_sink(self._dead_sink, stamped)
         else:
-            self._dead_buffer.append((node.name, dead))
+            self.checkpointer.dead_letters.append((node.name, dead))
 
     # -- checkpoints ---------------------------------------------------------------------
 
-    def _senders_waiting(self) -> bool:
-        """Some source whose records the engine took since the last checkpoint has senders
-        waiting for their acknowledgement."""
-        return any(
-            node.name in self._fresh and node.component.awaiting_ack()
-            for node in self.graph.sources
-        )
-
-    def _group_commit_in(self) -> float | None:
-        """Seconds until the group commit falls due (0: now), or None when nobody waits.
-
-        A record whose sender waits is checkpointed as soon as the previous checkpoint is
-        done and ``min_interval`` has passed since it began: a sender waits about one
-        checkpoint, and under load every checkpoint takes all that arrived during the last.
-        """
-        gap = self.plan.checkpoint.min_interval
-        if gap is None or not self._fresh or not self._senders_waiting():
-            return None
-        return max(0.0, self._checkpoint_began + float(gap) - time.monotonic())
-
     def _queue_timeout(self) -> float:
         """How long the main loop waits for a batch: 0.1 s, or until a group commit."""
-        due = self._group_commit_in()
+        due = self.checkpointer.group_commit_in()
         return 0.1 if due is None else min(0.1, due)
 
     def _maybe_checkpoint(self) -> None:
-        if self._group_commit_in() == 0.0:
+        if self.checkpointer.group_commit_in() == 0.0:
             # Batches already read while the last checkpoint ran share this one.
-            self._handle_all(self._queued())
+            self._handle_all(self._queue.queued())
             self._checkpoint()
-            return
-        cp = self.plan.checkpoint
-        due_records = cp.every_records and self._records_since_checkpoint >= cp.every_records
-        due_time = cp.every_seconds and (
-            time.monotonic() - self._last_checkpoint >= cp.every_seconds
-        )
-        if due_records or (due_time and self._records_since_checkpoint):
+        elif self.checkpointer.due():
             self._checkpoint()
-
-    @property
-    def pending_records(self) -> int:
-        """Records read since the last checkpoint (not yet covered by one)."""
-        return self._records_since_checkpoint
 
     def _checkpoint(self) -> None:
-        """Flush sinks, then store positions, state, tokens and dead letters atomically."""
-        began = time.perf_counter()
-        sinks = self.graph.sinks + ([self._dead_sink] if self._dead_sink else [])
-        keepers = [n for n in sinks if n.component.keeps_checkpoint]
-        started = time.monotonic()  # group commits are spaced from a checkpoint's start
-        tokens = {}
-        outbox = {}
-        staged = []
-        for node in [n for n in sinks if n not in keepers]:
-            token = self._flush(node)
-            if isinstance(token, Staged):
-                staged.append(token)
-                outbox[node.name], token = token.entries, token.token
-            tokens[node.name] = token
-        crash_point("checkpoint.after_flush")
-        states: dict[str, Any] = {}
-        for node in self.graph.steps:
-            if isinstance(node.component, ScopedStep):
-                continue  # stored per partition, below
-            # A keeper stores the checkpoint with its data, whole: never deltas.
-            delta = None if keepers else self._delta(node, (node.name, "", ""))
-            snap = node.component.snapshot() if delta is None else delta
-            if snap is not None:
-                states[node.name] = snap
-        group = self._group_checkpoint()
-        self.checkpoint_id += 1
-        for entry in staged:
-            entry.checkpoint = self.checkpoint_id
-        if outbox and keepers:
-            # The keeper commits the checkpoint before the state store does: the outbox
-            # must be durable first (an outbox of a checkpoint that then fails to commit is
-            # dropped at the next start).
-            assert self._lease is not None
-            self.state.store_outbox(self.state_key, self.checkpoint_id, outbox, self._lease)
-            outbox = {}
-        for node in keepers:
-            payload = {
-                "id": self.checkpoint_id,
-                "positions": self._positions,
-                "states": states,
-                "tokens": tokens,
-                "dead": [[step, frame] for step, frame in self._dead_buffer],
-            }
-            node.component.attach_checkpoint(encode_state(payload))
-            tokens[node.name] = self._flush(node)
-            crash_point("checkpoint.after_keeper_commit")
-        written: dict[tuple[str, str, str], int] = {}
-        try:
-            self.state.commit_checkpoint(
-                self.state_key,
-                self.checkpoint_id,
-                self._positions,
-                states,
-                tokens,
-                self._dead_buffer,
-                self.run_id,
-                group,
-                lease=self._lease,
-                ledger=self.dead_letter_ledger,
-                outbox=outbox,
-                delivered={
-                    name: done
-                    for name, box in self._outboxes.items()
-                    if (done := box.take_delivered())
-                },
-                written=written,
-            )
-        except BaseException:
-            # The steps started new intervals of changes for a checkpoint that is not
-            # stored: whatever checkpoint comes next must store their states whole.
-            self._stored.clear()
-            raise
-        self._track_stored(written, states, group)
-        totals: dict[str, int] = {}
-        for (step, _, _), stored in self._stored.items():
-            totals[step] = totals.get(step, 0) + stored.base + stored.delta_bytes
-        for node in self.graph.steps:
-            if node.name in totals:
-                # Reported with the run: state that keeps growing is a bug or a missing TTL.
-                node.counts.metrics["state_bytes"] = totals[node.name]
-        crash_point("checkpoint.after_state")
-        self._dead_buffer = []
-        for node in sinks:
-            node.component.commit(tokens[node.name])
-            crash_point("checkpoint.after_first_sink_commit")
-        for node in self.graph.sources:
-            # The data is durable: an acknowledgement that fails only means the upstream
-            # redelivers records the positions already cover, so the run goes on.
-            try:
-                node.component.checkpointed(self._positions.get(node.name))
-            except Exception as exc:  # noqa: BLE001 - any failure: warn, resume from positions
-                log.warning(
-                    "source %s could not acknowledge checkpoint %d: %s",
-                    node.name,
-                    self.checkpoint_id,
-                    redact(str(exc)),
-                )
-        self._checkpoint_began = started
-        self._fresh.clear()
-        self.checkpoints += 1
-        self._records_since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
-        self.last_checkpoint_at = time.time()
-        self._report_visible()
+        """Take a checkpoint (see :meth:`Checkpointer.take`) and tell the observer."""
+        seconds = self.checkpointer.take(self.ownership.checkpoint)
         if self.observer.on_checkpoint is not None:
             self.observer.on_checkpoint(self.checkpoint_id)
         if self.observer.on_checkpoint_seconds is not None:
-            self.observer.on_checkpoint_seconds(self.checkpoint_id, time.perf_counter() - began)
-
-    def _delta(self, node: Node, key: tuple[str, str, str]) -> StateDelta | None:
-        """What changed in ``node``'s state (of one partition in a group) since the last
-        checkpoint, or None when the state is due to be stored whole: the first checkpoint
-        of the run (or of a partition taken over), a step that cannot say what changed, and
-        compaction, after ``compact_every`` checkpoints or once the deltas stored since the
-        last whole state outweigh it."""
-        stored = self._stored.get(key)
-        if stored is None:
-            return None
-        if stored.deltas + 1 >= self.plan.checkpoint.compact_every:
-            return None
-        if stored.delta_bytes > stored.base:
-            return None
-        changes: StateDelta | None = node.component.snapshot_changes()
-        return changes
-
-    def _track_stored(
-        self,
-        written: dict[tuple[str, str, str], int],
-        states: dict[str, Any],
-        group: GroupCheckpoint | None,
-    ) -> None:
-        """Remember, per step state stored by the checkpoint just committed, its size and
-        whether it was a delta (for :meth:`_delta`)."""
-        kinds = {(step, "", ""): state for step, state in states.items()}
-        for part in group.partitions if group is not None else []:
-            for step, state in part.step_states.items():
-                kinds[(step, part.source, part.part)] = state
-        for key, size in written.items():
-            if isinstance(kinds.get(key), StateDelta):
-                stored = self._stored[key]
-                stored.deltas += 1
-                stored.delta_bytes += size
-            else:
-                self._stored[key] = _StoredState(base=size)
-
-    def _report_visible(self) -> None:
-        """The sinks have committed: every batch since the last checkpoint is visible now."""
-        unseen, self._unseen = self._unseen, []
-        if self.observer.on_visible is None:
-            return
-        now = time.time()
-        for source, began in unseen:
-            self.observer.on_visible(source, max(now - began, 0.0))
+            self.observer.on_checkpoint_seconds(self.checkpoint_id, seconds)
 
     # -- reporting -----------------------------------------------------------------------
 
-    def _flush(self, node: Node) -> Any:
-        try:
-            return node.component.flush()
-        except TideflowError:
-            raise
-        except Exception as exc:
-            raise PipelineError(
-                redact(f"sink {node.name!r} could not flush at checkpoint: {exc}")
-            ) from exc
+    def _visible(self, source: str, seconds: float) -> None:
+        # Looked up at each call: an observer's hooks may be set after the engine is made.
+        if self.observer.on_visible is not None:
+            self.observer.on_visible(source, seconds)
 
     def _maybe_progress(self) -> None:
         if time.monotonic() - self._last_progress >= self._progress_interval:
@@ -1251,9 +719,7 @@ class Engine:
 
     def _result(self) -> RunResult:
         counts = self.counts()
-        unbalanced = [
-            name for name, node in self._all_nodes().items() if not node.counts.balanced()
-        ]
+        unbalanced = [n.name for n in self._all_nodes() if not n.counts.balanced()]
         for name in unbalanced:
             log.error("record accounting does not balance for %s: %s", name, counts[name])
         incomplete = [
@@ -1280,6 +746,5 @@ class Engine:
             notices += [f"source {node.name!r}: {text}" for text in node.component.notices()]
         return notices
 
-    def _all_nodes(self) -> dict[str, Node]:
-        nodes = self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
-        return {n.name: n for n in nodes}
+    def _all_nodes(self) -> list[Node]:
+        return self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])
