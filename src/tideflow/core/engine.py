@@ -30,8 +30,8 @@ import polars as pl
 
 from tideflow.core.checkpointer import Checkpointer
 from tideflow.core.checkpoints import CheckpointStore
-from tideflow.core.contracts import MAIN_PORT, Context, ExistingOutput, SourceBatch, StepOutput
-from tideflow.core.expressions import condition_mask
+from tideflow.core.contracts import MAIN_PORT, Context, ExistingOutput, SourceBatch
+from tideflow.core.dataflow import Dataflow
 from tideflow.core.faults import crash_point
 from tideflow.core.graph import Node
 from tideflow.core.ownership import PartitionOwnership, check_group_worker
@@ -40,7 +40,7 @@ from tideflow.core.plan import RunPlan
 from tideflow.core.resume import check_origin, existing_output, state_lost_message
 from tideflow.core.source_queue import SourceItem, SourceQueue, coalesce
 from tideflow.errors import ConfigError, PipelineError, StateLostError, TideflowError
-from tideflow.secrets import redact, redact_frame
+from tideflow.secrets import redact
 
 log = logging.getLogger("tideflow.engine")
 
@@ -150,6 +150,9 @@ class Engine:
         )
         self.ownership = PartitionOwnership(
             plan.name, worker, self.graph, state, self._positions, self.checkpointer.store_whole
+        )
+        self.flow = Dataflow(
+            plan, lambda: self.checkpointer.dead_letters, self._tap, self._sink_input
         )
         self._dead_sink = self.checkpointer.dead_sink
         self._progress_interval = progress_interval
@@ -535,7 +538,7 @@ class Engine:
         counts.records_in += batch.size
         counts.out += batch.data.height
         if batch.dead is not None and batch.dead.height:
-            self._dead_letter(node, batch.dead)
+            self.flow.dead_letter(node, batch.dead)
         counts.seconds += time.perf_counter() - started
         if self.worker is None:
             self._positions[node.name] = batch.position
@@ -551,83 +554,18 @@ class Engine:
         if batch.size:
             self._last_record_at = time.monotonic()
         if batch.data.height:
-            self._push({(node.name, MAIN_PORT): batch.data})
+            self.flow.push({(node.name, MAIN_PORT): batch.data})
         if self.observer.on_batch is not None:
             self.observer.on_batch(node.name, batch.size, time.perf_counter() - started)
 
-    def _push(self, produced: dict[tuple[str, str], pl.DataFrame]) -> None:
-        """Send frames produced on (node, port) through the rest of the graph, in order."""
-        pending: dict[str, list[pl.DataFrame]] = {}
-        for ref, frame in produced.items():
-            self._tap(ref, frame)
-            for consumer in self.graph.consumers.get(ref, ()):
-                pending.setdefault(consumer.name, []).append(frame)
-        for node in [*self.graph.steps, *self.graph.sinks]:
-            frames = pending.pop(node.name, None)
-            if not frames:
-                continue
-            frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
-            if node.kind == "step":
-                for ref, out in self._run_step(node, frame).items():
-                    self._tap(ref, out)
-                    for consumer in self.graph.consumers.get(ref, ()):
-                        pending.setdefault(consumer.name, []).append(out)
-            else:
-                self._write_sink(node, frame)
+    def _tap(self, node: str, port: str, frame: pl.DataFrame) -> None:
+        # Looked up at each call: a test or preview may set the observer's hooks late.
+        if self.observer.on_output is not None:
+            self.observer.on_output(node, port, frame)
 
-    def _tap(self, ref: tuple[str, str], frame: pl.DataFrame) -> None:
-        if self.observer.on_output is not None and frame.height:
-            self.observer.on_output(ref[0], ref[1], frame)
-
-    def _run_step(self, node: Node, frame: pl.DataFrame) -> dict[tuple[str, str], pl.DataFrame]:
-        started = time.perf_counter()
-        try:
-            result = node.component.process(frame)
-        except TideflowError:
-            raise
-        except Exception as exc:
-            raise PipelineError(
-                redact(f"step {node.name!r} ({node.type_name}) failed: {type(exc).__name__}: {exc}")
-            ) from exc
-        node.counts.records_in += frame.height
-        node.counts.batches += 1
-        out = self._account(node, result)
-        node.counts.seconds += time.perf_counter() - started
-        return out
-
-    def _account(self, node: Node, result: StepOutput) -> dict[tuple[str, str], pl.DataFrame]:
-        counts = node.counts
-        counts.filtered += result.filtered
-        counts.consumed += result.consumed
-        counts.generated += result.generated
-        if result.dead is not None and result.dead.height:
-            self._dead_letter(node, result.dead)
-        out = {}
-        for port, frame in result.outputs.items():
-            counts.out += frame.height
-            if frame.height:
-                out[(node.name, port)] = frame
-        return out
-
-    def _write_sink(self, node: Node, frame: pl.DataFrame) -> None:
-        started = time.perf_counter()
-        counts = node.counts
-        counts.records_in += frame.height
-        counts.batches += 1
-        if node.when is not None:
-            mask = condition_mask(frame, node.when)
-            kept = frame.filter(mask)
-            counts.filtered += frame.height - kept.height
-            frame = kept
-        if frame.height:
-            if self.observer.on_sink_input is not None:
-                self.observer.on_sink_input(node.name, frame)
-            dead = node.component.write_batch(frame)
-            dead_n = dead.height if dead is not None else 0
-            counts.out += frame.height - dead_n
-            if dead is not None and dead_n:
-                self._dead_letter(node, dead)
-        counts.seconds += time.perf_counter() - started
+    def _sink_input(self, sink: str, frame: pl.DataFrame) -> None:
+        if self.observer.on_sink_input is not None:
+            self.observer.on_sink_input(sink, frame)
 
     def _maybe_idle(self) -> None:
         """No batch came: tell the steps how long the input has been quiet (twice a second),
@@ -639,44 +577,13 @@ class Engine:
         quiet = now - self._last_record_at
         for part in self.ownership.scopes():
             self.ownership.enter(part)
-            for node in self.graph.steps:
-                out = self._account(node, node.component.idle(quiet))
-                if out:
-                    self._push(out)
+            self.flow.emit(lambda node: node.component.idle(quiet))
 
     def _finish_steps(self) -> None:
         """Every bounded source ended: let stateful steps emit what they hold, in order."""
         for part in self.ownership.scopes():
             self.ownership.enter(part)
-            for node in self.graph.steps:
-                out = self._account(node, node.component.finish())
-                if out:
-                    self._push(out)
-
-    def _dead_letter(self, node: Node, dead: pl.DataFrame) -> None:
-        node.counts.dead += dead.height
-        action = self.plan.on_error
-        if action == "fail":
-            reason = dead.get_column("reason")[0]
-            raise PipelineError(
-                redact(
-                    f"{node.kind} {node.name!r} rejected {dead.height} record(s): {reason} "
-                    "(on_error is `fail`; use `dead_letter` to keep going)"
-                )
-            )
-        if action == "skip":
-            return
-        # A reason quotes an exception, and an exception may quote a secret from the config.
-        dead = redact_frame(dead, ("record", "reason"))
-        if self._dead_sink is not None:
-            stamped = dead.with_columns(
-                pl.lit(self.plan.name).alias("pipeline"),
-                pl.lit(node.name).alias("step"),
-                pl.lit(time.time()).alias("failed_at"),
-            )
-            self._write_sink(self._dead_sink, stamped)
-        else:
-            self.checkpointer.dead_letters.append((node.name, dead))
+            self.flow.emit(lambda node: node.component.finish())
 
     # -- checkpoints ---------------------------------------------------------------------
 
