@@ -160,13 +160,13 @@ def test_rejected_rows_are_located_across_many_windows_of_pages(
     """A 6,000-row batch spans many staging pages and windows: rejected rows at both ends,
     side by side and on a window's edge are all found, every other row loads once, and a
     wrong page count changes only the windows, never the result."""
-    from tideflow.connectors.sql import dialects
+    from tideflow.connectors.sql.dialects import postgres
 
     measured = "pg_relation_size('@staging@')"
     if pages != "measured":
         size = "0" if pages == "understated" else f"10 * {measured}"
         monkeypatch.setattr(
-            dialects, "_LOCATE_REJECTED", dialects._LOCATE_REJECTED.replace(measured, size)
+            postgres, "_LOCATE_REJECTED", postgres._LOCATE_REJECTED.replace(measured, size)
         )
     n = 6000
     bad_ids = {0, 1, 2, 63, 64, 65, 500, 2047, 2048, 4001, 5998, 5999}
@@ -222,7 +222,7 @@ def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
     """PostgreSQL finds a rejected row by counting the rows its failed statement read; that
     is a hint, checked before it is believed, and a wrong one must still dead-letter exactly
     the rejected rows and load all the others."""
-    from tideflow.connectors.sql.dialects import PostgresWriter
+    from tideflow.connectors.sql.dialects.postgres import PostgresCopyLoader
 
     count = "nextval('tf_rows_read') > 0"
     markers = {
@@ -236,9 +236,9 @@ def test_a_wrong_rejected_row_hint_falls_back_to_bisection(
     }
     if hint in markers:
         marker = markers[hint]
-        monkeypatch.setattr(PostgresWriter, "row_marker", lambda self: marker)
+        monkeypatch.setattr(PostgresCopyLoader, "row_marker", lambda self: marker)
     if hint == "bisection":
-        monkeypatch.setattr(PostgresWriter, "locates_rejected", False)
+        monkeypatch.setattr(PostgresCopyLoader, "locates_rejected", False)
     frame = typed_frame(300)
     bad_ids = {0, 7, 8, 150, 298, 299}
     frame = frame.with_columns(

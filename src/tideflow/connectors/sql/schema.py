@@ -15,7 +15,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field, field_validator
 
-from tideflow.connectors.sql.dialects import Dialect
+from tideflow.connectors.sql.dialects.base import Grammar
 from tideflow.connectors.sql.types import base_kind, check_kind, fits, kind_of, widened
 from tideflow.core.settings import Settings
 from tideflow.errors import PipelineError
@@ -70,7 +70,7 @@ def wanted_columns(
 
 
 def plan(
-    dialect: Dialect,
+    grammar: Grammar,
     table: str,
     db_schema: str | None,
     existing: dict[str, str] | None,
@@ -81,7 +81,7 @@ def plan(
     policy: SchemaPolicy,
 ) -> TablePlan:
     """The DDL needed so that ``wanted`` columns load into the table."""
-    target = dialect.table(table, db_schema)
+    target = grammar.table(table, db_schema)
     missing_keys = [k for k in keys if k not in wanted]
     if missing_keys:
         raise SchemaDifferenceError(
@@ -89,8 +89,8 @@ def plan(
             f"(columns: {list(wanted)})"
         )
     if existing is None:
-        return _created(dialect, table, db_schema, wanted, keys, declared, indexes)
-    have = {name: dialect.kind_of_sql(sql) for name, sql in existing.items()}
+        return _created(grammar, table, db_schema, wanted, keys, declared, indexes)
+    have = {name: grammar.kind_of_sql(sql) for name, sql in existing.items()}
     problems: list[str] = []
     statements: list[str] = []
     result = TablePlan([], dict(existing), dict(have))
@@ -98,8 +98,8 @@ def plan(
         kind = base_kind(want)
         if name not in have:
             problems.append(f"column {name!r} ({want}) is not in the table")
-            sql_type = dialect.sql_type(want)
-            statements.append(f"ALTER TABLE {target} ADD COLUMN {dialect.quote(name)} {sql_type}")
+            sql_type = grammar.sql_type(want)
+            statements.append(f"ALTER TABLE {target} ADD COLUMN {grammar.quote(name)} {sql_type}")
             result.sql_types[name], result.kinds[name] = sql_type, kind
         elif not fits(kind, have[name]):
             wider = widened(kind, have[name])
@@ -107,8 +107,8 @@ def plan(
             if wider is None:
                 statements.append("")
                 continue
-            sql_type = dialect.sql_type(wider)
-            alter = dialect.alter_type(target, name, sql_type)
+            sql_type = grammar.sql_type(wider)
+            alter = grammar.alter_type(target, name, sql_type)
             if alter:
                 statements.append(alter)
             result.sql_types[name], result.kinds[name] = sql_type, wider
@@ -116,7 +116,7 @@ def plan(
         return result
     where = f"sql sink: table {target} differs from the data: " + "; ".join(problems)
     if policy == "recreate":
-        created = _created(dialect, table, db_schema, wanted, keys, declared, indexes)
+        created = _created(grammar, table, db_schema, wanted, keys, declared, indexes)
         created.statements.insert(0, f"DROP TABLE {target}")
         return created
     if policy == "strict":
@@ -133,7 +133,7 @@ def plan(
 
 
 def _created(
-    dialect: Dialect,
+    grammar: Grammar,
     table: str,
     db_schema: str | None,
     wanted: dict[str, str],
@@ -141,16 +141,16 @@ def _created(
     declared: dict[str, ColumnModel],
     indexes: list[IndexModel],
 ) -> TablePlan:
-    target = dialect.table(table, db_schema)
+    target = grammar.table(table, db_schema)
     lines = []
     result = TablePlan()
     for name, want in wanted.items():
-        sql_type = dialect.key_type(want) if name in keys else dialect.sql_type(want)
+        sql_type = grammar.key_type(want) if name in keys else grammar.sql_type(want)
         result.sql_types[name], result.kinds[name] = sql_type, base_kind(want)
         not_null = name in keys or (name in declared and not declared[name].nullable)
-        lines.append(f"{dialect.quote(name)} {sql_type}{' NOT NULL' if not_null else ''}")
+        lines.append(f"{grammar.quote(name)} {sql_type}{' NOT NULL' if not_null else ''}")
     if keys:
-        lines.append("PRIMARY KEY (" + ", ".join(dialect.quote(k) for k in keys) + ")")
+        lines.append("PRIMARY KEY (" + ", ".join(grammar.quote(k) for k in keys) + ")")
     result.statements = [f"CREATE TABLE {target} (" + ", ".join(lines) + ")"]
     for index in indexes:
         unknown = [c for c in index.columns if c not in wanted]
@@ -159,9 +159,9 @@ def _created(
         digest = hashlib.sha1(
             "\x00".join([table, *index.columns]).encode(), usedforsecurity=False
         ).hexdigest()[:10]
-        cols = ", ".join(dialect.index_column(c, wanted[c]) for c in index.columns)
+        cols = ", ".join(grammar.index_column(c, wanted[c]) for c in index.columns)
         unique = "UNIQUE " if index.unique else ""
         result.statements.append(
-            f"CREATE {unique}INDEX {dialect.quote(f'tf_idx_{digest}')} ON {target} ({cols})"
+            f"CREATE {unique}INDEX {grammar.quote(f'tf_idx_{digest}')} ON {target} ({cols})"
         )
     return result

@@ -5,7 +5,7 @@ with one ``INSERT ... SELECT`` (an upsert merges on the key). When the database 
 rows, the rejected ones are searched for inside savepoints: good rows load, each rejected
 row goes to the dead-letter ledger with the database's message. PostgreSQL searches in the
 server, learning the row a failed statement stopped at from a marker
-(``Dialect.locate_rejected``); the other databases bisect over the (then indexed) staging row
+(``BulkLoader.locate_rejected``); the other databases bisect over the (then indexed) staging row
 numbers, O(bad rows x log(batch)) statements instead of one per row.
 
 Delivery:
@@ -28,7 +28,8 @@ from typing import Any, Literal, TypeVar
 import polars as pl
 from pydantic import Field, model_validator
 
-from tideflow.connectors.sql.dialects import ROW, Dialect, Insert, Rejected, dialect_for
+from tideflow.connectors.sql.dialects import dialect_for
+from tideflow.connectors.sql.dialects.base import ROW, Dialect, Insert, Rejected
 from tideflow.connectors.sql.schema import (
     ColumnModel,
     IndexModel,
@@ -159,9 +160,9 @@ class SqlSink(Sink):
     def _open_connection(self) -> Any:
         assert self.dialect is not None and self.url is not None
         try:
-            return self.dialect.connect(self.url)
+            return self.dialect.driver.connect(self.url)
         except Exception as exc:
-            if self.dialect.is_connection_error(exc):
+            if self.dialect.driver.is_connection_error(exc):
                 raise  # retried
             raise PipelineError(
                 redact(f"sql sink cannot connect to {self.url.raw}: {exc}")
@@ -206,12 +207,12 @@ class SqlSink(Sink):
 
         return with_retries(
             attempt,
-            self.dialect.is_connection_error,
+            self.dialect.driver.is_connection_error,
             self.ctx,
             self.config.retry,
             f"sql sink {self.config.table!r} {what}",
             recover,
-            probe=self.dialect.probe(self.url) if self.url is not None else None,
+            probe=self.dialect.driver.probe(self.url) if self.url is not None else None,
         )
 
     def open(self, ctx: Context, pending: Any) -> None:
@@ -228,7 +229,9 @@ class SqlSink(Sink):
         if self.config.transactional:
             # The new table commits atomically with the checkpoint the run resumes from.
             assert self.dialect is not None
-            self._loading = self.dialect.columns(self.conn, new, self.config.db_schema) is not None
+            self._loading = (
+                self.dialect.driver.columns(self.conn, new, self.config.db_schema) is not None
+            )
             self._commit()
             return
         state = pending.get("replace") if isinstance(pending, dict) else None
@@ -257,7 +260,7 @@ class SqlSink(Sink):
 
     def _read_checkpoint(self) -> bytes | None:
         assert self.dialect is not None
-        if self.dialect.columns(self.conn, CHECKPOINT_TABLE, self.config.db_schema) is None:
+        if self.dialect.driver.columns(self.conn, CHECKPOINT_TABLE, self.config.db_schema) is None:
             self._commit()
             return None
         rows = self._exec(
@@ -290,8 +293,10 @@ class SqlSink(Sink):
         assert self.dialect is not None
         d, schema = self.dialect, self.config.db_schema
         rows = False
-        if d.columns(self.conn, self.config.table, schema) is not None:
-            rows = bool(self._exec(f"SELECT 1 FROM {d.table(self.config.table, schema)} LIMIT 1"))  # nosec B608 - identifiers quoted
+        if d.driver.columns(self.conn, self.config.table, schema) is not None:
+            rows = bool(
+                self._exec(f"SELECT 1 FROM {d.grammar.table(self.config.table, schema)} LIMIT 1")
+            )  # nosec B608 - identifiers quoted
         self._commit()
         return rows, self._read_checkpoint() is not None
 
@@ -304,11 +309,11 @@ class SqlSink(Sink):
     def _clear(self) -> None:
         assert self.dialect is not None
         d, schema = self.dialect, self.config.db_schema
-        if d.columns(self.conn, self.config.table, schema) is not None:
-            self._exec(f"DELETE FROM {d.table(self.config.table, schema)}")  # nosec B608 - identifiers quoted
+        if d.driver.columns(self.conn, self.config.table, schema) is not None:
+            self._exec(f"DELETE FROM {d.grammar.table(self.config.table, schema)}")  # nosec B608 - identifiers quoted
         if self.config.mode == "replace":
             self._drop(replace_table_name(self.config.table))
-        if d.columns(self.conn, CHECKPOINT_TABLE, schema) is not None:
+        if d.driver.columns(self.conn, CHECKPOINT_TABLE, schema) is not None:
             self._exec(
                 f"DELETE FROM {self._q(CHECKPOINT_TABLE)} WHERE pipeline = {self._p(1)}",  # nosec B608 - identifiers quoted, values bound
                 (self.pipeline,),
@@ -398,9 +403,11 @@ class SqlSink(Sink):
     def plan_schema(self, schema: pl.Schema) -> TablePlan:
         """The DDL the sink would run for batches of ``schema`` (``tideflow schema plan``)."""
         assert self.dialect is not None
-        existing = self.dialect.columns(self.conn, self._target_name(), self.config.db_schema)
+        existing = self.dialect.driver.columns(
+            self.conn, self._target_name(), self.config.db_schema
+        )
         return plan(
-            self.dialect,
+            self.dialect.grammar,
             self._target_name(),
             self.config.db_schema,
             existing,
@@ -452,20 +459,22 @@ class SqlSink(Sink):
         assert self.dialect is not None and self._table is not None
         d, table = self.dialect, self._table
         staged = batch.with_columns(pl.int_range(batch.height, dtype=pl.Int64).alias(ROW))
-        staging = d.stage(self.conn, staged, table.kinds)
-        cols = ", ".join(d.quote(c) for c in batch.columns)
+        staging = d.loader.stage(self.conn, staged, table.kinds)
+        cols = ", ".join(d.grammar.quote(c) for c in batch.columns)
         select = ", ".join(
-            d.select_expr(c, table.sql_types[c], table.kinds[c]) for c in batch.columns
+            d.loader.select_expr(c, table.sql_types[c], table.kinds[c]) for c in batch.columns
         )
         upsert = self.config.mode == "upsert"
         merge = (
-            d.upsert_clause(self.config.key, batch.columns, self._target_name(), table.sql_types)
+            d.grammar.upsert_clause(
+                self.config.key, batch.columns, self._target_name(), table.sql_types
+            )
             if upsert
             else ""
         )
         head = (
-            f"INSERT INTO {d.table(self._target_name(), self.config.db_schema)} ({cols}) "  # nosec B608 - identifiers quoted, values bound
-            f"SELECT {select} FROM {d.quote(staging)} s WHERE "
+            f"INSERT INTO {d.grammar.table(self._target_name(), self.config.db_schema)} ({cols}) "  # nosec B608 - identifiers quoted, values bound
+            f"SELECT {select} FROM {d.grammar.quote(staging)} s WHERE "
         )
 
         def insert(rows: str) -> str:
@@ -476,7 +485,7 @@ class SqlSink(Sink):
         try:
             rejected = self._isolate(insert, staging, batch.height)
         finally:
-            d.unstage(self.conn, staging)
+            d.loader.unstage(self.conn, staging)
         if not rejected:
             return empty_dead_letters()
         index = pl.DataFrame(
@@ -489,13 +498,13 @@ class SqlSink(Sink):
     def _isolate(self, insert: Insert, staging: str, n: int) -> Rejected:
         """Insert rows [0, n): one statement for a clean batch; otherwise let the database
         locate the rejected ones where it can (PostgreSQL, see
-        :meth:`Dialect.locate_rejected`), else bisect."""
+        :meth:`BulkLoader.locate_rejected`), else bisect."""
         assert self.dialect is not None
         d = self.dialect
-        if d.locates_rejected:
+        if d.loader.locates_rejected:
             if self._attempt(insert, 0, n) is None:
                 return []  # the common case
-            located = d.locate_rejected(self.conn, insert, staging, n)
+            located = d.loader.locate_rejected(self.conn, insert, staging, n)
             if located is not None:
                 return [(r, redact(f"{d.name} rejected the row: {why}")) for r, why in located]
         return self._bisect(insert, 0, n, commit_each=False)
@@ -507,7 +516,7 @@ class SqlSink(Sink):
             return None
         assert self.dialect is not None
         statement = self._rows(insert, lo, hi)
-        together = self.dialect.statements_together
+        together = self.dialect.driver.statements_together
         try:
             if together:  # one round trip instead of three
                 self._exec(f"SAVEPOINT tf_rows; {statement}; RELEASE SAVEPOINT tf_rows")
@@ -515,7 +524,7 @@ class SqlSink(Sink):
                 self._exec("SAVEPOINT tf_rows")
                 self._exec(statement)
         except Exception as exc:
-            if not self.dialect.is_row_error(exc):
+            if not self.dialect.driver.is_row_error(exc):
                 raise
             self._exec("ROLLBACK TO SAVEPOINT tf_rows")
             return exc
@@ -526,7 +535,7 @@ class SqlSink(Sink):
     def _rows(self, insert: Insert, lo: int, hi: int) -> str:
         """``insert`` for staging rows [lo, hi)."""
         assert self.dialect is not None
-        row = f"s.{self.dialect.quote(ROW)}"
+        row = f"s.{self.dialect.grammar.quote(ROW)}"
         # Row numbers are integers generated here, so formatting them into SQL is safe.
         return insert(f"{row} >= {int(lo)} AND {row} < {int(hi)}")
 
@@ -540,14 +549,14 @@ class SqlSink(Sink):
         assert self.dialect is not None
         d = self.dialect
         statement = self._rows(insert, lo, hi)
-        if d.savepoints:
+        if d.driver.savepoints:
             self._exec("SAVEPOINT tf_rows")
         try:
             self._exec(statement)
         except Exception as exc:
-            if not d.is_row_error(exc):
+            if not d.driver.is_row_error(exc):
                 raise
-            if d.savepoints:
+            if d.driver.savepoints:
                 self._exec("ROLLBACK TO SAVEPOINT tf_rows")
             else:
                 self._rollback()
@@ -555,12 +564,12 @@ class SqlSink(Sink):
                 return [(lo, redact(f"{d.name} rejected the row: {_first_line(exc)}"))]
             if self._unindexed is not None:
                 # Only a batch with rejected rows pays for the index.
-                d.index_staging(self.conn, self._unindexed)
+                d.loader.index_staging(self.conn, self._unindexed)
                 self._unindexed = None
             mid = (lo + hi) // 2
-            isolate = not d.savepoints
+            isolate = not d.driver.savepoints
             return self._bisect(insert, lo, mid, isolate) + self._bisect(insert, mid, hi, isolate)
-        if d.savepoints:
+        if d.driver.savepoints:
             self._exec("RELEASE SAVEPOINT tf_rows")
         elif commit_each:
             self._commit()
@@ -571,21 +580,26 @@ class SqlSink(Sink):
         d = self.dialect
         new = replace_table_name(self.config.table)
         schema = self.config.db_schema
-        if d.columns(self.conn, new, schema) is None:
+        if d.driver.columns(self.conn, new, schema) is None:
             return
-        exists = d.columns(self.conn, self.config.table, schema) is not None
-        for statement in d.swap_tables(self.config.table, new, schema, exists):
+        exists = d.driver.columns(self.conn, self.config.table, schema) is not None
+        for statement in d.grammar.swap_tables(self.config.table, new, schema, exists):
             self._exec(statement)
         self._loading = False
         self._table = None
 
     def _drop(self, table: str) -> None:
         assert self.dialect is not None
-        self._exec(f"DROP TABLE IF EXISTS {self.dialect.table(table, self.config.db_schema)}")
+        self._exec(
+            f"DROP TABLE IF EXISTS {self.dialect.grammar.table(table, self.config.db_schema)}"
+        )
 
     def _ensure_checkpoint_table(self) -> None:
         assert self.dialect is not None
-        if self.dialect.columns(self.conn, CHECKPOINT_TABLE, self.config.db_schema) is not None:
+        if (
+            self.dialect.driver.columns(self.conn, CHECKPOINT_TABLE, self.config.db_schema)
+            is not None
+        ):
             return
         blob = "BYTEA" if self.url and self.url.dialect == "postgresql" else "BLOB"
         # IF NOT EXISTS alone is not enough: two PostgreSQL sessions creating the same table
@@ -598,10 +612,10 @@ class SqlSink(Sink):
 
     def _schema_lock(self, table: str) -> contextlib.AbstractContextManager[None]:
         """The database's lock serializing schema changes of ``table`` (see
-        :meth:`Dialect.schema_lock`), inside the open transaction."""
+        :meth:`Driver.schema_lock`), inside the open transaction."""
         assert self.dialect is not None
         self._begin()
-        return self.dialect.schema_lock(
+        return self.dialect.driver.schema_lock(
             self.conn, table, self.config.db_schema, self.config.schema_lock_timeout
         )
 
@@ -615,16 +629,16 @@ class SqlSink(Sink):
 
     def _q(self, table: str) -> str:
         assert self.dialect is not None
-        return self.dialect.table(table, self.config.db_schema)
+        return self.dialect.grammar.table(table, self.config.db_schema)
 
     def _p(self, index: int) -> str:
         assert self.dialect is not None
-        return self.dialect.placeholder(index)
+        return self.dialect.driver.placeholder(index)
 
     def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         assert self.dialect is not None
         self._begin()
-        return self.dialect.execute(self.conn, sql, params)
+        return self.dialect.driver.execute(self.conn, sql, params)
 
     def _in_tx(self, fn: Any) -> None:
         self._begin()

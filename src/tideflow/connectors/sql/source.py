@@ -26,7 +26,8 @@ from typing import Any, TypeVar
 import polars as pl
 from pydantic import Field, model_validator
 
-from tideflow.connectors.sql.dialects import Dialect, dialect_for
+from tideflow.connectors.sql.dialects import dialect_for
+from tideflow.connectors.sql.dialects.base import Dialect
 from tideflow.connectors.sql.urls import DatabaseSettings, DatabaseUrl, parse_url
 from tideflow.core.contracts import Context, Source, SourceBatch
 from tideflow.core.retry import with_retries
@@ -168,8 +169,8 @@ class SqlSource(Source):
 
     def _table_columns(self) -> dict[str, str] | None:
         assert self.dialect is not None and self.config.table is not None
-        found = self.dialect.columns(self.conn, self.config.table, self.config.db_schema)
-        self.dialect.end_read(self.conn)
+        found = self.dialect.driver.columns(self.conn, self.config.table, self.config.db_schema)
+        self.dialect.driver.end_read(self.conn)
         return found
 
     def _plan(self, position: Any) -> None:
@@ -199,12 +200,12 @@ class SqlSource(Source):
         assert self.ctx is not None and self.dialect is not None
         return with_retries(
             operation,
-            self.dialect.is_connection_error,
+            self.dialect.driver.is_connection_error,
             self.ctx,
             self.config.retry,
             f"sql source {self._relation_name()} {what}",
             recover,
-            probe=self.dialect.probe(self.url) if self.url is not None else None,
+            probe=self.dialect.driver.probe(self.url) if self.url is not None else None,
         )
 
     def _recover(self) -> None:
@@ -226,7 +227,7 @@ class SqlSource(Source):
         except PipelineError:
             raise
         except Exception as exc:
-            if self.dialect.is_connection_error(exc):
+            if self.dialect.driver.is_connection_error(exc):
                 raise
             raise PipelineError(
                 redact(f"sql source failed reading {self._relation_name()}: {exc}")
@@ -252,9 +253,9 @@ class SqlSource(Source):
     def _connect(self) -> Any:
         assert self.dialect is not None and self.url is not None
         try:
-            return self.dialect.connect(self.url)
+            return self.dialect.driver.connect(self.url)
         except Exception as exc:
-            if self.dialect.is_connection_error(exc):
+            if self.dialect.driver.is_connection_error(exc):
                 raise  # retried
             raise PipelineError(
                 redact(f"sql source cannot connect to {self.url.raw}: {exc}")
@@ -269,7 +270,7 @@ class SqlSource(Source):
         if self.config.query is not None:
             return f"({self.config.query})"
         assert self.config.table is not None
-        return self.dialect.table(self.config.table, self.config.db_schema)
+        return self.dialect.grammar.table(self.config.table, self.config.db_schema)
 
     def _select(self, with_cursor: bool = False) -> str:
         """The SELECT of the relation; ``with_cursor`` adds the cursor again under its own
@@ -277,17 +278,17 @@ class SqlSource(Source):
         database returned them (SQLite compares timestamps as text)."""
         assert self.dialect is not None
         d, cols = self.dialect, self.config.columns
-        names = ", ".join(f"tf_r.{d.quote(c)}" for c in cols) if cols else "tf_r.*"
+        names = ", ".join(f"tf_r.{d.grammar.quote(c)}" for c in cols) if cols else "tf_r.*"
         if with_cursor:
             assert self.config.cursor is not None
-            names += f", tf_r.{d.quote(self.config.cursor)} AS {d.quote(CURSOR)}"
+            names += f", tf_r.{d.grammar.quote(self.config.cursor)} AS {d.grammar.quote(CURSOR)}"
         return f"SELECT {names} FROM {self._relation()} tf_r"  # nosec B608 - identifiers quoted, values bound
 
     def _stream(self, sql: str, params: tuple[Any, ...] = ()) -> Iterator[pl.DataFrame]:
         assert self.dialect is not None
-        for frame in self.dialect.stream(self.conn, sql, params, self.config.batch_size):
-            yield self.dialect.restore_types(frame, self._declared)
-        self.dialect.end_read(self.conn)
+        for frame in self.dialect.driver.stream(self.conn, sql, params, self.config.batch_size):
+            yield self.dialect.driver.restore_types(frame, self._declared)
+        self.dialect.driver.end_read(self.conn)
 
     # -- full reads ---------------------------------------------------------------------------
 
@@ -295,7 +296,9 @@ class SqlSource(Source):
         assert self.dialect is not None
         sql = self._select()
         if self.config.order_by:
-            sql += " ORDER BY " + ", ".join(self.dialect.quote(c) for c in self.config.order_by)
+            sql += " ORDER BY " + ", ".join(
+                self.dialect.grammar.quote(c) for c in self.config.order_by
+            )
         emitted = skip
         for frame in _skipping(self._stream(sql), skip):
             emitted += frame.height
@@ -307,12 +310,12 @@ class SqlSource(Source):
         assert self.dialect is not None and self.config.partition_column is not None
         done = not isinstance(position, dict) or position.get("done")
         skips: dict[str, int] = {} if done else dict(position["rows"])
-        col = self.dialect.quote(self.config.partition_column)
-        lo, hi = self.dialect.execute(
+        col = self.dialect.grammar.quote(self.config.partition_column)
+        lo, hi = self.dialect.driver.execute(
             self.conn,
             f"SELECT min({col}), max({col}) FROM {self._relation()} tf_r",  # nosec B608 - identifiers quoted, values bound
         )[0]
-        self.dialect.end_read(self.conn)
+        self.dialect.driver.end_read(self.conn)
         if lo is None:
             yield SourceBatch(pl.DataFrame(), {"rows": {}, "done": True})
             return
@@ -321,14 +324,16 @@ class SqlSource(Source):
         bounds = [lo + step * i for i in range(n)] + [None]
         results: queue.Queue[Any] = queue.Queue(maxsize=2 * n)
         for i in range(n):
-            where = f"{col} >= {self.dialect.placeholder(1)}"
+            where = f"{col} >= {self.dialect.driver.placeholder(1)}"
             params: tuple[Any, ...] = (bounds[i],)
             if bounds[i + 1] is not None:
-                where += f" AND {col} < {self.dialect.placeholder(2)}"
+                where += f" AND {col} < {self.dialect.driver.placeholder(2)}"
                 params += (bounds[i + 1],)
             sql = f"{self._select()} WHERE {where}"
             if self.config.order_by:
-                sql += " ORDER BY " + ", ".join(self.dialect.quote(c) for c in self.config.order_by)
+                sql += " ORDER BY " + ", ".join(
+                    self.dialect.grammar.quote(c) for c in self.config.order_by
+                )
             thread = threading.Thread(
                 target=self._read_range,
                 args=(str(i), sql, params, skips.get(str(i), 0), results),
@@ -358,11 +363,11 @@ class SqlSource(Source):
         conn = None
         try:
             conn = self._connect()
-            frames = self.dialect.stream(conn, sql, params, self.config.batch_size)
+            frames = self.dialect.driver.stream(conn, sql, params, self.config.batch_size)
             for frame in _skipping(frames, skip):
                 if self._stop.is_set():
                     return
-                out.put((part, self.dialect.restore_types(frame, self._declared)))
+                out.put((part, self.dialect.driver.restore_types(frame, self._declared)))
             out.put((part, None))
         except Exception as exc:  # noqa: BLE001 - handed to the reading thread to raise
             out.put(PipelineError(redact(f"sql source range {part} failed: {exc}")))
@@ -375,11 +380,13 @@ class SqlSource(Source):
     def _incremental(self, last: Any) -> Iterator[SourceBatch | None]:
         assert self.dialect is not None and self.config.cursor is not None
         d = self.dialect
-        cursor = "tf_r." + d.quote(self.config.cursor)
+        cursor = "tf_r." + d.grammar.quote(self.config.cursor)
         size = self.config.batch_size
         select = self._select(with_cursor=True)
         while True:
-            where = f"{cursor} IS NOT NULL" if last is None else f"{cursor} > {d.placeholder(1)}"
+            where = (
+                f"{cursor} IS NOT NULL" if last is None else f"{cursor} > {d.driver.placeholder(1)}"
+            )
             params = () if last is None else (last,)
             query = f"{select} WHERE {where} ORDER BY {cursor} LIMIT {size + 1}"
             page = pl.concat(list(self._stream(query, params)), how="vertical_relaxed")
@@ -404,7 +411,7 @@ class SqlSource(Source):
                 yield SourceBatch(page.head(cut).drop(CURSOR), {"cursor": encode_value(last)})
                 continue
             # A whole page shares one value: read all rows with it, then move past it.
-            equal = f"{select} WHERE {cursor} = {d.placeholder(1)}"
+            equal = f"{select} WHERE {cursor} = {d.driver.placeholder(1)}"
             frames = [f.drop(CURSOR) for f in self._stream(equal, (edge,))]
             for frame in frames[:-1]:
                 yield SourceBatch(frame, {"cursor": encode_value(last)})
