@@ -674,7 +674,7 @@ class Stream:
         return {f"{topic}:{part}": int(end) for part, end in ends.items()}
 
     def _launch(self, name: str, bounded: bool) -> threading.Thread:
-        from tideflow.service.alerts import RunAlerts
+        from tideflow.observe.alerts import RunAlerts
 
         entry = self._registered[name]
         data = dict(entry.data)
@@ -700,7 +700,7 @@ class Stream:
         observer = RunObserver()
         hooks: list[Callable[[Any], None]] = []
         if self._metrics is not None:
-            from tideflow.service.metrics import run_hooks
+            from tideflow.observe.metrics import run_hooks
 
             metric_hooks = run_hooks(self._metrics, pipeline)
             hooks.append(metric_hooks.on_progress)
@@ -758,7 +758,7 @@ class Stream:
 
     def _serve_metrics(self, port: int) -> None:
         try:
-            from tideflow.service.metrics import serve_metrics
+            from tideflow.observe.metrics import serve_metrics
         except ImportError as exc:
             from tideflow.errors import MissingDependencyError
 

@@ -81,7 +81,7 @@ class Supervisor:
         prometheus_client)."""
         from prometheus_client import start_http_server
 
-        from tideflow.service.metrics import PipelineMetrics
+        from tideflow.observe.metrics import PipelineMetrics
 
         assert self.metrics_port is not None
         self.metrics = PipelineMetrics()

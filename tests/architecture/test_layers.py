@@ -19,13 +19,14 @@ SRC = Path(tideflow.__file__).parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation", {"errors", "secrets"}),
     ("engine", {"core"}),
-    ("stores and lookups", {"state", "topics", "registry", "observe", "sandbox", "results"}),
+    ("stores and lookups", {"state", "topics", "registry", "sandbox", "results"}),
     ("pipeline model", {"spec", "builtin"}),
     ("components", {"operators", "connectors"}),
     (
         "running and the Python API",
         {
             "run",
+            "observe",
             "runner",
             "workers",
             "api",

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from tests.service.conftest import LOCAL, demo_pipeline, wait_for
 
-from tideflow.service.alerts import AlertManager
+from tideflow.observe.alerts import AlertManager
 from tideflow.service.app import create_app
 from tideflow.spec.models import AlertSpec, NotifySpec
 
@@ -144,7 +144,7 @@ def test_lag_rules_in_seconds_and_in_records_must_hold_for_their_time() -> None:
 
 
 def test_a_webhook_that_fails_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
-    from tideflow.service.alerts import deliver
+    from tideflow.observe.alerts import deliver
 
     notify = NotifySpec(type="webhook", url="http://127.0.0.1:9/hook")
     deliver(notify, {"alert": "a", "state": "firing", "message": "m"})
@@ -252,7 +252,7 @@ def test_each_notification_records_whether_it_was_sent_and_why_not(
     and query are often its secret); the message gives the rate as a rounded percentage."""
     from tests.service.conftest import free_port
 
-    from tideflow.service import alerts as alerts_module
+    from tideflow.observe import alerts as alerts_module
 
     monkeypatch.setattr(alerts_module, "WEBHOOK_TIMEOUT", 0.5)
     failing = Failing()

@@ -11,7 +11,7 @@ import pytest
 from tests.service.conftest import demo_pipeline, free_port, wait_for
 
 from tideflow.observe.figures import source_lag
-from tideflow.service.metrics import PipelineMetrics
+from tideflow.observe.metrics import PipelineMetrics
 
 CLI = [sys.executable, "-m", "tideflow.cli.main"]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tests.service.conftest import demo_pipeline, wait_for
 
+from tideflow.observe.metrics import PipelineMetrics
 from tideflow.service.catalog import Catalog
-from tideflow.service.metrics import PipelineMetrics
 from tideflow.service.runs import RunManager
 from tideflow.service.scheduler import Scheduler, next_due
 from tideflow.spec.models import ScheduleSpec

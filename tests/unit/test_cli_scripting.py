@@ -62,7 +62,7 @@ def test_run_and_metrics_port_keep_the_extra_in_the_install_hint(
 ) -> None:
     path = write_pipeline(POSTGRES_SINK)
     # (the metrics module too: imported by an earlier test, it would not import again)
-    blocked = ("psycopg", "adbc_driver_postgresql", "prometheus_client", "tideflow.service.metrics")
+    blocked = ("psycopg", "adbc_driver_postgresql", "prometheus_client", "tideflow.observe.metrics")
     block_import(monkeypatch, *blocked)
     metrics = invoke("run", str(path), "--metrics-port", "1", "-q")
     assert metrics.exit_code == 1

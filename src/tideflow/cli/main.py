@@ -370,7 +370,7 @@ def _serve_endpoints(
     render = None
     if metrics_port is not None:
         try:
-            from tideflow.service.metrics import CONTENT_TYPE, run_metrics
+            from tideflow.observe.metrics import CONTENT_TYPE, run_metrics
         except ImportError as exc:
             from tideflow.errors import MissingDependencyError
 

@@ -1,7 +1,7 @@
 """Figures read from a run's counts: what components report beside their record counts.
 
-Shared by the Prometheus exporter (:mod:`tideflow.service.metrics`) and the alert rules
-(:mod:`tideflow.service.alerts`), which also run where ``prometheus_client`` is not installed.
+Shared by the Prometheus exporter (:mod:`tideflow.observe.metrics`) and the alert rules
+(:mod:`tideflow.observe.alerts`), which also run where ``prometheus_client`` is not installed.
 """
 
 from __future__ import annotations

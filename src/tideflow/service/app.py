@@ -24,9 +24,10 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from tideflow.errors import ConfigError, TideflowError
+from tideflow.observe.alerts import AlertManager
 from tideflow.observe.figures import source_lag
+from tideflow.observe.metrics import CONTENT_TYPE, PipelineMetrics
 from tideflow.secrets import redact, register_secret
-from tideflow.service.alerts import AlertManager
 from tideflow.service.catalog import (
     ID_PATTERN,
     MAX_PIPELINE_BYTES,
@@ -37,7 +38,6 @@ from tideflow.service.catalog import (
     issue_json,
 )
 from tideflow.service.grouplag import GroupLagCollector
-from tideflow.service.metrics import CONTENT_TYPE, PipelineMetrics
 from tideflow.service.policy import Policy
 from tideflow.service.runs import ACTIVE, Run, RunManager
 from tideflow.service.scheduler import Scheduler, Ticker

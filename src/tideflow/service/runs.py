@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from tideflow.errors import PipelineError
+from tideflow.observe.metrics import PipelineMetrics
 from tideflow.secrets import redact
 from tideflow.service.catalog import Catalog, Conflict, Entry, NotFound
-from tideflow.service.metrics import PipelineMetrics
 from tideflow.service.worker import worker_main
 from tideflow.state.store import StateStore, open_state_store, state_location, state_path
 
