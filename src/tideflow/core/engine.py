@@ -32,14 +32,13 @@ from tideflow.core.checkpointer import Checkpointer
 from tideflow.core.checkpoints import CheckpointStore
 from tideflow.core.contracts import MAIN_PORT, Context, ExistingOutput, SourceBatch
 from tideflow.core.dataflow import Dataflow
-from tideflow.core.faults import crash_point
 from tideflow.core.graph import Node
 from tideflow.core.ownership import PartitionOwnership, check_group_worker
 from tideflow.core.partitions import Handover, HandoverRequest
 from tideflow.core.plan import RunPlan
-from tideflow.core.resume import check_origin, existing_output, state_lost_message
+from tideflow.core.resume import Resumption, check_origin
 from tideflow.core.source_queue import SourceItem, SourceQueue, coalesce
-from tideflow.errors import ConfigError, PipelineError, StateLostError, TideflowError
+from tideflow.errors import PipelineError, StateLostError, TideflowError
 from tideflow.secrets import redact
 
 log = logging.getLogger("tideflow.engine")
@@ -127,9 +126,6 @@ class Engine:
         self._owns_state = owns_state
         """Close the store when the run ends (the engine was handed one opened for it)."""
         self.observer = observer or RunObserver()
-        self.from_scratch = from_scratch
-        self._notices: list[str] = []
-        self._run_recorded = False
         self.worker = worker
         if worker is not None and scope == "main":
             scope = f"worker-{worker}"  # output file names and staging never clash
@@ -150,6 +146,16 @@ class Engine:
         )
         self.ownership = PartitionOwnership(
             plan.name, worker, self.graph, state, self._positions, self.checkpointer.store_whole
+        )
+        self.resumption = Resumption(
+            plan,
+            state,
+            self.state_key,
+            self.run_id,
+            self.checkpointer,
+            self._context,
+            main_output=scope == "main" or worker is not None,
+            from_scratch=from_scratch,
         )
         self.flow = Dataflow(
             plan, lambda: self.checkpointer.dead_letters, self._tap, self._sink_input
@@ -236,7 +242,7 @@ class Engine:
                 self._close(failed=True)
                 # A refused run does not count as one the state store knows of.
                 status = "refused" if isinstance(exc, StateLostError) else "failed"
-                self._record_start()
+                self.resumption.record_start()
                 self.state.end_run(self.run_id, status, self.counts(), redact(str(exc)))
                 if self._owns_state:
                     self.state.close()
@@ -278,7 +284,7 @@ class Engine:
     def existing_output(self) -> list[tuple[Node, ExistingOutput]]:
         """What each sink already holds of this pipeline's output (see
         :meth:`Sink.committed_output`); opens nothing."""
-        return existing_output(self.checkpointer.sinks(), self._context)
+        return self.resumption.existing_output()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -317,80 +323,12 @@ class Engine:
             source_offsets=self.checkpointer.source_offsets if sink else None,
         )
 
-    def _record_start(self) -> None:
-        """Write this run into the run history (once)."""
-        if not self._run_recorded:
-            self._run_recorded = True
-            self.state.start_run(self.run_id, self.state_key)
-
-    def _owns_main_output(self) -> bool:
-        """Whether this run writes the pipeline's real output (not a preview, test or
-        replay, which have scopes of their own)."""
-        return self.scope == "main" or self.worker is not None
-
-    def _prepare_state(self) -> None:
-        """Before anything opens: start over if asked, adopt a checkpoint a sink kept, and
-        refuse to read everything again when the state is gone but the output is not."""
-        known = self.state.knows(self.plan.name)
-        if self.from_scratch:
-            if not self._owns_main_output():
-                raise ConfigError("from_scratch applies to a pipeline's main run only")
-            self._start_over()
-        keeper = self.checkpointer.keeper()
-        if keeper is not None:
-            self.checkpointer.adopt_stored_checkpoint(keeper, self._context(keeper))
-        if (
-            self.from_scratch
-            or known
-            or not self._owns_main_output()
-            or self.state.load_checkpoint(self.state_key) is not None
-        ):
-            return
-        rereading = [n for n in self.graph.sources if n.component.replays_without_state]
-        if not rereading:
-            return
-        found = self.existing_output()
-        if any(not output.idempotent for _, output in found):
-            raise StateLostError(state_lost_message(self.plan.name, self.state, rereading, found))
-        for node, output in found:
-            self._notices.append(
-                f"the state store held nothing of this pipeline, so every input is read "
-                f"from the start; sink {node.name!r} already held {output.found} and "
-                "writes the same records again without duplicating them"
-            )
-
-    def _start_over(self) -> None:
-        """``from_scratch``: forget the state and the dead letters, then clear what the sinks
-        can clear. The run is recorded as ``clearing`` meanwhile: interrupted, it leaves the
-        store knowing nothing of the pipeline, so the next run refuses again (rather than
-        reading everything beside half-cleared output)."""
-        self.state.start_run(self.run_id, self.state_key, "clearing")
-        self._run_recorded = True
-        self.state.reset(self.plan.name, dead_letters=True)
-        # The reset forgot the leases too: this run claims its own again.
-        self.checkpointer.lease = self.state.claim_lease(self.state_key, self.run_id)
-        crash_point("from_scratch.mid_clear")
-        for node, output in self.existing_output():
-            if output.clearing is None:
-                self._notices.append(
-                    f"from scratch: sink {node.name!r} keeps what it holds ({output.found}): "
-                    "it cannot take output back"
-                )
-                continue
-            node.component.clear_output(self._context(node))
-            self._notices.append(
-                f"from scratch: sink {node.name!r} was cleared first ({output.clearing}), "
-                "with the checkpoint and the dead letters"
-            )
-            log.info("from scratch: sink %s: %s", node.name, output.clearing)
-        self.state.start_run(self.run_id, self.state_key, "running")
-
     def _open(self) -> None:
         # From here on, a run of this pipeline (or this worker id) started before is
         # fenced: its next checkpoint fails instead of overwriting ours.
         self.checkpointer.lease = self.state.claim_lease(self.state_key, self.run_id)
-        self._prepare_state()
-        self._record_start()
+        self.resumption.prepare()
+        self.resumption.record_start()
         checkpoint = self.state.load_checkpoint(self.state_key)
         # Output staged for a checkpoint that never committed (stored ahead of a keeper's
         # commit that did not happen) was never decided: forget it.
@@ -644,7 +582,7 @@ class Engine:
             counts=counts,
             stopped=self.stop_event.is_set(),
             unbalanced=unbalanced,
-            notices=self._notices + self._source_notices() + incomplete,
+            notices=self.resumption.notices + self._source_notices() + incomplete,
         )
 
     def _source_notices(self) -> list[str]:

@@ -1,16 +1,28 @@
-"""What a run checks before it resumes: the output its sinks already hold, the message when
-the state is gone but that output is not, and whether stored positions were taken in the
-system a source reads now."""
+"""What a run does before it reads: start over when asked, adopt a checkpoint a sink kept,
+refuse to read everything again when the state is gone but the output is not, record the
+run; and, per source, whether its stored positions were taken in the system it reads now."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+from tideflow.core.checkpointer import Checkpointer
 from tideflow.core.checkpoints import CheckpointStore
 from tideflow.core.contracts import Context, ExistingOutput
+from tideflow.core.faults import crash_point
 from tideflow.core.graph import Node
-from tideflow.errors import PipelineError, SourceMovedError, TideflowError
+from tideflow.core.plan import RunPlan
+from tideflow.errors import (
+    ConfigError,
+    PipelineError,
+    SourceMovedError,
+    StateLostError,
+    TideflowError,
+)
 from tideflow.secrets import redact
+
+log = logging.getLogger("tideflow.engine")
 
 
 def existing_output(
@@ -94,3 +106,100 @@ def check_origin(
         )
     if stored is None or stored[0] != identity:
         store.record_source_origin(key, node.name, identity, described)
+
+
+class Resumption:
+    """The start of one run of ``plan`` under ``state_key``: what the store and the sinks
+    hold decides whether it may resume, must start over, or must refuse."""
+
+    def __init__(
+        self,
+        plan: RunPlan,
+        store: CheckpointStore,
+        state_key: str,
+        run_id: str,
+        checkpointer: Checkpointer,
+        context: Callable[[Node], Context],
+        main_output: bool,
+        from_scratch: bool,
+    ) -> None:
+        self.plan = plan
+        self.store = store
+        self.state_key = state_key
+        self.run_id = run_id
+        self.checkpointer = checkpointer
+        self.context = context
+        self.main_output = main_output
+        """Whether the run writes the pipeline's real output (not a preview, test or
+        replay, which have scopes of their own)."""
+        self.from_scratch = from_scratch
+        self.notices: list[str] = []
+        """Sentences for the person who ran it: what was cleared, what is read again."""
+        self._recorded = False
+
+    def record_start(self) -> None:
+        """Write this run into the run history (once)."""
+        if not self._recorded:
+            self._recorded = True
+            self.store.start_run(self.run_id, self.state_key)
+
+    def existing_output(self) -> list[tuple[Node, ExistingOutput]]:
+        """What each sink already holds of this pipeline's output; opens nothing."""
+        return existing_output(self.checkpointer.sinks(), self.context)
+
+    def prepare(self) -> None:
+        """Before anything opens: start over if asked, adopt a checkpoint a sink kept, and
+        refuse to read everything again when the state is gone but the output is not."""
+        known = self.store.knows(self.plan.name)
+        if self.from_scratch:
+            if not self.main_output:
+                raise ConfigError("from_scratch applies to a pipeline's main run only")
+            self._start_over()
+        keeper = self.checkpointer.keeper()
+        if keeper is not None:
+            self.checkpointer.adopt_stored_checkpoint(keeper, self.context(keeper))
+        if (
+            self.from_scratch
+            or known
+            or not self.main_output
+            or self.store.load_checkpoint(self.state_key) is not None
+        ):
+            return
+        rereading = [n for n in self.plan.graph.sources if n.component.replays_without_state]
+        if not rereading:
+            return
+        found = self.existing_output()
+        if any(not output.idempotent for _, output in found):
+            raise StateLostError(state_lost_message(self.plan.name, self.store, rereading, found))
+        for node, output in found:
+            self.notices.append(
+                f"the state store held nothing of this pipeline, so every input is read "
+                f"from the start; sink {node.name!r} already held {output.found} and "
+                "writes the same records again without duplicating them"
+            )
+
+    def _start_over(self) -> None:
+        """``from_scratch``: forget the state and the dead letters, then clear what the sinks
+        can clear. The run is recorded as ``clearing`` meanwhile: interrupted, it leaves the
+        store knowing nothing of the pipeline, so the next run refuses again (rather than
+        reading everything beside half-cleared output)."""
+        self.store.start_run(self.run_id, self.state_key, "clearing")
+        self._recorded = True
+        self.store.reset(self.plan.name, dead_letters=True)
+        # The reset forgot the leases too: this run claims its own again.
+        self.checkpointer.lease = self.store.claim_lease(self.state_key, self.run_id)
+        crash_point("from_scratch.mid_clear")
+        for node, output in self.existing_output():
+            if output.clearing is None:
+                self.notices.append(
+                    f"from scratch: sink {node.name!r} keeps what it holds ({output.found}): "
+                    "it cannot take output back"
+                )
+                continue
+            node.component.clear_output(self.context(node))
+            self.notices.append(
+                f"from scratch: sink {node.name!r} was cleared first ({output.clearing}), "
+                "with the checkpoint and the dead letters"
+            )
+            log.info("from scratch: sink %s: %s", node.name, output.clearing)
+        self.store.start_run(self.run_id, self.state_key, "running")
