@@ -38,7 +38,7 @@ from tideflow.connectors.messages import (
 )
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.core.retry import RetryPolicy, with_retries
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 from tideflow.spec.models import Settings
@@ -71,11 +71,7 @@ class AmqpConnection(Settings):
 
 
 def _pika() -> Any:
-    try:
-        import pika
-    except ImportError as exc:
-        raise MissingDependencyError("pika", "amqp") from exc
-    return pika
+    return require("pika", "amqp")
 
 
 def _parameters(url: str) -> Any:

@@ -46,7 +46,7 @@ from tideflow.connectors.messages import (
 )
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.core.retry import RetryPolicy, with_retries
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 from tideflow.spec.models import Settings
@@ -176,11 +176,7 @@ class MqttSinkConfig(MqttConnection):
 
 
 def _paho() -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError as exc:
-        raise MissingDependencyError("paho-mqtt", "mqtt") from exc
-    return mqtt
+    return require("paho.mqtt.client", "mqtt", "paho-mqtt")
 
 
 class _Transient(PipelineError):

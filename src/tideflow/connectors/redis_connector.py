@@ -39,7 +39,7 @@ from tideflow.core.contracts import (
     raw_dead_letters,
 )
 from tideflow.core.retry import RetryPolicy, with_retries
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 from tideflow.spec.models import Settings
@@ -63,11 +63,7 @@ class RedisConnection(Settings):
 
 
 def _redis() -> Any:
-    try:
-        import redis
-    except ImportError as exc:
-        raise MissingDependencyError("redis", "redis") from exc
-    return redis
+    return require("redis", "redis")
 
 
 def _connect(config: RedisConnection) -> Any:

@@ -32,7 +32,7 @@ import orjson
 import polars as pl
 
 from tideflow.core.faults import crash_point
-from tideflow.errors import MissingDependencyError, StateError
+from tideflow.errors import StateError, require
 from tideflow.secrets import redact
 from tideflow.state.codec import decode_state, encode_state
 from tideflow.state.delta import StateDelta, apply_delta, is_delta
@@ -946,10 +946,7 @@ class PostgresStateStore(StateStore):
     _pg = True
 
     def __init__(self, url: str, local_dir: str | Path) -> None:
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise MissingDependencyError("psycopg", "postgres") from exc
+        psycopg = require("psycopg", "postgres")
         self.url = url
         self.path = Path(local_dir) / "state.postgres"
         self._lock = threading.Lock()

@@ -36,7 +36,7 @@ import polars as pl
 import pyarrow as pa
 
 from tideflow.connectors.sql.urls import DatabaseUrl
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 
 ROW = "__tf_row"
 """The staging column numbering a batch's rows from 0."""
@@ -386,10 +386,7 @@ class PostgresDialect(Dialect):
 
     def connect(self, url: DatabaseUrl) -> Any:
         """Connect with ADBC (autocommit off: every statement is in a transaction)."""
-        try:
-            import adbc_driver_postgresql.dbapi as adbc
-        except ImportError as exc:
-            raise MissingDependencyError("adbc-driver-postgresql", "postgres") from exc
+        adbc = require("adbc_driver_postgresql.dbapi", "postgres", "adbc-driver-postgresql")
         return adbc.connect(url.libpq)
 
     def stream(
@@ -542,10 +539,7 @@ class PostgresWriter(PostgresDialect):
 
     def connect(self, url: DatabaseUrl) -> Any:
         """Connect with psycopg (a transaction opens implicitly)."""
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise MissingDependencyError("psycopg", "postgres") from exc
+        psycopg = require("psycopg", "postgres")
         return psycopg.connect(url.libpq)
 
     def stream(
@@ -963,10 +957,7 @@ class MySQLDialect(Dialect):
 
     def connect(self, url: DatabaseUrl) -> Any:
         """Connect with ``LOAD DATA LOCAL`` allowed and strict conversions."""
-        try:
-            import pymysql
-        except ImportError as exc:
-            raise MissingDependencyError("pymysql", "mysql") from exc
+        pymysql = require("pymysql", "mysql")
         conn = pymysql.connect(
             host=url.host,
             port=url.port or 3306,
