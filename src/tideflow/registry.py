@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -25,7 +25,7 @@ Kind = Literal["source", "step", "sink"]
 KINDS: tuple[Kind, ...] = ("source", "step", "sink")
 ENTRY_POINT_GROUP = "tideflow.plugins"
 
-C = TypeVar("C", bound=type[Component])
+C = TypeVar("C", bound=type[Component[Any]])
 
 
 class Registration:
@@ -41,7 +41,7 @@ class Registration:
         self,
         kind: Kind,
         type_name: str,
-        cls: type[Component] | None = None,
+        cls: type[Component[Any]] | None = None,
         module: str | None = None,
         registry: Registry | None = None,
     ) -> None:
@@ -51,7 +51,7 @@ class Registration:
         self._cls, self._module, self._registry = cls, module, registry
 
     @property
-    def cls(self) -> type[Component]:
+    def cls(self) -> type[Component[Any]]:
         """The component class (importing its module on first use)."""
         if self._cls is None:
             assert self._module is not None and self._registry is not None

@@ -204,12 +204,11 @@ class _Link:
 
 
 @component("source", "amqp")
-class AmqpSource(Source):
+class AmqpSource(Source[AmqpSourceConfig]):
     """Consume a RabbitMQ queue; messages are acknowledged after the checkpoint."""
 
     config_model = AmqpSourceConfig
     replays_without_state = False  # the queue keeps what was not acknowledged
-    config: AmqpSourceConfig
 
     def __init__(self, config: AmqpSourceConfig) -> None:
         super().__init__(config)
@@ -365,11 +364,10 @@ class AmqpSinkConfig(AmqpConnection):
 
 
 @component("sink", "amqp")
-class AmqpSink(Sink):
+class AmqpSink(Sink[AmqpSinkConfig]):
     """Publish records to RabbitMQ with publisher confirms (at-least-once)."""
 
     config_model = AmqpSinkConfig
-    config: AmqpSinkConfig
 
     def __init__(self, config: AmqpSinkConfig) -> None:
         super().__init__(config)

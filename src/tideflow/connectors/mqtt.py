@@ -319,12 +319,11 @@ class _Client:
 
 
 @component("source", "mqtt")
-class MqttSource(Source):
+class MqttSource(Source[MqttSourceConfig]):
     """Subscribe to MQTT topics; QoS 1 messages are acknowledged after the checkpoint."""
 
     config_model = MqttSourceConfig
     replays_without_state = False  # the broker keeps what was not acknowledged
-    config: MqttSourceConfig
 
     def __init__(self, config: MqttSourceConfig) -> None:
         super().__init__(config)
@@ -478,11 +477,10 @@ class MqttSource(Source):
 
 
 @component("sink", "mqtt")
-class MqttSink(Sink):
+class MqttSink(Sink[MqttSinkConfig]):
     """Publish records to MQTT; at the checkpoint every QoS 1/2 publish is acknowledged."""
 
     config_model = MqttSinkConfig
-    config: MqttSinkConfig
 
     def __init__(self, config: MqttSinkConfig) -> None:
         super().__init__(config)
