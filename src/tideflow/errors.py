@@ -20,9 +20,11 @@ path), what was expected, what was found, and what to do.
 from __future__ import annotations
 
 import difflib
+import importlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from types import ModuleType
 
 
 class TideflowError(Exception):
@@ -108,6 +110,18 @@ class MissingDependencyError(TideflowError):
             f"this feature needs the Python package {module!r}, which is not installed; "
             f'install it with: pip install "tideflow[{extra}]"'
         )
+
+
+def require(module: str, extra: str, package: str | None = None) -> ModuleType:
+    """Import ``module``, which an optional extra installs, and return it.
+
+    When it cannot be imported, raise :class:`MissingDependencyError` naming ``package``
+    (the name to ``pip install``, when it differs from the module that is missing; by
+    default the module the import error names, else ``module``) and ``extra``."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(package or exc.name or module, extra) from exc
 
 
 class PipelineError(TideflowError):

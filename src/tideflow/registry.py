@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,7 +24,7 @@ ENTRY_POINT_GROUP = "tideflow.plugins"
 BUILTIN_PLUGIN = "tideflow.builtin"
 """The module of the components that ship with tideflow (also its entry point)."""
 
-C = TypeVar("C", bound=type[Component])
+C = TypeVar("C", bound=type[Component[Any]])
 
 
 class Registration:
@@ -40,7 +40,7 @@ class Registration:
         self,
         kind: Kind,
         type_name: str,
-        cls: type[Component] | None = None,
+        cls: type[Component[Any]] | None = None,
         module: str | None = None,
         registry: Registry | None = None,
     ) -> None:
@@ -50,7 +50,7 @@ class Registration:
         self._cls, self._module, self._registry = cls, module, registry
 
     @property
-    def cls(self) -> type[Component]:
+    def cls(self) -> type[Component[Any]]:
         """The component class (importing its module on first use)."""
         if self._cls is None:
             assert self._module is not None and self._registry is not None

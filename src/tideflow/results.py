@@ -37,7 +37,7 @@ from typing import Any
 import polars as pl
 
 from tideflow.core.engine import RunObserver, RunResult
-from tideflow.errors import ConfigError, MissingDependencyError, TideflowError, suggest
+from tideflow.errors import ConfigError, TideflowError, require, suggest
 
 DEFAULT_KEEP_ROWS = 100_000
 """Rows kept per source, step and sink by default (about 8 MB for ten numeric columns)."""
@@ -192,10 +192,7 @@ class PipelineResult(RunResult):
     def to_pandas(self, name: str, partial: bool = False) -> Any:
         """:meth:`to_polars` as a pandas DataFrame (needs pandas installed)."""
         frame = self.to_polars(name, partial=partial)
-        try:
-            import pandas  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError("pandas", "pandas") from exc
+        require("pandas", "pandas")
         return frame.to_pandas()
 
     def dead_letters(self, partial: bool = False) -> pl.DataFrame:

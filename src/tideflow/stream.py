@@ -58,7 +58,7 @@ import orjson
 from ruamel.yaml import YAML
 
 from tideflow.core.engine import Engine, RunObserver, RunResult
-from tideflow.errors import ConfigError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.models import NAME_PATTERN
@@ -757,12 +757,9 @@ class Stream:
             run.engine.stop()
 
     def _serve_metrics(self, port: int) -> None:
-        try:
-            from tideflow.observe.metrics import serve_metrics
-        except ImportError as exc:
-            from tideflow.errors import MissingDependencyError
+        require("prometheus_client", "service")
+        from tideflow.observe.metrics import serve_metrics
 
-            raise MissingDependencyError("prometheus_client", "service") from exc
         if self._metrics_server is not None:
             return
         try:

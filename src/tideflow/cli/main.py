@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from tideflow.cli.targets import Target, require_file, resolve
-from tideflow.errors import ConfigError, ConfigIssue, StateLostError, TideflowError
+from tideflow.errors import ConfigError, ConfigIssue, StateLostError, TideflowError, require
 from tideflow.observe.logs import LOG_FORMATS, json_enabled
 from tideflow.observe.logs import configure as configure_logging
 from tideflow.run.plan import engine_for
@@ -341,12 +341,9 @@ def _supervise(
     if metrics_port is not None:
         if metrics_port + workers > 65535:
             raise ConfigError(f"--metrics-port {metrics_port}: workers need the ports after it")
+        require("prometheus_client", "service")
         try:
             supervisor.serve_metrics(host)
-        except ImportError as exc:
-            from tideflow.errors import MissingDependencyError
-
-            raise MissingDependencyError("prometheus_client", "service") from exc
         except OSError as exc:
             raise ConfigError(
                 f"--metrics-port {metrics_port}: cannot listen there: {exc.strerror}"
@@ -369,12 +366,9 @@ def _serve_endpoints(
 
     render = None
     if metrics_port is not None:
-        try:
-            from tideflow.observe.metrics import CONTENT_TYPE, run_metrics
-        except ImportError as exc:
-            from tideflow.errors import MissingDependencyError
+        require("prometheus_client", "service")
+        from tideflow.observe.metrics import CONTENT_TYPE, run_metrics
 
-            raise MissingDependencyError("prometheus_client", "service") from exc
         metrics, hooks = run_metrics(pipeline)
         render = metrics.render
         show = observer.on_progress
@@ -496,14 +490,11 @@ def serve(
     Whoever can reach the API can create and start pipelines. By default those may not run
     Python code, use files outside FOLDER or read files from SQL; the --allow-* options lift
     each limit (see docs/operate.md)."""
-    try:
-        from tideflow.service.app import serve as run_server
-        from tideflow.service.policy import Policy
-        from tideflow.service.security import needs_token
-    except ImportError as exc:
-        from tideflow.errors import MissingDependencyError
+    require("tideflow.service.app", "service")  # names the missing one: fastapi, uvicorn, ...
+    from tideflow.service.app import serve as run_server
+    from tideflow.service.policy import Policy
+    from tideflow.service.security import needs_token
 
-        raise MissingDependencyError(exc.name or "fastapi", "service") from exc
     if needs_token(host) and not token:
         import secrets
 

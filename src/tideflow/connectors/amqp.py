@@ -39,7 +39,7 @@ from tideflow.connectors.messages import (
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.core.retry import RetryPolicy, with_retries
 from tideflow.core.settings import Settings
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 
@@ -71,11 +71,7 @@ class AmqpConnection(Settings):
 
 
 def _pika() -> Any:
-    try:
-        import pika
-    except ImportError as exc:
-        raise MissingDependencyError("pika", "amqp") from exc
-    return pika
+    return require("pika", "amqp")
 
 
 def _parameters(url: str) -> Any:
@@ -208,12 +204,11 @@ class _Link:
 
 
 @component("source", "amqp")
-class AmqpSource(Source):
+class AmqpSource(Source[AmqpSourceConfig]):
     """Consume a RabbitMQ queue; messages are acknowledged after the checkpoint."""
 
     config_model = AmqpSourceConfig
     replays_without_state = False  # the queue keeps what was not acknowledged
-    config: AmqpSourceConfig
 
     def __init__(self, config: AmqpSourceConfig) -> None:
         super().__init__(config)
@@ -369,11 +364,10 @@ class AmqpSinkConfig(AmqpConnection):
 
 
 @component("sink", "amqp")
-class AmqpSink(Sink):
+class AmqpSink(Sink[AmqpSinkConfig]):
     """Publish records to RabbitMQ with publisher confirms (at-least-once)."""
 
     config_model = AmqpSinkConfig
-    config: AmqpSinkConfig
 
     def __init__(self, config: AmqpSinkConfig) -> None:
         super().__init__(config)

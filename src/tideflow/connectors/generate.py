@@ -160,7 +160,7 @@ def generate_range(cfg: GenerateConfig, first: int, stop: int) -> pl.DataFrame:
 
 
 @component("source", "generate")
-class Generate(Source):
+class Generate(Source[GenerateConfig]):
     """Synthetic records: sensors, rooms, orders or a plain sequence."""
 
     config_model = GenerateConfig

@@ -203,11 +203,10 @@ class _Transient(Exception):
 
 
 @component("sink", "influxdb")
-class InfluxSink(Sink):
+class InfluxSink(Sink[InfluxSinkConfig]):
     """Write points to InfluxDB 1.x or 2.x as line protocol over HTTP."""
 
     config_model = InfluxSinkConfig
-    config: InfluxSinkConfig
 
     def __init__(self, config: InfluxSinkConfig) -> None:
         super().__init__(config)

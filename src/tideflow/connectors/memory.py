@@ -79,7 +79,7 @@ class MemorySourceConfig(Settings):
 
 
 @component("source", "memory")
-class MemorySource(Source):
+class MemorySource(Source[MemorySourceConfig]):
     """Records given inline in the pipeline (for tests and examples)."""
 
     config_model = MemorySourceConfig
@@ -134,7 +134,7 @@ class MemorySinkConfig(Settings):
 
 
 @component("sink", "memory")
-class MemorySink(Sink):
+class MemorySink(Sink[MemorySinkConfig]):
     """Collect records in memory; read them with ``tideflow.testing.collected(name)``."""
 
     config_model = MemorySinkConfig

@@ -47,7 +47,7 @@ from tideflow.connectors.messages import (
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
 from tideflow.core.retry import RetryPolicy, with_retries
 from tideflow.core.settings import Settings
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 
@@ -176,11 +176,7 @@ class MqttSinkConfig(MqttConnection):
 
 
 def _paho() -> Any:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError as exc:
-        raise MissingDependencyError("paho-mqtt", "mqtt") from exc
-    return mqtt
+    return require("paho.mqtt.client", "mqtt", "paho-mqtt")
 
 
 class _Transient(PipelineError):
@@ -323,12 +319,11 @@ class _Client:
 
 
 @component("source", "mqtt")
-class MqttSource(Source):
+class MqttSource(Source[MqttSourceConfig]):
     """Subscribe to MQTT topics; QoS 1 messages are acknowledged after the checkpoint."""
 
     config_model = MqttSourceConfig
     replays_without_state = False  # the broker keeps what was not acknowledged
-    config: MqttSourceConfig
 
     def __init__(self, config: MqttSourceConfig) -> None:
         super().__init__(config)
@@ -482,11 +477,10 @@ class MqttSource(Source):
 
 
 @component("sink", "mqtt")
-class MqttSink(Sink):
+class MqttSink(Sink[MqttSinkConfig]):
     """Publish records to MQTT; at the checkpoint every QoS 1/2 publish is acknowledged."""
 
     config_model = MqttSinkConfig
-    config: MqttSinkConfig
 
     def __init__(self, config: MqttSinkConfig) -> None:
         super().__init__(config)

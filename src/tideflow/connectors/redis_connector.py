@@ -40,7 +40,7 @@ from tideflow.core.contracts import (
 )
 from tideflow.core.retry import RetryPolicy, with_retries
 from tideflow.core.settings import Settings
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 
@@ -63,11 +63,7 @@ class RedisConnection(Settings):
 
 
 def _redis() -> Any:
-    try:
-        import redis
-    except ImportError as exc:
-        raise MissingDependencyError("redis", "redis") from exc
-    return redis
+    return require("redis", "redis")
 
 
 def _connect(config: RedisConnection) -> Any:
@@ -143,11 +139,10 @@ class RedisSinkConfig(RedisConnection):
 
 
 @component("sink", "redis")
-class RedisSink(Sink):
+class RedisSink(Sink[RedisSinkConfig]):
     """Write records to Redis as hashes or JSON strings, one key per record."""
 
     config_model = RedisSinkConfig
-    config: RedisSinkConfig
 
     def __init__(self, config: RedisSinkConfig) -> None:
         super().__init__(config)
@@ -266,12 +261,11 @@ class RedisStreamsSourceConfig(RedisConnection):
 
 
 @component("source", "redis_streams")
-class RedisStreamsSource(Source):
+class RedisStreamsSource(Source[RedisStreamsSourceConfig]):
     """Read a Redis stream with a consumer group; XACK only after the checkpoint."""
 
     config_model = RedisStreamsSourceConfig
     replays_without_state = False  # the group keeps what was not acknowledged
-    config: RedisStreamsSourceConfig
 
     def __init__(self, config: RedisStreamsSourceConfig) -> None:
         super().__init__(config)
@@ -435,11 +429,10 @@ class RedisStreamsSinkConfig(RedisConnection):
 
 
 @component("sink", "redis_streams")
-class RedisStreamsSink(Sink):
+class RedisStreamsSink(Sink[RedisStreamsSinkConfig]):
     """Append records to a Redis stream with XADD (at-least-once)."""
 
     config_model = RedisStreamsSinkConfig
-    config: RedisStreamsSinkConfig
 
     def __init__(self, config: RedisStreamsSinkConfig) -> None:
         super().__init__(config)

@@ -21,7 +21,7 @@ class StdoutConfig(Settings):
 
 
 @component("sink", "stdout")
-class Stdout(Sink):
+class Stdout(Sink[StdoutConfig]):
     """Print records to standard output (a display, not a durable sink)."""
 
     config_model = StdoutConfig

@@ -289,11 +289,10 @@ class TopicSinkConfig(Settings):
 
 
 @component("source", "topic")
-class TopicSource(Source):
+class TopicSource(Source[TopicSourceConfig]):
     """Read a topic as a consumer group member, on the embedded log or Kafka."""
 
     config_model = TopicSourceConfig
-    config: TopicSourceConfig
     partitioned = True
     replays_without_state = False  # the group's committed offsets say where to go on
 
@@ -795,11 +794,10 @@ class _Handover:
 
 
 @component("sink", "topic")
-class TopicSink(Sink):
+class TopicSink(Sink[TopicSinkConfig]):
     """Write records as messages to a topic, on the embedded log or Kafka."""
 
     config_model = TopicSinkConfig
-    config: TopicSinkConfig
 
     def __init__(self, config: TopicSinkConfig) -> None:
         super().__init__(config)
@@ -947,7 +945,7 @@ class KafkaSource(TopicSource):
     """Read Kafka topics (or a topic pattern) as a consumer group member."""
 
     config_model = KafkaSourceConfig
-    config: KafkaSourceConfig
+    config: KafkaSourceConfig  # narrowed, as TopicSource (not generic) is subclassed
 
     def _bootstrap(self) -> str | None:
         if self.config.bootstrap is not None:
@@ -982,7 +980,7 @@ class KafkaSink(TopicSink):
     """Write records to a Kafka topic (exactly-once by default, see ``exactly_once``)."""
 
     config_model = KafkaSinkConfig
-    config: KafkaSinkConfig
+    config: KafkaSinkConfig  # narrowed, as TopicSink (not generic) is subclassed
 
     def _bootstrap(self) -> str | None:
         if self.config.bootstrap is not None:

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
 import orjson
 import polars as pl
@@ -238,13 +238,18 @@ class Context:
         return self.stop_event.wait(seconds)
 
 
-class Component(ABC):
-    """Common base: every component is built from its validated config model."""
+C = TypeVar("C", bound=BaseModel)
+"""The config model of a component: ``class MqttSource(Source[MqttSourceConfig])``."""
 
-    config_model: ClassVar[type[BaseModel]]
 
-    def __init__(self, config: Any) -> None:
-        self.config = config
+class Component(ABC, Generic[C]):
+    """Common base: every component is built from its validated config model, a ``C``."""
+
+    config_model: type[C]
+    """The pydantic model the registry validates the component's settings with."""
+
+    def __init__(self, config: C) -> None:
+        self.config: C = config
 
     def report(self) -> dict[str, JSON] | None:
         """Figures of this component for the run summary, beside its record counts (the
@@ -253,7 +258,7 @@ class Component(ABC):
         return None
 
 
-class Source(Component):
+class Source(Component[C]):
     """Produces batches. Bounded sources return ``None`` when done."""
 
     bounded: bool = True
@@ -353,7 +358,7 @@ class Source(Component):
         return None
 
 
-class Step(Component):
+class Step(Component[C]):
     """Transforms batches. Stateless by default."""
 
     @classmethod
@@ -439,7 +444,7 @@ class ExistingOutput:
     duplicates nothing, so the run goes on, with a notice."""
 
 
-class Sink(Component):
+class Sink(Component[C]):
     """Writes batches; output becomes visible only through ``commit`` after a checkpoint.
 
     A sink whose target can store the pipeline's checkpoint in the same transaction as the

@@ -19,27 +19,27 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.core.contracts import JSON, Context, Step, StepOutput
+from tideflow.core.contracts import JSON, C, Context, Step, StepOutput
 from tideflow.core.delta import StateDelta
 
 
-def keeps_state(step: Step) -> bool:
+def keeps_state(step: Step[Any]) -> bool:
     """A step keeps state across batches exactly when it snapshots it (nothing else could be
     resumed after a crash, so nothing else needs to move with a partition)."""
     return type(step).snapshot is not Step.snapshot
 
 
-class ScopedStep(Step):
+class ScopedStep(Step[C]):
     """A stateful step split by source partition: one instance per owned partition.
 
     The engine sets :attr:`current` to the partition of the batch it pushes; every other
     call is made per partition by the engine too."""
 
-    def __init__(self, template: Step) -> None:
+    def __init__(self, template: Step[C]) -> None:
         super().__init__(template.config)
-        self._make: Callable[[], Step] = lambda: type(template)(template.config)
+        self._make: Callable[[], Step[C]] = lambda: type(template)(template.config)
         self.ctx: Context | None = None
-        self.instances: dict[str, Step] = {}
+        self.instances: dict[str, Step[C]] = {}
         self.current: str | None = None
 
     def open(self, ctx: Context, state: JSON | None) -> None:
@@ -59,7 +59,7 @@ class ScopedStep(Step):
         if instance is not None:
             instance.close()
 
-    def _instance(self) -> Step:
+    def _instance(self) -> Step[C]:
         if self.current is None or self.current not in self.instances:
             raise RuntimeError(
                 f"no state for partition {self.current!r}: records arrived for a partition "

@@ -31,7 +31,7 @@ class SelectConfig(Settings):
 
 
 @component("step", "select")
-class Select(Step):
+class Select(Step[SelectConfig]):
     """Keep only the listed columns."""
 
     config_model = SelectConfig
@@ -54,7 +54,7 @@ class RenameConfig(Settings):
 
 
 @component("step", "rename")
-class Rename(Step):
+class Rename(Step[RenameConfig]):
     """Rename columns."""
 
     config_model = RenameConfig
@@ -80,7 +80,7 @@ class DropConfig(Settings):
 
 
 @component("step", "drop")
-class Drop(Step):
+class Drop(Step[DropConfig]):
     """Remove columns."""
 
     config_model = DropConfig
@@ -163,7 +163,7 @@ class CastConfig(Settings):
 
 
 @component("step", "cast")
-class Cast(Step):
+class Cast(Step[CastConfig]):
     """Convert columns to other types; failures are dead-lettered with the value and type."""
 
     config_model = CastConfig
@@ -294,7 +294,7 @@ class FilterConfig(Settings):
 
 
 @component("step", "filter")
-class Filter(Step):
+class Filter(Step[FilterConfig]):
     """Keep records matching a SQL condition; the others are counted as filtered."""
 
     config_model = FilterConfig
@@ -331,7 +331,7 @@ class WithColumnsConfig(Settings):
 
 
 @component("step", "with_columns")
-class WithColumns(Step):
+class WithColumns(Step[WithColumnsConfig]):
     """Add or replace columns computed from SQL expressions."""
 
     config_model = WithColumnsConfig
@@ -394,7 +394,7 @@ class RouteConfig(Settings):
 
 
 @component("step", "route")
-class Route(Step):
+class Route(Step[RouteConfig]):
     """Send each record to the first output whose condition it matches."""
 
     config_model = RouteConfig

@@ -54,11 +54,10 @@ def _json_dtype(column: pl.Series) -> pl.DataType:
 
 
 @component("step", "flatten")
-class Flatten(Step):
+class Flatten(Step[FlattenConfig]):
     """Nested objects to prefixed columns; chosen lists to rows."""
 
     config_model = FlattenConfig
-    config: FlattenConfig
 
     def process(self, batch: pl.DataFrame) -> StepOutput:
         """Flatten one batch."""

@@ -248,14 +248,13 @@ class PiiConfig(Settings):
 
 
 @component("step", "pii")
-class Pii(Step):
+class Pii(Step[PiiConfig]):
     """Detect and mask personal data: named columns and spans inside free text."""
 
     config_model = PiiConfig
 
     def __init__(self, config: PiiConfig) -> None:
         super().__init__(config)
-        self.config: PiiConfig = config
         self.audit: Counter[str] = Counter()
         self._ctx: Context | None = None
         self._salt: bytes | None = None

@@ -108,7 +108,7 @@ def _record_json(record: dict[str, Any]) -> str:
 
 
 @component("step", "python")
-class Python(Step):
+class Python(Step[PythonConfig]):
     """Run a user Python function per record or per batch."""
 
     config_model = PythonConfig

@@ -77,7 +77,7 @@ def aggregates(query: str) -> bool:
 
 
 @component("step", "sql")
-class Sql(Step):
+class Sql(Step[SqlConfig]):
     """Run a SQL query over each batch (DuckDB or Polars SQL)."""
 
     config_model = SqlConfig

@@ -86,12 +86,9 @@ def docs_assets() -> Path:
     them (the `service` extra installs it)."""
     from importlib.resources import files
 
-    from tideflow.errors import MissingDependencyError
+    from tideflow.errors import require
 
-    try:
-        return Path(str(files("fastapi_offline") / "static"))
-    except ModuleNotFoundError as exc:
-        raise MissingDependencyError("fastapi-offline", "service") from exc
+    return Path(str(files(require("fastapi_offline", "service", "fastapi-offline")) / "static"))
 
 
 STREAM_INTERVAL = 0.5

@@ -42,7 +42,7 @@ from tideflow.core.checkpoints import (
 from tideflow.core.codec import decode_state, encode_state
 from tideflow.core.delta import StateDelta, apply_delta, is_delta
 from tideflow.core.faults import crash_point
-from tideflow.errors import MissingDependencyError, StateError
+from tideflow.errors import StateError, require
 from tideflow.secrets import redact
 
 _SCHEMA_TEMPLATE = """
@@ -903,10 +903,7 @@ class PostgresStateStore(StateStore):
     _pg = True
 
     def __init__(self, url: str, local_dir: str | Path) -> None:
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise MissingDependencyError("psycopg", "postgres") from exc
+        psycopg = require("psycopg", "postgres")
         self.url = url
         self.path = Path(local_dir) / "state.postgres"
         self._lock = threading.Lock()

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import orjson
 import polars as pl
 
-from tideflow.errors import MissingDependencyError, PipelineError, TransientError
+from tideflow.errors import PipelineError, TransientError, require
 from tideflow.secrets import redact, register_secret
 from tideflow.topics.codec import Offsets, RawMessages, split_tp, tp
 from tideflow.topics.embedded import EmbeddedLog
@@ -277,12 +277,8 @@ class EmbeddedProducer:
 
 
 def _confluent() -> Any:
-    try:
-        import confluent_kafka
-        import confluent_kafka.admin
-    except ImportError as exc:
-        raise MissingDependencyError("confluent-kafka", "kafka") from exc
-    return confluent_kafka
+    require("confluent_kafka.admin", "kafka", "confluent-kafka")  # the admin API too
+    return require("confluent_kafka", "kafka", "confluent-kafka")
 
 
 def kafka_config(bootstrap: str, options: dict[str, Any]) -> dict[str, Any]:

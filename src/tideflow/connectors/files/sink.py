@@ -101,7 +101,7 @@ def _parse_token(token: JSON | None, name: str) -> tuple[int, dict[str, str]] | 
 
 
 @component("sink", "file")
-class FileSink(Sink):
+class FileSink(Sink[FileSinkConfig]):
     """Write Parquet, CSV or NDJSON files into a folder (local or fsspec), optionally
     Hive-partitioned; files appear atomically at each checkpoint."""
 
@@ -111,7 +111,6 @@ class FileSink(Sink):
         self, config: FileSinkConfig, *, clock: Callable[[], float] = time.monotonic
     ) -> None:
         super().__init__(config)
-        self.config: FileSinkConfig = config
         self._clock = clock
         self._ctx: Context | None = None
         self._fs: Any = None

@@ -162,7 +162,7 @@ _COUNTED_FILES = 256
 
 
 @component("source", "file")
-class FileSource(Source):
+class FileSource(Source[FileSourceConfig]):
     """Read CSV, NDJSON, JSON or Parquet files from a path, folder or glob (local or fsspec)."""
 
     config_model = FileSourceConfig
@@ -177,7 +177,6 @@ class FileSource(Source):
 
     def __init__(self, config: FileSourceConfig) -> None:
         super().__init__(config)
-        self.config: FileSourceConfig = config
         self.bounded = not config.watch
         self._ctx: Context | None = None
         self._fs: Any = None

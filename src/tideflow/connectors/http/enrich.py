@@ -73,14 +73,13 @@ class TtlCache:
 
 
 @component("step", "http_enrich")
-class HttpEnrich(Step):
+class HttpEnrich(Step[HttpEnrichConfig]):
     """Merge fields looked up in an HTTP API (per distinct key or per batch of keys)."""
 
     config_model = HttpEnrichConfig
 
     def __init__(self, config: HttpEnrichConfig) -> None:
         super().__init__(config)
-        self.config: HttpEnrichConfig = config
         self._client: HttpClient | None = None
         self._figures: dict[str, JSON] = {}
         self._pool: ThreadPoolExecutor | None = None

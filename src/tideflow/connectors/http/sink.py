@@ -55,14 +55,13 @@ def idempotency_key(rows: list[str]) -> str:
 
 
 @component("sink", "http")
-class HttpSink(Sink):
+class HttpSink(Sink[HttpSinkConfig]):
     """POST (or PUT, PATCH...) records to an HTTP endpoint, with rate limits and retries."""
 
     config_model = HttpSinkConfig
 
     def __init__(self, config: HttpSinkConfig) -> None:
         super().__init__(config)
-        self.config: HttpSinkConfig = config
         self._client: HttpClient | None = None
         self._figures: dict[str, JSON] = {}
         self._pool: ThreadPoolExecutor | None = None

@@ -81,14 +81,13 @@ def _larger(a: Any, b: Any) -> Any:
 
 
 @component("source", "http")
-class HttpSource(Source):
+class HttpSource(Source[HttpSourceConfig]):
     """Read records from a REST API: pagination, auth, rate limits, retries, incremental."""
 
     config_model = HttpSourceConfig
 
     def __init__(self, config: HttpSourceConfig) -> None:
         super().__init__(config)
-        self.config: HttpSourceConfig = config
         self.bounded = config.poll_interval is None
         # Without an incremental cursor every sweep reads everything anyway.
         self.replays_without_state = config.incremental is not None

@@ -201,7 +201,7 @@ def parse_records(
 
 
 @component("source", "webhook")
-class WebhookSource(Source):
+class WebhookSource(Source[WebhookConfig]):
     """Receive records posted over HTTP; answer each post once its records are durable."""
 
     config_model = WebhookConfig
@@ -210,7 +210,6 @@ class WebhookSource(Source):
 
     def __init__(self, config: WebhookConfig) -> None:
         super().__init__(config)
-        self.config: WebhookConfig = config
         self._lock = threading.Condition()
         self._queue: deque[_Post] = deque()
         self._waiting: dict[int, _Post] = {}  # handed to the engine, not yet durable

@@ -122,11 +122,10 @@ def replace_table_name(table: str) -> str:
 
 
 @component("sink", "sql")
-class SqlSink(Sink):
+class SqlSink(Sink[SqlSinkConfig]):
     """Load batches into a SQL table: append, upsert or replace, exactly-once on request."""
 
     config_model = SqlSinkConfig
-    config: SqlSinkConfig
 
     def __init__(self, config: SqlSinkConfig) -> None:
         super().__init__(config)

@@ -116,11 +116,10 @@ def decode_value(value: Any) -> Any:
 
 
 @component("source", "sql")
-class SqlSource(Source):
+class SqlSource(Source[SqlSourceConfig]):
     """Read a table or query from PostgreSQL, MySQL/MariaDB, SQLite or DuckDB."""
 
     config_model = SqlSourceConfig
-    config: SqlSourceConfig
 
     def __init__(self, config: SqlSourceConfig) -> None:
         super().__init__(config)

@@ -138,7 +138,7 @@ class AggregateConfig(Settings):
 
 
 @component("step", "aggregate")
-class Aggregate(Step):
+class Aggregate(Step[AggregateConfig]):
     """Running aggregates per key, emitted after each batch, at the end, or periodically.
 
     The output (keys + one column per aggregation) is meant for an upsert sink keyed on the

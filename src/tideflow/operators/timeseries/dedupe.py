@@ -31,7 +31,7 @@ class DedupeConfig(EventTimeSettings):
 
 
 @component("step", "dedupe")
-class Dedupe(Step):
+class Dedupe(Step[DedupeConfig]):
     """Drop records whose keys were seen less than ``horizon`` earlier in event time.
 
     Records are held until the watermark (minus ``allowed_lateness``) passes them, so that

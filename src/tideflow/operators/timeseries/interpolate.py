@@ -48,7 +48,7 @@ class InterpolateConfig(EventTimeSettings):
 
 
 @component("step", "interpolate")
-class Interpolate(Step):
+class Interpolate(Step[InterpolateConfig]):
     """Resample each key's series onto a fixed grid of ``interval``.
 
     Output rows: the time column (grid times), the keys and the value columns. A grid time

@@ -52,7 +52,7 @@ class NormalizeConfig(Settings):
 
 
 @component("step", "normalize")
-class Normalize(Step):
+class Normalize(Step[NormalizeConfig]):
     """Scale numeric columns; results are Float64, null where the scale is zero or unknown.
 
     ``fit: online`` keeps, per key and column, the running count, mean, M2 (sum of squared

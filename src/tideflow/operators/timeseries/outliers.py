@@ -53,7 +53,7 @@ class OutliersConfig(Settings):
 
 
 @component("step", "outliers")
-class Outliers(Step):
+class Outliers(Step[OutliersConfig]):
     """Detect outliers per key over the last ``window`` values, across batch boundaries.
 
     A value is scored against the values of its key that arrived before it (arrival order);

@@ -115,7 +115,7 @@ class WindowConfig(EventTimeSettings):
 
 
 @component("step", "window")
-class Window(Step):
+class Window(Step[WindowConfig]):
     """Aggregate records per key over event-time windows.
 
     Outputs ``window_start``, ``window_end``, the keys and one column per aggregation. A

@@ -18,7 +18,7 @@ import polars as pl
 from tideflow.connectors.sql.dialects.base import ROW, BulkLoader, Dialect, Driver, Grammar
 from tideflow.connectors.sql.dialects.frames import as_csv, row_batches
 from tideflow.connectors.sql.urls import DatabaseUrl
-from tideflow.errors import ConfigError, MissingDependencyError, PipelineError
+from tideflow.errors import ConfigError, PipelineError, require
 
 # MySQL/MariaDB error codes of a refused or lost connection or a server going away.
 _MYSQL_CONNECTION_ERRORS = {1040, 1053, 1927, 2002, 2003, 2006, 2013, 2055, 4031}
@@ -118,10 +118,7 @@ class PyMySQLDriver(Driver):
 
     def connect(self, url: DatabaseUrl) -> Any:
         """Connect with ``LOAD DATA LOCAL`` allowed and strict conversions."""
-        try:
-            import pymysql
-        except ImportError as exc:
-            raise MissingDependencyError("pymysql", "mysql") from exc
+        pymysql = require("pymysql", "mysql")
         conn = pymysql.connect(
             host=url.host,
             port=url.port or 3306,

@@ -26,7 +26,7 @@ from tideflow.connectors.sql.dialects.base import (
 )
 from tideflow.connectors.sql.dialects.frames import as_csv, rechunk, row_batches
 from tideflow.connectors.sql.urls import DatabaseUrl
-from tideflow.errors import MissingDependencyError, PipelineError
+from tideflow.errors import PipelineError, require
 
 _NO_EQUALITY = frozenset(
     {"json", "xml", "point", "line", "lseg", "box", "path", "polygon", "circle"}
@@ -103,10 +103,7 @@ class AdbcDriver(Driver):
 
     def connect(self, url: DatabaseUrl) -> Any:
         """Connect with ADBC (autocommit off: every statement is in a transaction)."""
-        try:
-            import adbc_driver_postgresql.dbapi as adbc
-        except ImportError as exc:
-            raise MissingDependencyError("adbc-driver-postgresql", "postgres") from exc
+        adbc = require("adbc_driver_postgresql.dbapi", "postgres", "adbc-driver-postgresql")
         return adbc.connect(url.libpq)
 
     def stream(
@@ -188,10 +185,7 @@ class PsycopgDriver(AdbcDriver):
 
     def connect(self, url: DatabaseUrl) -> Any:
         """Connect with psycopg (a transaction opens implicitly)."""
-        try:
-            import psycopg
-        except ImportError as exc:
-            raise MissingDependencyError("psycopg", "postgres") from exc
+        psycopg = require("psycopg", "postgres")
         return psycopg.connect(url.libpq)
 
     def stream(
