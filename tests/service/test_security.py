@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -21,10 +23,21 @@ from tideflow.spec.loader import load_pipeline_text
 TOKEN = "s3rvice-token-for-tests"
 
 
+def flat_routes(routes: list[Any]) -> Iterator[Any]:
+    """Every route, those of included routers too (FastAPI >= 0.165 keeps an included
+    router as one entry that holds its routes)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from flat_routes(inner.routes)
+        else:
+            yield route
+
+
 def every_request(app: object) -> list[tuple[str, str]]:
     """(method, path) for every route of the app, path parameters filled in."""
     requests = []
-    for route in app.routes:  # type: ignore[attr-defined]
+    for route in flat_routes(app.routes):  # type: ignore[attr-defined]
         if isinstance(route, APIRoute | Route):
             path = re.sub(r"\{[^}]+\}", "demo", route.path)
             requests += [(method, path) for method in sorted(route.methods or {"GET"})]

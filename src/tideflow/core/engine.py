@@ -118,6 +118,7 @@ class Engine:
         worker: str | None = None,
         from_scratch: bool = False,
         owns_state: bool = False,
+        run_id: str | None = None,
     ) -> None:
         self.plan = plan
         self.base_dir = Path(base_dir).resolve()
@@ -132,7 +133,8 @@ class Engine:
         self.scope = scope
         self.state_key = plan.name if scope == "main" else f"{plan.name}#{scope}"
         self.stop_event = threading.Event()
-        self.run_id = uuid.uuid4().hex[:12]
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        """The run's id in the run history (given by a server that started the run)."""
         self._phase = "created"
         self.last_turn = time.monotonic()
         """Monotonic time of the main loop's latest turn (it turns at least every 0.1 s

@@ -48,6 +48,7 @@ def engine_for(
     progress_interval: float = 0.5,
     worker: str | None = None,
     from_scratch: bool = False,
+    run_id: str | None = None,
 ) -> Engine:
     """An engine for one run of ``spec``; without ``state`` it opens the store the spec
     names (relative to ``base_dir``) and closes it when the run ends."""
@@ -64,4 +65,5 @@ def engine_for(
         worker=worker,
         from_scratch=from_scratch,
         owns_state=state is None,
+        run_id=run_id,
     )

@@ -262,8 +262,8 @@ def worker_main(
             on_visible=reporter.on_visible,
             on_checkpoint_seconds=reporter.on_checkpoint_seconds,
         )
-        engine = engine_for(spec, base, observer=observer)
-        engine.run_id = run_id  # the server's id, so its history and the state store agree
+        # The server's run id, so its history and the state store agree.
+        engine = engine_for(spec, base, observer=observer, run_id=run_id)
 
         def stop_when_asked() -> None:
             wait_for_stop(stop)
