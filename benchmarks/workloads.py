@@ -656,7 +656,7 @@ API_PAGE = 1_000
 
 def _api(rows: int) -> Any:
     """The loopback API of the http tests, serving ``rows`` records (started in-process)."""
-    from tideflow.connectors.http.fake_api import FakeApi
+    from tideflow.testing.fake_api import FakeApi
 
     return FakeApi(records=rows).start()
 

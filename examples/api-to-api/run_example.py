@@ -19,10 +19,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.run.plan import engine_for
 from tideflow.runner import run
 from tideflow.spec.loader import load_pipeline
+from tideflow.testing.fake_api import FakeApi
 
 HERE = Path(__file__).resolve().parent
 SECRET = "example-webhook-secret"

@@ -18,7 +18,6 @@ if TYPE_CHECKING:
         http,
         influxdb,
         kafka,
-        memory,
         mqtt,
         redis,
         redis_streams,
@@ -58,7 +57,6 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "http",
         "influxdb",
         "kafka",
-        "memory",
         "mqtt",
         "redis",
         "redis_streams",
@@ -86,6 +84,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "tideflow.stream": ("Processor", "Stream"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+_MOVED = {"memory": "tideflow.testing"}
+"""Names that moved out of the public surface: still found here, with a DeprecationWarning."""
 
 
 if not TYPE_CHECKING:
@@ -95,6 +95,15 @@ if not TYPE_CHECKING:
         """A public name, imported on first use; and every registered source or sink type
         has a constructor of its name: a plugin's ``tf.myqueue(...)`` is
         ``tf.connector("myqueue", ...)`` (built-in types have typed constructors, above)."""
+        if name in _MOVED:
+            import warnings
+
+            warnings.warn(
+                f"tideflow.{name} moved to {_MOVED[name]}.{name} (it is part of the test kit)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(import_module(_MOVED[name]), name)
         module = _MODULE_OF.get(name)
         if module is not None:
             value = getattr(import_module(module), name)
@@ -147,7 +156,6 @@ __all__ = [
     "influxdb",
     "kafka",
     "load_pipeline",
-    "memory",
     "mqtt",
     "records",
     "redis",

@@ -18,10 +18,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal, NotRequired, Self, TypedDict
-
-if TYPE_CHECKING:
-    import polars
+from typing import Any, Literal, NotRequired, Self, TypedDict
 
 
 class NotGiven(Enum):
@@ -847,29 +844,6 @@ def kafka(
         name: Unique name; defaults to the type.
     """
     return {"type": "kafka", **_given("kafka", locals())}
-
-
-def memory(
-    *,
-    records: list[Mapping[str, Any]] | polars.DataFrame | NotGiven = NOT_GIVEN,
-    batch_size: int = 10000,
-    collector: str | NotGiven = NOT_GIVEN,
-    name: str | None = None,
-) -> dict[str, Any]:
-    """The ``memory`` source and sink.
-
-    As a source: Records given inline in the pipeline (for tests and examples).
-
-    As a sink: Collect records in memory; read them with ``tideflow.testing.collected(name)``.
-
-    Args:
-        records: Source only. The records, inline; from Python also a Polars DataFrame
-            (`tf.records(df)` takes pandas and Arrow too). Required.
-        batch_size: Source only. Records per batch.
-        collector: Sink only. Name under which committed records are collected. Required.
-        name: Unique name; defaults to the type.
-    """
-    return {"type": "memory", **_given("memory", locals())}
 
 
 def mqtt(
@@ -1815,7 +1789,6 @@ __all__ = [
     "http",
     "influxdb",
     "kafka",
-    "memory",
     "mqtt",
     "redis",
     "redis_streams",

@@ -87,8 +87,13 @@ BUILTIN_TYPES: tuple[tuple[Kind, str, str], ...] = (
 )
 """(kind, type, module) of every built-in component."""
 
+UNLISTED_TYPES: frozenset[tuple[Kind, str]] = frozenset({("source", "memory"), ("sink", "memory")})
+"""(kind, type) of the built-in components of the test kit (:mod:`tideflow.testing`), which
+back ``tf.records``/``tf.collect``, ``tideflow test`` and replays: registered, but not offered
+to users (``tideflow connectors``, suggestions, reference, typed API, JSON Schema)."""
+
 
 def register(registry: Registry) -> None:
     """Add every built-in source, step and sink to ``registry`` (imported when used)."""
     for kind, type_name, module in BUILTIN_TYPES:
-        registry.add_lazy(kind, type_name, module)
+        registry.add_lazy(kind, type_name, module, listed=(kind, type_name) not in UNLISTED_TYPES)

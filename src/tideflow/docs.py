@@ -22,8 +22,9 @@ from tideflow.spec.models import ENVELOPES, pipeline_model
 
 
 def pipeline_json_schema(registry: Registry | None = None) -> dict[str, Any]:
-    """The JSON Schema of a whole pipeline file, with every registered component."""
-    model = pipeline_model(registry or default_registry)
+    """The JSON Schema of a whole pipeline file, with every listed component (not the test
+    kit's ``memory``)."""
+    model = pipeline_model(registry or default_registry, listed_only=True)
     schema: dict[str, Any] = _allow_variables(model.model_json_schema())
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "tideflow pipeline"

@@ -34,6 +34,10 @@ class Registration:
     class, its settings or its summary is first needed, so a pipeline imports the
     connectors it uses and no others (each pulls in its own libraries: fsspec and pyarrow,
     HTTP clients, database drivers).
+
+    An unlisted type (``listed=False``, such as the test kit's ``memory``) runs like any
+    other but is left out of what users are offered: ``tideflow connectors``, "did you
+    mean" suggestions, the generated reference, the typed API and the JSON Schema.
     """
 
     def __init__(
@@ -43,11 +47,13 @@ class Registration:
         cls: type[Component[Any]] | None = None,
         module: str | None = None,
         registry: Registry | None = None,
+        listed: bool = True,
     ) -> None:
         if cls is None and (module is None or registry is None):
             raise TypeError("a registration needs its class, or its module and registry")
         self.kind, self.type_name = kind, type_name
         self._cls, self._module, self._registry = cls, module, registry
+        self.listed = listed
 
     @property
     def cls(self) -> type[Component[Any]]:
@@ -88,8 +94,9 @@ class Registry:
         self.version = 0
         """Bumped on each registration so derived models (JSON Schema, spec) can be cached."""
 
-    def register(self, kind: Kind, type_name: str) -> Callable[[C], C]:
-        """Class decorator: register a component class under ``type_name``."""
+    def register(self, kind: Kind, type_name: str, *, listed: bool = True) -> Callable[[C], C]:
+        """Class decorator: register a component class under ``type_name`` (``listed=False``:
+        usable by name, but not offered to users; see :class:`Registration`)."""
         expected = {"source": Source, "step": Step, "sink": Sink}[kind]
 
         def decorate(cls: C) -> C:
@@ -101,7 +108,7 @@ class Registry:
             if known is not None and known._cls is None:
                 known._cls = cls  # a lazy registration, now imported: the same entry
             else:
-                self._items[kind][type_name] = Registration(kind, type_name, cls)
+                self._items[kind][type_name] = Registration(kind, type_name, cls, listed=listed)
                 self.version += 1
             return cls
 
@@ -119,11 +126,13 @@ class Registry:
         """Register a sink class."""
         return self.register("sink", type_name)
 
-    def add_lazy(self, kind: Kind, type_name: str, module: str) -> None:
+    def add_lazy(self, kind: Kind, type_name: str, module: str, *, listed: bool = True) -> None:
         """Register ``type_name`` as defined in ``module``, imported when first used."""
         if type_name in self._items[kind]:
             raise TideflowError(f"{kind} type {type_name!r} is registered twice")
-        self._items[kind][type_name] = Registration(kind, type_name, module=module, registry=self)
+        self._items[kind][type_name] = Registration(
+            kind, type_name, module=module, registry=self, listed=listed
+        )
         self.version += 1
 
     def add_module(self, module: ModuleType) -> None:
@@ -132,7 +141,8 @@ class Registry:
             if isinstance(value, type) and value.__module__ == module.__name__:
                 kind = getattr(value, "tideflow_kind", None)
                 if kind is not None:
-                    self.register(kind, value.tideflow_type)(value)  # type: ignore[attr-defined]
+                    listed = getattr(value, "tideflow_listed", True)
+                    self.register(kind, value.tideflow_type, listed=listed)(value)  # type: ignore[attr-defined]
 
     def load_plugins(self) -> None:
         """Load built-ins and third-party components from the entry point group, once.
@@ -156,35 +166,40 @@ class Registry:
                 self._loading = False
                 self._plugins_loaded = True  # a failing plugin is not retried on every call
 
-    def items(self, kind: Kind) -> dict[str, Registration]:
-        """All registrations of one kind, by name."""
+    def items(self, kind: Kind, *, unlisted: bool = False) -> dict[str, Registration]:
+        """The registrations of one kind, by name: those offered to users, or with
+        ``unlisted=True`` every one (what a pipeline may name)."""
         self.load_plugins()
-        return dict(self._items[kind])
+        return {name: reg for name, reg in self._items[kind].items() if unlisted or reg.listed}
 
     def get(self, kind: Kind, type_name: str) -> Registration:
-        """Look up a registration; unknown names raise with a "did you mean"."""
-        items = self.items(kind)
-        if type_name not in items:
+        """Look up a registration, listed or not; unknown names raise with a "did you mean"
+        among the listed ones."""
+        found = self.items(kind, unlisted=True).get(type_name)
+        if found is None:
             raise UnknownNameError(
-                f"unknown {kind} type {type_name!r}; {suggest(type_name, items)}"
+                f"unknown {kind} type {type_name!r}; {suggest(type_name, self.items(kind))}"
             )
-        return items[type_name]
+        return found
 
     def find(self, type_name: str) -> list[Registration]:
-        """Every registration with this name, of any kind."""
-        return [self.items(k)[type_name] for k in KINDS if type_name in self.items(k)]
+        """Every registration with this name, of any kind, listed or not."""
+        every = [self.items(k, unlisted=True) for k in KINDS]
+        return [names[type_name] for names in every if type_name in names]
 
 
-def component(kind: Kind, type_name: str) -> Callable[[C], C]:
+def component(kind: Kind, type_name: str, *, listed: bool = True) -> Callable[[C], C]:
     """Mark a class as the component ``type_name``; :meth:`Registry.add_module` registers it.
 
     Marking instead of registering at import keeps registries independent: a test can build
-    its own registry from the same modules.
+    its own registry from the same modules. ``listed=False`` marks a type pipelines may use
+    but users are not offered (see :class:`Registration`).
     """
 
     def mark(cls: C) -> C:
         cls.tideflow_kind = kind  # type: ignore[attr-defined]
         cls.tideflow_type = type_name  # type: ignore[attr-defined]
+        cls.tideflow_listed = listed  # type: ignore[attr-defined]
         return cls
 
     return mark

@@ -48,13 +48,12 @@ _SEQUENCES: dict[str, tuple[str, ...]] = {
         "tideflow run {d}/pipeline.yaml   # load the orders into analytics.duckdb",
     ),
     "api-to-sql": (
-        "python -m tideflow.connectors.http.fake_api --port 8765 --records 1000 &"
+        "python -m tideflow.testing.fake_api --port 8765 --records 1000 &"
         "   # a local demo API (or set API_URL)",
         "tideflow run {d}/pipeline.yaml   # the records into api.db",
     ),
     "api-to-parquet": (
-        "python -m tideflow.connectors.http.fake_api --port 8765 &   # a local demo API "
-        "(or set API_URL)",
+        "python -m tideflow.testing.fake_api --port 8765 &   # a local demo API (or set API_URL)",
         "tideflow run {d}/pipeline.yaml",
     ),
     "api-to-api": (

@@ -137,7 +137,6 @@ def test_public_surface_is_pinned() -> None:
             "influxdb",
             "kafka",
             "load_pipeline",
-            "memory",
             "mqtt",
             "records",
             "redis",

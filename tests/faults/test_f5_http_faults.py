@@ -13,7 +13,7 @@ from tests.faults.harness import kill_randomly
 from tests.faults.oracle import seeds
 from tests.system.helpers import cli
 
-from tideflow.connectors.http.fake_api import FakeApi
+from tideflow.testing.fake_api import FakeApi
 
 RECORDS = 1500
 

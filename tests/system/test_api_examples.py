@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tests.system.helpers import EXAMPLES, cli, read_parquet_tree
 
-from tideflow.connectors.http.fake_api import FakeApi
+from tideflow.testing.fake_api import FakeApi
 
 pytestmark = pytest.mark.timeout(300)
 

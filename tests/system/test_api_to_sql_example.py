@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tests.system.helpers import EXAMPLES, cli
 
-from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.state.store import StateStore
+from tideflow.testing.fake_api import FakeApi
 
 
 def test_api_to_sql_example_loads_every_record_then_only_new_ones(tmp_path: Path) -> None:

@@ -84,7 +84,7 @@ def test_tideflow_test_of_a_missing_file_is_a_config_error(tmp_path: Path) -> No
     ("template", "first"),
     [
         ("sql-etl", "tideflow run {d}/seed.yaml"),
-        ("api-to-sql", "python -m tideflow.connectors.http.fake_api --port 8765"),
+        ("api-to-sql", "python -m tideflow.testing.fake_api --port 8765"),
         ("quickstart", "tideflow run {d}/pipeline.yaml"),
     ],
 )

@@ -13,7 +13,6 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.connectors.http.source import HttpSource
 from tideflow.connectors.memory import clear, collected
 from tideflow.core.contracts import Context
@@ -21,6 +20,7 @@ from tideflow.errors import ConfigError, PipelineError
 from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import StateStore
+from tideflow.testing.fake_api import FakeApi
 
 pytestmark = pytest.mark.timeout(120)
 

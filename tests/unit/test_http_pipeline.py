@@ -12,10 +12,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import StateStore
+from tideflow.testing.fake_api import FakeApi
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -16,11 +16,11 @@ import polars as pl
 import pytest
 
 from tideflow.connectors.http.enrich import HttpEnrich
-from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.connectors.http.settings import HttpEnrichConfig, HttpSinkConfig
 from tideflow.connectors.http.sink import HttpSink
 from tideflow.core.contracts import Context
 from tideflow.errors import TerminalError, TransientError
+from tideflow.testing.fake_api import FakeApi
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,6 @@ from typing import Any
 import polars as pl
 import pytest
 
-from tideflow.connectors.http.fake_api import FakeApi
 from tideflow.connectors.http.settings import HttpSourceConfig
 from tideflow.connectors.http.source import HttpSource
 from tideflow.core.contracts import Context
@@ -18,6 +17,7 @@ from tideflow.errors import TerminalError
 from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.loader import load_pipeline_text
+from tideflow.testing.fake_api import FakeApi
 
 pytestmark = pytest.mark.timeout(60)
 

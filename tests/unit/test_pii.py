@@ -267,7 +267,7 @@ def test_pii_scan_command_on_a_data_file(tmp_path: Path) -> None:
 
 
 def test_pii_scan_command_reads_a_pipelines_source_without_running_it(tmp_path: Path) -> None:
-    from tideflow.connectors.http.fake_api import FakeApi
+    from tideflow.testing.fake_api import FakeApi
 
     with FakeApi(records=250) as api:
         pipeline = tmp_path / "p.yaml"

@@ -43,7 +43,7 @@ def test_a_plugin_step_is_a_pipeline_method(negate_step: None, tmp_path: Path) -
         tf.Pipeline("negated")
         .source(tf.generate(shape="sequence", count=5))
         .negate(column="id", name="neg")
-        .sink(tf.memory(collector="negated"))
+        .sink(tf.collect("negated"))
         .run(tmp_path)
     )
     assert result.status == "succeeded"

@@ -8,7 +8,7 @@ import importlib
 import subprocess
 import sys
 
-from tideflow.builtin import BUILTIN_MODULES, BUILTIN_TYPES
+from tideflow.builtin import BUILTIN_MODULES, BUILTIN_TYPES, UNLISTED_TYPES
 from tideflow.core.contracts import KINDS
 from tideflow.registry import Registry
 
@@ -24,6 +24,20 @@ def test_the_lazy_table_names_every_marked_class_and_nothing_else() -> None:
                     marked.add((kind, value.tideflow_type, name))
     assert set(BUILTIN_TYPES) == marked
     assert {m for _, _, m in BUILTIN_TYPES} == set(BUILTIN_MODULES)
+
+
+def test_the_lazy_table_lists_what_the_classes_list() -> None:
+    # A lazy registration decides before import whether a type is offered to users, so the
+    # table's unlisted types must be exactly the classes marked `listed=False`.
+    unlisted = {
+        (kind, type_name)
+        for kind, type_name, name in BUILTIN_TYPES
+        for value in vars(importlib.import_module(name)).values()
+        if getattr(value, "tideflow_kind", None) == kind
+        and getattr(value, "tideflow_type", None) == type_name
+        and getattr(value, "tideflow_listed", True) is False
+    }
+    assert unlisted == UNLISTED_TYPES == {("source", "memory"), ("sink", "memory")}
 
 
 def test_a_lazy_registration_resolves_to_the_class_its_module_marks() -> None:

@@ -550,9 +550,9 @@ def test_python_api_chains_time_series_steps_and_routes_outliers(tmp_path: Path)
             size="5m",
             aggregations={"n": "count()", "hi": "max(temperature_c)"},
         )
-        .sink(tf.memory(collector="ts-api-win"))
-        .sink(tf.memory(collector="ts-api-out"), input="outliers.outliers")
-        .sink(tf.memory(collector="ts-api-in"), input="generate")
+        .sink(tf.collect("ts-api-win"))
+        .sink(tf.collect("ts-api-out"), input="outliers.outliers")
+        .sink(tf.collect("ts-api-in"), input="generate")
         .run(tmp_path)
     )
     assert result.unbalanced == []

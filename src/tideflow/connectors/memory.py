@@ -1,8 +1,10 @@
 """In-process ``memory`` source and sink: records given inline, records collected in memory.
 
-They back :mod:`tideflow.testing`, ``tideflow test`` and quick experiments. The sink follows
-the two-phase commit like durable sinks, so tests observe exactly what a checkpointed run
-would make visible.
+They are the test kit's (:mod:`tideflow.testing`), registered unlisted: pipelines,
+``tf.records`` / ``tf.collect``, ``tideflow test`` and replays use them, but ``tideflow
+connectors``, "did you mean" suggestions and the generated reference do not show them. The
+sink follows the two-phase commit like durable sinks, so tests observe exactly what a
+checkpointed run would make visible.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class MemorySourceConfig(Settings):
     batch_size: int = Field(10_000, ge=1, description="Records per batch.")
 
 
-@component("source", "memory")
+@component("source", "memory", listed=False)
 class MemorySource(Source[MemorySourceConfig]):
     """Records given inline in the pipeline (for tests and examples)."""
 
@@ -133,7 +135,7 @@ class MemorySinkConfig(Settings):
     collector: str = Field(description="Name under which committed records are collected.")
 
 
-@component("sink", "memory")
+@component("sink", "memory", listed=False)
 class MemorySink(Sink[MemorySinkConfig]):
     """Collect records in memory; read them with ``tideflow.testing.collected(name)``."""
 

@@ -281,7 +281,7 @@ class PipelineSpec(Settings):
         return [self.sink] if self.sink is not None else list(self.sinks or [])
 
 
-_model_cache: dict[tuple[int, int, frozenset[str] | None], type[PipelineSpec]] = {}
+_model_cache: dict[tuple[int, int, frozenset[str] | None, bool], type[PipelineSpec]] = {}
 _component_cache: dict[tuple[int, int, Kind, str], type[Settings]] = {}
 
 
@@ -338,7 +338,9 @@ def _union(models: list[type[Settings]]) -> Any:
     return Annotated[Union[tuple(models)], Field(discriminator="type")]  # noqa: UP007
 
 
-def pipeline_model(registry: Registry, only: AbstractSet[str] | None = None) -> type[PipelineSpec]:
+def pipeline_model(
+    registry: Registry, only: AbstractSet[str] | None = None, *, listed_only: bool = False
+) -> type[PipelineSpec]:
     """The top-level model whose component lists are unions over the registered types.
 
     ``only`` narrows each union to the types named there (those a pipeline uses): building
@@ -346,14 +348,22 @@ def pipeline_model(registry: Registry, only: AbstractSet[str] | None = None) -> 
     accepts exactly what the full one accepts for a pipeline using only those types (each
     component is validated by its own ``type``'s model); for anything else, such as an
     unknown type, validate with the full model, whose errors list every type.
+
+    Validation accepts every registered type; ``listed_only`` leaves out the unlisted ones
+    (the test kit's ``memory``), for the JSON Schema users' editors complete from.
     """
     registry.load_plugins()
-    key = (id(registry), registry.version, None if only is None else frozenset(only))
+    key = (
+        id(registry),
+        registry.version,
+        None if only is None else frozenset(only),
+        listed_only,
+    )
     if key in _model_cache:
         return _model_cache[key]
 
     def models(kind: Kind) -> list[type[Settings]]:
-        every = sorted(registry.items(kind))
+        every = sorted(registry.items(kind, unlisted=not listed_only))
         chosen = every if only is None else [n for n in every if n in only]
         if not chosen and only is not None:
             # A union needs a member, and a real type would import its module (numpy, an

@@ -3,7 +3,7 @@ and retries with exponential backoff and jitter that honour ``Retry-After``.
 
 Built on the standard library (``urllib.request``), so the HTTP components need no extra
 package. Every request goes over a real socket; tests serve a real API on loopback
-(:mod:`tideflow.connectors.http.fake_api`).
+(:mod:`tideflow.testing.fake_api`).
 """
 
 from __future__ import annotations

@@ -426,7 +426,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tideflow.connectors.http.fake_api --port 8765``: serve until Ctrl-C."""
+    """``python -m tideflow.testing.fake_api --port 8765``: serve until Ctrl-C."""
     import argparse
 
     parser = argparse.ArgumentParser(description="A small JSON API on loopback, for examples.")

@@ -6,11 +6,16 @@
 
     out = run_pipeline("pipeline.yaml", records=[{"temp_c": 30}])
     assert out.at("convert")["temp_f"].to_list() == [86.0]
+
+The ``memory`` source and sink are the kit's components: :func:`memory` builds either (as do
+``tf.records`` and ``tf.collect``), :func:`collected` reads what a memory sink committed.
+They run like any type but are not offered to users (``tideflow connectors``, suggestions,
+the reference). :mod:`tideflow.testing.fake_api` is a demo HTTP API on loopback.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,22 @@ from tideflow.runner import TestOutcome, run_with_records
 from tideflow.spec.loader import load_pipeline
 from tideflow.spec.models import PipelineSpec
 
-__all__ = ["PipelineRun", "clear", "collected", "run_pipeline"]
+__all__ = ["PipelineRun", "clear", "collected", "memory", "run_pipeline"]
+
+
+def memory(
+    *,
+    records: Sequence[Mapping[str, Any]] | pl.DataFrame | None = None,
+    batch_size: int | None = None,
+    collector: str | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """The ``memory`` source (give ``records``, and ``batch_size``, records per batch,
+    default 10,000) or sink (give ``collector``, read it with :func:`collected`), as the
+    settings dict ``Pipeline.source()`` / ``Pipeline.sink()`` take; ``name`` defaults to the
+    type. Only the arguments given are set. Was ``tideflow.memory``."""
+    given = {"records": records, "batch_size": batch_size, "collector": collector, "name": name}
+    return {"type": "memory", **{key: value for key, value in given.items() if value is not None}}
 
 
 class PipelineRun:
