@@ -559,8 +559,8 @@ def validate(pipelines: tuple[str, ...], sets: tuple[str, ...], as_json: bool) -
 
 def _validation_issues(path: str, sets: tuple[str, ...]) -> list[ConfigIssue]:
     """Every problem of one pipeline file: its settings, then the packages it needs."""
-    from tideflow.spec.loader import parse_yaml
     from tideflow.cli.requirements import missing_requirements
+    from tideflow.spec.loader import parse_yaml
 
     try:
         spec, _ = load(path, sets)
