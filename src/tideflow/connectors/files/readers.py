@@ -7,7 +7,6 @@ import functools
 import io
 import math
 import os
-import re
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
 from tideflow.connectors.files.parquet_check import check_pages
+from tideflow.connectors.files.paths import is_local
 from tideflow.connectors.files.settings import (
     NDJSON_BLOCK,
     CsvReadOptions,
@@ -47,16 +46,6 @@ def _to_frame(data: Any) -> pl.DataFrame:
     if not isinstance(frame, pl.DataFrame):
         raise TypeError(f"expected a table, got {type(frame).__name__}")
     return frame
-
-
-def safe_name(value: str) -> str:
-    """A string usable inside a file name."""
-    return re.sub(r"[^A-Za-z0-9_.\-]", "_", value)
-
-
-def is_local(fs: Any) -> bool:
-    """Whether ``fs`` is the local disk (where renames are atomic and fsync applies)."""
-    return isinstance(fs, LocalFileSystem)
 
 
 def concat_dead(parts: Iterable[pl.DataFrame | None]) -> pl.DataFrame | None:

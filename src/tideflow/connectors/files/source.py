@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from fsspec.utils import infer_compression
 
+from tideflow.connectors.files.paths import is_local
 from tideflow.connectors.files.readers import (
     FileRef,
     Reader,
@@ -27,7 +28,6 @@ from tideflow.connectors.files.readers import (
     concat_dead,
     convert_replayed,
     infer_text_columns,
-    is_local,
     nesting_conflict,
     open_reader,
 )
