@@ -340,7 +340,7 @@ def test_replay_reapplies_the_source_parsing_and_skips_raw_text(write_pipeline: 
 
 
 def test_replayed_csv_text_is_typed_as_a_read_types_it() -> None:
-    from tideflow.connectors.files.readers import infer_text_columns
+    from tideflow.connectors.files.formats.csv import infer_text_columns
 
     letters = pl.DataFrame(
         {

@@ -10,7 +10,8 @@ from typing import Any
 import pyarrow as pa
 from tests.unit.test_files import make_ctx, read_all
 
-from tideflow.connectors.files.readers import FileRef, _CsvReader
+from tideflow.connectors.files.formats.base import FileRef
+from tideflow.connectors.files.formats.csv import CsvReader
 from tideflow.connectors.files.settings import CsvReadOptions
 
 ROWS = 20_000
@@ -51,7 +52,7 @@ def test_a_clean_file_is_parsed_in_parallel_to_the_end(tmp_path: Path) -> None:
     ref = FileRef(str(tmp_path / "big.csv"), str(tmp_path / "big.csv"), "csv")
     from fsspec.implementations.local import LocalFileSystem
 
-    reader = _CsvReader(
+    reader = CsvReader(
         LocalFileSystem(), ref, 0, CsvReadOptions(block_size=8192), ",", {"n": pa.int32()}
     )
     ids: list[int] = []

@@ -13,7 +13,7 @@ import pytest
 from polars.testing import assert_frame_equal
 from tests.unit.test_files import make_ctx, read_all
 
-from tideflow.connectors.files.readers import (
+from tideflow.connectors.files.formats.ndjson import (
     _SAMPLE_BYTES,
     _arrow_schema,
     _fast_json,

@@ -19,7 +19,7 @@ import fsspec
 import numpy as np
 import polars as pl
 
-from tideflow.connectors.files.readers import is_local, safe_name
+from tideflow.connectors.files.paths import is_local, safe_name
 from tideflow.connectors.files.settings import (
     HIVE_ESCAPE_RE,
     HIVE_ESCAPES,

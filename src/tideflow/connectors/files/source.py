@@ -20,17 +20,12 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from fsspec.utils import infer_compression
 
-from tideflow.connectors.files.readers import (
-    FileRef,
-    Reader,
-    Window,
-    concat_dead,
-    convert_replayed,
-    infer_text_columns,
-    is_local,
-    nesting_conflict,
-    open_reader,
-)
+from tideflow.connectors.files.formats import open_reader
+from tideflow.connectors.files.formats.base import FileRef, Reader, Window, concat_dead
+from tideflow.connectors.files.formats.convert import convert_replayed
+from tideflow.connectors.files.formats.csv import infer_text_columns
+from tideflow.connectors.files.formats.lines import nesting_conflict
+from tideflow.connectors.files.paths import is_local
 from tideflow.connectors.files.settings import (
     GLOB_MAGIC,
     TYPE_NAMES,

@@ -35,7 +35,7 @@ import orjson
 import polars as pl
 from pydantic import Field
 
-from tideflow.connectors.files.readers import safe_name
+from tideflow.connectors.files.paths import safe_name
 from tideflow.connectors.http.delivery_ids import DeliveryIds
 from tideflow.core.contracts import (
     JSON,
