@@ -20,7 +20,8 @@ from tests.sql.helpers import (
 )
 from tests.system.helpers import cli
 
-from tideflow.connectors.sql.sink import SqlSink, replace_table_name
+from tideflow.connectors.sql.sink import SqlSink
+from tideflow.connectors.sql.sink_settings import replace_table_name
 from tideflow.core.engine import RunObserver
 from tideflow.errors import PipelineError
 

@@ -1,12 +1,9 @@
 """The ``sql`` sink: bulk loads into PostgreSQL, MySQL/MariaDB, SQLite and DuckDB.
 
-Every batch goes to a staging relation by the database's bulk path, then into the target
-with one ``INSERT ... SELECT`` (an upsert merges on the key). When the database rejects some
-rows, the rejected ones are searched for inside savepoints: good rows load, each rejected
-row goes to the dead-letter ledger with the database's message. PostgreSQL searches in the
-server, learning the row a failed statement stopped at from a marker
-(``BulkLoader.locate_rejected``); the other databases bisect over the (then indexed) staging row
-numbers, O(bad rows x log(batch)) statements instead of one per row.
+The sink owns the connection, its transactions, the target table's schema (created or
+evolved under the policy) and the checkpoints; loading a batch and setting its rejected rows
+apart is :mod:`~tideflow.connectors.sql.sink_rows`, the settings are
+:mod:`~tideflow.connectors.sql.sink_settings`.
 
 Delivery:
 
@@ -21,31 +18,22 @@ Delivery:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import polars as pl
-from pydantic import Field, model_validator
 
 from tideflow.connectors.sql.dialects import dialect_for
-from tideflow.connectors.sql.dialects.base import ROW, Dialect, Insert, Rejected
-from tideflow.connectors.sql.schema import (
-    ColumnModel,
-    IndexModel,
-    SchemaPolicy,
-    TablePlan,
-    plan,
-    wanted_columns,
+from tideflow.connectors.sql.dialects.base import Dialect
+from tideflow.connectors.sql.schema import TablePlan, plan, wanted_columns
+from tideflow.connectors.sql.sink_rows import RowLoader
+from tideflow.connectors.sql.sink_settings import (
+    CHECKPOINT_TABLE,
+    SqlSinkConfig,
+    replace_table_name,
 )
-from tideflow.connectors.sql.urls import DatabaseSettings, DatabaseUrl, parse_url
-from tideflow.core.contracts import (
-    Context,
-    ExistingOutput,
-    Sink,
-    dead_letters,
-    empty_dead_letters,
-)
+from tideflow.connectors.sql.urls import DatabaseUrl, parse_url
+from tideflow.core.contracts import Context, ExistingOutput, Sink
 from tideflow.core.faults import crash_point
 from tideflow.core.retry import with_retries
 from tideflow.errors import PipelineError
@@ -54,75 +42,9 @@ from tideflow.secrets import redact
 
 T = TypeVar("T")
 
-CHECKPOINT_TABLE = "tideflow_checkpoints"
-"""Where a transactional sink keeps the pipeline's checkpoint, in the target database."""
-
-
-class SqlSinkConfig(DatabaseSettings):
-    """Settings of the ``sql`` sink."""
-
-    table: str = Field(description="Target table (created when missing).")
-    db_schema: str | None = Field(
-        None, description="Database schema (namespace) of the table; the default if unset."
-    )
-    mode: Literal["append", "upsert", "replace"] = Field(
-        "append",
-        description="append rows; upsert (merge on `key`); replace the table's contents "
-        "(load a new table, swap it in atomically at the end of the run).",
-    )
-    key: list[str] = Field(
-        default_factory=list, description="Key columns: the primary key; required by upsert."
-    )
-    schema_policy: SchemaPolicy = Field(
-        "evolve",
-        description="When the table differs from the data: evolve (add columns, widen "
-        "types), strict (fail), recreate (drop and rebuild the table).",
-    )
-    columns: dict[str, ColumnModel] = Field(
-        default_factory=dict,
-        description="Declared columns (type, nullable) overriding the types inferred "
-        "from the data; declared columns missing from the data are created as well.",
-    )
-    indexes: list[IndexModel] = Field(
-        default_factory=list, description="Indexes created with the table."
-    )
-    schema_lock_timeout: float = Field(
-        300.0,
-        gt=0,
-        description="Seconds to wait for another worker's or pipeline's change of the "
-        "table's schema (creating it, adding columns) before failing with a message naming "
-        "the lock; schema changes of one table are serialized by a database lock.",
-    )
-    transactional: bool = Field(
-        False,
-        description="Exactly-once: commit rows and the pipeline checkpoint in one "
-        "transaction per checkpoint (PostgreSQL, SQLite; not MySQL, whose DDL commits "
-        "implicitly, nor DuckDB, which has no savepoints).",
-    )
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SqlSinkConfig:
-        if self.mode == "upsert" and not self.key:
-            raise ValueError("mode upsert needs `key`: the columns to merge on")
-        if self.transactional:
-            scheme = self.url.split("://", 1)[0].split("+", 1)[0].lower()
-            if scheme not in ("postgresql", "postgres", "sqlite"):
-                raise ValueError(
-                    "transactional: true works with PostgreSQL and SQLite targets only "
-                    f"(got {scheme!r}): MySQL commits implicitly on DDL and DuckDB has "
-                    "no savepoints for isolating rejected rows"
-                )
-        return self
-
-
-def replace_table_name(table: str) -> str:
-    """The table a ``replace`` load fills before it is swapped in."""
-    digest = hashlib.sha1(table.encode(), usedforsecurity=False).hexdigest()[:8]
-    return f"{table[:40]}__tf_new_{digest}"
-
 
 @component("sink", "sql")
-class SqlSink(Sink[SqlSinkConfig]):
+class SqlSink(RowLoader, Sink[SqlSinkConfig]):
     """Load batches into a SQL table: append, upsert or replace, exactly-once on request."""
 
     config_model = SqlSinkConfig
@@ -454,126 +376,6 @@ class SqlSink(Sink[SqlSinkConfig]):
         if self.config.mode == "replace":
             self._loading = True
 
-    def _load(self, batch: pl.DataFrame) -> pl.DataFrame:
-        assert self.dialect is not None and self._table is not None
-        d, table = self.dialect, self._table
-        staged = batch.with_columns(pl.int_range(batch.height, dtype=pl.Int64).alias(ROW))
-        staging = d.loader.stage(self.conn, staged, table.kinds)
-        cols = ", ".join(d.grammar.quote(c) for c in batch.columns)
-        select = ", ".join(
-            d.loader.select_expr(c, table.sql_types[c], table.kinds[c]) for c in batch.columns
-        )
-        upsert = self.config.mode == "upsert"
-        merge = (
-            d.grammar.upsert_clause(
-                self.config.key, batch.columns, self._target_name(), table.sql_types
-            )
-            if upsert
-            else ""
-        )
-        head = (
-            f"INSERT INTO {d.grammar.table(self._target_name(), self.config.db_schema)} ({cols}) "  # nosec B608 - identifiers quoted, values bound
-            f"SELECT {select} FROM {d.grammar.quote(staging)} s WHERE "
-        )
-
-        def insert(rows: str) -> str:
-            """The insert of the staging rows ``s`` that ``rows`` chooses."""
-            return head + rows + merge
-
-        self._unindexed = staging
-        try:
-            rejected = self._isolate(insert, staging, batch.height)
-        finally:
-            d.loader.unstage(self.conn, staging)
-        if not rejected:
-            return empty_dead_letters()
-        index = pl.DataFrame(
-            {"__tf_i": [r for r, _ in rejected], "reason": [why for _, why in rejected]},
-            schema={"__tf_i": pl.UInt32, "reason": pl.String},
-        )
-        bad = batch.with_row_index("__tf_i").join(index, on="__tf_i").sort("__tf_i")
-        return dead_letters(bad.drop("__tf_i", "reason"), pl.lit(bad.get_column("reason")))
-
-    def _isolate(self, insert: Insert, staging: str, n: int) -> Rejected:
-        """Insert rows [0, n): one statement for a clean batch; otherwise let the database
-        locate the rejected ones where it can (PostgreSQL, see
-        :meth:`BulkLoader.locate_rejected`), else bisect."""
-        assert self.dialect is not None
-        d = self.dialect
-        if d.loader.locates_rejected:
-            if self._attempt(insert, 0, n) is None:
-                return []  # the common case
-            located = d.loader.locate_rejected(self.conn, insert, staging, n)
-            if located is not None:
-                return [(r, redact(f"{d.name} rejected the row: {why}")) for r, why in located]
-        return self._bisect(insert, 0, n, commit_each=False)
-
-    def _attempt(self, insert: Insert, lo: int, hi: int) -> Exception | None:
-        """Insert rows [lo, hi) inside a savepoint; the database's rejection, if any, with
-        the savepoint rolled back. An empty range loads nothing."""
-        if lo >= hi:
-            return None
-        assert self.dialect is not None
-        statement = self._rows(insert, lo, hi)
-        together = self.dialect.driver.statements_together
-        try:
-            if together:  # one round trip instead of three
-                self._exec(f"SAVEPOINT tf_rows; {statement}; RELEASE SAVEPOINT tf_rows")
-            else:
-                self._exec("SAVEPOINT tf_rows")
-                self._exec(statement)
-        except Exception as exc:
-            if not self.dialect.driver.is_row_error(exc):
-                raise
-            self._exec("ROLLBACK TO SAVEPOINT tf_rows")
-            return exc
-        if not together:
-            self._exec("RELEASE SAVEPOINT tf_rows")
-        return None
-
-    def _rows(self, insert: Insert, lo: int, hi: int) -> str:
-        """``insert`` for staging rows [lo, hi)."""
-        assert self.dialect is not None
-        row = f"s.{self.dialect.grammar.quote(ROW)}"
-        # Row numbers are integers generated here, so formatting them into SQL is safe.
-        return insert(f"{row} >= {int(lo)} AND {row} < {int(hi)}")
-
-    def _bisect(self, insert: Insert, lo: int, hi: int, commit_each: bool) -> Rejected:
-        """Insert rows [lo, hi); on a data error split the range, down to single rows.
-
-        With savepoints, the batch stays one transaction. Without (DuckDB), a failed attempt
-        rolls back the transaction, so while isolating bad rows each accepted range commits
-        on its own.
-        """
-        assert self.dialect is not None
-        d = self.dialect
-        statement = self._rows(insert, lo, hi)
-        if d.driver.savepoints:
-            self._exec("SAVEPOINT tf_rows")
-        try:
-            self._exec(statement)
-        except Exception as exc:
-            if not d.driver.is_row_error(exc):
-                raise
-            if d.driver.savepoints:
-                self._exec("ROLLBACK TO SAVEPOINT tf_rows")
-            else:
-                self._rollback()
-            if hi - lo == 1:
-                return [(lo, redact(f"{d.name} rejected the row: {_first_line(exc)}"))]
-            if self._unindexed is not None:
-                # Only a batch with rejected rows pays for the index.
-                d.loader.index_staging(self.conn, self._unindexed)
-                self._unindexed = None
-            mid = (lo + hi) // 2
-            isolate = not d.driver.savepoints
-            return self._bisect(insert, lo, mid, isolate) + self._bisect(insert, mid, hi, isolate)
-        if d.driver.savepoints:
-            self._exec("RELEASE SAVEPOINT tf_rows")
-        elif commit_each:
-            self._commit()
-        return []
-
     def _swap(self) -> None:
         assert self.dialect is not None
         d = self.dialect
@@ -665,8 +467,3 @@ class SqlSink(Sink[SqlSinkConfig]):
             assert self.dialect is not None
             self.dialect.rollback(self.conn)
             self._in_transaction = False
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
