@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import polars as pl
 from pydantic import Field, model_validator
 
+from tideflow.connectors.brokers import IdleEnd, Retrying, gather
 from tideflow.connectors.messages import (
     AckLedger,
     BatchingSettings,
@@ -37,13 +38,12 @@ from tideflow.connectors.messages import (
     encode_payloads,
 )
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
-from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.retry import RetryPolicy
 from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 
-T = TypeVar("T")
 ExchangeType = Literal["direct", "topic", "fanout", "headers"]
 
 
@@ -105,8 +105,11 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _failure(what: str, exc: BaseException) -> PipelineError:
+def _failure(what: str, exc: BaseException) -> PipelineError | None:
+    """A pika error as the failure the run reports; None for any other exception."""
     pika = _pika()
+    if not isinstance(exc, pika.exceptions.AMQPError):
+        return None
     hint = ""
     if isinstance(exc, pika.exceptions.ProbableAuthenticationError):
         hint = "; check the user and password in `url`"
@@ -166,6 +169,7 @@ class _Link:
         self.connection: Any = None
         self.channel: Any = None
         self.where = f"AMQP broker {self.params.host}:{self.params.port}"
+        self.retrying = Retrying(ctx, config.retry, _is_transient, _failure)
 
     def connect(self, setup: Callable[[Any], None]) -> None:
         """Open a connection and channel and run ``setup(channel)``, retrying outages."""
@@ -177,19 +181,7 @@ class _Link:
             self.channel = self.connection.channel()
             setup(self.channel)
 
-        self.call(attempt, f"connect to {self.where}")
-
-    def call(
-        self, operation: Callable[[], T], what: str, recover: Callable[[], None] | None = None
-    ) -> T:
-        """Run ``operation`` with retries; non-transient broker errors become clear failures."""
-        pika = _pika()
-        try:
-            return with_retries(
-                operation, _is_transient, self.ctx, self.config.retry, what, recover
-            )
-        except pika.exceptions.AMQPError as exc:
-            raise _failure(what, exc) from exc
+        self.retrying.call(attempt, f"connect to {self.where}")
 
     def drop(self) -> None:
         """Close whatever is open, ignoring errors of an already broken connection."""
@@ -216,14 +208,14 @@ class AmqpSource(Source[AmqpSourceConfig]):
         self._link: _Link | None = None
         self._ledger: AckLedger[int] = AckLedger()
         self._inbox: list[tuple[int, str, bytes]] = []
-        self._last_message = time.monotonic()
+        self._idle = IdleEnd(config.stop_after_idle)
 
     def open(self, ctx: Context, position: Any) -> None:
         """Connect, declare and bind, and start consuming."""
         self._ledger = AckLedger(int(position or 0))
         self._link = _Link(self.config, ctx)
         self._link.connect(self._setup)
-        self._last_message = time.monotonic()
+        self._idle.restart()
 
     def _setup(self, channel: Any) -> None:
         cfg = self.config
@@ -250,31 +242,31 @@ class AmqpSource(Source[AmqpSourceConfig]):
         assert link is not None
         deadline = time.monotonic() + self.config.max_wait
 
-        def pump() -> None:
+        def pump(timeout: float) -> None:
+            # An ack queued by `checkpointed` wakes this wait (add_callback_threadsafe).
+            link.connection.process_data_events(time_limit=timeout)
+
+        def consume() -> None:
             # Always once: it also runs the acks `checkpointed` queued, even when messages
             # already waiting would fill the batch.
-            link.connection.process_data_events(time_limit=0)
-            had = -1
-            while len(self._inbox) < self.config.batch_size:
-                have = len(self._inbox)
-                if have and have == had:
-                    return  # the last call brought nothing new: hand on what is here
-                left = deadline - time.monotonic()
-                if left <= 0 or link.ctx.stop_event.is_set():
-                    return
-                # An ack queued by `checkpointed` wakes this wait (add_callback_threadsafe).
-                link.connection.process_data_events(time_limit=0 if have else min(left, 0.05))
-                had = have
+            pump(0)
+            gather(
+                lambda: len(self._inbox),
+                pump,
+                self.config.batch_size,
+                deadline,
+                link.ctx.stop_event,
+                polled=True,
+            )
 
-        link.call(pump, f"consume {self.config.queue!r}", lambda: link.connect(self._setup))
+        link.retrying.call(
+            consume, f"consume {self.config.queue!r}", lambda: link.connect(self._setup)
+        )
         taken = self._inbox[: self.config.batch_size]
         self._inbox = self._inbox[self.config.batch_size :]
         if not taken:
-            idle = self.config.stop_after_idle
-            if idle is not None and time.monotonic() - self._last_message >= idle:
-                return None
-            return SourceBatch(pl.DataFrame(), self._ledger.sequence)
-        self._last_message = time.monotonic()
+            return self._idle.empty(self._ledger.sequence)
+        self._idle.restart()
         for tag, _, _ in taken:
             self._ledger.delivered(tag)
         extra: dict[str, Sequence[Any]] | None = None
@@ -478,7 +470,7 @@ class AmqpSink(Sink[AmqpSinkConfig]):
                     )
                 link.connection.process_data_events(time_limit=0.05)
 
-        link.call(publish, f"publish to {link.where}", lambda: link.connect(self._setup))
+        link.retrying.call(publish, f"publish to {link.where}", lambda: link.connect(self._setup))
         if self._returned:
             raise PipelineError(
                 f"amqp sink: {len(self._returned)} message(s) to exchange {cfg.exchange!r} "

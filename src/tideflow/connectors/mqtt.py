@@ -36,6 +36,7 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from tideflow.connectors.brokers import IdleEnd, Retrying, gather
 from tideflow.connectors.messages import (
     AckLedger,
     BatchingSettings,
@@ -45,7 +46,7 @@ from tideflow.connectors.messages import (
     encode_payloads,
 )
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
-from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.retry import RetryPolicy
 from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
@@ -224,6 +225,7 @@ class _Client:
             self.client.tls_insecure_set(tls.insecure)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
+        self.retrying = Retrying(ctx, config.retry, _is_transient)
 
     @property
     def where(self) -> str:
@@ -246,13 +248,7 @@ class _Client:
 
     def connect(self) -> None:
         """Connect (or reconnect) and wait for CONNACK, retrying with backoff."""
-        with_retries(
-            self._connect_once,
-            _is_transient,
-            self.ctx,
-            self.config.retry,
-            f"connect to {self.where}",
-        )
+        self.retrying.call(self._connect_once, f"connect to {self.where}")
 
     def _connect_once(self) -> None:
         self.refused = None
@@ -333,7 +329,7 @@ class MqttSource(Source[MqttSourceConfig]):
         # (topic, payload, packet id, qos, connection generation)
         self._inbox: list[tuple[str, bytes, int, int, int]] = []
         self._acks: deque[list[tuple[int, int]]] = deque()
-        self._last_message = time.monotonic()
+        self._idle = IdleEnd(config.stop_after_idle)
         self._lock = threading.Lock()
         self._suback: list[Any] | None = None
 
@@ -373,7 +369,7 @@ class MqttSource(Source[MqttSourceConfig]):
                 f"{self._client.where} refused the subscription to {self.config.topics}: "
                 f"{', '.join(refused)}; check the topic filters and the broker's ACLs"
             )
-        self._last_message = time.monotonic()
+        self._idle.restart()
 
     def _subscribe(self) -> None:
         assert self._client is not None
@@ -400,33 +396,36 @@ class MqttSource(Source[MqttSourceConfig]):
     def read_batch(self) -> SourceBatch | None:
         """The messages waiting on the connection (at most ``batch_size``), as soon as it
         goes quiet; an empty batch when none came within ``max_wait``."""
-        assert self._client is not None
+        client = self._client
+        assert client is not None
         deadline = time.monotonic() + self.config.max_wait
-        had = -1
-        while True:
-            self._send_acks()
+
+        def waiting() -> int:
             with self._lock:
-                have = len(self._inbox)
-            if have >= self.config.batch_size or (have and have == had):
-                break  # full, or the last loop brought nothing new: hand on what is here
-            now = time.monotonic()
-            if now >= deadline or self._client.ctx.stop_event.is_set():
-                break
-            # paho reads one packet per loop: while messages keep coming, loop without
-            # waiting. An idle socket is waited on for up to 50 ms, 5 ms while a checkpoint
-            # is due, so that its acknowledgements go out soon after it.
-            quiet = 0.005 if self._ledger.waiting() else 0.05
-            self._client.pump(0 if have > had else min(quiet, deadline - now))
-            had = have
+                return len(self._inbox)
+
+        def pump(timeout: float) -> None:
+            client.pump(timeout)
+            self._send_acks()
+
+        self._send_acks()
+        # paho reads one packet per loop: while messages keep coming, loop without waiting.
+        # An idle socket is waited on for up to 50 ms, 5 ms while a checkpoint is due, so
+        # that its acknowledgements go out soon after it.
+        gather(
+            waiting,
+            pump,
+            self.config.batch_size,
+            deadline,
+            client.ctx.stop_event,
+            lambda: 0.005 if self._ledger.waiting() else 0.05,
+        )
         with self._lock:
             taken = self._inbox[: self.config.batch_size]
             self._inbox = self._inbox[self.config.batch_size :]
         if not taken:
-            idle = self.config.stop_after_idle
-            if idle is not None and time.monotonic() - self._last_message >= idle:
-                return None
-            return SourceBatch(pl.DataFrame(), self._ledger.sequence)
-        self._last_message = time.monotonic()
+            return self._idle.empty(self._ledger.sequence)
+        self._idle.restart()
         current = self._generation()
         for _, _, mid, qos, generation in taken:
             # A packet id from an earlier connection must not be acked on this one (it may

@@ -20,13 +20,13 @@ stream appends are at-least-once anyway).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import polars as pl
 from pydantic import Field
 
+from tideflow.connectors.brokers import IdleEnd, Retrying
 from tideflow.connectors.messages import AckLedger, decode_payloads
 from tideflow.core.contracts import (
     MAX_RECORD_BYTES,
@@ -38,13 +38,13 @@ from tideflow.core.contracts import (
     long_record_letter,
     raw_dead_letters,
 )
-from tideflow.core.retry import RetryPolicy, with_retries
+from tideflow.core.retry import RetryPolicy
 from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.registry import component
 from tideflow.secrets import redact, register_secret
 
-T = TypeVar("T")
+W = TypeVar("W", bound="RedisConnection")
 
 
 class RedisConnection(Settings):
@@ -87,17 +87,60 @@ def _is_transient(exc: BaseException) -> bool:
     )
 
 
-def _call(ctx: Context, config: RedisConnection, what: str, operation: Callable[[], T]) -> T:
-    """Run a Redis operation with retries; other Redis errors become actionable failures."""
+def _failure(what: str, exc: Exception) -> PipelineError | None:
+    """A Redis error as an actionable failure; None for any other exception."""
     redis = _redis()
-    try:
-        return with_retries(operation, _is_transient, ctx, config.retry, what)
-    except redis.AuthenticationError as exc:
-        raise PipelineError(
+    if isinstance(exc, redis.AuthenticationError):
+        return PipelineError(
             redact(f"{what}: Redis refused the credentials ({exc}); check `url`/`password`")
-        ) from exc
-    except redis.RedisError as exc:
-        raise PipelineError(redact(f"{what}: {type(exc).__name__}: {exc}")) from exc
+        )
+    if isinstance(exc, redis.RedisError):
+        return PipelineError(redact(f"{what}: {type(exc).__name__}: {exc}"))
+    return None
+
+
+def _retrying(ctx: Context, config: RedisConnection) -> Retrying:
+    """Redis operations retried through outages (other Redis errors become failures)."""
+    return Retrying(ctx, config.retry, _is_transient, _failure)
+
+
+class _Writer(Sink[W]):
+    """What the ``redis`` and ``redis_streams`` sinks share: the connection, and commands
+    sent in pipelined round trips with retries (a failed batch is written again whole)."""
+
+    def __init__(self, config: W) -> None:
+        super().__init__(config)
+        self.client: Any = None
+        self.ctx: Context | None = None
+        self._retrying: Retrying | None = None
+
+    def open(self, ctx: Context, pending: Any) -> None:
+        """Connect (each batch is written as it arrives; nothing is pending)."""
+        self.ctx = ctx
+        self.client = _connect(self.config)
+        self._retrying = _retrying(ctx, self.config)
+        self._retrying.call(self.client.ping, "connect to Redis")
+
+    def _pipelined(
+        self, what: str, items: Sequence[Any], size: int, add: Callable[[Any, Any], None]
+    ) -> None:
+        """``add(pipe, item)`` for every item, ``size`` items per round trip."""
+        assert self._retrying is not None
+
+        def write() -> None:
+            for start in range(0, len(items), size):
+                pipe = self.client.pipeline(transaction=False)
+                for item in items[start : start + size]:
+                    add(pipe, item)
+                pipe.execute()
+
+        self._retrying.call(write, what)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
 
 
 def _as_text(frame: pl.DataFrame) -> pl.DataFrame:
@@ -139,21 +182,10 @@ class RedisSinkConfig(RedisConnection):
 
 
 @component("sink", "redis")
-class RedisSink(Sink[RedisSinkConfig]):
+class RedisSink(_Writer[RedisSinkConfig]):
     """Write records to Redis as hashes or JSON strings, one key per record."""
 
     config_model = RedisSinkConfig
-
-    def __init__(self, config: RedisSinkConfig) -> None:
-        super().__init__(config)
-        self.client: Any = None
-        self.ctx: Context | None = None
-
-    def open(self, ctx: Context, pending: Any) -> None:
-        """Connect (each batch is written as it arrives; nothing is pending)."""
-        self.ctx = ctx
-        self.client = _connect(self.config)
-        _call(ctx, self.config, "connect to Redis", self.client.ping)
 
     def write_batch(self, batch: pl.DataFrame) -> pl.DataFrame | None:
         """Write one key per record; records without a key are dead letters."""
@@ -183,37 +215,25 @@ class RedisSink(Sink[RedisSinkConfig]):
             rows = text.rows()
         ttl_ms = int(cfg.ttl * 1000) if cfg.ttl else None
 
-        def write() -> None:
-            for start in range(0, len(keyed), cfg.pipeline_size):
-                pipe = self.client.pipeline(transaction=False)
-                for key, row in zip(
-                    keyed[start : start + cfg.pipeline_size],
-                    rows[start : start + cfg.pipeline_size],
-                    strict=True,
-                ):
-                    if cfg.value == "json":
-                        pipe.set(key, row, px=ttl_ms)
-                        continue
-                    mapping = {c: v for c, v in zip(columns, row, strict=True) if v is not None}
-                    nulls = [c for c, v in zip(columns, row, strict=True) if v is None]
-                    if mapping:
-                        pipe.hset(key, mapping=mapping)
-                    if nulls:
-                        pipe.hdel(key, *nulls)
-                    if ttl_ms:
-                        pipe.pexpire(key, ttl_ms)
-                pipe.execute()
+        def add(pipe: Any, item: tuple[str, Any]) -> None:
+            key, row = item
+            if cfg.value == "json":
+                pipe.set(key, row, px=ttl_ms)
+                return
+            mapping = {c: v for c, v in zip(columns, row, strict=True) if v is not None}
+            nulls = [c for c, v in zip(columns, row, strict=True) if v is None]
+            if mapping:
+                pipe.hset(key, mapping=mapping)
+            if nulls:
+                pipe.hdel(key, *nulls)
+            if ttl_ms:
+                pipe.pexpire(key, ttl_ms)
 
-        _call(self.ctx, cfg, f"write {len(keyed)} keys to Redis", write)
+        items = list(zip(keyed, rows, strict=True))
+        self._pipelined(f"write {len(keyed)} keys to Redis", items, cfg.pipeline_size, add)
         if bad.height:
             return dead_letters(bad, f"redis sink: key column {cfg.key_column!r} is null")
         return None
-
-    def close(self) -> None:
-        """Release the connection pool."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
 
 
 # -- redis_streams source ---------------------------------------------------------------------
@@ -272,21 +292,23 @@ class RedisStreamsSource(Source[RedisStreamsSourceConfig]):
         self.bounded = config.stop_after_idle is not None
         self.client: Any = None
         self.ctx: Context | None = None
+        self._retrying: Retrying | None = None
         self.consumer = ""
         self._ledger: AckLedger[bytes] = AckLedger()
         self._backlog = True
         self._backlog_after: bytes | str = "0"
-        self._last_entry = time.monotonic()
+        self._idle = IdleEnd(config.stop_after_idle)
 
     def open(self, ctx: Context, position: Any) -> None:
         """Connect, create the group if needed, and re-read this consumer's pending list."""
         self.ctx = ctx
         self.consumer = self.config.consumer or f"{ctx.pipeline}.{ctx.name}"
         self.client = _connect(self.config)
+        self._retrying = _retrying(ctx, self.config)
         self._ledger = AckLedger(int(position or 0))
         self._backlog = True
         self._backlog_after = "0"
-        self._last_entry = time.monotonic()
+        self._idle.restart()
         redis = _redis()
 
         def create() -> None:
@@ -298,23 +320,21 @@ class RedisStreamsSource(Source[RedisStreamsSourceConfig]):
                 if "BUSYGROUP" not in str(exc):
                     raise
 
-        _call(ctx, self.config, f"create consumer group {self.config.group!r}", create)
+        self._retrying.call(create, f"create consumer group {self.config.group!r}")
 
     def read_batch(self) -> SourceBatch | None:
         """Pending entries first (after a restart), then new ones."""
-        assert self.ctx is not None
+        assert self._retrying is not None
         cfg = self.config
         # An id re-reads this consumer's delivered-but-unacknowledged entries after it (they
         # stay pending until acknowledged, so the id pages through them); `>` reads new ones.
         start = self._backlog_after if self._backlog else ">"
         block = None if self._backlog else int(cfg.max_wait * 1000)
-        reply = _call(
-            self.ctx,
-            cfg,
-            f"read stream {cfg.stream!r}",
+        reply = self._retrying.call(
             lambda: self.client.xreadgroup(
                 cfg.group, self.consumer, {cfg.stream: start}, count=cfg.batch_size, block=block
             ),
+            f"read stream {cfg.stream!r}",
         )
         entries: list[tuple[bytes, dict[bytes, bytes] | None]] = reply[0][1] if reply else []
         if self._backlog:
@@ -331,11 +351,8 @@ class RedisStreamsSource(Source[RedisStreamsSourceConfig]):
         if not entries:
             if self._backlog:
                 return self.read_batch()
-            idle = cfg.stop_after_idle
-            if idle is not None and time.monotonic() - self._last_entry >= idle:
-                return None
-            return SourceBatch(pl.DataFrame(), self._ledger.sequence)
-        self._last_entry = time.monotonic()
+            return self._idle.empty(self._ledger.sequence)
+        self._idle.restart()
         ids = [eid for eid, _ in entries]
         for eid in ids:
             self._ledger.delivered(eid)
@@ -429,21 +446,10 @@ class RedisStreamsSinkConfig(RedisConnection):
 
 
 @component("sink", "redis_streams")
-class RedisStreamsSink(Sink[RedisStreamsSinkConfig]):
+class RedisStreamsSink(_Writer[RedisStreamsSinkConfig]):
     """Append records to a Redis stream with XADD (at-least-once)."""
 
     config_model = RedisStreamsSinkConfig
-
-    def __init__(self, config: RedisStreamsSinkConfig) -> None:
-        super().__init__(config)
-        self.client: Any = None
-        self.ctx: Context | None = None
-
-    def open(self, ctx: Context, pending: Any) -> None:
-        """Connect."""
-        self.ctx = ctx
-        self.client = _connect(self.config)
-        _call(ctx, self.config, "connect to Redis", self.client.ping)
 
     def write_batch(self, batch: pl.DataFrame) -> None:
         """XADD every record."""
@@ -464,17 +470,8 @@ class RedisStreamsSink(Sink[RedisStreamsSinkConfig]):
         if any(not e for e in entries):
             raise PipelineError("redis_streams sink: a record with only nulls has no fields")
 
-        def write() -> None:
-            for start in range(0, len(entries), cfg.pipeline_size):
-                pipe = self.client.pipeline(transaction=False)
-                for fields in entries[start : start + cfg.pipeline_size]:
-                    pipe.xadd(cfg.stream, fields, maxlen=cfg.maxlen, approximate=True)
-                pipe.execute()
+        def add(pipe: Any, fields: dict[str, Any]) -> None:
+            pipe.xadd(cfg.stream, fields, maxlen=cfg.maxlen, approximate=True)
 
-        _call(self.ctx, cfg, f"XADD {len(entries)} entries to {cfg.stream!r}", write)
-
-    def close(self) -> None:
-        """Release the connection pool."""
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        what = f"XADD {len(entries)} entries to {cfg.stream!r}"
+        self._pipelined(what, entries, cfg.pipeline_size, add)

@@ -17,13 +17,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
 from tideflow.connectors.http.settings import AuthConfig, RateLimitConfig, RetryConfig
+from tideflow.core.contracts import JSON
 from tideflow.errors import TerminalError, TransientError
 from tideflow.secrets import looks_secret, redact, register_secret
 
@@ -478,6 +480,75 @@ class HttpClient:
             self.retries += 1
         if self.stop.wait(self.backoff(attempt, after)):
             raise Interrupted(f"{method} {redact(url)} interrupted: the run is stopping")
+
+
+class ClientSettings(Protocol):
+    """What :class:`ClientLifecycle` reads of a component's settings."""
+
+    @property
+    def auth(self) -> AuthConfig:
+        """How requests authenticate."""
+
+    @property
+    def rate_limit(self) -> RateLimitConfig:
+        """The request budget (and the worker count)."""
+
+    @property
+    def retry(self) -> RetryConfig:
+        """Retries and timeouts."""
+
+
+class ClientLifecycle:
+    """The :class:`HttpClient` of one http component (source, sink or enrich step) from
+    ``open`` to ``close``, with the worker threads that send its requests concurrently
+    (sink and enrich step), and the request counts the run summary shows after ``close``."""
+
+    def __init__(self) -> None:
+        self.client: HttpClient | None = None
+        self.pool: ThreadPoolExecutor | None = None
+        self._figures: dict[str, JSON] = {}
+
+    def open(
+        self,
+        config: ClientSettings,
+        stop: threading.Event | None,
+        headers: dict[str, str],
+        secret_params: dict[str, Any] | None = None,
+        workers: str | None = None,
+    ) -> HttpClient:
+        """Create the client: ``stop`` interrupts its waits (None: never), ``headers`` go on
+        every request, values of ``secret_params`` that carry credentials are registered as
+        secrets. ``workers`` names a pool of ``rate_limit.concurrency`` threads."""
+        if secret_params is not None:
+            register_secret_values(secret_params)
+        self.client = HttpClient(config.auth, config.rate_limit, config.retry, stop, headers)
+        if workers is not None:
+            self.pool = ThreadPoolExecutor(
+                max_workers=config.rate_limit.concurrency, thread_name_prefix=workers
+            )
+        return self.client
+
+    def opened(self) -> HttpClient:
+        """The client; only between ``open`` and ``close``."""
+        assert self.client is not None, "the http component is not open"
+        return self.client
+
+    def figures(self) -> dict[str, JSON]:
+        """Requests sent and retried: live while open, as they were at ``close`` after it
+        (empty when never opened)."""
+        if self.client is not None:
+            return {"requests": self.client.requests, "retries": self.client.retries}
+        return dict(self._figures)
+
+    def close(self) -> None:
+        """Wait for the worker threads, keep the counts, release the client."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+            self.pool = None
+        if self.client is not None:
+            self._figures = self.figures()
+            self.client.close()
+            self.client = None
 
 
 def describe_failure(response: Response, limit: int) -> str:

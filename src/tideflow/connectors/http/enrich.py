@@ -11,16 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import polars as pl
 
 from tideflow.connectors.http.client import (
+    ClientLifecycle,
     HttpClient,
     describe_failure,
     dig,
-    register_secret_values,
     render,
 )
 from tideflow.connectors.http.settings import HttpEnrichConfig
@@ -80,9 +79,7 @@ class HttpEnrich(Step[HttpEnrichConfig]):
 
     def __init__(self, config: HttpEnrichConfig) -> None:
         super().__init__(config)
-        self._client: HttpClient | None = None
-        self._figures: dict[str, JSON] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._http = ClientLifecycle()
         self._ctx: Context | None = None
         self.cache = TtlCache(config.cache_ttl, config.cache_size)
         self._warned: set[str] = set()
@@ -90,13 +87,11 @@ class HttpEnrich(Step[HttpEnrichConfig]):
     @property
     def client(self) -> HttpClient | None:
         """The HTTP client while open (it counts requests and retries)."""
-        return self._client
+        return self._http.client
 
     def report(self) -> dict[str, JSON] | None:
         """Requests sent and retried, for the run summary."""
-        figures = self._figures
-        if self._client is not None:
-            figures = {"requests": self._client.requests, "retries": self._client.retries}
+        figures = self._http.figures()
         if figures:
             figures = {**figures, "cache hits": self.cache.hits}
         return figures or None
@@ -109,21 +104,11 @@ class HttpEnrich(Step[HttpEnrichConfig]):
         """
         cfg = self.config
         self._ctx = ctx
-        register_secret_values(cfg.params)
-        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, None, dict(cfg.headers))
-        self._pool = ThreadPoolExecutor(
-            max_workers=cfg.rate_limit.concurrency, thread_name_prefix=f"http-enrich-{ctx.name}"
-        )
+        self._http.open(cfg, None, dict(cfg.headers), cfg.params, f"http-enrich-{ctx.name}")
 
     def close(self) -> None:
         """Stop the workers and close connections."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        if self._client is not None:
-            self._figures = {"requests": self._client.requests, "retries": self._client.retries}
-            self._client.close()
-            self._client = None
+        self._http.close()
 
     def process(self, batch: pl.DataFrame) -> StepOutput:
         """Look up each distinct key once (cache first), join the answers to the batch."""
@@ -208,14 +193,15 @@ class HttpEnrich(Step[HttpEnrichConfig]):
         """Answers for keys not in the cache: a dict/None per key, or a failure reason."""
         if not keys:
             return {}
-        assert self._pool is not None
+        pool = self._http.pool
+        assert pool is not None
         size = self.config.batch_size
         if size == 1:
-            results = self._pool.map(self._one, keys)
+            results = pool.map(self._one, keys)
             pairs = list(zip((tuple(k.values()) for k in keys), results, strict=True))
         else:
             groups = [keys[i : i + size] for i in range(0, len(keys), size)]
-            pairs = [p for group in self._pool.map(self._many, groups) for p in group]
+            pairs = [p for group in pool.map(self._many, groups) for p in group]
         for ident, answer in pairs:
             if not isinstance(answer, Failure):  # failures are asked again next time
                 self.cache.put(ident, answer)
@@ -223,12 +209,11 @@ class HttpEnrich(Step[HttpEnrichConfig]):
 
     def _one(self, key: dict[str, Any]) -> Any:
         """The answer for one key: an object, None (not found) or a :class:`Failure`."""
-        assert self._client is not None
         cfg = self.config
         try:
             url = render(cfg.url, key)
             params = render(cfg.params, key)
-            response = self._client.send(cfg.method, url, params=params)
+            response = self._http.opened().send(cfg.method, url, params=params)
         except TideflowError as exc:
             return Failure(f"http_enrich: {exc}")
         if response.status_code == 404:
@@ -242,11 +227,10 @@ class HttpEnrich(Step[HttpEnrichConfig]):
 
     def _many(self, keys: list[dict[str, Any]]) -> list[tuple[tuple[Any, ...], Any]]:
         """Answers for a group of keys from one batched request."""
-        assert self._client is not None
         cfg = self.config
         idents = [tuple(k.values()) for k in keys]
         try:
-            response = self._client.send(
+            response = self._http.opened().send(
                 cfg.method if cfg.method != "GET" else "POST",
                 render(cfg.url, {}),
                 params=render(cfg.params, {}),

@@ -21,12 +21,12 @@ replays) so receivers that de-duplicate can drop the repeat.
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ThreadPoolExecutor
 
 import orjson
 import polars as pl
 
 from tideflow.connectors.http.client import (
+    ClientLifecycle,
     HttpClient,
     describe_failure,
     has_placeholders,
@@ -62,23 +62,18 @@ class HttpSink(Sink[HttpSinkConfig]):
 
     def __init__(self, config: HttpSinkConfig) -> None:
         super().__init__(config)
-        self._client: HttpClient | None = None
-        self._figures: dict[str, JSON] = {}
-        self._pool: ThreadPoolExecutor | None = None
+        self._http = ClientLifecycle()
         self._ctx: Context | None = None
         self._templated_url = has_placeholders(config.url)
 
     @property
     def client(self) -> HttpClient | None:
         """The HTTP client while open (it counts requests and retries)."""
-        return self._client
+        return self._http.client
 
     def report(self) -> dict[str, JSON] | None:
         """Requests sent and retried, for the run summary."""
-        figures = self._figures
-        if self._client is not None:
-            figures = {"requests": self._client.requests, "retries": self._client.retries}
-        return figures or None
+        return self._http.figures() or None
 
     def open(self, ctx: Context, pending: JSON | None) -> None:
         """Create the client; nothing is pending, as requests are sent as batches arrive.
@@ -93,25 +88,17 @@ class HttpSink(Sink[HttpSinkConfig]):
                 "http sink: `url` placeholders need `batch_size: 1` (one record per request)"
             )
         headers = {"Content-Type": "application/json", **cfg.headers}
-        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, None, headers)
-        self._pool = ThreadPoolExecutor(
-            max_workers=cfg.rate_limit.concurrency, thread_name_prefix=f"http-sink-{ctx.name}"
-        )
+        self._http.open(cfg, None, headers, workers=f"http-sink-{ctx.name}")
 
     def close(self) -> None:
         """Stop the worker threads and close connections."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-        if self._client is not None:
-            self._figures = {"requests": self._client.requests, "retries": self._client.retries}
-            self._client.close()
-            self._client = None
+        self._http.close()
 
     def write_batch(self, batch: pl.DataFrame) -> pl.DataFrame | None:
         """Send the batch; the rows of requests the receiver rejected (4xx) come back as dead
         letters, with the status and the start of the response body as the reason."""
-        assert self._pool is not None
+        pool = self._http.pool
+        assert pool is not None
         cfg = self.config
         if cfg.idempotency_columns:
             missing = [c for c in cfg.idempotency_columns if c not in batch.columns]
@@ -128,7 +115,7 @@ class HttpSink(Sink[HttpSinkConfig]):
         key_rows = rows
         if cfg.idempotency_header and cfg.idempotency_columns:
             key_rows = row_json(batch.select(cfg.idempotency_columns))
-        results = list(self._pool.map(lambda c: self._send(c, rows, key_rows), chunks))
+        results = list(pool.map(lambda c: self._send(c, rows, key_rows), chunks))
         failed: list[int] = []
         reasons: list[str] = []
         for chunk, reason in zip(chunks, results, strict=True):
@@ -145,7 +132,6 @@ class HttpSink(Sink[HttpSinkConfig]):
         Raises :class:`TransientError` when the receiver still fails (5xx, 429, no response)
         after every retry.
         """
-        assert self._client is not None
         cfg = self.config
         texts = [rows[i] for i in chunk]
         headers: dict[str, str] = {}
@@ -165,7 +151,7 @@ class HttpSink(Sink[HttpSinkConfig]):
                 content = ("[" + ",".join(texts) + "]").encode()
             else:
                 content = orjson.dumps([render(cfg.body, orjson.loads(t)) for t in texts])
-        response = self._client.send(cfg.method, url, content=content, headers=headers)
+        response = self._http.opened().send(cfg.method, url, content=content, headers=headers)
         if response.ok:
             return None
         reason = describe_failure(response, cfg.max_body_chars)

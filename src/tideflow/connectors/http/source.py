@@ -20,12 +20,12 @@ import polars as pl
 
 from tideflow.connectors.http import pagination
 from tideflow.connectors.http.client import (
+    ClientLifecycle,
     HttpClient,
     Interrupted,
     Response,
     describe_failure,
     dig,
-    register_secret_values,
     render,
 )
 from tideflow.connectors.http.settings import HttpSourceConfig
@@ -92,8 +92,7 @@ class HttpSource(Source[HttpSourceConfig]):
         # Without an incremental cursor every sweep reads everything anyway.
         self.replays_without_state = config.incremental is not None
         self._ctx: Context | None = None
-        self._client: HttpClient | None = None
-        self._figures: dict[str, JSON] = {}
+        self._http = ClientLifecycle()
         self._since: Any = None
         self._seen: Any = None
         self._next: dict[str, Any] | None = None
@@ -107,13 +106,11 @@ class HttpSource(Source[HttpSourceConfig]):
     @property
     def client(self) -> HttpClient | None:
         """The HTTP client while open (it counts requests and retries)."""
-        return self._client
+        return self._http.client
 
     def report(self) -> dict[str, JSON] | None:
         """Requests sent and retried (and pages skipped), for the run summary."""
-        figures = dict(self._figures)
-        if self._client is not None:
-            figures = {"requests": self._client.requests, "retries": self._client.retries}
+        figures = self._http.figures()
         if self._skipped_pages:
             figures["pages skipped"] = self._skipped_pages
         return figures or None
@@ -135,15 +132,11 @@ class HttpSource(Source[HttpSourceConfig]):
                 position["next"],
             )
         self._start_since = self._since if position is not None else None
-        register_secret_values(cfg.params)
-        self._client = HttpClient(cfg.auth, cfg.rate_limit, cfg.retry, ctx.stop_event, cfg.headers)
+        self._http.open(cfg, ctx.stop_event, cfg.headers, cfg.params)
 
     def close(self) -> None:
         """Close connections."""
-        if self._client is not None:
-            self._figures = {"requests": self._client.requests, "retries": self._client.retries}
-            self._client.close()
-            self._client = None
+        self._http.close()
 
     def notices(self) -> list[str]:
         """Why an incremental run read nothing: the API has no record newer than the cursor
@@ -197,8 +190,7 @@ class HttpSource(Source[HttpSourceConfig]):
                 params[inc.param] = self._since
             else:
                 body = {**(body if isinstance(body, dict) else {}), inc.param: self._since}
-        assert self._client is not None
-        response = self._client.send(cfg.method, url, params=params, json=body)
+        response = self._http.opened().send(cfg.method, url, params=params, json=body)
         try:
             self._check(response)
             try:
