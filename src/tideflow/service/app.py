@@ -42,7 +42,7 @@ from tideflow.service.policy import Policy
 from tideflow.service.runs import ACTIVE, Run, RunManager
 from tideflow.service.scheduler import Scheduler, Ticker
 from tideflow.service.security import MAX_BODY_BYTES, Guard, allowed_hosts
-from tideflow.state.store import open_state_store
+from tideflow.state.locate import open_state_store
 
 log = logging.getLogger("tideflow.service")
 STATIC = Path(__file__).parent / "static"
@@ -285,7 +285,7 @@ class Service:
             return []
         store = open_state_store(entry.spec.state, entry.path.parent)
         try:
-            rows = store.runs(entry.spec.name, limit=limit)
+            rows = store.history.runs(entry.spec.name, limit=limit)
         finally:
             store.close()
         known = {r.id: r for r in self.runs.runs(entry.id)}
@@ -538,8 +538,8 @@ def _routes(app: FastAPI, service: Service) -> None:
             raise Conflict(f"pipeline {pid!r} is not valid")
         store = open_state_store(entry.spec.state, entry.path.parent)
         try:
-            summary = store.dead_letter_summary(entry.spec.name)
-            rows = store.dead_letters(
+            summary = store.ledger.summary(entry.spec.name)
+            rows = store.ledger.letters(
                 entry.spec.name,
                 step=step,
                 reason=reason,
