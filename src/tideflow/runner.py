@@ -27,7 +27,8 @@ from tideflow.secrets import redact
 from tideflow.spec.graph import build_graph
 from tideflow.spec.loader import LoadedYaml, validate
 from tideflow.spec.models import PipelineSpec
-from tideflow.state.store import StateStore, open_state_store
+from tideflow.state.locate import open_state_store
+from tideflow.state.store import StateStore
 
 REPLAY_SOURCE = "dead_letter_replay"
 
@@ -174,7 +175,7 @@ def _dead_letters_of_run(
     store = state or open_state_store(spec.state, Path(base_dir).resolve())
     try:
         limit = None if keep_rows is None else keep_rows + 1
-        letters = store.dead_letters(spec.name, run_id=result.run_id, limit=limit)
+        letters = store.ledger.letters(spec.name, run_id=result.run_id, limit=limit)
     finally:
         if state is None:
             store.close()
@@ -316,7 +317,9 @@ def replay(
     store = open_state_store(spec.state, Path(base_dir).resolve())
     engine_probe = engine_for(spec, base_dir, registry=registry, state=store)
     try:
-        letters = store.dead_letters(spec.name, step=step, ids=ids or None, include_replayed=False)
+        letters = store.ledger.letters(
+            spec.name, step=step, ids=ids or None, include_replayed=False
+        )
         if not letters:
             raise ConfigError(f"no dead letters to replay for step {step!r}")
         unknown = sorted(set(ids) - {letter.id for letter in letters})
@@ -369,7 +372,7 @@ def replay(
             source = next(n for n in engine.graph.sources if n.name == step)
             source.component.rejected = rejected
         result = engine.run()
-        store.mark_replayed([letter.id for letter in letters])
+        store.ledger.mark_replayed([letter.id for letter in letters])
     finally:
         store.close()
     if skipped:

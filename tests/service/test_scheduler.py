@@ -51,11 +51,11 @@ def test_scheduled_runs_start_never_overlap_and_missed_ones_are_recorded(folder:
         assert [m["due_at"] - now for m in scheduler.missed] == [2, 3, 4, 5]
         wait_for(lambda: run.status == "succeeded", timeout=60)
         history = runs.runs("demo")
-        from tideflow.state.store import open_state_store
+        from tideflow.state.locate import open_state_store
 
         store = open_state_store(None, folder)
         try:
-            rows = store.runs("demo", limit=20)
+            rows = store.history.runs("demo", limit=20)
         finally:
             store.close()
         assert sorted(r["status"] for r in rows) == ["missed"] * 4 + ["succeeded"]

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from tests.service.conftest import demo_pipeline, free_port, run_to_end, wait_for
 
-from tideflow.state.store import open_state_store
+from tideflow.state.locate import open_state_store
 
 SLOW = (
     demo_pipeline(count=2_000_000, rate=2000)
@@ -89,7 +89,7 @@ def ended(process: psutil.Process) -> bool:
 def last_run(folder: Path, name: str) -> dict[str, object]:
     store = open_state_store(None, folder)
     try:
-        return store.runs(name, limit=1)[0]
+        return store.history.runs(name, limit=1)[0]
     finally:
         store.close()
 

@@ -30,7 +30,7 @@ def dead_letter_rows(base: Path, pipeline: str) -> list[tuple[str, str]]:
     """(record JSON, reason) of every dead letter a pipeline under ``base`` recorded."""
     store = StateStore(base / ".tideflow" / "state.db")
     try:
-        return [(d.record, d.reason) for d in store.dead_letters(pipeline)]
+        return [(d.record, d.reason) for d in store.ledger.letters(pipeline)]
     finally:
         store.close()
 

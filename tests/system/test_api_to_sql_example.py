@@ -29,7 +29,7 @@ def test_api_to_sql_example_loads_every_record_then_only_new_ones(tmp_path: Path
     assert not any("@" in e for e in emails), "an e-mail address reached the database"
     store = StateStore(example / ".tideflow" / "state.db")
     try:
-        reads = [r["counts"]["http"]["in"] for r in reversed(store.runs("api-to-sql"))]
+        reads = [r["counts"]["http"]["in"] for r in reversed(store.history.runs("api-to-sql"))]
     finally:
         store.close()
     assert reads == [1000, 50]

@@ -175,7 +175,7 @@ def run_the_scenario(
 
     store = StateStore(example / ".tideflow" / "state.db")
     try:
-        letters = store.dead_letters("iot")
+        letters = store.ledger.letters("iot")
     finally:
         store.close()
     # The malformed message, and no sequence gap: nothing was dropped on the way.
@@ -231,7 +231,7 @@ def test_readings_a_broker_drops_are_reported_as_gaps(influx: Influx, example: P
     assert received < 208  # the broker dropped some
     store = StateStore(example / ".tideflow" / "state.db")
     try:
-        letters = store.dead_letters("iot", step="sequence")
+        letters = store.ledger.letters("iot", step="sequence")
     finally:
         store.close()
     missing = 0

@@ -24,7 +24,7 @@ from tests.faults.private_postgres import PrivatePostgres
 from tests.service.conftest import free_port
 from tests.system.helpers import EXAMPLES, cli
 
-from tideflow.state.store import open_state_store
+from tideflow.state.locate import open_state_store
 
 COUNT = 600
 STOP_BOUND = 120

@@ -74,7 +74,7 @@ def source_reads(folder: Path) -> list[int]:
     """Records the ETL's source read in each run, oldest first."""
     store = StateStore(folder / ".tideflow" / "state.db")
     try:
-        runs = store.runs("sql-etl")
+        runs = store.history.runs("sql-etl")
     finally:
         store.close()
     return [r["counts"]["sql"]["in"] for r in reversed(runs)]

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from tideflow.state.store import open_state_store
+from tideflow.state.locate import open_state_store
 
 PARTITIONS = 4
 DEADLINE = 45.0

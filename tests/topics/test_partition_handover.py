@@ -12,13 +12,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from tideflow.state.store import (
-    GroupCheckpoint,
-    PartitionLostError,
-    PartitionState,
-    StateStore,
-    open_state_store,
-)
+from tideflow.core.checkpoints import GroupCheckpoint, PartitionLostError, PartitionState
+from tideflow.state.locate import open_state_store
+from tideflow.state.store import StateStore
 from tideflow.topics.codec import Offsets
 from tideflow.topics.embedded import open_log
 from tideflow.topics.membership import EmbeddedGroupMember

@@ -64,7 +64,7 @@ def test_processors_transform_every_record_and_dead_letter_failures(
     doubled = sorted(r["value"] for r in stream.read_data(f"{topic}-x2"))
     assert doubled == sorted(v * 2 for v in values if v > 0)
     store = StateStore(tmp_path / ".tideflow" / "state.db")
-    letters = store.dead_letters("sensors-double")
+    letters = store.ledger.letters("sensors-double")
     store.close()
     assert sorted(orjson.loads(d.record)["value"] for d in letters) == [-3, -2, -1]
     assert all("negative value" in d.reason for d in letters)

@@ -19,7 +19,7 @@ import pytest
 from polars.testing import assert_frame_equal
 from tests.system.helpers import cli, paced_rooms
 
-from tideflow.state.store import open_state_store
+from tideflow.state.locate import open_state_store
 
 COUNT = 3000
 
@@ -105,9 +105,9 @@ def partition_deltas(folder: Path, state: str) -> int:
         return 0
     store = open_state_store(state or str(path), folder)
     try:
-        with store._lock:
-            row = store._execute(
-                store._conn, "SELECT count(*) FROM state_deltas WHERE scope <> ''"
+        with store.db.reading() as conn:
+            row = store.db.execute(
+                conn, "SELECT count(*) FROM state_deltas WHERE scope <> ''"
             ).fetchone()
         return int(row[0])
     finally:

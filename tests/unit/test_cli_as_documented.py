@@ -129,7 +129,7 @@ def recorded(folder: Path) -> list[str]:
     """The statuses the store holds, newest first (not as ``runs()`` shows them)."""
     store = StateStore(folder / ".tideflow" / "state.db")
     try:
-        rows = store._conn.execute(
+        rows = store.db.conn.execute(
             "SELECT status FROM runs WHERE pipeline='crashy' ORDER BY started_at DESC"
         ).fetchall()
     finally:

@@ -287,7 +287,7 @@ sink: {type: memory, collector: t3}
     assert sorted(collected("t3")["v"]) == [1, 3]
     assert result.counts["cast"] == {**result.counts["cast"], "in": 4, "out": 2, "dead_lettered": 2}
     store = StateStore(tmp_path / ".tideflow" / "state.db")
-    letters = store.dead_letters("t3")
+    letters = store.ledger.letters("t3")
     assert sorted(letter.record for letter in letters) == ['{"v":"4.5"}', '{"v":"x"}']
     assert all("cannot cast v value" in letter.reason for letter in letters)
     assert {letter.step for letter in letters} == {"cast"}
@@ -320,7 +320,7 @@ sink: {type: memory, collector: t3b}
     assert kept.schema["t"] == pl.Datetime("us", "UTC")
     assert result.counts["cast"] == {**result.counts["cast"], "in": 5, "out": 2, "dead_lettered": 3}
     store = StateStore(tmp_path / ".tideflow" / "state.db")
-    reasons = {json.loads(d.record)["k"]: d.reason for d in store.dead_letters("t3b")}
+    reasons = {json.loads(d.record)["k"]: d.reason for d in store.ledger.letters("t3b")}
     assert reasons[2].startswith("cannot cast a value x to Int64")
     assert reasons[3].startswith("cannot cast t value not a time to Datetime")
     assert reasons[4].startswith("cannot cast a value y")  # the first failing column names it
@@ -352,7 +352,7 @@ on_error: skip
         tmp_path,
     )
     assert result.counts["cast"]["dead_lettered"] == 1
-    assert StateStore(tmp_path / ".tideflow" / "state.db").dead_letters("t5") == []
+    assert StateStore(tmp_path / ".tideflow" / "state.db").ledger.letters("t5") == []
 
 
 def test_dead_letter_sink_receives_records_with_step_and_reason(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_skip_dead_letters_the_broken_page_and_reads_every_other_one(
     assert ids == [i for i in range(1, RECORDS + 1) if i not in lost]  # each once
     assert result.counts["http"]["dead_lettered"] == 1  # type: ignore[attr-defined]
     assert result.counts["http"]["report"]["pages skipped"] == 1  # type: ignore[attr-defined]
-    (letter,) = StateStore(tmp_path / ".tideflow" / "state.db").dead_letters("broken")
+    (letter,) = StateStore(tmp_path / ".tideflow" / "state.db").ledger.letters("broken")
     record = orjson.loads(letter.record)
     assert record["url"].startswith(api.url(path))
     assert record["status"] == (200 if mode == "truncated" else 500)

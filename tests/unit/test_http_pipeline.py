@@ -73,7 +73,7 @@ def test_api_to_api_pipeline_delivers_each_record_once_masked_and_enriched(
         assert posted[7]["score"] == 70
         assert len(posted[7]["email"]) == 64
 
-        letters = StateStore(tmp_path / ".tideflow" / "state.db").dead_letters("api-to-api")
+        letters = StateStore(tmp_path / ".tideflow" / "state.db").ledger.letters("api-to-api")
         assert sorted(orjson.loads(x.record)["id"] for x in letters) == list(range(13, 301, 13))
         assert all(x.reason == f"not found: {orjson.loads(x.record)['id']}" for x in letters)
         assert result.counts["http_enrich"]["dead_lettered"] == len(letters)

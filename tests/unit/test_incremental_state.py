@@ -21,13 +21,15 @@ import pytest
 from polars.testing import assert_frame_equal
 
 import tideflow as tf
+from tideflow.core.checkpoints import GroupCheckpoint, PartitionState
 from tideflow.core.contracts import Context
 from tideflow.core.delta import FrameDelta, StateDelta, apply_delta
 from tideflow.core.engine import RunObserver
 from tideflow.operators.timeseries.aggregate import CHANGED, Aggregate, AggregateConfig
 from tideflow.operators.timeseries.dedupe import Dedupe, DedupeConfig
 from tideflow.operators.timeseries.window import Window, WindowConfig
-from tideflow.state.store import GroupCheckpoint, PartitionState, StateStore, open_state_store
+from tideflow.state.locate import open_state_store
+from tideflow.state.store import StateStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -174,8 +176,8 @@ def test_a_compaction_replaces_the_base_and_forgets_the_deltas(store: StateStore
 
 
 def _deltas(store: StateStore) -> int:
-    with store._lock:
-        row = store._execute(store._conn, "SELECT count(*) FROM state_deltas").fetchone()
+    with store.db.reading() as conn:
+        row = store.db.execute(conn, "SELECT count(*) FROM state_deltas").fetchone()
     return int(row[0])
 
 

@@ -11,11 +11,13 @@ import polars as pl
 import pytest
 
 from tideflow.connectors.memory import MemorySinkConfig, clear, collected
+from tideflow.core.checkpoints import FencedError
 from tideflow.core.contracts import Context, Sink, Staged
 from tideflow.registry import Registry
 from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
-from tideflow.state.store import FencedError, StateStore, open_state_store
+from tideflow.state.locate import open_state_store
+from tideflow.state.store import StateStore
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -220,7 +220,7 @@ def test_tail_reads_rows_appended_to_csv_with_their_row_numbers(tmp_path: Path) 
     assert result.counts["file"]["out"] == 2 and result.counts["file"]["dead_lettered"] == 1
     assert output_ids(tmp_path) == [1, 2, 3, 4]
     assert complete_csv_ids_without_bad(table) == [1, 2, 3, 4]
-    letters = StateStore(tmp_path / ".tideflow" / "state.db").dead_letters("tail-csv")
+    letters = StateStore(tmp_path / ".tideflow" / "state.db").ledger.letters("tail-csv")
     # the header is row 1: the bad value is on row 5 of the file, not row 2 of the append
     assert [x.reason for x in letters] == [
         f"{table}: row 5: column 'id': cannot read 'not-a-number' as int64"

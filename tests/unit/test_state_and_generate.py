@@ -12,7 +12,8 @@ import pytest
 from tideflow.connectors.generate import Generate, GenerateConfig, generate_range
 from tideflow.core.codec import decode_state, encode_state
 from tideflow.core.contracts import Context, dead_letters
-from tideflow.state.store import StateStore, open_state_store
+from tideflow.state.locate import open_state_store
+from tideflow.state.store import StateStore
 
 
 def test_codec_round_trips_frames_inside_json() -> None:
@@ -49,7 +50,7 @@ def test_checkpoint_is_stored_atomically_with_dead_letters(store: StateStore) ->
         {"win": {"n": 3}},
         {"out": ["t"]},
     )
-    assert [d.record for d in store.dead_letters("p")] == ['{"a":1}', '{"a":2}']
+    assert [d.record for d in store.ledger.letters("p")] == ['{"a":1}', '{"a":2}']
 
     class Boom(Exception):
         pass
@@ -60,7 +61,7 @@ def test_checkpoint_is_stored_atomically_with_dead_letters(store: StateStore) ->
         store.commit_checkpoint("p", 2, {"src": {"row": 9}}, {}, {}, [("s", bad_frame)], "r")
     cp = store.load_checkpoint("p")
     assert cp is not None and cp.id == 1 and cp.positions == {"src": {"row": 5}}
-    assert len(store.dead_letters("p")) == 2
+    assert len(store.ledger.letters("p")) == 2
     store.reset("p")
     assert store.load_checkpoint("p") is None
     del Boom
@@ -69,11 +70,11 @@ def test_checkpoint_is_stored_atomically_with_dead_letters(store: StateStore) ->
 def test_dead_letter_queries_and_replay_marks(store: StateStore) -> None:
     frame = pl.DataFrame({"record": ["1", "2", "3"], "reason": ["late", "cast x", "cast y"]})
     store.commit_checkpoint("p", 1, {}, {}, {}, [("cast", frame)], "r")
-    assert [d.record for d in store.dead_letters("p", reason="cast")] == ["2", "3"]
-    ids = [d.id for d in store.dead_letters("p", reason="late")]
-    store.mark_replayed(ids)
-    assert [d.record for d in store.dead_letters("p", include_replayed=False)] == ["2", "3"]
-    assert store.dead_letter_summary("p") == [("cast", "cast x", 1), ("cast", "cast y", 1)]
+    assert [d.record for d in store.ledger.letters("p", reason="cast")] == ["2", "3"]
+    ids = [d.id for d in store.ledger.letters("p", reason="late")]
+    store.ledger.mark_replayed(ids)
+    assert [d.record for d in store.ledger.letters("p", include_replayed=False)] == ["2", "3"]
+    assert store.ledger.summary("p") == [("cast", "cast x", 1), ("cast", "cast y", 1)]
 
 
 @pytest.mark.parametrize("shape", ["sensors", "rooms", "orders", "sequence"])
@@ -114,7 +115,7 @@ def test_runs_are_recorded_in_both_backends(store: StateStore) -> None:
     store.start_run("r1", "p")
     store.end_run("r1", "succeeded", {"src": {"in": 3}})
     store.start_run("r2", "p")
-    runs = store.runs("p")
+    runs = store.history.runs("p")
     assert [r["id"] for r in runs] == ["r2", "r1"]
     assert runs[1]["status"] == "succeeded" and runs[1]["counts"] == {"src": {"in": 3}}
     assert runs[0]["status"] == "running" and runs[0]["ended_at"] is None

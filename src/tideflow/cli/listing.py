@@ -127,5 +127,5 @@ def state_json(name: str, store: Any) -> dict[str, Any]:
             {"key": key, "sink": sink, "checkpoint": checkpoint_id}
             for key, sink, checkpoint_id in store.outbox_summary(name)
         ],
-        "runs": [run_json(row) for row in store.runs(name, limit=5)],
+        "runs": [run_json(row) for row in store.history.runs(name, limit=5)],
     }

@@ -405,7 +405,7 @@ def print_plan(spec: PipelineSpec, base: Path) -> None:
     """Describe what a run would do."""
     from tideflow.registry import default_registry
     from tideflow.spec.graph import build_graph
-    from tideflow.state.store import state_location, state_path
+    from tideflow.state.locate import state_location, state_path
 
     graph = build_graph(spec, default_registry)
     out.print(f"pipeline [bold]{spec.name}[/bold] is valid")
@@ -860,7 +860,7 @@ def state() -> None:
 
 
 def _store_for(target: Target) -> Any:
-    from tideflow.state.store import open_state_store
+    from tideflow.state.locate import open_state_store
 
     return open_state_store(target.state, target.base)
 
@@ -913,7 +913,7 @@ def state_show(pipeline: str, state_dir: Path | None, as_json: bool) -> None:
             "missing)",
             markup=False,
         )
-    for run_row in store.runs(name, limit=5):
+    for run_row in store.history.runs(name, limit=5):
         out.print(f"  run {run_row['id']}: {run_row['status']}", markup=False)
     store.close()
 
@@ -979,7 +979,7 @@ def state_reset(pipeline: str, dead_letters: bool, yes: bool, state_dir: Path | 
         if not yes:
             click.confirm(f"reset the state of {spec.name}?", abort=True)
         store.reset(spec.name, dead_letters=dead_letters)
-        store.record_reset(engine.run_id, spec.name, "; ".join(lines))
+        store.history.record_reset(engine.run_id, spec.name, "; ".join(lines))
     finally:
         store.close()
     out.print(f"{spec.name}: state reset")
@@ -1049,8 +1049,8 @@ def deadletters_list(
         from tideflow.cli.listing import dead_letter_json
 
         try:
-            summary = store.dead_letter_summary(target.name)
-            rows = store.dead_letters(
+            summary = store.ledger.summary(target.name)
+            rows = store.ledger.letters(
                 target.name,
                 step=step,
                 reason=reason,
@@ -1066,9 +1066,9 @@ def deadletters_list(
         }
         click.echo(json.dumps(document, indent=2))
         return
-    for step_name, why, count in store.dead_letter_summary(target.name):
+    for step_name, why, count in store.ledger.summary(target.name):
         out.print(f"{count:>8}  {step_name}: {why}", markup=False)
-    rows = store.dead_letters(
+    rows = store.ledger.letters(
         target.name, step=step, reason=reason, include_replayed=include_replayed, limit=limit
     )
     for row in rows:
@@ -1093,7 +1093,7 @@ def deadletters_show(
     target = resolve(pipeline, state_dir=state_dir)
     store = _store_for(target)
     try:
-        rows = store.dead_letters(target.name, ids=list(ids))
+        rows = store.ledger.letters(target.name, ids=list(ids))
     finally:
         store.close()
     letters = [dead_letter_json(row) for row in rows]

@@ -95,7 +95,7 @@ def _needs(spec: PipelineSpec) -> Iterator[tuple[tuple[str | int, ...], str, Req
         rule = _RULES.get(str(node.type))
         for requirement in rule(node) if rule else ():
             yield ("on_error", "sink"), f"dead-letter sink ({node.type})", requirement
-    from tideflow.state.store import state_location
+    from tideflow.state.locate import state_location
 
     state = state_location(spec.state)
     if state and state.startswith(("postgresql://", "postgres://")):

@@ -859,7 +859,7 @@ class TopicSink(Sink[TopicSinkConfig]):
                 f"sink {ctx.name!r}: exactly_once on Kafka stores each checkpoint's messages "
                 "in the state store first, and this sink's context has no outbox: run it in "
                 "a pipeline (the engine provides one), give its Context an outbox "
-                "(state.store.SinkOutbox), or set exactly_once: false"
+                "(core.checkpoints.SinkOutbox), or set exactly_once: false"
             )
         transactional_id = self.config.transactional_id or (
             f"tideflow-{ctx.state_id[:12]}-{ctx.pipeline}-{ctx.name}-{ctx.scope}"

@@ -67,8 +67,9 @@ class Lease:
 
 class CheckpointStore(Protocol):
     """What the engine needs of a state store (``tideflow.state.store`` implements it in
-    SQLite and PostgreSQL): checkpoints committed atomically with dead letters and sink
-    outboxes, runs recorded, a lease per pipeline, and partitions claimed by group workers."""
+    SQLite, ``tideflow.state.postgres`` in PostgreSQL): checkpoints committed atomically
+    with dead letters and sink outboxes, runs recorded, a lease per pipeline, and partitions
+    claimed by group workers."""
 
     path: Path
     """A local path naming the store (its file, or a folder for a server-backed one)."""

@@ -13,7 +13,8 @@ from tideflow.core.plan import RunPlan
 from tideflow.registry import Registry, default_registry
 from tideflow.spec.graph import build_graph
 from tideflow.spec.models import PipelineSpec
-from tideflow.state.store import StateStore, open_state_store
+from tideflow.state.locate import open_state_store
+from tideflow.state.store import StateStore
 
 
 def plan_run(

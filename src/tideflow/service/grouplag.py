@@ -34,7 +34,7 @@ LABELS = ["pipeline", "source", "group", "topic", "partition"]
 def state_dir(location: str | None, base: Path) -> Path:
     """The folder holding a pipeline's state and embedded topic log (as the engine puts it:
     beside a SQLite state store, ``.tideflow/`` beside the file for PostgreSQL state)."""
-    from tideflow.state.store import state_path
+    from tideflow.state.locate import state_path
 
     if location and "://" in location:
         return base / ".tideflow"

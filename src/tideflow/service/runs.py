@@ -32,7 +32,8 @@ from tideflow.observe.metrics import PipelineMetrics
 from tideflow.secrets import redact
 from tideflow.service.catalog import Catalog, Conflict, Entry, NotFound
 from tideflow.service.worker import worker_main
-from tideflow.state.store import StateStore, open_state_store, state_location, state_path
+from tideflow.state.locate import open_state_store, state_location, state_path
+from tideflow.state.store import StateStore
 
 log = logging.getLogger("tideflow.service")
 ACTIVE = ("starting", "running", "stopping")
@@ -322,7 +323,7 @@ class RunManager:
         run_id = uuid.uuid4().hex[:12]
         log.warning("%s: scheduled run due at %s missed: %s", pid, time.ctime(due_at), reason)
         with self._store(entry) as store:
-            store.record_missed(run_id, entry.spec.name, due_at, reason)
+            store.history.record_missed(run_id, entry.spec.name, due_at, reason)
 
     def _store(self, entry: Entry) -> _StoreScope:
         assert entry.spec is not None

@@ -21,7 +21,7 @@ from tideflow.service.policy import Policy
 from tideflow.service.runs import ACTIVE, RunManager
 from tideflow.service.scheduler import Scheduler
 from tideflow.service.web import STREAM_INTERVAL, STREAM_LIFETIME, STREAM_RETRY_MS, sse
-from tideflow.state.store import open_state_store
+from tideflow.state.locate import open_state_store
 
 
 class Service:
@@ -164,7 +164,7 @@ class Service:
             return []
         store = open_state_store(entry.spec.state, entry.path.parent)
         try:
-            rows = store.runs(entry.spec.name, limit=limit)
+            rows = store.history.runs(entry.spec.name, limit=limit)
         finally:
             store.close()
         known = {r.id: r for r in self.runs.runs(entry.id)}

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Body, Query
 from tideflow.service.catalog import Conflict, NotFound
 from tideflow.service.server import Service
 from tideflow.service.web import PidPath, ReplayRequest
-from tideflow.state.store import open_state_store
+from tideflow.state.locate import open_state_store
 
 
 def router(service: Service) -> APIRouter:
@@ -31,8 +31,8 @@ def router(service: Service) -> APIRouter:
             raise Conflict(f"pipeline {pid!r} is not valid")
         store = open_state_store(entry.spec.state, entry.path.parent)
         try:
-            summary = store.dead_letter_summary(entry.spec.name)
-            rows = store.dead_letters(
+            summary = store.ledger.summary(entry.spec.name)
+            rows = store.ledger.letters(
                 entry.spec.name,
                 step=step,
                 reason=reason,
