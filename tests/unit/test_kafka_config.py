@@ -81,7 +81,7 @@ def test_bootstrap_is_a_deprecated_alias(caplog: pytest.LogCaptureFixture) -> No
 def test_group_timeouts_default_short_and_yield_to_the_users(options: dict[str, int]) -> None:
     import confluent_kafka
 
-    from tideflow.topics.backends import group_timeouts
+    from tideflow.connectors.kafka.client import group_timeouts
 
     timeouts = group_timeouts(options)
     assert {k: timeouts[k] for k in options} == options  # the user's values win

@@ -728,8 +728,8 @@ def schema_plan(pipeline: str, sets: tuple[str, ...]) -> None:
 @click.pass_context
 def topics(ctx: click.Context, broker: str | None, state_dir: str) -> None:
     """List, create, inspect, tail and produce to topics (embedded log or Kafka)."""
+    from tideflow.connectors.topic.admin import Admin
     from tideflow.connectors.topics import resolve_broker
-    from tideflow.topics.admin import Admin
 
     ctx.obj = Admin(resolve_broker(broker), Path(state_dir))
 
@@ -743,8 +743,8 @@ def _topic_options(fn: F) -> F:
         admin: Any, *args: Any, state_dir: str | None, broker: str | None, **kwargs: Any
     ) -> Any:
         if state_dir is not None or broker is not None:
+            from tideflow.connectors.topic.admin import Admin
             from tideflow.connectors.topics import resolve_broker
-            from tideflow.topics.admin import Admin
 
             admin = Admin(
                 resolve_broker(broker) if broker is not None else admin.bootstrap,

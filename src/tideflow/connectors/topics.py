@@ -13,8 +13,8 @@ they read with ``isolation.level=read_committed`` by default. The ``topic`` sink
 embedded log is transactional (messages become visible at the checkpoint); on Kafka it is
 exactly-once by default (``exactly_once``): each checkpoint's messages are stored in the
 checkpoint and then produced in one Kafka transaction, with the consumed offsets of a Kafka
-source on the same cluster (``topics/exactly_once.py``); ``exactly_once: false`` gives an
-idempotent producer that is at-least-once across a crash.
+source on the same cluster (``connectors/kafka/exactly_once.py``); ``exactly_once: false``
+gives an idempotent producer that is at-least-once across a crash.
 """
 
 from __future__ import annotations
@@ -28,6 +28,12 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
+from tideflow.connectors.kafka.client import check_kafka_address, default_bootstrap, kafka_bootstrap
+from tideflow.connectors.kafka.consumer import KafkaConsumer
+from tideflow.connectors.kafka.exactly_once import ExactlyOnceProducer
+from tideflow.connectors.kafka.outbox import fresh_spill_folder
+from tideflow.connectors.kafka.producer import KafkaProducer
+from tideflow.connectors.kafka.transactions import TransactionOffsets
 from tideflow.core.contracts import (
     MAX_RECORD_BYTES,
     Context,
@@ -44,16 +50,7 @@ from tideflow.core.settings import Settings
 from tideflow.errors import ConfigError, PartitioningError, PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
-from tideflow.spec.models import FieldIssue
-from tideflow.topics.backends import (
-    Consumer,
-    EmbeddedConsumer,
-    EmbeddedProducer,
-    KafkaConsumer,
-    KafkaProducer,
-    Producer,
-    default_bootstrap,
-)
+from tideflow.topics.backends import Consumer, EmbeddedConsumer, EmbeddedProducer, Producer
 from tideflow.topics.codec import (
     Format,
     Offsets,
@@ -65,11 +62,8 @@ from tideflow.topics.codec import (
 )
 from tideflow.topics.coverage import Coverage, goals_at_start
 from tideflow.topics.embedded import EmbeddedLog, open_log
-from tideflow.topics.exactly_once import ExactlyOnceProducer
-from tideflow.topics.kafka_txn import TransactionOffsets
 from tideflow.topics.membership import EmbeddedGroupMember
 from tideflow.topics.names import check_topic_name
-from tideflow.topics.outbox import fresh_spill_folder
 from tideflow.topics.partitioner import (
     PARTITIONERS,
     Partitioner,
@@ -111,40 +105,6 @@ def resolve_broker(broker: str | None) -> str | None:
             f"broker {broker!r}: expected kafka://host:port[,host:port] or `embedded`"
         )
     return broker.removeprefix("kafka://")
-
-
-def kafka_bootstrap(configured: str | None, kind: str) -> str:
-    """The bootstrap servers of a ``kafka`` source or sink: its own, else ``KAFKA_BROKER``."""
-    bootstrap = configured or default_bootstrap()
-    if not bootstrap:
-        raise ConfigError(f"kafka {kind}: set `broker` or the KAFKA_BROKER variable")
-    return bootstrap.removeprefix("kafka://")
-
-
-def _kafka_address(broker: str | None, bootstrap: str | None) -> str | None:
-    """Check a ``kafka`` connector's address settings: ``broker`` (``kafka://host:port`` or
-    ``host:port``, several comma-separated), the deprecated ``bootstrap`` alias, else
-    ``KAFKA_BROKER``; a connector with none of them cannot run."""
-    if (
-        broker is not None
-        and bootstrap is not None
-        and broker.removeprefix("kafka://") != bootstrap.removeprefix("kafka://")
-    ):
-        raise FieldIssue(
-            ("bootstrap",), "`bootstrap` is a deprecated name of `broker`: give only `broker`"
-        )
-    address = broker if broker is not None else bootstrap
-    if address == "embedded":
-        raise FieldIssue(
-            ("broker",),
-            "a `kafka` connector needs a Kafka broker; use type `topic` for the embedded log",
-        )
-    if not address and not default_bootstrap():
-        raise FieldIssue(
-            ("broker",),
-            "no Kafka broker: set `broker: kafka://host:port` or the KAFKA_BROKER variable",
-        )
-    return address
 
 
 class PartitionedBy(Settings):
@@ -834,8 +794,8 @@ class TopicSink(Sink):
         messages count too: a topic does not say who wrote what."""
         from pathlib import Path
 
+        from tideflow.connectors.topic.admin import Admin
         from tideflow.errors import PipelineError
-        from tideflow.topics.admin import Admin
 
         bootstrap = self._bootstrap()
         where = f"on Kafka ({bootstrap})" if bootstrap else f"on the embedded log {log_path(ctx)}"
@@ -931,7 +891,7 @@ class KafkaSourceConfig(TopicSourceConfig):
 
     @model_validator(mode="after")
     def _one_subscription(self) -> KafkaSourceConfig:
-        _kafka_address(self.broker, self.bootstrap)
+        check_kafka_address(self.broker, self.bootstrap)
         if bool(self.topic) == bool(self.pattern):
             raise ValueError("give exactly one of `topic` or `pattern`")
         if self.pattern is not None:
@@ -973,7 +933,7 @@ class KafkaSinkConfig(TopicSinkConfig):
 
     @model_validator(mode="after")
     def _address(self) -> KafkaSinkConfig:
-        _kafka_address(self.broker, self.bootstrap)
+        check_kafka_address(self.broker, self.bootstrap)
         return self
 
 
