@@ -22,7 +22,8 @@ from tideflow.connectors.amqp import AmqpSource, AmqpSourceConfig
 from tideflow.connectors.mqtt import MqttSource, MqttSourceConfig
 from tideflow.connectors.redis_connector import RedisStreamsSource, RedisStreamsSourceConfig
 from tideflow.connectors.topic.admin import Admin
-from tideflow.connectors.topics import TopicSource, TopicSourceConfig
+from tideflow.connectors.topic.settings import TopicSourceConfig
+from tideflow.connectors.topic.source import TopicSource
 from tideflow.core.contracts import Context, Source
 
 LIMIT = 2048

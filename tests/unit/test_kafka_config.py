@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from tests.system.helpers import cli
 
-from tideflow.connectors.topics import KafkaSink, KafkaSource
+from tideflow.connectors.kafka.sink import KafkaSink
+from tideflow.connectors.kafka.source import KafkaSource
 from tideflow.errors import ConfigError
 from tideflow.spec.loader import load_pipeline_text
 
