@@ -49,7 +49,7 @@ sink: {{type: sql, url: "sqlite:///totals.db", table: totals, mode: upsert, key:
 
 def published(folder: Path, broker: str | None) -> pl.DataFrame:
     """Totals per room of every event the topic holds, read back without a group."""
-    from tideflow.topics.admin import Admin
+    from tideflow.connectors.topic.admin import Admin
 
     admin = Admin(broker, folder / ".tideflow")
     try:

@@ -336,7 +336,7 @@ class Stream:
         """Topic operations on this stream's backend (one, so that publishing on Kafka
         reuses its producer)."""
         if self._admin_handle is None:
-            from tideflow.topics.admin import Admin
+            from tideflow.connectors.topic.admin import Admin
 
             self._admin_handle = Admin(self._bootstrap(), self.base_dir / ".tideflow")
         return self._admin_handle

@@ -21,9 +21,10 @@ import redis
 from tideflow.connectors.amqp import AmqpSource, AmqpSourceConfig
 from tideflow.connectors.mqtt import MqttSource, MqttSourceConfig
 from tideflow.connectors.redis_connector import RedisStreamsSource, RedisStreamsSourceConfig
-from tideflow.connectors.topics import TopicSource, TopicSourceConfig
+from tideflow.connectors.topic.admin import Admin
+from tideflow.connectors.topic.settings import TopicSourceConfig
+from tideflow.connectors.topic.source import TopicSource
 from tideflow.core.contracts import Context, Source
-from tideflow.topics.admin import Admin
 
 LIMIT = 2048
 LONG = b'{"n": -1, "blob": "' + b"x" * 10_000 + b'"}'  # 10,021 bytes

@@ -23,7 +23,7 @@ import pytest
 from tests.service.conftest import Server, demo_pipeline, free_port, run_to_end, wait_for
 from tests.service.test_live import metric
 
-from tideflow.topics.admin import Admin
+from tideflow.connectors.topic.admin import Admin
 
 ROOT = Path(__file__).parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "tideflow.json"

@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from confluent_kafka import Consumer
 
-from tideflow.topics.admin import Admin
+from tideflow.connectors.topic.admin import Admin
 
 PARTITIONS = 3
 COUNT = 600

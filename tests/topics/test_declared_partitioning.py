@@ -21,7 +21,7 @@ import polars as pl
 from confluent_kafka import Producer
 from polars.testing import assert_frame_equal
 
-from tideflow.topics.admin import Admin
+from tideflow.connectors.topic.admin import Admin
 
 ROOMS = 37
 COUNT = 2_000

@@ -10,8 +10,8 @@ import orjson
 import pytest
 
 from tideflow import Pipeline, collect
+from tideflow.connectors.topic.admin import Admin
 from tideflow.testing import collected
-from tideflow.topics.admin import Admin
 
 
 def test_a_read_ends_exactly_at_the_given_offsets_and_the_rest_waits_for_the_next_run(

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from tideflow.topics.backends import KafkaConsumer
+from tideflow.connectors.kafka.consumer import KafkaConsumer
 
 pytestmark = pytest.mark.timeout(300)
 

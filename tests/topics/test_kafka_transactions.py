@@ -13,10 +13,10 @@ import polars as pl
 import pytest
 from tests.topics.kafka_reader import read_committed
 
+from tideflow.connectors.kafka.exactly_once import message_ids, producer_tag
+from tideflow.connectors.kafka.outbox import MESSAGE_SCHEMA
+from tideflow.connectors.kafka.transactions import FencedProducerError, KafkaTransactions
 from tideflow.errors import PipelineError
-from tideflow.topics.exactly_once import message_ids, producer_tag
-from tideflow.topics.kafka_txn import FencedProducerError, KafkaTransactions
-from tideflow.topics.outbox import MESSAGE_SCHEMA
 
 
 def messages(start: int, count: int, partition: int = 0) -> pl.DataFrame:

@@ -12,7 +12,9 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.connectors.topics import TopicSink, TopicSinkConfig, TopicSource, TopicSourceConfig
+from tideflow.connectors.topic.settings import TopicSinkConfig, TopicSourceConfig
+from tideflow.connectors.topic.sink import TopicSink
+from tideflow.connectors.topic.source import TopicSource
 from tideflow.core.contracts import Context
 
 

@@ -18,9 +18,9 @@ import orjson
 import pytest
 
 from tideflow import Processor, Stream
+from tideflow.connectors.topic.admin import Admin
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.state.store import StateStore
-from tideflow.topics.admin import Admin
 from tideflow.topics.embedded import open_log
 
 

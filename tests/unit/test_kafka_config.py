@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from tests.system.helpers import cli
 
-from tideflow.connectors.topics import KafkaSink, KafkaSource
+from tideflow.connectors.kafka.sink import KafkaSink
+from tideflow.connectors.kafka.source import KafkaSource
 from tideflow.errors import ConfigError
 from tideflow.spec.loader import load_pipeline_text
 
@@ -81,7 +82,7 @@ def test_bootstrap_is_a_deprecated_alias(caplog: pytest.LogCaptureFixture) -> No
 def test_group_timeouts_default_short_and_yield_to_the_users(options: dict[str, int]) -> None:
     import confluent_kafka
 
-    from tideflow.topics.backends import group_timeouts
+    from tideflow.connectors.kafka.client import group_timeouts
 
     timeouts = group_timeouts(options)
     assert {k: timeouts[k] for k in options} == options  # the user's values win

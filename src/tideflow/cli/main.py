@@ -719,8 +719,8 @@ def schema_plan(pipeline: str, sets: tuple[str, ...]) -> None:
 @click.pass_context
 def topics(ctx: click.Context, broker: str | None, state_dir: str) -> None:
     """List, create, inspect, tail and produce to topics (embedded log or Kafka)."""
-    from tideflow.connectors.topics import resolve_broker
-    from tideflow.topics.admin import Admin
+    from tideflow.connectors.topic.admin import Admin
+    from tideflow.connectors.topic.settings import resolve_broker
 
     ctx.obj = Admin(resolve_broker(broker), Path(state_dir))
 
@@ -734,8 +734,8 @@ def _topic_options(fn: F) -> F:
         admin: Any, *args: Any, state_dir: str | None, broker: str | None, **kwargs: Any
     ) -> Any:
         if state_dir is not None or broker is not None:
-            from tideflow.connectors.topics import resolve_broker
-            from tideflow.topics.admin import Admin
+            from tideflow.connectors.topic.admin import Admin
+            from tideflow.connectors.topic.settings import resolve_broker
 
             admin = Admin(
                 resolve_broker(broker) if broker is not None else admin.bootstrap,

@@ -56,7 +56,7 @@ def _path(path: Any) -> tuple[Requirement, ...]:
 
 def _topic(broker: Any) -> tuple[Requirement, ...]:
     # `topic` uses the embedded log unless a Kafka broker is named (here or in KAFKA_BROKER).
-    from tideflow.connectors.topics import resolve_broker
+    from tideflow.connectors.topic.settings import resolve_broker
 
     try:
         return _KAFKA if resolve_broker(broker) else ()

@@ -44,7 +44,7 @@ def state_dir(location: str | None, base: Path) -> Path:
 def embedded_sources(spec: Any) -> Iterator[tuple[str, str, list[str], bool]]:
     """(source name, group, topics, starts at the end) of every ``topic`` source that reads
     the embedded log (no ``broker``, and none from ``KAFKA_BROKER``)."""
-    from tideflow.connectors.topics import resolve_broker
+    from tideflow.connectors.topic.settings import resolve_broker
 
     for source in spec.all_sources:
         if source.type != "topic":

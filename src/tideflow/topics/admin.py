@@ -1,4 +1,7 @@
-"""Topic administration for ``tideflow topics``, on the embedded log or Kafka."""
+"""Topic administration for ``tideflow topics`` and the Stream API: what every backend offers
+(:class:`TopicAdmin`), and the embedded log's implementation. Kafka's is
+:class:`tideflow.connectors.kafka.admin.KafkaAdmin`; ``tideflow.connectors.topic.admin.Admin``
+picks one of them from the broker setting."""
 
 from __future__ import annotations
 
@@ -6,20 +9,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 import polars as pl
 
-from tideflow.errors import ConfigError, PipelineError, TransientError
-from tideflow.topics.backends import KafkaProducer, _confluent, kafka_messages
+from tideflow.errors import ConfigError
 from tideflow.topics.codec import RawMessages
-from tideflow.topics.embedded import open_log
+from tideflow.topics.embedded import EmbeddedLog, open_log
 from tideflow.topics.names import topic_name_problem
 from tideflow.topics.partitioner import partitions_of
 
 
-def _checked(topic: str) -> str:
-    """``topic``, if it is a valid topic name on both backends."""
+def checked_topic(topic: str) -> str:
+    """``topic``, if it is a valid topic name on both backends; else a ``ConfigError``."""
     problem = topic_name_problem(topic)
     if problem is not None:
         raise ConfigError(problem)
@@ -41,244 +43,118 @@ class PartitionLag:
         return self.end - (self.committed or 0)
 
 
-class Admin:
-    """Topic operations on one backend: ``bootstrap`` for Kafka, else the log in
-    ``state_dir``."""
-
-    def __init__(self, bootstrap: str | None, state_dir: Path) -> None:
-        self.bootstrap = bootstrap
-        self.state_dir = state_dir
-        self._producer: KafkaProducer | None = None
+class TopicAdmin(Protocol):
+    """Topic operations on one backend."""
 
     def close(self) -> None:
-        """Release the Kafka producer that :meth:`produce` keeps between calls."""
-        if self._producer is not None:
-            self._producer.close()
-            self._producer = None
-
-    def _log(self) -> Any:
-        return open_log(self.state_dir / "topics.db")
-
-    def _admin(self) -> Any:
-        ck = _confluent()
-        return ck.admin.AdminClient({"bootstrap.servers": self.bootstrap})
+        """Release what the backend keeps between calls."""
 
     def names(self) -> list[str]:
         """Topic names."""
-        if self.bootstrap is None:
-            return list(self._log().topics())
-        meta = self._admin().list_topics(timeout=30)
-        return sorted(t for t in meta.topics if not t.startswith("__"))
 
     def create(self, topic: str, partitions: int, retention_ms: int | None = None) -> None:
         """Create a topic (an error if it exists)."""
-        _checked(topic)
-        if self.bootstrap is None:
-            self._log().create_topic(topic, partitions, retention_ms=retention_ms, exist_ok=False)
-            return
-        ck = _confluent()
-        config = {"retention.ms": str(retention_ms)} if retention_ms else {}
-        admin = self._admin()  # must outlive the future, or the request is cancelled
-        futures = admin.create_topics(
-            [ck.admin.NewTopic(topic, num_partitions=partitions, config=config)]
-        )
-        try:
-            futures[topic].result(30)
-        except ck.KafkaException as exc:
-            raise PipelineError(f"cannot create topic {topic!r}: {exc}") from exc
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        """Next offset of every partition (on Kafka: the high watermark, as a fetch response
-        reports it).
+        """Next offset of every partition."""
 
-        *Why a fetch, not ``ListOffsets``*: tansu 0.6.0 answers a "latest offset" query
-        with the base offset of the partition's last record batch plus one (3 messages
-        produced in one batch: 1, not 3), while its fetch responses carry the true high
-        watermark. Reading from the reported end makes the broker send one fetch response,
-        whose high watermark librdkafka caches; on Kafka both agree."""
-        if self.bootstrap is None:
-            return dict(self._log().describe(topic).end_offsets)
-        ck = _confluent()
-        consumer = ck.Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": "tideflow-admin",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
-        try:
-            meta = consumer.list_topics(topic, timeout=30)
-            if topic not in meta.topics or meta.topics[topic].error is not None:
-                raise PipelineError(f"topic {topic!r} does not exist")
-            parts = sorted(meta.topics[topic].partitions)
-            consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_END) for p in parts])
-            ends: dict[int, int] = {}
-            deadline = time.monotonic() + 30
-            while len(ends) < len(parts):
-                if time.monotonic() > deadline:
-                    missing = ", ".join(str(p) for p in parts if p not in ends)
-                    raise TransientError(
-                        f"topic {topic!r}: no fetch response for partition(s) {missing} in 30 s"
-                    )
-                consumer.consume(1000, 0.1)  # messages are ignored: only the watermarks count
-                for part in parts:
-                    marks = consumer.get_watermark_offsets(
-                        ck.TopicPartition(topic, part), cached=True
-                    )
-                    if marks is not None and marks[1] >= 0:
-                        ends[part] = int(marks[1])
-            return ends
-        finally:
-            consumer.close()
+    def lag(self, topic: str, group: str) -> list[PartitionLag]:
+        """The group's committed offset and the end of each partition."""
+
+    def ensure(self, topic: str, partitions: int = 1) -> None:
+        """Create ``topic`` with ``partitions`` unless it exists (then it is left alone)."""
+
+    def produce(self, topic: str, values: list[bytes], key: str | None = None) -> int:
+        """Append messages, visible at once; returns how many."""
+
+    def read_all(self, topic: str) -> list[bytes | None]:
+        """Every message value ``topic`` holds now, partition by partition in offset order."""
+
+    def tail(self, topic: str, count: int, follow: bool) -> Iterator[RawMessages]:
+        """The last ``count`` messages of each partition, then new ones if ``follow``."""
+
+
+class EmbeddedAdmin:
+    """Topic operations on the embedded log in ``state_dir`` (``topics.db``)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+
+    def close(self) -> None:
+        """Nothing to release: the log handle is shared."""
+
+    def _log(self) -> EmbeddedLog:
+        return open_log(self.state_dir / "topics.db")
+
+    def names(self) -> list[str]:
+        """Topic names."""
+        return list(self._log().topics())
+
+    def create(self, topic: str, partitions: int, retention_ms: int | None = None) -> None:
+        """Create a topic (an error if it exists)."""
+        checked_topic(topic)
+        self._log().create_topic(topic, partitions, retention_ms=retention_ms, exist_ok=False)
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset of every partition."""
+        return dict(self._log().describe(topic).end_offsets)
 
     def lag(self, topic: str, group: str) -> list[PartitionLag]:
         """The group's committed offset and the end of each partition."""
         ends = self.end_offsets(topic)
-        if self.bootstrap is None:
-            committed: dict[int, int] = self._log().committed(group, topic)
-        else:
-            ck = _confluent()
-            consumer = ck.Consumer({"bootstrap.servers": self.bootstrap, "group.id": group})
-            try:
-                parts = consumer.committed([ck.TopicPartition(topic, p) for p in ends], timeout=30)
-                committed = {p.partition: p.offset for p in parts if p.offset >= 0}
-            finally:
-                consumer.close()
+        committed: dict[int, int] = self._log().committed(group, topic)
         return [PartitionLag(topic, p, committed.get(p), e) for p, e in sorted(ends.items())]
 
     def ensure(self, topic: str, partitions: int = 1) -> None:
         """Create ``topic`` with ``partitions`` unless it exists (then it is left alone)."""
-        _checked(topic)
-        if self.bootstrap is None:
-            self._log().create_topic(topic, partitions)
-            return
-        if partitions == 1:
-            self._kafka_producer().partitions(topic)  # creates a missing topic
-            return
-        producer = KafkaProducer(self.bootstrap, {}, partitions)
-        try:
-            producer.partitions(topic)
-        finally:
-            producer.close()
-
-    def _kafka_producer(self) -> KafkaProducer:
-        """One producer for the Admin's life: connecting costs a quarter of a second."""
-        assert self.bootstrap is not None
-        if self._producer is None:
-            self._producer = KafkaProducer(self.bootstrap, {}, 1)
-        return self._producer
+        checked_topic(topic)
+        self._log().create_topic(topic, partitions)
 
     def produce(self, topic: str, values: list[bytes], key: str | None = None) -> int:
-        """Append messages, visible at once; returns how many.
-
-        On the embedded log the messages are appended in one SQLite transaction (all or none;
-        no producer transaction left pending if the process dies). On Kafka the call returns
-        once the broker acknowledged every message (idempotent producer, ``acks=all``) and
-        raises if any delivery failed."""
-        _checked(topic)
+        """Append messages in one SQLite transaction (all or none; no producer transaction
+        left pending if the process dies), visible at once; returns how many."""
+        checked_topic(topic)
         keys = pl.Series("k", [key.encode() if key else None] * len(values), dtype=pl.Binary)
         vals = pl.Series("v", values, dtype=pl.Binary)
         if not values:
             return 0
-        if self.bootstrap is None:
-            log = self._log()
-            log.create_topic(topic)
-            parts = log.describe(topic).partitions
-            log.append(topic, partitions_of(keys, parts), keys, vals)
-            return len(values)
-        producer = self._kafka_producer()
-        parts = producer.partitions(topic)
-        producer.send(topic, partitions_of(keys, parts), keys, vals, None)
-        producer.commit(producer.flush())
+        log = self._log()
+        log.create_topic(topic)
+        parts = log.describe(topic).partitions
+        log.append(topic, partitions_of(keys, parts), keys, vals)
         return len(values)
 
     def read_all(self, topic: str) -> list[bytes | None]:
-        """Every message value ``topic`` holds now, partition by partition in offset order.
-
-        Reads up to the end offsets taken at the call (no consumer group, nothing committed);
-        the end is decided by those offsets, not by a quiet period."""
-        ends = self.end_offsets(_checked(topic))
+        """Every message value ``topic`` holds now, partition by partition in offset order,
+        up to the end offsets taken at the call (the end is decided by those offsets, not by
+        a quiet period)."""
+        ends = self.end_offsets(checked_topic(topic))
         values: list[bytes | None] = []
-        if self.bootstrap is None:
-            log = self._log()
-            for part, end in sorted(ends.items()):
-                offset = log.describe(topic).start_offsets[part]
-                while offset < end:
-                    got = log.read(topic, part, offset, 10_000)
-                    if not len(got):
-                        break  # the rest is an open producer transaction: not visible yet
-                    values.extend(got.values)
-                    offset = got.offsets[-1] + 1
-            return values
-        ck = _confluent()
-        consumer = ck.Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": "tideflow-read",
-                "enable.auto.commit": False,
-                "enable.partition.eof": True,
-            }
-        )
-        try:
-            for part, end in sorted(ends.items()):
-                if end <= 0:
-                    continue
-                partition = ck.TopicPartition(topic, part, ck.OFFSET_BEGINNING)
-                consumer.assign([partition])
-                while True:
-                    messages = consumer.consume(1000, 1.0)
-                    eof = any(
-                        m.error() is not None and m.error().code() == ck.KafkaError._PARTITION_EOF
-                        for m in messages
-                    )
-                    got = kafka_messages(messages)
-                    values.extend(
-                        v for o, v in zip(got.offsets, got.values, strict=True) if o < end
-                    )
-                    # The position moves past transaction markers, which are never delivered.
-                    [where] = consumer.position([ck.TopicPartition(topic, part)])
-                    if where.offset >= end or eof:
-                        break
-            return values
-        finally:
-            consumer.close()
+        log = self._log()
+        for part, end in sorted(ends.items()):
+            offset = log.describe(topic).start_offsets[part]
+            while offset < end:
+                got = log.read(topic, part, offset, 10_000)
+                if not len(got):
+                    break  # the rest is an open producer transaction: not visible yet
+                values.extend(got.values)
+                offset = got.offsets[-1] + 1
+        return values
 
     def tail(self, topic: str, count: int, follow: bool) -> Iterator[RawMessages]:
         """The last ``count`` messages of each partition, then new ones if ``follow``."""
         ends = self.end_offsets(topic)
         start = {p: max(0, e - count) for p, e in ends.items()}
-        if self.bootstrap is None:
-            log = self._log()
-            while True:
-                got_any = False
-                for part in sorted(start):
-                    got = log.read(topic, part, start[part], 1000)
-                    if len(got):
-                        start[part] = got.offsets[-1] + 1
-                        got_any = True
-                        yield got
-                if not follow:
-                    return
-                if not got_any:
-                    time.sleep(0.2)
-        else:
-            # A plain assignment at chosen offsets: no group to join, nothing committed.
-            ck = _confluent()
-            consumer = ck.Consumer(
-                {
-                    "bootstrap.servers": self.bootstrap,
-                    "group.id": "tideflow-tail",
-                    "enable.auto.commit": False,
-                }
-            )
-            consumer.assign([ck.TopicPartition(topic, p, o) for p, o in start.items()])
-            try:
-                idle = 0
-                while follow or idle < 3:
-                    got = kafka_messages(consumer.consume(1000, 1.0))
-                    idle = 0 if len(got) else idle + 1
-                    if len(got):
-                        yield got
-            finally:
-                consumer.close()
+        log = self._log()
+        while True:
+            got_any = False
+            for part in sorted(start):
+                got = log.read(topic, part, start[part], 1000)
+                if len(got):
+                    start[part] = got.offsets[-1] + 1
+                    got_any = True
+                    yield got
+            if not follow:
+                return
+            if not got_any:
+                time.sleep(0.2)

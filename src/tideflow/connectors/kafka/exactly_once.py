@@ -1,12 +1,12 @@
 """Exactly-once into Kafka: a transactional outbox with read-back recovery.
 
 The state store is the single decision point. While records arrive nothing is produced; the
-messages wait in an :class:`~tideflow.topics.outbox.OutboxBuffer`. At the checkpoint they are
-stored *in the checkpoint* (``Staged``: the same state-store transaction as positions, state
-and dead letters), with a manifest naming, per partition, an offset before which none of
-them can lie. Then the checkpoint's messages are produced in one Kafka transaction (with the
-consumed offsets of a Kafka source on the same cluster), committed, and the outbox is marked
-delivered.
+messages wait in an :class:`~tideflow.connectors.kafka.outbox.OutboxBuffer`. At the checkpoint
+they are stored *in the checkpoint* (``Staged``: the same state-store transaction as
+positions, state and dead letters), with a manifest naming, per partition, an offset before
+which none of them can lie. Then the checkpoint's messages are produced in one Kafka
+transaction (with the consumed offsets of a Kafka source on the same cluster), committed, and
+the outbox is marked delivered.
 
 After a crash, or when a run finds an outbox not marked delivered, the producer's
 ``init_transactions`` fences every older instance (a zombie's later writes are refused) and
@@ -27,17 +27,21 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.core.contracts import Outbox, Staged
-from tideflow.core.faults import crash_point
-from tideflow.errors import PipelineError
-from tideflow.topics.backends import kafka_partitions
-from tideflow.topics.kafka_txn import KafkaTransactions, TransactionOffsets, same_cluster
-from tideflow.topics.outbox import (
+from tideflow.connectors.kafka.outbox import (
     MESSAGE_SCHEMA,
     Manifest,
     OutboxBuffer,
     decode_chunk,
 )
+from tideflow.connectors.kafka.producer import kafka_partitions
+from tideflow.connectors.kafka.transactions import (
+    KafkaTransactions,
+    TransactionOffsets,
+    same_cluster,
+)
+from tideflow.core.contracts import Outbox, Staged
+from tideflow.core.faults import crash_point
+from tideflow.errors import PipelineError
 
 log = logging.getLogger("tideflow.kafka")
 
@@ -59,7 +63,7 @@ def message_ids(tag: str, transaction: int, first: int, count: int) -> pl.Series
 
 class ExactlyOnceProducer:
     """A topic sink's backend that delivers each checkpoint's messages exactly once to
-    ``read_committed`` readers (the ``Producer`` protocol of ``topics.backends``)."""
+    ``read_committed`` readers (the ``Producer`` protocol of :mod:`tideflow.topics.backends`)."""
 
     def __init__(
         self,

@@ -21,11 +21,11 @@ from typing import Any
 
 import polars as pl
 
+from tideflow.connectors.kafka.client import confluent, kafka_config
+from tideflow.connectors.kafka.outbox import ID_HEADER, new_reader_group, parse_id
 from tideflow.errors import PipelineError
 from tideflow.secrets import redact
-from tideflow.topics.backends import _confluent, kafka_config
 from tideflow.topics.codec import Offsets, split_tp
-from tideflow.topics.outbox import ID_HEADER, new_reader_group, parse_id
 
 log = logging.getLogger("tideflow.kafka")
 
@@ -100,7 +100,7 @@ class KafkaTransactions:
         transactional_id: str,
         timeout: float = 60.0,
     ) -> None:
-        ck = _confluent()
+        ck = confluent()
         self._ck = ck
         self.bootstrap = bootstrap
         self.options = options

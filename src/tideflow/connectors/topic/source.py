@@ -1,80 +1,48 @@
-"""``topic`` and ``kafka`` sources and sinks.
-
-A ``topic`` lives in the embedded log (``.tideflow/topics.db`` beside the pipeline) unless a
-broker is configured — ``broker: kafka://host:port`` or ``KAFKA_BROKER`` in the environment —
-so the same pipeline file moves from a laptop to Kafka by configuration alone. ``kafka`` is the
-same connector with Kafka's own settings (topic patterns, offset reset, librdkafka options for
-TLS and SASL) and always talks to Kafka.
-
-Delivery: sources commit group offsets only after the checkpoint that covers them, and start
-from the checkpoint when it is ahead of the group, so output written through a two-phase sink
-(files, a transactional SQL table) holds every message exactly once across crashes. On Kafka
-they read with ``isolation.level=read_committed`` by default. The ``topic`` sink on the
-embedded log is transactional (messages become visible at the checkpoint); on Kafka it is
-exactly-once by default (``exactly_once``): each checkpoint's messages are stored in the
-checkpoint and then produced in one Kafka transaction, with the consumed offsets of a Kafka
-source on the same cluster (``topics/exactly_once.py``); ``exactly_once: false`` gives an
-idempotent producer that is at-least-once across a crash.
-"""
+"""The ``topic`` source: a consumer group member on the embedded log or on Kafka (see
+:mod:`tideflow.connectors.topic`)."""
 
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections import Counter, deque
-from typing import Any, Literal
+from typing import Any
 
 import polars as pl
-from pydantic import Field, field_validator, model_validator
 
+from tideflow.connectors.kafka.consumer import KafkaConsumer
+from tideflow.connectors.kafka.transactions import TransactionOffsets
+from tideflow.connectors.topic.settings import (
+    PartitionedBy,
+    TopicSourceConfig,
+    log_path,
+    resolve_broker,
+)
 from tideflow.core.contracts import (
-    MAX_RECORD_BYTES,
     Context,
-    ExistingOutput,
     PartitionHandover,
-    Sink,
     Source,
     SourceBatch,
-    empty_dead_letters,
     long_record_letter,
     raw_dead_letters,
 )
-from tideflow.core.settings import Settings
-from tideflow.errors import ConfigError, PartitioningError, PipelineError
+from tideflow.errors import PartitioningError, PipelineError
 from tideflow.registry import component
 from tideflow.secrets import redact
-from tideflow.spec.models import FieldIssue
-from tideflow.topics.backends import (
-    Consumer,
-    EmbeddedConsumer,
-    EmbeddedProducer,
-    KafkaConsumer,
-    KafkaProducer,
-    Producer,
-    default_bootstrap,
-)
+from tideflow.topics.backends import Consumer, EmbeddedConsumer
 from tideflow.topics.codec import (
-    Format,
     Offsets,
     RawMessages,
     decode_values,
-    encode_values,
     split_tp,
     tp,
 )
 from tideflow.topics.coverage import Coverage, goals_at_start
 from tideflow.topics.embedded import EmbeddedLog, open_log
-from tideflow.topics.exactly_once import ExactlyOnceProducer
-from tideflow.topics.kafka_txn import TransactionOffsets
 from tideflow.topics.membership import EmbeddedGroupMember
-from tideflow.topics.names import check_topic_name
-from tideflow.topics.outbox import fresh_spill_folder
 from tideflow.topics.partitioner import (
     PARTITIONERS,
-    Partitioner,
     keyed_partitions,
-    partitions_of,
 )
 
 log = logging.getLogger("tideflow.topics")
@@ -92,200 +60,6 @@ METADATA = {
     "key": "_key",
     "headers": "_headers",
 }
-
-
-def log_path(ctx: Context) -> str:
-    """The embedded log of a pipeline: beside its state, shared by pipelines in the folder."""
-    return str(ctx.state_dir / "topics.db")
-
-
-def resolve_broker(broker: str | None) -> str | None:
-    """The Kafka bootstrap address, or None for the embedded log."""
-    if broker in (None, ""):
-        return default_bootstrap()
-    assert broker is not None
-    if broker == "embedded":
-        return None
-    if not broker.startswith("kafka://"):
-        raise ConfigError(
-            f"broker {broker!r}: expected kafka://host:port[,host:port] or `embedded`"
-        )
-    return broker.removeprefix("kafka://")
-
-
-def kafka_bootstrap(configured: str | None, kind: str) -> str:
-    """The bootstrap servers of a ``kafka`` source or sink: its own, else ``KAFKA_BROKER``."""
-    bootstrap = configured or default_bootstrap()
-    if not bootstrap:
-        raise ConfigError(f"kafka {kind}: set `broker` or the KAFKA_BROKER variable")
-    return bootstrap.removeprefix("kafka://")
-
-
-def _kafka_address(broker: str | None, bootstrap: str | None) -> str | None:
-    """Check a ``kafka`` connector's address settings: ``broker`` (``kafka://host:port`` or
-    ``host:port``, several comma-separated), the deprecated ``bootstrap`` alias, else
-    ``KAFKA_BROKER``; a connector with none of them cannot run."""
-    if (
-        broker is not None
-        and bootstrap is not None
-        and broker.removeprefix("kafka://") != bootstrap.removeprefix("kafka://")
-    ):
-        raise FieldIssue(
-            ("bootstrap",), "`bootstrap` is a deprecated name of `broker`: give only `broker`"
-        )
-    address = broker if broker is not None else bootstrap
-    if address == "embedded":
-        raise FieldIssue(
-            ("broker",),
-            "a `kafka` connector needs a Kafka broker; use type `topic` for the embedded log",
-        )
-    if not address and not default_bootstrap():
-        raise FieldIssue(
-            ("broker",),
-            "no Kafka broker: set `broker: kafka://host:port` or the KAFKA_BROKER variable",
-        )
-    return address
-
-
-class PartitionedBy(Settings):
-    """How a topic's records were put in partitions: by the text of one column as the
-    message key, hashed by a named partitioner."""
-
-    column: str = Field(description="The column whose value (as text) is each message's key.")
-    partitioner: Partitioner = Field(
-        "murmur2",
-        description="`murmur2`: Kafka's Java clients and tideflow's `topic` sink; `crc32`: "
-        "librdkafka's default (`consistent_random`) and clients built on it, for keyed "
-        "messages.",
-    )
-
-
-class TopicSourceConfig(Settings):
-    """Settings of the ``topic`` source."""
-
-    topic: str | list[str] = Field(description="Topic name(s) to read.")
-    group: str = Field(description="Consumer group: groups read a topic independently.")
-    broker: str | None = Field(
-        None,
-        description="`kafka://host:port` for Kafka, `embedded` for the local log; unset: "
-        "Kafka if `KAFKA_BROKER` is set, else the embedded log.",
-    )
-    start: Literal["earliest", "latest"] = Field(
-        "earliest", description="Where a new group starts reading."
-    )
-    format: Format = Field("json", description="Message format: json, csv or raw (bytes).")
-    csv_columns: list[str] | None = Field(None, description="Column names of csv messages.")
-    metadata: list[Literal["topic", "partition", "offset", "timestamp", "key", "headers"]] = Field(
-        default_factory=list,
-        description="Message fields to add as `_topic`, `_partition`, `_offset`, "
-        "`_timestamp`, `_key`, `_headers` columns.",
-    )
-    batch_size: int = Field(10_000, ge=1, description="Most messages per batch.")
-    max_record_bytes: int = Field(
-        MAX_RECORD_BYTES,
-        ge=1024,
-        description="Longest message value decoded; a longer one is dead-lettered with its "
-        "topic, partition, offset and size instead of being parsed.",
-    )
-    poll_timeout: float = Field(0.5, gt=0, description="Longest wait for messages (s).")
-    stop_at_end: bool = Field(
-        False,
-        description="A bounded run over what the topics hold: end once every partition is "
-        "read to the end offset it had when the run started (by this member, or committed by "
-        "another member of the group) and no message arrived for `idle_seconds`; by default "
-        "the source keeps waiting.",
-    )
-    idle_seconds: float = Field(2.0, gt=0, description="With stop_at_end: quiet time to end.")
-    end_offsets: dict[str, int] | None = Field(
-        None,
-        description="End once every listed partition (`topic:partition` -> next offset, e.g. "
-        "from `tideflow topics describe`) has been read up to that offset, or has nothing "
-        "more to read (Kafka: only transaction markers left); messages at or after it are "
-        "left for the next run. A bounded run whose end is decided by the data, not by "
-        "`idle_seconds` of quiet; implies `stop_at_end`. Partitions another member of the "
-        "group owns count as read once the group committed them up to their offset.",
-    )
-    max_wait: float | None = Field(
-        None,
-        gt=0,
-        description="Bounded runs: the longest the run waits (seconds from its start) for "
-        "every partition of its topics to be read to the end offsets seen at the start (or "
-        "`end_offsets`), by this member or another of the group; past it the run ends with "
-        "exit code 3 and names the unread partitions. Null: as long as it takes (a warning "
-        "names them every 30 s).",
-    )
-    partitioned_by: PartitionedBy | None = Field(
-        None,
-        description="Declare that the topic is partitioned by a column, so group workers "
-        "(`--workers`) may keep state per that column (an `aggregate`, `window`, `dedupe`, "
-        "... whose keys include it): every record is checked against it, and the run stops "
-        "at the first record in another partition than the declaration puts it.",
-    )
-    isolation: Literal["read_committed", "read_uncommitted"] = Field(
-        "read_committed",
-        description="Kafka: `read_committed` reads only messages of committed transactions "
-        "(what exactly-once producers, tideflow's included, commit); `read_uncommitted` "
-        "also those of open and aborted ones. The embedded log always reads committed.",
-    )
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="librdkafka settings for Kafka (TLS, SASL, ...)."
-    )
-
-    @field_validator("topic")
-    @classmethod
-    def _topic_names(cls, value: str | list[str]) -> str | list[str]:
-        for name in [value] if isinstance(value, str) else value:
-            check_topic_name(name)
-        return value
-
-
-class TopicSinkConfig(Settings):
-    """Settings of the ``topic`` sink."""
-
-    topic: str = Field(description="Topic to write (created on first use).")
-    broker: str | None = Field(
-        None,
-        description="`kafka://host:port` for Kafka, `embedded` for the local log; unset: "
-        "Kafka if `KAFKA_BROKER` is set, else the embedded log.",
-    )
-    key: str | None = Field(
-        None, description="Column whose value is the message key (and picks the partition)."
-    )
-    partitions: int = Field(1, ge=1, description="Partitions when the sink creates the topic.")
-    format: Format = Field("json", description="Message format: json, csv or raw (bytes).")
-    value_column: str | None = Field(None, description="raw format: the column of bytes.")
-    headers: str | None = Field(None, description="Column of JSON objects sent as message headers.")
-    compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
-        "none", description="Kafka compression codec."
-    )
-    exactly_once: bool = Field(
-        True,
-        description="Kafka: each checkpoint's messages are stored in the checkpoint, then "
-        "produced in one transaction (with the consumed offsets of a Kafka source on the "
-        "same cluster), so `read_committed` readers see each record once across crashes; "
-        "each message gets a `tideflow.id` header. false: an idempotent producer, "
-        "at-least-once across a crash. The embedded log is always exactly-once.",
-    )
-    transactional_id: str | None = Field(
-        None,
-        description="Kafka transactional id of the exactly-once producer; default "
-        "`tideflow-<state store id>-<pipeline>-<sink>-<scope>`. A second process with the "
-        "same id fences the first.",
-    )
-    buffer_bytes: int = Field(
-        64 << 20,
-        ge=1 << 20,
-        description="Exactly-once on Kafka: bytes of a checkpoint interval's messages held "
-        "in memory; beyond it they are spilled to files beside the state store.",
-    )
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="librdkafka settings for Kafka (TLS, SASL, ...)."
-    )
-
-    @field_validator("topic")
-    @classmethod
-    def _topic_name(cls, value: str) -> str:
-        return check_topic_name(value)
 
 
 @component("source", "topic")
@@ -791,198 +565,3 @@ class _Handover:
         self.source.rebalanced()
         self.engine.revoked(self.name, partitions)
         self.source.forget(partitions)
-
-
-@component("sink", "topic")
-class TopicSink(Sink[TopicSinkConfig]):
-    """Write records as messages to a topic, on the embedded log or Kafka."""
-
-    config_model = TopicSinkConfig
-
-    def __init__(self, config: TopicSinkConfig) -> None:
-        super().__init__(config)
-        self.producer: Producer | None = None
-        self._partitions = 1
-        self._turn = 0
-
-    def _bootstrap(self) -> str | None:
-        return resolve_broker(self.config.broker)
-
-    def open(self, ctx: Context, pending: Any) -> None:
-        """Connect; finish the last checkpoint's commit and drop later pending messages."""
-        bootstrap = self._bootstrap()
-        if bootstrap is None:
-            producer_id = f"{ctx.scope}/{ctx.pipeline}/{ctx.name}"
-            self.producer = EmbeddedProducer(
-                open_log(log_path(ctx)), producer_id, self.config.partitions
-            )
-        else:
-            options = dict(self.config.options)
-            if self.config.compression != "none":
-                options.setdefault("compression.type", self.config.compression)
-            if self.config.exactly_once:
-                self.producer = self._exactly_once(ctx, bootstrap, options)
-            else:
-                self.producer = KafkaProducer(bootstrap, options, self.config.partitions)
-        self.producer.recover(pending)
-        self._partitions = self.producer.partitions(self.config.topic)
-
-    def committed_output(self, ctx: Context) -> ExistingOutput | None:
-        """Messages in the topic (its end offsets: one metadata request). Other writers'
-        messages count too: a topic does not say who wrote what."""
-        from pathlib import Path
-
-        from tideflow.errors import PipelineError
-        from tideflow.topics.admin import Admin
-
-        bootstrap = self._bootstrap()
-        where = f"on Kafka ({bootstrap})" if bootstrap else f"on the embedded log {log_path(ctx)}"
-        if bootstrap is None and not Path(log_path(ctx)).exists():
-            return None
-        try:
-            ends = Admin(bootstrap, ctx.state_dir).end_offsets(self.config.topic)
-        except PipelineError:  # no such topic
-            return None
-        written = sum(ends.values())
-        if not written:
-            return None
-        return ExistingOutput(
-            found=f"topic {self.config.topic!r} {where} holds {written:,} message(s)",
-            clearing=None,
-        )
-
-    def _exactly_once(
-        self, ctx: Context, bootstrap: str, options: dict[str, Any]
-    ) -> ExactlyOnceProducer:
-        if ctx.outbox is None:
-            raise PipelineError(
-                f"sink {ctx.name!r}: exactly_once on Kafka stores each checkpoint's messages "
-                "in the state store first, and this sink's context has no outbox: run it in "
-                "a pipeline (the engine provides one), give its Context an outbox "
-                "(core.checkpoints.SinkOutbox), or set exactly_once: false"
-            )
-        transactional_id = self.config.transactional_id or (
-            f"tideflow-{ctx.state_id[:12]}-{ctx.pipeline}-{ctx.name}-{ctx.scope}"
-        )
-        return ExactlyOnceProducer(
-            bootstrap,
-            options,
-            self.config.partitions,
-            transactional_id,
-            ctx.outbox,
-            ctx.source_offsets,
-            fresh_spill_folder(ctx.state_dir, ctx.scope, ctx.pipeline, ctx.name),
-            self.config.buffer_bytes,
-        )
-
-    def write_batch(self, batch: pl.DataFrame) -> pl.DataFrame:
-        """Encode and send; keys pick partitions as Kafka's default partitioner does."""
-        assert self.producer is not None
-        cfg = self.config
-        for column in (cfg.key, cfg.headers, cfg.value_column):
-            if column is not None and column not in batch.columns:
-                raise ConfigError(f"topic sink: column {column!r} is not in the batch")
-        keys = (
-            batch.get_column(cfg.key).cast(pl.String).cast(pl.Binary)
-            if cfg.key
-            else pl.Series("key", [None] * batch.height, dtype=pl.Binary)
-        )
-        parts = partitions_of(keys, self._partitions, self._turn)
-        self._turn += batch.height
-        body = batch.drop([c for c in (cfg.headers,) if c])
-        values = encode_values(body, cfg.format, cfg.value_column)
-        headers = batch.get_column(cfg.headers) if cfg.headers else None
-        self.producer.send(cfg.topic, parts, keys, values, headers)
-        return empty_dead_letters()
-
-    def flush(self) -> Any:
-        """Make the messages durable (on Kafka with exactly_once: stage them in the
-        checkpoint); the token commits them."""
-        assert self.producer is not None
-        return self.producer.flush()
-
-    def commit(self, token: Any) -> None:
-        """Make them visible."""
-        assert self.producer is not None
-        self.producer.commit(token)
-
-    def close(self) -> None:
-        """Disconnect."""
-        if self.producer is not None:
-            self.producer.close()
-            self.producer = None
-
-
-class KafkaSourceConfig(TopicSourceConfig):
-    """Settings of the ``kafka`` source."""
-
-    topic: str | list[str] = Field(
-        default_factory=list, description="Topic name(s) to read (or give `pattern`)."
-    )
-    pattern: str | None = Field(None, description="A regular expression of topic names.")
-    broker: str | None = Field(
-        None,
-        description="Kafka bootstrap servers, `kafka://host:port[,host:port]` (or without "
-        "`kafka://`); default `KAFKA_BROKER`.",
-    )
-    bootstrap: str | None = Field(None, description="Deprecated name of `broker` (still accepted).")
-
-    @model_validator(mode="after")
-    def _one_subscription(self) -> KafkaSourceConfig:
-        _kafka_address(self.broker, self.bootstrap)
-        if bool(self.topic) == bool(self.pattern):
-            raise ValueError("give exactly one of `topic` or `pattern`")
-        if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as exc:
-                raise ValueError(f"`pattern` is not a regular expression: {exc}") from exc
-        return self
-
-
-@component("source", "kafka")
-class KafkaSource(TopicSource):
-    """Read Kafka topics (or a topic pattern) as a consumer group member."""
-
-    config_model = KafkaSourceConfig
-    config: KafkaSourceConfig  # narrowed, as TopicSource (not generic) is subclassed
-
-    def _bootstrap(self) -> str | None:
-        if self.config.bootstrap is not None:
-            log.warning("kafka source: `bootstrap` is deprecated; use `broker`")
-        return kafka_bootstrap(self.config.broker or self.config.bootstrap, "source")
-
-    def _subscription(self) -> list[str]:
-        # librdkafka reads a subscription starting with ^ as a regular expression.
-        if self.config.pattern is not None:
-            return ["^" + self.config.pattern.lstrip("^")]
-        return self.topics
-
-
-class KafkaSinkConfig(TopicSinkConfig):
-    """Settings of the ``kafka`` sink."""
-
-    broker: str | None = Field(
-        None,
-        description="Kafka bootstrap servers, `kafka://host:port[,host:port]` (or without "
-        "`kafka://`); default `KAFKA_BROKER`.",
-    )
-    bootstrap: str | None = Field(None, description="Deprecated name of `broker` (still accepted).")
-
-    @model_validator(mode="after")
-    def _address(self) -> KafkaSinkConfig:
-        _kafka_address(self.broker, self.bootstrap)
-        return self
-
-
-@component("sink", "kafka")
-class KafkaSink(TopicSink):
-    """Write records to a Kafka topic (exactly-once by default, see ``exactly_once``)."""
-
-    config_model = KafkaSinkConfig
-    config: KafkaSinkConfig  # narrowed, as TopicSink (not generic) is subclassed
-
-    def _bootstrap(self) -> str | None:
-        if self.config.bootstrap is not None:
-            log.warning("kafka sink: `bootstrap` is deprecated; use `broker`")
-        return kafka_bootstrap(self.config.broker or self.config.bootstrap, "sink")
