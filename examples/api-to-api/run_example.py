@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from tideflow.run.plan import engine_for
-from tideflow.runner import run
+from tideflow.run.runner import run
 from tideflow.spec.loader import load_pipeline
 from tideflow.testing.fake_api import FakeApi
 

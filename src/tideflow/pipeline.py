@@ -322,7 +322,7 @@ class Pipeline(StepMethods):
         (brokers, webhooks). ``keep_rows`` bounds the rows kept per source, step and sink
         for :meth:`PipelineResult.to_polars` (None: all, 0: none).
         """
-        from tideflow.runner import run_kept
+        from tideflow.run.runner import run_kept
 
         if fresh and from_scratch:
             raise ConfigError(

@@ -31,7 +31,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tideflow.errors import ConfigError
-from tideflow.runner import run_with_records
+from tideflow.run.runner import run_with_records
 from tideflow.spec.loader import apply_overrides, interpolate, parse_yaml, validate
 
 

@@ -436,7 +436,7 @@ class Stream:
 
     @staticmethod
     def _validate(data: dict[str, Any]) -> Any:
-        from tideflow.runner import revalidate
+        from tideflow.run.runner import revalidate
 
         return revalidate(data)
 

@@ -27,8 +27,6 @@ LAYERS: list[tuple[str, set[str]]] = [
         {
             "run",
             "observe",
-            "runner",
-            "workers",
             "api",
             "pipeline",
             "pipeline_tests",

@@ -407,7 +407,7 @@ def test_processors_feeding_each_other_cannot_run_bounded(tmp_path: Path) -> Non
 def test_processors_checkpoint_twice_a_second_by_default_and_the_knob_is_honoured(
     tmp_path: Path,
 ) -> None:
-    from tideflow.runner import revalidate
+    from tideflow.run.runner import revalidate
 
     default = Stream("lat", state_dir=tmp_path)
     default.register_processor("p", double, input_topic="a", output_topic="b")

@@ -10,7 +10,7 @@ import tideflow as tf
 from tideflow.docs import connector_reference, describe_component, pipeline_json_schema
 from tideflow.errors import ConfigError
 from tideflow.registry import default_registry
-from tideflow.runner import spec_data
+from tideflow.run.runner import spec_data
 from tideflow.spec.loader import load_pipeline, load_pipeline_text
 
 BASE = """

@@ -627,7 +627,7 @@ sink: {type: memory, collector: quiet-windows}
 
 
 def test_the_run_summary_reports_each_stateful_steps_state_size(tmp_path: Path) -> None:
-    from tideflow.runner import run
+    from tideflow.run.runner import run
     from tideflow.spec.loader import load_pipeline_text
 
     text = """

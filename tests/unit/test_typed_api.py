@@ -19,7 +19,7 @@ from tideflow.builtin import register
 from tideflow.codegen import HAND_WRITTEN_STEPS, TARGET, generate
 from tideflow.core.contracts import Kind
 from tideflow.registry import Registration, Registry
-from tideflow.runner import spec_data
+from tideflow.run.runner import spec_data
 from tideflow.spec.loader import load_pipeline_text
 
 ROOT = Path(__file__).parents[2]

@@ -225,10 +225,10 @@ def run(
     When the state store is missing or empty but the sinks hold output of earlier runs, the
     run is refused (exit code 2) rather than reading everything again; the message names
     the ways on (`--from-scratch`, `tideflow state reset`)."""
-    from tideflow import runner
     from tideflow.core.engine import RunObserver
     from tideflow.observe.health import RunHealth
     from tideflow.observe.progress import ProgressLine, counts_json, print_summary
+    from tideflow.run import runner
 
     verbose = click.get_current_context().find_root().params.get("verbose", 0)
     json_logs = log_format == "json"
@@ -323,8 +323,8 @@ def _supervise(
     ``i`` serves its run's metrics on P + 1 + i."""
     from tideflow.core.ownership import check_group_worker
     from tideflow.registry import default_registry
+    from tideflow.run.workers import Supervisor, default_prefix
     from tideflow.spec.graph import build_graph
-    from tideflow.workers import Supervisor, default_prefix
 
     # Refused here once, rather than by each worker it would start.
     check_group_worker(build_graph(spec, default_registry))
@@ -690,7 +690,7 @@ def schema(ctx: click.Context) -> None:
 def schema_plan(pipeline: str, sets: tuple[str, ...]) -> None:
     """Print the DDL the pipeline's SQL sinks would run (tables to create or change),
     without running it. The columns come from a preview of the pipeline's first records."""
-    from tideflow.runner import schema_plans
+    from tideflow.run.runner import schema_plans
 
     spec, base = load(pipeline, sets)
     plans = schema_plans(spec, base)
@@ -1129,8 +1129,8 @@ def deadletters_replay(
     A source's letters go through its parsing settings again (`schema_overrides`). Letters
     that hold raw text rather than a record are listed and skipped (or, with --strict, the
     replay is refused); they stay in the ledger."""
-    from tideflow import runner
     from tideflow.observe.progress import print_summary
+    from tideflow.run import runner
 
     spec, base = load(pipeline, sets)
     result = runner.replay(spec, base, step, list(ids), strict=strict)

@@ -1,1 +1,2 @@
-"""Running pipelines: from a validated spec to an engine (``plan``)."""
+"""Running pipelines: from a validated spec to an engine (``plan``), the variants of a run
+(``runner``: plain, preview, replay, test) and the supervisor of group workers (``workers``)."""

@@ -211,9 +211,9 @@ def worker_main(
     root.setLevel(logging.INFO)
     counts: dict[str, Any] = {}
     try:
-        from tideflow import runner
         from tideflow.core.engine import RunObserver
         from tideflow.observe.progress import ProgressLine
+        from tideflow.run import runner
         from tideflow.spec.loader import load_pipeline
 
         spec = load_pipeline(path)

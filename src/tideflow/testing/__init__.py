@@ -25,7 +25,7 @@ from tideflow.connectors.memory import clear, collected
 from tideflow.core.engine import RunResult
 from tideflow.errors import ConfigError
 from tideflow.pipeline import Pipeline, as_records
-from tideflow.runner import TestOutcome, run_with_records
+from tideflow.run.runner import TestOutcome, run_with_records
 from tideflow.spec.loader import load_pipeline
 from tideflow.spec.models import PipelineSpec
 

@@ -59,7 +59,7 @@ def run(
     from_scratch: bool = False,
 ) -> RunResult:
     """Run a pipeline to the end (or until stopped); ``worker`` runs it as one worker of
-    its consumer group (see :mod:`tideflow.workers`). ``from_scratch`` first clears the
+    its consumer group (see :mod:`tideflow.run.workers`). ``from_scratch`` first clears the
     output the sinks can clear, the state and the dead letters."""
     engine = engine_for(
         spec,
