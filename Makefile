@@ -27,8 +27,8 @@ typecheck:
 	$(BIN)/mypy
 
 docs:
-	$(BIN)/python -m tideflow.docs > docs/connectors.md
-	$(BIN)/python -m tideflow.expressions_doc > docs/expressions.md
+	$(BIN)/python -m tideflow.cli.docs > docs/connectors.md
+	$(BIN)/python -m tideflow.cli.expressions_doc > docs/expressions.md
 	$(BIN)/python -m tideflow.codegen
 
 # The documentation site (README, docs/, the generated reference) into site/; warnings fail it.

@@ -15,14 +15,14 @@ import pytest
 from pydantic import BaseModel
 from ruamel.yaml import YAML
 
-from tideflow.core.contracts import KINDS
-from tideflow.docs import (
+from tideflow.cli.docs import (
     _default_text,
     connector_reference,
     describe_component,
     nested_models,
     yaml_text,
 )
+from tideflow.core.contracts import KINDS
 from tideflow.registry import default_registry
 
 

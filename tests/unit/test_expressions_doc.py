@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 import tideflow as tf
+from tideflow.cli.expressions_doc import FUNCTIONS, example_frame, render
 from tideflow.core.expressions import compile_expr
 from tideflow.errors import ConfigError
-from tideflow.expressions_doc import FUNCTIONS, example_frame, render
 from tideflow.spec.loader import load_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +91,7 @@ EXPECTED: dict[str, Callable[[Row], Any]] = {
 
 def test_the_checked_in_page_is_the_generated_one() -> None:
     page = (ROOT / "docs" / "expressions.md").read_text(encoding="utf-8")
-    assert page == render(), "run: python -m tideflow.expressions_doc > docs/expressions.md"
+    assert page == render(), "run: python -m tideflow.cli.expressions_doc > docs/expressions.md"
 
 
 def test_every_documented_function_has_an_independent_expectation() -> None:

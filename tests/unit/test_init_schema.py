@@ -10,9 +10,9 @@ import pytest
 from jsonschema import Draft202012Validator
 from ruamel.yaml import YAML
 
-from tideflow.docs import pipeline_json_schema
+from tideflow.cli.docs import pipeline_json_schema
+from tideflow.cli.templates import SCHEMA_FILE, SCHEMA_LINE, copy_template, list_templates
 from tideflow.spec.loader import load_pipeline_text
-from tideflow.templates import SCHEMA_FILE, SCHEMA_LINE, copy_template, list_templates
 
 
 def validator() -> Draft202012Validator:
@@ -62,7 +62,7 @@ def test_the_schema_takes_variables_where_numbers_go_and_still_rejects_bad_value
 
 
 def test_init_twice_in_one_folder_adds_the_line_once(tmp_path: Path) -> None:
-    from tideflow.templates import point_editors_at_schema
+    from tideflow.cli.templates import point_editors_at_schema
 
     target = copy_template("quickstart", tmp_path / "qs")
     assert point_editors_at_schema(target) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import tideflow as tf
-from tideflow.docs import connector_reference, describe_component, pipeline_json_schema
+from tideflow.cli.docs import connector_reference, describe_component, pipeline_json_schema
 from tideflow.errors import ConfigError
 from tideflow.registry import default_registry
 from tideflow.run.runner import spec_data
@@ -99,7 +99,7 @@ def test_describe_lists_fields_with_types_defaults_and_docs() -> None:
 def test_connector_reference_in_docs_is_current() -> None:
     committed = Path(__file__).parents[2] / "docs" / "connectors.md"
     assert committed.read_text(encoding="utf-8") == connector_reference(), (
-        "docs/connectors.md is stale: run `python -m tideflow.docs > docs/connectors.md`"
+        "docs/connectors.md is stale: run `python -m tideflow.cli.docs > docs/connectors.md`"
     )
 
 

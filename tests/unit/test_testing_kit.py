@@ -17,8 +17,8 @@ from click.testing import CliRunner
 
 import tideflow
 import tideflow as tf
+from tideflow.cli.docs import connector_reference, pipeline_json_schema
 from tideflow.cli.main import cli
-from tideflow.docs import connector_reference, pipeline_json_schema
 from tideflow.errors import ConfigError, UnknownNameError
 from tideflow.registry import Registry, component, default_registry
 from tideflow.spec.loader import load_pipeline_text

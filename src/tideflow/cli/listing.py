@@ -33,7 +33,7 @@ def _default(info: FieldInfo) -> Any:
 
 def component_json(reg: Registration) -> dict[str, Any]:
     """One component type and its settings (envelope keys such as ``name`` included)."""
-    from tideflow.docs import field_rows
+    from tideflow.cli.docs import field_rows
 
     types = {row[0]: row[1] for row in field_rows(reg)}
     settings = []

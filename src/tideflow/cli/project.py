@@ -72,7 +72,7 @@ def _validation_issues(path: str, sets: tuple[str, ...]) -> list[ConfigIssue]:
 @handle_errors
 def init(template: str | None, directory: str | None) -> None:
     """Create a pipeline from a template (run without arguments to list them)."""
-    from tideflow.templates import copy_template, list_templates, run_sequence
+    from tideflow.cli.templates import copy_template, list_templates, run_sequence
 
     if template is None:
         for name, summary in list_templates().items():
@@ -157,8 +157,8 @@ def type_hint(name: str, known: Mapping[str, list[str]]) -> str:
 @handle_errors
 def connectors_describe(type_name: str, as_json: bool) -> None:
     """Print every setting of a type: name, type, default and description."""
+    from tideflow.cli.docs import describe_component
     from tideflow.core.contracts import KINDS
-    from tideflow.docs import describe_component
     from tideflow.errors import UnknownNameError
     from tideflow.registry import default_registry
 
@@ -181,7 +181,7 @@ def schema(ctx: click.Context) -> None:
     """Print the JSON Schema of the pipeline file format (for editor completion)."""
     if ctx.invoked_subcommand is not None:
         return
-    from tideflow.docs import pipeline_json_schema
+    from tideflow.cli.docs import pipeline_json_schema
 
     click.echo(json.dumps(pipeline_json_schema(), indent=2))
 
@@ -218,8 +218,8 @@ def pii() -> None:
 def pii_scan(target: str, rows: int, as_json: bool) -> None:
     """Report which text columns of a data file, or of a pipeline's source, hold personal
     data (emails, phones, cards, IPs, IBANs), with counts and masked examples."""
+    from tideflow.cli.pii_scan import read_sample
     from tideflow.operators.pii import scan_frame
-    from tideflow.pii_scan import read_sample
 
     frame, origin = read_sample(target, rows)
     found = scan_frame(frame)
@@ -245,7 +245,7 @@ def pii_scan(target: str, rows: int, as_json: bool) -> None:
 @handle_errors
 def test_command(files: tuple[str, ...]) -> None:
     """Run pipeline tests declared in YAML (given input records, expect output records)."""
-    from tideflow.pipeline_tests import run_test_file
+    from tideflow.cli.pipeline_tests import run_test_file
 
     failures = 0
     for path in files:

@@ -16,10 +16,11 @@ _SKIP = shutil.ignore_patterns(".tideflow", "out", "__pycache__", "*.pyc", "test
 
 def templates_dir() -> Path:
     """Where the templates live in this installation."""
-    packaged = Path(__file__).parent / "templates"
+    package = Path(__file__).resolve().parents[1]  # tideflow/
+    packaged = package / "templates"
     if packaged.is_dir():
         return packaged
-    checkout = Path(__file__).resolve().parents[2] / "examples"
+    checkout = package.parents[1] / "examples"
     if checkout.is_dir():
         return checkout
     raise ConfigError("no templates found in this installation of tideflow")
@@ -98,7 +99,7 @@ def point_editors_at_schema(folder: Path) -> list[Path]:
     what ``tideflow validate`` accepts; a relative path works offline. Returns the files."""
     import json
 
-    from tideflow.docs import pipeline_json_schema
+    from tideflow.cli.docs import pipeline_json_schema
 
     pointed = []
     for path in sorted(folder.glob("*.yaml")):

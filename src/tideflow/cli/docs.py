@@ -229,7 +229,7 @@ def connector_reference(registry: Registry | None = None) -> str:
     parts = [
         "# Connector and step reference",
         "",
-        "Generated from the config models by `python -m tideflow.docs`; do not edit by hand.",
+        "Generated from the config models by `python -m tideflow.cli.docs`; do not edit by hand.",
         "Defaults are written as in a pipeline file (YAML). A key whose type is a group of",
         "settings (such as `RetryPolicy`) links to that group under",
         "[Nested settings](#nested-settings); its default `{}` means the group's own defaults.",
