@@ -1,41 +1,6 @@
-"""The Stream/Processor API, for people used to PyDataStream-style stream processors.
-
-    from tideflow import Stream
-
-    def double(data):
-        return data * 2
-
-    s = Stream("MyPipeline")      # the embedded log; Kafka with broker= or KAFKA_BROKER
-    s.register_processor("double_numbers", double, input_topic="input", output_topic="double")
-    s.stream_data(data=[1, 2, 3], stream_name="input")
-    s.start(stop_at_end=True)     # without stop_at_end: runs until stop() or Ctrl-C
-    s.read_data("double")         # [2, 4, 6]
-
-Every processor is an ordinary tideflow pipeline named ``<stream>-<processor>``: a ``topic``
-source (consumer group ``<stream>.<processor>``), the processor's steps, a ``topic`` sink (or
-any sink given with ``sink=``). It therefore has what every pipeline has: checkpoints, group
-offsets committed after them, the dead-letter ledger (a processor that raises sends that
-record there with the exception, and the stream goes on), exactly-once output into the
-embedded log, metrics and alert rules.
-
-- A function or :class:`Processor` gets each record as the JSON value it was published as
-  (an object, a list, a string, a number, ...) and returns one (``None`` drops the record):
-  the ``python`` step in ``mode: value``.
-- Built-in processors (:func:`window`, :func:`interpolate`, :func:`outliers`,
-  :func:`normalize`) are the steps of the same names with the same settings as in a
-  pipeline file; they read records that are JSON objects, as columns.
-- :meth:`Stream.stream_data` is a producer call: every call appends every record given,
-  visible at once.
-- A processor that dies (not a bad record: a broker error, a failing sink, a bug outside
-  the per-record path) stops the stream, and :meth:`Stream.start` (blocking) or
-  :meth:`Stream.join`/:meth:`Stream.stop` raise it; ``results`` records it.
-
-Configuration comes from the arguments, else a YAML file (``config=``, keys ``name``,
-``broker``, ``topic``, ``state_dir``, ``checkpoint_seconds``, ``metrics_port``), else the
-environment: ``STREAM_NAME``, ``KAFKA_BROKER``, ``TOPIC``; ``WINDOW_SIZE`` and
-``AGGREGATION_TYPE`` set the defaults of :func:`window` (``WINDOW_SIZE=60`` is 60 seconds).
-The guide is ``docs/stream.md``.
-"""
+"""The :class:`Stream`: processors registered as pipelines (``<stream>-<processor>``, a
+``topic`` source, the processor's steps, a ``topic`` sink), run in threads, in waves when one
+reads what another writes, until the end of their input or :meth:`Stream.stop`."""
 
 from __future__ import annotations
 
@@ -46,13 +11,12 @@ import re
 import signal
 import threading
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from ruamel.yaml import YAML
@@ -62,12 +26,11 @@ from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.models import NAME_PATTERN
+from tideflow.stream.processors import FUNCTIONS, PREFIX, BuiltinProcessor, Processor, ProcessorLike
 from tideflow.topics.names import topic_name_problem
 
 log = logging.getLogger("tideflow.stream")
 
-_processors: dict[str, Callable[[Any], Any]] = {}
-_PREFIX = "processor__"
 _ids = itertools.count(1)
 _ids_lock = threading.Lock()
 
@@ -77,134 +40,7 @@ output becomes visible downstream at its checkpoint, so this bounds the delay pe
 (about 0.5 s plus a poll); each checkpoint costs one durable transaction in the state store
 and one in the topic log. ``tideflow run`` pipelines default to 10 s."""
 
-MESSAGE_TIME = "message_time"
-"""Column that holds the message timestamp for built-in processors given no time column."""
-
 _VALUE_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
-
-
-def __getattr__(name: str) -> Any:
-    """Registered processors, by the name the pipelines' ``python`` steps refer to them."""
-    if name.startswith(_PREFIX) and name[len(_PREFIX) :] in _processors:
-        return _processors[name[len(_PREFIX) :]]
-    raise AttributeError(name)
-
-
-class Processor(ABC):
-    """A record-at-a-time processor: ``process`` gets each record (any JSON value: a dict,
-    a list, a string, a number, ...) and returns the record to pass on (any JSON value), or
-    None to drop it. An exception dead-letters that record with the exception as the
-    reason; the stream goes on."""
-
-    @abstractmethod
-    def process(self, data: Any) -> Any:
-        """Handle one record."""
-
-
-@dataclass(frozen=True)
-class BuiltinProcessor:
-    """A processor made of tideflow's built-in steps, with the same settings as in a
-    pipeline file; registered with :meth:`Stream.register_processor` like a function.
-
-    Made by :func:`window`, :func:`interpolate`, :func:`outliers` and :func:`normalize`.
-    Records must be JSON objects (their keys become columns)."""
-
-    step_type: str
-    settings: dict[str, Any]
-    time_column: str | None = None
-    epoch: Literal["s", "ms", "us"] | None = None
-    timed: bool = False
-
-    @property
-    def needs_message_time(self) -> bool:
-        """True when the step's event time is the message timestamp."""
-        return self.timed and self.time_column is None
-
-    def steps(self, name: str) -> list[dict[str, Any]]:
-        """The pipeline steps, as in a pipeline file; the main step is named ``name``."""
-        steps: list[dict[str, Any]] = []
-        settings = dict(self.settings)
-        if self.timed:
-            column = self.time_column or MESSAGE_TIME
-            if self.time_column is None:
-                steps.append(
-                    {"type": "rename", "name": f"{name}_time", "columns": {"_timestamp": column}}
-                )
-            elif self.epoch is not None:
-                factor = {"s": 1_000_000, "ms": 1_000, "us": 1}[self.epoch]
-                quoted = '"' + column.replace('"', '""') + '"'
-                steps.append(
-                    {
-                        "type": "with_columns",
-                        "name": f"{name}_time_epoch",
-                        "columns": {column: f"CAST({quoted} * {factor} AS TIMESTAMP)"},
-                    }
-                )
-                steps.append(
-                    {"type": "cast", "name": f"{name}_time", "columns": {column: "datetime_utc"}}
-                )
-            else:
-                # Text first: a number would otherwise be taken for microseconds; as text it
-                # does not parse as a time, and its record is dead-lettered saying so.
-                steps.append(
-                    {"type": "cast", "name": f"{name}_time_text", "columns": {column: "string"}}
-                )
-                steps.append(
-                    {"type": "cast", "name": f"{name}_time", "columns": {column: "datetime_utc"}}
-                )
-            settings["time_column"] = column
-        steps.append({"type": self.step_type, "name": name, **settings})
-        return steps
-
-
-def window(
-    time_column: str | None = None,
-    *,
-    epoch: Literal["s", "ms", "us"] | None = None,
-    **settings: Any,
-) -> BuiltinProcessor:
-    """Windowed aggregation (the ``window`` step): ``kind`` tumbling, sliding or session,
-    ``size`` (default ``$WINDOW_SIZE``; a bare number there is seconds), ``slide``, ``keys``,
-    ``aggregations`` or ``columns`` aggregated with ``$AGGREGATION_TYPE`` (default mean), and
-    every other setting of the step.
-
-    ``time_column`` holds each record's event time as ISO-8601 text, or epoch numbers with
-    ``epoch="s"`` (``"ms"``, ``"us"``); without it, the time the message was published is
-    used. Output records: ``window_start``, ``window_end``, the keys and the aggregates."""
-    return BuiltinProcessor("window", settings, time_column, epoch, timed=True)
-
-
-def interpolate(
-    time_column: str | None = None,
-    *,
-    epoch: Literal["s", "ms", "us"] | None = None,
-    **settings: Any,
-) -> BuiltinProcessor:
-    """Resampling onto a fixed time grid (the ``interpolate`` step): ``columns``,
-    ``interval``, ``keys``, ``method`` (linear, ffill, none), ``max_gap``; the time column
-    as for :func:`window` (without one it is the publish time, in ``message_time``)."""
-    return BuiltinProcessor("interpolate", settings, time_column, epoch, timed=True)
-
-
-def outliers(**settings: Any) -> BuiltinProcessor:
-    """Outlier detection (the ``outliers`` step): ``column``, ``keys``, ``method`` (zscore,
-    mad, iqr), ``window``, ``threshold``, ``mode`` ``flag`` (adds ``is_outlier`` and
-    ``score``) or ``drop``."""
-    if settings.get("mode") == "route":
-        raise ConfigError(
-            "outliers: mode `route` sends outliers to a second output, which a processor "
-            "(one output topic) would leave unread; use `flag` or `drop`"
-        )
-    return BuiltinProcessor("outliers", settings)
-
-
-def normalize(**settings: Any) -> BuiltinProcessor:
-    """Normalisation (the ``normalize`` step): ``columns``, ``method`` (minmax, zscore),
-    ``fit`` (online per ``keys``, or fixed with ``params``)."""
-    return BuiltinProcessor("normalize", settings)
-
-
-ProcessorLike = Callable[[Any], Any] | Processor | BuiltinProcessor
 
 
 @dataclass
@@ -402,13 +238,13 @@ class Stream:
             with _ids_lock:
                 attribute = f"{next(_ids)}"
             # The python step finds the callable by name through this module's __getattr__.
-            _processors[attribute] = call
+            FUNCTIONS[attribute] = call
             source["format"] = "raw"
             steps = [
                 {
                     "type": "python",
                     "name": name,
-                    "function": f"tideflow.stream:{_PREFIX}{attribute}",
+                    "function": f"tideflow.stream:{PREFIX}{attribute}",
                     "mode": "value",
                 }
             ]
