@@ -215,9 +215,8 @@ class SqlSink(RowLoader, Sink[SqlSinkConfig]):
         d, schema = self.dialect, self.config.db_schema
         rows = False
         if d.driver.columns(self.conn, self.config.table, schema) is not None:
-            rows = bool(
-                self._exec(f"SELECT 1 FROM {d.grammar.table(self.config.table, schema)} LIMIT 1")
-            )  # nosec B608 - identifiers quoted
+            table = d.grammar.table(self.config.table, schema)
+            rows = bool(self._exec(f"SELECT 1 FROM {table} LIMIT 1"))  # nosec B608 - quoted
         self._commit()
         return rows, self._read_checkpoint() is not None
 
