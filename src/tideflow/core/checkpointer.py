@@ -67,7 +67,6 @@ class Checkpointer:
         """The position of the last batch processed, per source (per partition in a group):
         shared with the engine, which moves them."""
         self._on_visible = on_visible
-        self.dead_sink = plan.dead_letter_sink if plan.on_error == "dead_letter" else None
         self.lease: Lease | None = None
         """This run's claim on the checkpoint row: a run started later fences this one."""
         self.dead_letter_ledger: str | None = None
@@ -110,10 +109,6 @@ class Checkpointer:
         """A batch whose end-to-end latency ends when the next checkpoint commits (then
         reported to ``on_visible``)."""
         self._unseen.append((source, began))
-
-    def sinks(self) -> list[Node]:
-        """Every sink, the dead-letter sink included."""
-        return self.graph.sinks + ([self.dead_sink] if self.dead_sink else [])
 
     def outbox(self, sink: str) -> SinkOutbox:
         """The outbox of ``sink`` in this run's checkpoints."""
@@ -231,7 +226,7 @@ class Checkpointer:
         then commit the sinks and acknowledge the sources; the seconds it took. ``group``
         gives a group worker's partitions (positions and states) for the same transaction."""
         began = time.perf_counter()
-        sinks = self.sinks()
+        sinks = self.plan.sinks()
         keepers = [n for n in sinks if n.component.keeps_checkpoint]
         started = time.monotonic()  # group commits are spaced from a checkpoint's start
         tokens = {}

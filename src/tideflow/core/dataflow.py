@@ -35,7 +35,6 @@ class Dataflow:
     ) -> None:
         self.plan = plan
         self.graph: Graph = plan.graph
-        self.dead_sink = plan.dead_letter_sink if plan.on_error == "dead_letter" else None
         self._dead_letters = dead_letters
         self._tap_output = tap
         self._sink_input = sink_input
@@ -140,12 +139,12 @@ class Dataflow:
             return
         # A reason quotes an exception, and an exception may quote a secret from the config.
         dead = redact_frame(dead, ("record", "reason"))
-        if self.dead_sink is not None:
+        if self.plan.dead_letter_sink is not None:
             stamped = dead.with_columns(
                 pl.lit(self.plan.name).alias("pipeline"),
                 pl.lit(node.name).alias("step"),
                 pl.lit(time.time()).alias("failed_at"),
             )
-            self.write_sink(self.dead_sink, stamped)
+            self.write_sink(self.plan.dead_letter_sink, stamped)
         else:
             self._dead_letters().append((node.name, dead))

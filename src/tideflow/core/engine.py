@@ -162,7 +162,6 @@ class Engine:
         self.flow = Dataflow(
             plan, lambda: self.checkpointer.dead_letters, self._tap, self._sink_input
         )
-        self._dead_sink = self.checkpointer.dead_sink
         self._progress_interval = progress_interval
         self._last_record_at = time.monotonic()
         self._last_idle_call = 0.0
@@ -262,7 +261,7 @@ class Engine:
     def counts(self) -> dict[str, dict[str, Any]]:
         """Counts per node, with its kind and type."""
         counts = {}
-        for n in self._all_nodes():
+        for n in self.plan.nodes():
             counts[n.name] = {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()}
             # Counters a component bumped through its context (retries, outage seconds) and
             # the figures it reports at the end share one place in the summary.
@@ -346,7 +345,7 @@ class Engine:
         if self.worker is not None:
             # Positions and step state belong to partitions, restored as they are assigned.
             self.ownership.scope_steps()
-        for node in self.checkpointer.sinks():
+        for node in self.plan.sinks():
             node.component.open(self._context(node), tokens.get(node.name))
         for node in self.graph.steps:
             node.component.open(self._context(node), states.get(node.name))
@@ -363,7 +362,7 @@ class Engine:
 
     def _close(self, failed: bool) -> None:
         self.checkpointer.settle(failed)
-        for node in self._all_nodes():
+        for node in self.plan.nodes():
             try:
                 node.component.close()
             except Exception as exc:
@@ -566,7 +565,7 @@ class Engine:
 
     def _result(self) -> RunResult:
         counts = self.counts()
-        unbalanced = [n.name for n in self._all_nodes() if not n.counts.balanced()]
+        unbalanced = [n.name for n in self.plan.nodes() if not n.counts.balanced()]
         for name in unbalanced:
             log.error("record accounting does not balance for %s: %s", name, counts[name])
         incomplete = [
@@ -592,6 +591,3 @@ class Engine:
         for node in self.graph.sources:
             notices += [f"source {node.name!r}: {text}" for text in node.component.notices()]
         return notices
-
-    def _all_nodes(self) -> list[Node]:
-        return self.graph.nodes + ([self._dead_sink] if self._dead_sink else [])

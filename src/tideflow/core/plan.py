@@ -24,6 +24,22 @@ class RunPlan:
     on_error: ErrorAction
     """What happens to a record a step rejects: stop, drop and count, or dead-letter it."""
     dead_letter_sink: Node | None = None
-    """Where dead letters go instead of the state store's ledger (``on_error.sink``)."""
+    """Where dead letters go instead of the state store's ledger (``on_error.sink``; only
+    with ``on_error`` ``dead_letter``)."""
     queue_size: int = 4
     """Source batches that may wait for the run loop."""
+
+    def __post_init__(self) -> None:
+        if self.dead_letter_sink is not None and self.on_error != "dead_letter":
+            raise ValueError(f"a dead-letter sink with on_error {self.on_error!r}")
+
+    def _dead(self) -> list[Node]:
+        return [self.dead_letter_sink] if self.dead_letter_sink is not None else []
+
+    def sinks(self) -> list[Node]:
+        """Every sink, the dead-letter sink included."""
+        return self.graph.sinks + self._dead()
+
+    def nodes(self) -> list[Node]:
+        """Every node, sources first, the dead-letter sink last."""
+        return self.graph.nodes + self._dead()

@@ -145,7 +145,7 @@ class Resumption:
 
     def existing_output(self) -> list[tuple[Node, ExistingOutput]]:
         """What each sink already holds of this pipeline's output; opens nothing."""
-        return existing_output(self.checkpointer.sinks(), self.context)
+        return existing_output(self.plan.sinks(), self.context)
 
     def prepare(self) -> None:
         """Before anything opens: start over if asked, adopt a checkpoint a sink kept, and

@@ -76,9 +76,14 @@ def default_bootstrap() -> str | None:
     return value.removeprefix("kafka://") if value else None
 
 
-def kafka_bootstrap(configured: str | None, kind: str) -> str:
-    """The bootstrap servers of a ``kafka`` source or sink: its own, else ``KAFKA_BROKER``."""
-    bootstrap = configured or default_bootstrap()
+def kafka_bootstrap(broker: str | None, deprecated: str | None, kind: str) -> str:
+    """The bootstrap servers of a ``kafka`` source or sink: its ``broker`` (or the deprecated
+    ``bootstrap``, with a warning), else ``KAFKA_BROKER``."""
+    if deprecated is not None:
+        logging.getLogger("tideflow.topics").warning(
+            "kafka %s: `bootstrap` is deprecated; use `broker`", kind
+        )
+    bootstrap = broker or deprecated or default_bootstrap()
     if not bootstrap:
         raise ConfigError(f"kafka {kind}: set `broker` or the KAFKA_BROKER variable")
     return bootstrap.removeprefix("kafka://")

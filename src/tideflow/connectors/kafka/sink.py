@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 from pydantic import Field, model_validator
 
 from tideflow.connectors.kafka.client import check_kafka_address, kafka_bootstrap
 from tideflow.connectors.topic.settings import TopicSinkConfig
 from tideflow.connectors.topic.sink import TopicSink
 from tideflow.registry import component
-
-log = logging.getLogger("tideflow.topics")
 
 
 class KafkaSinkConfig(TopicSinkConfig):
@@ -38,6 +34,4 @@ class KafkaSink(TopicSink):
     config: KafkaSinkConfig  # narrowed, as TopicSink (not generic) is subclassed
 
     def _bootstrap(self) -> str | None:
-        if self.config.bootstrap is not None:
-            log.warning("kafka sink: `bootstrap` is deprecated; use `broker`")
-        return kafka_bootstrap(self.config.broker or self.config.bootstrap, "sink")
+        return kafka_bootstrap(self.config.broker, self.config.bootstrap, "sink")

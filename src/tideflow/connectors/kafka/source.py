@@ -3,7 +3,6 @@ the deprecated ``bootstrap``), always on Kafka."""
 
 from __future__ import annotations
 
-import logging
 import re
 
 from pydantic import Field, model_validator
@@ -12,8 +11,6 @@ from tideflow.connectors.kafka.client import check_kafka_address, kafka_bootstra
 from tideflow.connectors.topic.settings import TopicSourceConfig
 from tideflow.connectors.topic.source import TopicSource
 from tideflow.registry import component
-
-log = logging.getLogger("tideflow.topics")
 
 
 class KafkaSourceConfig(TopicSourceConfig):
@@ -51,9 +48,7 @@ class KafkaSource(TopicSource):
     config: KafkaSourceConfig  # narrowed, as TopicSource (not generic) is subclassed
 
     def _bootstrap(self) -> str | None:
-        if self.config.bootstrap is not None:
-            log.warning("kafka source: `bootstrap` is deprecated; use `broker`")
-        return kafka_bootstrap(self.config.broker or self.config.bootstrap, "source")
+        return kafka_bootstrap(self.config.broker, self.config.bootstrap, "source")
 
     def _subscription(self) -> list[str]:
         # librdkafka reads a subscription starting with ^ as a regular expression.
