@@ -19,6 +19,11 @@ from tests.system.helpers import cli
 
 from tideflow.core.faults import CRASH_EXIT_CODE, POINTS
 
+# Seconds each of the 24 batches sleeps in the F3 runs: a whole run (about 2.9 s of pacing
+# plus start-up) must outlast the latest kill moment (2.5 s). With 0.05 s a run took about
+# 2.1 s once start-up got faster, and a seed whose kills all came later killed nothing.
+PACE = "0.12"
+
 # The points a file-to-file run passes through (a keeper commit needs a transactional sink;
 # a compaction needs a step storing deltas, see test_incremental_checkpoint_crashes.py; the
 # sql and kafka sink points have their own suites).
@@ -50,7 +55,7 @@ def test_f2_crash_at_each_checkpoint_step_is_exactly_once(tmp_path: Path, point:
 @pytest.mark.parametrize("seed", seeds(2, 10))
 def test_f3_kill_9_three_times_local(tmp_path: Path, seed: int) -> None:
     pipeline, expected = prepare(tmp_path, seed)
-    landed = kill_randomly(pipeline, tmp_path, seed, kills=3, env={"PACE": "0.05"})
+    landed = kill_randomly(pipeline, tmp_path, seed, kills=3, env={"PACE": PACE})
     assert landed, f"seed={seed}: no kill landed mid-run"
     final = cli("run", str(pipeline), cwd=tmp_path)
     assert final.returncode == 0, final.stderr
@@ -83,7 +88,7 @@ def test_f3_kill_9_three_times_on_s3(tmp_path: Path, seed: int, s3_endpoint: str
     pipeline, expected = prepare(tmp_path, seed)
     pipeline.write_text(S3_PIPELINE, encoding="utf-8")
     dest = f"tideflow-test/f3-{seed}-{os.getpid()}-{time.time_ns()}/out"
-    env = {"PACE": "0.05", "DEST": f"s3://{dest}", "ENDPOINT": s3_endpoint}
+    env = {"PACE": PACE, "DEST": f"s3://{dest}", "ENDPOINT": s3_endpoint}
     landed = kill_randomly(pipeline, tmp_path, seed, kills=3, env=env)
     assert landed, f"seed={seed}: no kill landed mid-run"
     final = cli("run", str(pipeline), cwd=tmp_path, env=env)
@@ -112,7 +117,7 @@ def test_f3_kill_9_with_state_in_postgresql(tmp_path: Path, postgres_database: s
         pipeline.read_text().replace("name: faulty\n", "name: faulty\nstate: ${STATE_URL}\n"),
         encoding="utf-8",
     )
-    env = {"PACE": "0.05", "STATE_URL": postgres_database}
+    env = {"PACE": PACE, "STATE_URL": postgres_database}
     landed = kill_randomly(pipeline, tmp_path, 4000, kills=3, env=env)
     assert landed, "no kill landed mid-run"
     final = cli("run", str(pipeline), cwd=tmp_path, env=env)
