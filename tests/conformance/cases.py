@@ -26,7 +26,7 @@ from tideflow.connectors.files.source import FileSource
 from tideflow.connectors.influxdb import InfluxSink
 from tideflow.connectors.memory import MemorySink, MemorySource, collected
 from tideflow.connectors.mqtt import MqttSink, MqttSource
-from tideflow.connectors.redis_connector import RedisSink, RedisStreamsSink, RedisStreamsSource
+from tideflow.connectors.redis import RedisSink, RedisStreamsSink, RedisStreamsSource
 from tideflow.connectors.sql.sink import SqlSink
 from tideflow.connectors.sql.source import SqlSource
 from tideflow.core.contracts import Context, Sink, Source

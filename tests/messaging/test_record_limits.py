@@ -20,7 +20,7 @@ import redis
 
 from tideflow.connectors.amqp import AmqpSource, AmqpSourceConfig
 from tideflow.connectors.mqtt import MqttSource, MqttSourceConfig
-from tideflow.connectors.redis_connector import RedisStreamsSource, RedisStreamsSourceConfig
+from tideflow.connectors.redis import RedisStreamsSource, RedisStreamsSourceConfig
 from tideflow.connectors.topic.admin import Admin
 from tideflow.connectors.topic.settings import TopicSourceConfig
 from tideflow.connectors.topic.source import TopicSource

@@ -12,7 +12,7 @@ import pytest
 import redis
 from tests.messaging.conftest import drain, quiet
 
-from tideflow.connectors.redis_connector import (
+from tideflow.connectors.redis import (
     RedisSink,
     RedisSinkConfig,
     RedisStreamsSink,
