@@ -26,6 +26,7 @@ from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.models import NAME_PATTERN
+from tideflow.stream.backend import check_backend
 from tideflow.stream.processors import FUNCTIONS, PREFIX, BuiltinProcessor, Processor, ProcessorLike
 from tideflow.topics.names import topic_name_problem
 
@@ -337,7 +338,8 @@ class Stream:
         self._failures = {}
         self._running = {}
         self._stopping.clear()
-        self._check_backend()
+        pipelines = {name: self.pipeline_name(name) for name in self._registered}
+        check_backend(self.base_dir, self.name, self._broker_setting(), pipelines)
         admin = self._admin()
         for entry in self._registered.values():
             # A consumer of a missing Kafka topic fails; outputs exist once start() returns.
@@ -416,50 +418,6 @@ class Stream:
         raise PipelineError(
             redact(f"stream {self.name!r}: processor(s) {names} failed: {reasons}")
         ) from first
-
-    def _check_backend(self) -> None:
-        """Refuse to resume a processor on another backend than its checkpoint's.
-
-        A checkpoint holds offsets of the log it was taken on; on another log they name
-        other records (resuming the embedded log's offset 3 on a new Kafka topic would skip
-        its first three records without a word). The backend each processor last ran on is
-        kept beside the state store, in ``.tideflow/streams/<stream>.json``."""
-        state = self.base_dir / ".tideflow"
-        marker = state / "streams" / f"{self.name}.json"
-        known: dict[str, str] = orjson.loads(marker.read_bytes()) if marker.is_file() else {}
-        here = self._broker_setting()
-        mismatched = [
-            (entry.name, known[entry.name])
-            for entry in self._registered.values()
-            if known.get(entry.name, here) != here
-        ]
-        if mismatched and (state / "state.db").is_file():
-            from tideflow.state.store import StateStore
-
-            store = StateStore(state / "state.db")
-            try:
-                stale = [
-                    (name, before)
-                    for name, before in mismatched
-                    if store.load_checkpoint(self.pipeline_name(name)) is not None
-                ]
-            finally:
-                store.close()
-            if stale:
-                name, before = stale[0]
-                pipeline = self.pipeline_name(name)
-                raise ConfigError(
-                    redact(
-                        f"processor {name!r} last ran on {before}, and its checkpoint holds "
-                        f"offsets of that log, which mean other records on {here}; run it "
-                        f"from another folder (state_dir), or forget the checkpoint with "
-                        f"`tideflow state reset {pipeline} --yes` in {self.base_dir} (its "
-                        "input is then read from the start)"
-                    )
-                )
-        known.update({name: here for name in self._registered})
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_bytes(orjson.dumps(known, option=orjson.OPT_INDENT_2))
 
     def _waves(self) -> list[list[str]]:
         """Processors grouped so that each group only reads topics written by earlier
