@@ -31,6 +31,7 @@ BUILTIN_MODULES = (
     "tideflow.connectors.sql.sink",
     "tideflow.connectors.topic.source",
     "tideflow.connectors.topic.sink",
+    "tideflow.connectors.topic.repartition",
     "tideflow.connectors.kafka.source",
     "tideflow.connectors.kafka.sink",
     "tideflow.connectors.http.source",
@@ -72,6 +73,8 @@ BUILTIN_TYPES: tuple[tuple[Kind, str, str], ...] = (
     ("sink", "sql", "tideflow.connectors.sql.sink"),
     ("source", "topic", "tideflow.connectors.topic.source"),
     ("sink", "topic", "tideflow.connectors.topic.sink"),
+    ("source", "repartition", "tideflow.connectors.topic.repartition"),
+    ("sink", "repartition", "tideflow.connectors.topic.repartition"),
     ("source", "kafka", "tideflow.connectors.kafka.source"),
     ("sink", "kafka", "tideflow.connectors.kafka.sink"),
     ("source", "http", "tideflow.connectors.http.source"),
@@ -90,10 +93,14 @@ BUILTIN_TYPES: tuple[tuple[Kind, str, str], ...] = (
 )
 """(kind, type, module) of every built-in component."""
 
-UNLISTED_TYPES: frozenset[tuple[Kind, str]] = frozenset({("source", "memory"), ("sink", "memory")})
-"""(kind, type) of the built-in components of the test kit (:mod:`tideflow.testing`), which
-back ``tf.records``/``tf.collect``, ``tideflow test`` and replays: registered, but not offered
-to users (``tideflow connectors``, suggestions, reference, typed API, JSON Schema)."""
+UNLISTED_TYPES: frozenset[tuple[Kind, str]] = frozenset(
+    {("source", "memory"), ("sink", "memory"), ("source", "repartition"), ("sink", "repartition")}
+)
+"""(kind, type) of built-in components registered but not offered to users (``tideflow
+connectors``, suggestions, reference, typed API, JSON Schema): the test kit's (:mod:`tideflow.
+testing`), which back ``tf.records``/``tf.collect``, ``tideflow test`` and replays, and the
+repartition topic's ends, which the stage planner of group workers puts in (:mod:`tideflow.
+run.stages`)."""
 
 
 def register(registry: Registry) -> None:

@@ -226,13 +226,11 @@ def _supervise(
     """Start and look after ``workers`` group workers; their exit code. With
     ``metrics_port`` P the supervisor serves its metrics (worker restarts) on P and worker
     ``i`` serves its run's metrics on P + 1 + i."""
-    from tideflow.core.ownership import check_group_worker
-    from tideflow.registry import default_registry
+    from tideflow.run.stages import plan_stages
     from tideflow.run.workers import Supervisor, default_prefix
-    from tideflow.spec.graph import build_graph
 
     # Refused here once, rather than by each worker it would start.
-    check_group_worker(build_graph(spec, default_registry))
+    plan_stages(spec)
 
     args = [arg for pair in sets for arg in ("--set", pair)]
     args += ["--json"] if as_json else []

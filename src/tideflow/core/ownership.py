@@ -60,15 +60,25 @@ def check_group_worker(graph: Graph) -> None:
                 "(`transactional: true`), which holds one worker's partitions only; with "
                 "workers use `transactional: false` (an upsert stays exact on replay)"
             )
-    partitioned = [set(n.component.partition_keys() or ()) for n in graph.sources]
     for node in graph.steps:
-        if not keeps_state(node.component):
-            continue
-        keys = node.component.state_keys()
-        # Each worker keeps the state of the records it reads: exact only when no key's
-        # records are spread over the partitions of two workers.
-        if keys is None or not all(p and p <= set(keys) for p in partitioned):
+        if needs_repartition(node, graph):
+            keys = node.component.state_keys()
             raise ConfigError(unpartitioned_state(node.name, node.type_name, keys, graph))
+
+
+def needs_repartition(node: Node, graph: Graph) -> bool:
+    """Whether step ``node`` keeps state that group workers would split: state per key
+    (or over all records) while the sources' partitions do not keep every key in one."""
+    if not keeps_state(node.component):
+        return False
+    keys = node.component.state_keys()
+    if keys is None:
+        return True
+    # Each worker keeps the state of the records it reads: exact only when no key's records
+    # are spread over the partitions of two workers, so when every source is partitioned by
+    # some of the step's keys ([]: one partition holds all records).
+    partitioned = [n.component.partition_keys() for n in graph.sources]
+    return not all(p is not None and set(p) <= set(keys) for p in partitioned)
 
 
 class PartitionOwnership:

@@ -59,8 +59,20 @@ def run(
     from_scratch: bool = False,
 ) -> RunResult:
     """Run a pipeline to the end (or until stopped); ``worker`` runs it as one worker of
-    its consumer group (see :mod:`tideflow.run.workers`). ``from_scratch`` first clears the
-    output the sinks can clear, the state and the dead letters."""
+    its consumer group (see :mod:`tideflow.run.workers`), cut into stages joined by
+    repartition topics where a step keeps state by keys the topics are not partitioned by
+    (:mod:`tideflow.run.stages`). ``from_scratch`` first clears the output the sinks can
+    clear, the state and the dead letters."""
+    if worker is not None and state is None:
+        from tideflow.run import stages as staging
+        from tideflow.state.locate import state_dir
+
+        base = Path(base_dir).resolve()
+        partitions = staging.source_partitions(state_dir(spec.state, base))
+        planned = staging.plan_stages(spec, registry, partitions)
+        if len(planned) > 1:
+            engines = staging.new_engines(planned, base, registry, observer, worker, spec.name)
+            return staging.run_stages(planned, engines, handle_signals)
     engine = engine_for(
         spec,
         base_dir,

@@ -36,3 +36,12 @@ def state_path(location: str | None, base_dir: Path) -> Path:
         path = Path(location)
         return path if path.is_absolute() else base_dir / path
     return base_dir / ".tideflow" / "state.db"
+
+
+def state_dir(location: str | None, base_dir: Path) -> Path:
+    """The folder of a pipeline's local state files (the embedded log, spilled messages):
+    the SQLite store's, or ``.tideflow`` beside the pipeline with a PostgreSQL store."""
+    location = state_location(location)
+    if location and location.startswith(("postgresql://", "postgres://")):
+        return base_dir / ".tideflow"
+    return state_path(location, base_dir).parent
