@@ -12,6 +12,12 @@ from tideflow.core.settings import CheckpointSpec
 
 ErrorAction = Literal["fail", "skip", "dead_letter"]
 
+STAGE_SEPARATOR = "~"
+"""Between a pipeline's name and a step's in the name of the stage group workers start at
+that step (``totals~per_room``, see ``tideflow.run.stages``): a character no pipeline name
+has, so a stage's checkpoints and state never mix with a pipeline's of the same name, and
+forgetting a pipeline's state forgets its stages' too."""
+
 
 @dataclass(frozen=True)
 class RunPlan:

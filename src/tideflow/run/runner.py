@@ -25,26 +25,12 @@ from tideflow.results import OutputTap, PipelineResult, dead_letter_frame
 from tideflow.run.plan import engine_for
 from tideflow.secrets import redact
 from tideflow.spec.graph import build_graph
-from tideflow.spec.loader import LoadedYaml, validate
+from tideflow.spec.loader import revalidate, spec_data
 from tideflow.spec.models import PipelineSpec
 from tideflow.state.locate import open_state_store
 from tideflow.state.store import StateStore
 
 REPLAY_SOURCE = "dead_letter_replay"
-
-
-def spec_data(spec: PipelineSpec) -> dict[str, Any]:
-    """The spec as plain data (names filled in), ready to edit and re-validate."""
-    data = spec.model_dump(mode="json", exclude_none=True)
-    for single, many in (("source", "sources"), ("sink", "sinks")):
-        if single in data:
-            data[many] = [data.pop(single)]
-    return data
-
-
-def revalidate(data: dict[str, Any], registry: Registry | None = None) -> PipelineSpec:
-    """Validate edited spec data again."""
-    return validate(LoadedYaml(data, {}, None), registry or default_registry)
 
 
 def run(
@@ -71,6 +57,11 @@ def run(
         partitions = staging.source_partitions(state_dir(spec.state, base))
         planned = staging.plan_stages(spec, registry, partitions)
         if len(planned) > 1:
+            if from_scratch:
+                raise ConfigError(
+                    "from_scratch cannot start a group worker over: start over with one "
+                    "plain run, then start the workers"
+                )
             engines = staging.new_engines(planned, base, registry, observer, worker, spec.name)
             return staging.run_stages(planned, engines, handle_signals)
     engine = engine_for(

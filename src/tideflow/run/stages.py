@@ -9,12 +9,13 @@ front of it, as Kafka Streams and Quix Streams do for a ``groupBy``:
 
 - stage 1 is the pipeline up to that step: its sources, the steps before it, the sinks fed
   only by them, and a ``repartition`` sink writing the records that enter the step to the
-  topic ``<pipeline>-<step>-repartition``, each in the partition its keys give (as many
-  partitions as the source topic; one for state over all records);
+  topic ``<pipeline>-<group>-<step>-repartition``, each in the partition its keys give (as
+  many partitions as the source topic; one for state over all records);
 - stage 2 reads that topic with a ``repartition`` source in the group
-  ``<group>-<step>-repartition``, runs the step and everything after it, and is cut again if a
-  later step keeps state by other keys. It is the pipeline ``<pipeline>--<step>``: its own
-  checkpoints and per-partition state in the same state store.
+  ``<group>-<step>-repartition``, runs the step and everything after it that reads it (another
+  branch keyed differently gets a stage of its own), and is cut again where a later step keeps
+  state by other keys. It is the pipeline ``<pipeline>~<step>``: its own checkpoints and
+  per-partition state in the same state store, forgotten with the pipeline's.
 
 Every stage is an ordinary pipeline run by the same engine, so the repartition topic is written
 and read with the protocol of any topic: on the embedded log, in the transaction of the stage's
@@ -28,6 +29,7 @@ run's summary counts both ends of a repartition topic as kind ``repartition``.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -38,10 +40,13 @@ from types import FrameType
 from typing import Any
 
 from tideflow.core.engine import Engine, RunObserver, RunResult
-from tideflow.core.ownership import check_group_worker, needs_repartition
+from tideflow.core.ownership import check_group_worker
+from tideflow.core.partitions import keeps_state
+from tideflow.core.plan import STAGE_SEPARATOR
 from tideflow.errors import ConfigError
 from tideflow.registry import Registry, default_registry
 from tideflow.spec.graph import build_graph
+from tideflow.spec.loader import revalidate, spec_data
 from tideflow.spec.models import PipelineSpec
 
 log = logging.getLogger("tideflow.run")
@@ -63,128 +68,185 @@ def plan_stages(
     spec: PipelineSpec, registry: Registry | None = None, partitions: Any = None
 ) -> list[Stage]:
     """The stages group workers run for ``spec`` (one when no step needs a repartition),
-    each checked to be exact with workers. ``partitions(source_spec)`` gives the partition
-    count of a source's topic (the count a repartition topic is created with)."""
-    from tideflow.run.runner import revalidate, spec_data
-
+    parents before children, each checked to be exact with workers.
+    ``partitions(source_spec)`` gives the partition count of a source's topic (the count a
+    repartition topic is created with; 1 without it)."""
     registry = registry or default_registry
-    stages: list[Stage] = []
-    internal: tuple[str, ...] = ()
-    while True:
-        graph = build_graph(spec, registry)
-        cut = next((n for n in graph.steps if needs_repartition(n, graph)), None)
-        keys = None if cut is None else cut.component.state_keys()
-        if cut is None or keys is None:
-            check_group_worker(graph)  # raises when state no key can split is kept
-            stages.append(Stage(spec, internal))
-            return stages
-        count = 1 if not keys else _partition_count(spec, partitions)
-        before, after = _cut(spec_data(spec), cut.name, keys, count)
-        first = revalidate(before, registry)
-        check_group_worker(build_graph(first, registry))
-        stages.append(Stage(first, (*internal, f"{cut.name}-repartition")))
-        spec, internal = revalidate(after, registry), (f"{cut.name}-repartitioned",)
+    graph = build_graph(spec, registry)
+    components = {node.name: node.component for node in graph.nodes}
+    data = spec_data(spec)
+    count = max((partitions(s) for s in spec.all_sources), default=1) if partitions else 1
+    planner = _Planner(data, components, count)
+    stages = []
+    for stage_data, internal in planner.plan():
+        # A stage's name has a character pipeline names may not have: validate without it.
+        name = stage_data["name"]
+        stage = revalidate({**stage_data, "name": spec.name}, registry)
+        stage = stage.model_copy(update={"name": name})
+        check_group_worker(build_graph(stage, registry))  # the plan's own proof, once more
+        stages.append(Stage(stage, internal))
+    return stages
 
 
-def _partition_count(spec: PipelineSpec, partitions: Any) -> int:
-    counts = {partitions(source) for source in spec.all_sources} if partitions else {1}
-    return max(counts)
+Partitioning = frozenset[frozenset[str] | None]
+"""How the records reaching a node were put in partitions: one entry per way they came (a
+set of columns, or None when nothing is known)."""
 
 
-def _cut(
-    data: dict[str, Any], step: str, keys: list[str], partitions: int
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Plain data of the two pipelines ``data`` is cut into in front of ``step``."""
-    steps: list[dict[str, Any]] = data.get("steps", [])
-    at = next(i for i, s in enumerate(steps) if s["name"] == step)
-    sources = data["sources"]
-    earlier = {s["name"] for s in sources} | {s["name"] for s in steps[:at]}
-    entering = _inputs(steps[at], steps[at - 1]["name"] if at else None, sources)
-    last = steps[-1]["name"] if steps else None
-    later_steps = steps[at:]
-    for later in later_steps[1:]:
-        if set(_inputs(later, None, [])) & earlier:
+class _Planner:
+    """Assigns each node of a pipeline (plain data, names filled in) to a stage."""
+
+    def __init__(self, data: dict[str, Any], components: dict[str, Any], partitions: int):
+        self.data = data
+        self.components = components
+        self.partitions = partitions
+        sources = data["sources"]
+        self.stages: list[dict[str, Any]] = [
+            {"name": data["name"], "sources": sources, "steps": [], "sinks": []}
+        ]
+        self.internal: list[tuple[str, ...]] = [()]
+        self.stage_of = {s["name"]: 0 for s in sources}
+        self.parted: dict[str, Partitioning] = {
+            s["name"]: frozenset([_columns(components[s["name"]].partition_keys())])
+            for s in sources
+        }
+
+    def plan(self) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+        """Each stage's pipeline data and the names of its repartition ends."""
+        previous = [s["name"] for s in self.data["sources"]]
+        for step in self.data.get("steps", []):
+            refs = _refs(step, previous)
+            self._place_step(step, refs)
+            previous = [step["name"]]
+        for sink in self.data.get("sinks", []):
+            refs = _refs(sink, previous)
+            self.stages[self._stage(sink["name"], refs)]["sinks"].append({**sink, "input": refs})
+        shared = {k: v for k, v in self.data.items() if k not in _PER_STAGE}
+        alerts = self.data.get("alerts", [])
+        out = []
+        for index, stage in enumerate(self.stages):
+            names = {s["name"] for s in stage["steps"]}
+            mine = [
+                a for a in alerts if a.get("step") in names or (not index and not a.get("step"))
+            ]
+            body = {**shared, **stage, "alerts": mine}
+            if index:
+                body.pop("schedule", None)
+            out.append((body, self.internal[index]))
+        return out
+
+    def _place_step(self, step: dict[str, Any], refs: list[str]) -> None:
+        name = step["name"]
+        stage = self._stage(name, refs)
+        arriving: Partitioning = frozenset().union(*(self.parted[_node(r)] for r in refs))
+        component = self.components[name]
+        keys = component.state_keys() if keeps_state(component) else None
+        if not keeps_state(component):
+            self.stages[stage]["steps"].append({**step, "input": refs})
+            self.stage_of[name], self.parted[name] = stage, arriving
+            return
+        if keys is not None and all(p is not None and p <= set(keys) for p in arriving):
+            self.stages[stage]["steps"].append({**step, "input": refs})
+            self.stage_of[name], self.parted[name] = stage, arriving
+            return
+        if keys is None:
             raise ConfigError(
-                f"step {later['name']!r} reads {', '.join(sorted(set(later['input']) & earlier))}"
-                f" from before step {step!r}, which group workers run in another stage (its "
-                f"records move to the worker that keeps their {', '.join(keys) or 'state'}); "
-                "feed it from the steps after, or declare the topic's partitioning "
-                "(`partitioned_by`) so no repartition is needed"
+                f"step {name!r} ({step['type']}) keeps state that is not kept per key, so "
+                "no repartition can split it between workers; run one worker"
             )
-    first_sinks, second_sinks = [], []
-    for sink in data.get("sinks", []):
-        reads = set(_inputs(sink, last, []))
-        if reads <= earlier:
-            first_sinks.append(sink)
-        elif reads & earlier:
+        self._repartition(step, refs, stage, keys)
+
+    def _repartition(
+        self, step: dict[str, Any], refs: list[str], parent: int, keys: list[str]
+    ) -> None:
+        """Put ``step`` first in a new stage, fed by a repartition topic its parent writes."""
+        name = step["name"]
+        write, read = f"{name}-repartition", f"{name}-repartitioned"
+        taken = set(self.components)
+        if {write, read} & taken:
             raise ConfigError(
-                f"sink {sink['name']!r} reads from before and after step {step!r}, which group "
-                "workers run in two stages; give it one side, or two sinks"
+                f"the names {write!r} and {read!r} are the ends of the repartition group "
+                f"workers put in front of step {name!r}; rename the node that has one"
             )
-        else:
-            second_sinks.append(sink)
-    source = sources[0]
-    topic = f"{data['name']}-{step}-repartition"
-    node, read = f"{step}-repartition", f"{step}-repartitioned"
-    taken = earlier | {s["name"] for s in [*later_steps, *data.get("sinks", [])]}
-    if {node, read} & taken:
-        raise ConfigError(
-            f"the names {node!r} and {read!r} are the ends of the repartition group workers "
-            f"put in front of step {step!r}; rename the node that has one"
-        )
-    broker = _broker(source)
-    ends = {k: source[k] for k in ("stop_at_end", "idle_seconds", "max_wait") if k in source}
-    if "end_offsets" in source:
-        ends["stop_at_end"] = True
-    before = {
-        **data,
-        "steps": steps[:at],
-        "sinks": [
-            *first_sinks,
+        source = self.data["sources"][0]
+        topic = topic_for(self.data["name"], source["group"], name)
+        broker = _broker(source)
+        ends = {k: source[k] for k in ("stop_at_end", "idle_seconds", "max_wait") if k in source}
+        if "end_offsets" in source:
+            ends["stop_at_end"] = True
+        self.stages[parent]["sinks"].append(
             {
                 "type": "repartition",
-                "name": node,
-                "input": entering,
+                "name": write,
+                "input": refs,
                 "topic": topic,
                 "by": keys,
-                "partitions": partitions,
+                "partitions": self.partitions if keys else 1,
                 **broker,
-            },
-        ],
-    }
-    before.pop("alerts", None)
-    moved = {**steps[at], "input": read}
-    after = {
-        **data,
-        "name": f"{data['name']}--{step}",
-        "sources": [
-            {
-                "type": "repartition",
-                "name": read,
-                "topic": topic,
-                "group": f"{source['group']}-{step}-repartition",
-                "by": keys,
-                "batch_size": 64,
-                **broker,
-                **ends,
             }
-        ],
-        "steps": [moved, *later_steps[1:]],
-        "sinks": second_sinks,
-    }
-    after.pop("schedule", None)
-    return before, after
+        )
+        self.internal[parent] = (*self.internal[parent], write)
+        reader = {
+            "type": "repartition",
+            "name": read,
+            "topic": topic,
+            "group": f"{source['group']}-{name}-repartition",
+            "by": keys,
+            "batch_size": 64,
+            **broker,
+            **ends,
+        }
+        self.stages.append(
+            {
+                "name": f"{self.data['name']}{STAGE_SEPARATOR}{name}",
+                "sources": [reader],
+                "steps": [{**step, "input": [read]}],
+                "sinks": [],
+            }
+        )
+        self.internal.append((read,))
+        self.stage_of[name] = len(self.stages) - 1
+        self.parted[name] = frozenset([frozenset(keys)])
+
+    def _stage(self, name: str, refs: list[str]) -> int:
+        """The one stage every input of ``name`` is in."""
+        stages = {self.stage_of[_node(r)] for r in refs}
+        if len(stages) > 1:
+            raise ConfigError(
+                f"{name!r} merges records from before and after a repartition (group "
+                "workers move a stateful step's records to the worker that keeps their key, "
+                f"so {', '.join(refs)} are read in different stages); merge them before the "
+                "stateful step, or declare the topic's partitioning (`partitioned_by`) so "
+                "no repartition is needed"
+            )
+        return stages.pop()
 
 
-def _inputs(node: dict[str, Any], previous: str | None, sources: list[dict[str, Any]]) -> list[str]:
-    """The node names a step or sink reads (its ``input``, else the node before it)."""
+_PER_STAGE = ("name", "sources", "steps", "sinks", "alerts")
+
+
+def topic_for(pipeline: str, group: str, step: str) -> str:
+    """The repartition topic in front of ``step``: named after the pipeline, the consumer
+    group and the step, so a pipeline run in a new group (which reads its sources from the
+    start) never reads what an earlier group wrote there."""
+    name = f"{pipeline}-{group}-{step}-repartition"
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:249]
+
+
+def _columns(keys: list[str] | None) -> frozenset[str] | None:
+    return None if keys is None else frozenset(keys)
+
+
+def _node(ref: str) -> str:
+    return ref.partition(".")[0]
+
+
+def _refs(node: dict[str, Any], previous: list[str]) -> list[str]:
+    """What a step or sink reads (``input``, else the node before it, or every source)."""
     given = node.get("input")
     if given:
-        refs = [given] if isinstance(given, str) else list(given)
-        return [ref.partition(".")[0] if "." in ref else ref for ref in refs]
-    if previous is not None:
-        return [previous]
-    return [s["name"] for s in sources]
+        return [given] if isinstance(given, str) else list(given)
+    return list(previous)
 
 
 def _broker(source: dict[str, Any]) -> dict[str, Any]:

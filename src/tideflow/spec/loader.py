@@ -535,3 +535,17 @@ def load_pipeline_text(
     if overrides:
         apply_overrides(loaded, overrides)
     return validate(loaded, registry, unset, issues)
+
+
+def spec_data(spec: PipelineSpec) -> dict[str, Any]:
+    """The spec as plain data (names filled in), ready to edit and re-validate."""
+    data = spec.model_dump(mode="json", exclude_none=True)
+    for single, many in (("source", "sources"), ("sink", "sinks")):
+        if single in data:
+            data[many] = [data.pop(single)]
+    return data
+
+
+def revalidate(data: dict[str, Any], registry: Registry | None = None) -> PipelineSpec:
+    """Validate edited spec data again."""
+    return validate(LoadedYaml(data, {}, None), registry or default_registry)

@@ -36,6 +36,7 @@ from tideflow.core.checkpoints import (
     PartitionState,
 )
 from tideflow.core.faults import crash_point
+from tideflow.core.plan import STAGE_SEPARATOR
 from tideflow.state.database import Database, SqliteDatabase
 from tideflow.state.ledger import DeadLetterLedger, RunHistory
 from tideflow.state.steps import StepStates, encode
@@ -421,8 +422,9 @@ class StateStore:
     def reset(self, pipeline: str, dead_letters: bool = False) -> None:
         """Forget a pipeline's checkpoint and state (and its dead letters if asked)."""
         with self.db.transaction() as conn:
-            # A group's workers keep their own checkpoints (sink tokens) as `name#worker-ID`.
-            workers = pipeline + "#worker-"
+            # A group's workers keep their own checkpoints (sink tokens) as `name#worker-ID`,
+            # and the stages group workers cut it into are pipelines `name~step`.
+            workers, stages = pipeline + "#worker-", pipeline + STAGE_SEPARATOR
             for table in (
                 "checkpoints",
                 "step_state",
@@ -430,14 +432,15 @@ class StateStore:
                 "outbox",
                 "checkpoint_leases",
                 "source_origins",
+                "partition_state",
             ):
                 self.db.execute(
                     conn,
                     f"DELETE FROM {table} WHERE pipeline=? OR "  # nosec B608 - our table names
+                    "substr(pipeline, 1, length(CAST(? AS TEXT)))=? OR "
                     "substr(pipeline, 1, length(CAST(? AS TEXT)))=?",
-                    (pipeline, workers, workers),
+                    (pipeline, workers, workers, stages, stages),
                 )
-            self.db.execute(conn, "DELETE FROM partition_state WHERE pipeline=?", (pipeline,))
             if dead_letters:
                 self.ledger.forget(conn, pipeline)
 

@@ -273,7 +273,7 @@ class Stream:
 
     @staticmethod
     def _validate(data: dict[str, Any]) -> Any:
-        from tideflow.run.runner import revalidate
+        from tideflow.spec.loader import revalidate
 
         return revalidate(data)
 
