@@ -75,7 +75,8 @@ def plan_stages(
     graph = build_graph(spec, registry)
     components = {node.name: node.component for node in graph.nodes}
     data = spec_data(spec)
-    count = max((partitions(s) for s in spec.all_sources), default=1) if partitions else 1
+    topics = [s for s in spec.all_sources if hasattr(s, "topic")]
+    count = max((partitions(s) for s in topics), default=1) if partitions else 1
     planner = _Planner(data, components, count)
     stages = []
     for stage_data, internal in planner.plan():
