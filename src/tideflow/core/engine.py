@@ -8,7 +8,10 @@ source has read ahead.
 
 A checkpoint is a two-phase commit (:mod:`tideflow.core.checkpointer`); a group worker's
 partitions are claimed and given up by :mod:`tideflow.core.ownership`; what a run checks
-before it resumes is in :mod:`tideflow.core.resume`.
+before it resumes is in :mod:`tideflow.core.resume`. What a run shows of itself while it
+runs is :class:`~tideflow.core.status.RunStatus`, which the engine is; its hooks are a
+:class:`~tideflow.core.observer.RunObserver`'s, its result a
+:class:`~tideflow.core.result.RunResult`.
 """
 
 from __future__ import annotations
@@ -19,9 +22,8 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -30,74 +32,24 @@ import polars as pl
 
 from tideflow.core.checkpointer import Checkpointer
 from tideflow.core.checkpoints import CheckpointStore
-from tideflow.core.contracts import MAIN_PORT, Context, ExistingOutput, SourceBatch
+from tideflow.core.contracts import MAIN_PORT, Context, SourceBatch
 from tideflow.core.dataflow import Dataflow
 from tideflow.core.graph import Node
+from tideflow.core.observer import RunObserver
 from tideflow.core.ownership import PartitionOwnership, check_group_worker
 from tideflow.core.partitions import Handover, HandoverRequest
 from tideflow.core.plan import RunPlan
+from tideflow.core.result import RunResult, run_result
 from tideflow.core.resume import Resumption, check_origin
 from tideflow.core.source_queue import SourceItem, SourceQueue, coalesce
+from tideflow.core.status import RunStatus
 from tideflow.errors import PipelineError, StateLostError, TideflowError
 from tideflow.secrets import redact
 
 log = logging.getLogger("tideflow.engine")
 
 
-@dataclass
-class RunObserver:
-    """Hooks for progress displays, previews and test taps; every hook is optional."""
-
-    on_output: Callable[[str, str, pl.DataFrame], None] | None = None
-    on_progress: Callable[[Engine], None] | None = None
-    on_checkpoint: Callable[[int], None] | None = None
-    on_batch: Callable[[str, int, float], None] | None = None
-    """Called after each source batch has gone through the whole graph, with the source's
-    name, the batch's record count and the seconds it took (for latency histograms)."""
-    on_visible: Callable[[str, float], None] | None = None
-    """Called when a checkpoint has committed, once per source batch it made visible, with
-    the source's name and the seconds from the batch's oldest record timestamp (or the moment
-    the engine received the batch) to that commit: the end-to-end latency."""
-    on_checkpoint_seconds: Callable[[int, float], None] | None = None
-    """Called after each checkpoint has committed, with its id and the seconds it took
-    (sink flushes, the state store commit, sink commits and source acknowledgements)."""
-    on_start: Callable[[Engine], None] | None = None
-    """Called once when a run starts, before anything is opened (health endpoints read the
-    engine's :attr:`Engine.phase` from then on)."""
-    on_sink_input: Callable[[str, pl.DataFrame], None] | None = None
-    """Called with a sink's name and each batch handed to it to write (after its ``when``
-    condition), before the write: what a notebook's ``result.to_polars(sink)`` shows."""
-
-
-@dataclass
-class RunResult:
-    """What a finished run reports."""
-
-    run_id: str
-    pipeline: str
-    status: str
-    seconds: float
-    checkpoints: int
-    counts: dict[str, dict[str, Any]]
-    notices: list[str] = field(default_factory=list)
-    """What the run did not read and why, what changed since, what was cleared: sentences
-    for the person who ran it (printed under the summary, in ``--json``)."""
-    stopped: bool = False
-    unbalanced: list[str] = field(default_factory=list)
-    error: str | None = None
-    """Why the run failed (status ``failed``), as the exception said it; None otherwise."""
-
-    @property
-    def records_in(self) -> int:
-        """Records read by all sources."""
-        return sum(
-            c["out"] + c["dead_lettered"]
-            for n, c in self.counts.items()
-            if c.get("kind") == "source"
-        )
-
-
-class Engine:
+class Engine(RunStatus):
     """Runs one :class:`RunPlan` once against a checkpoint store (``tideflow.run.plan.
     engine_for`` makes both from a pipeline spec).
 
@@ -134,11 +86,8 @@ class Engine:
         self.state_key = plan.name if scope == "main" else f"{plan.name}#{scope}"
         self.stop_event = threading.Event()
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        """The run's id in the run history (given by a server that started the run)."""
         self._phase = "created"
         self.last_turn = time.monotonic()
-        """Monotonic time of the main loop's latest turn (it turns at least every 0.1 s
-        unless a step or sink holds it): what a liveness check looks at."""
         self.started = 0.0
         self._abort = threading.Event()
         self._queue = SourceQueue(plan.queue_size, self._abort)
@@ -178,45 +127,6 @@ class Engine:
         """Ask the run to drain, checkpoint and finish (what SIGINT/SIGTERM do)."""
         self.stop_event.set()
 
-    @property
-    def phase(self) -> str:
-        """Where the run is: ``created``, ``opening`` (connecting sources and sinks, restoring
-        the checkpoint), ``running``, ``stopping`` (asked to stop: draining and taking the
-        final checkpoint), ``ended`` or ``failed``."""
-        if self._phase == "running" and self.stop_event.is_set():
-            return "stopping"
-        return self._phase
-
-    @property
-    def checkpoints(self) -> int:
-        """Checkpoints this run committed."""
-        return self.checkpointer.checkpoints
-
-    @property
-    def checkpoint_id(self) -> int:
-        """The id of the last checkpoint (stored before this run, or by it)."""
-        return self.checkpointer.checkpoint_id
-
-    @property
-    def last_checkpoint_at(self) -> float:
-        """Unix time of the last committed checkpoint (the run's start before the first)."""
-        return self.checkpointer.last_at
-
-    @property
-    def pending_records(self) -> int:
-        """Records read since the last checkpoint (not yet covered by one)."""
-        return self.checkpointer.pending_records
-
-    @property
-    def dead_letter_ledger(self) -> str | None:
-        """Where this run's dead letters are kept, when not under its state key (a replay
-        keeps them in its pipeline's ledger, so they show in `tideflow deadletters list`)."""
-        return self.checkpointer.dead_letter_ledger
-
-    @dead_letter_ledger.setter
-    def dead_letter_ledger(self, ledger: str | None) -> None:
-        self.checkpointer.dead_letter_ledger = ledger
-
     def run(self, handle_signals: bool = False) -> RunResult:
         """Run to the end of bounded sources, or until :meth:`stop`; return the counts."""
         self.started = time.monotonic()
@@ -251,41 +161,12 @@ class Engine:
                     raise
                 raise PipelineError(redact(f"{type(exc).__name__}: {exc}")) from exc
         self._close(failed=False)
-        result = self._result()
+        result = run_result(self)
         self.state.end_run(self.run_id, result.status, result.counts)
         if self._owns_state:
             self.state.close()
         self._phase = "ended"
         return result
-
-    def counts(self) -> dict[str, dict[str, Any]]:
-        """Counts per node, with its kind and type."""
-        counts = {}
-        for n in self.plan.nodes():
-            counts[n.name] = {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()}
-            # Counters a component bumped through its context (retries, outage seconds) and
-            # the figures it reports at the end share one place in the summary.
-            # (list() copies in one step: a source thread may add a key meanwhile)
-            report = {k: round(v, 6) for k, v in list(n.counts.metrics.items())}
-            report.update(n.component.report() or {})
-            if report:
-                counts[n.name]["report"] = report
-        return counts
-
-    def owned_partitions(self) -> list[str]:
-        """``source:partition`` of every partition this group worker owns now (none outside a
-        group)."""
-        return self.ownership.owned()
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the run started."""
-        return time.monotonic() - self.started if self.started else 0.0
-
-    def existing_output(self) -> list[tuple[Node, ExistingOutput]]:
-        """What each sink already holds of this pipeline's output (see
-        :meth:`Sink.committed_output`); opens nothing."""
-        return self.resumption.existing_output()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -562,32 +443,3 @@ class Engine:
         self._last_progress = time.monotonic()
         if self.observer.on_progress is not None:
             self.observer.on_progress(self)
-
-    def _result(self) -> RunResult:
-        counts = self.counts()
-        unbalanced = [n.name for n in self.plan.nodes() if not n.counts.balanced()]
-        for name in unbalanced:
-            log.error("record accounting does not balance for %s: %s", name, counts[name])
-        incomplete = [
-            f"source {node.name!r}: {why}"
-            for node in self.graph.sources
-            if (why := node.component.incomplete())
-        ]
-        status = "stopped" if self.stop_event.is_set() else "succeeded"
-        return RunResult(
-            run_id=self.run_id,
-            pipeline=self.plan.name,
-            status="incomplete" if incomplete and status == "succeeded" else status,
-            seconds=self.elapsed,
-            checkpoints=self.checkpoints,
-            counts=counts,
-            stopped=self.stop_event.is_set(),
-            unbalanced=unbalanced,
-            notices=self.resumption.notices + self._source_notices() + incomplete,
-        )
-
-    def _source_notices(self) -> list[str]:
-        notices = []
-        for node in self.graph.sources:
-            notices += [f"source {node.name!r}: {text}" for text in node.component.notices()]
-        return notices
