@@ -8,9 +8,10 @@ source has read ahead.
 
 A checkpoint is a two-phase commit (:mod:`tideflow.core.checkpointer`); a group worker's
 partitions are claimed and given up by :mod:`tideflow.core.ownership`; what a run checks
-before it resumes is in :mod:`tideflow.core.resume`. What a run shows of itself while it
-runs is :class:`~tideflow.core.status.RunStatus`, which the engine is; its hooks are a
-:class:`~tideflow.core.observer.RunObserver`'s, its result a
+before it resumes is in :mod:`tideflow.core.resume`, opening and closing its components in
+:mod:`tideflow.core.lifecycle`, SIGINT/SIGTERM in :mod:`tideflow.core.signals`. What a run
+shows of itself while it runs is :class:`~tideflow.core.status.RunStatus`, which the engine
+is; its hooks are a :class:`~tideflow.core.observer.RunObserver`'s, its result a
 :class:`~tideflow.core.result.RunResult`.
 """
 
@@ -18,29 +19,27 @@ from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import polars as pl
 
 from tideflow.core.checkpointer import Checkpointer
 from tideflow.core.checkpoints import CheckpointStore
-from tideflow.core.contracts import MAIN_PORT, Context, SourceBatch
+from tideflow.core.contracts import MAIN_PORT, SourceBatch
 from tideflow.core.dataflow import Dataflow
 from tideflow.core.graph import Node
+from tideflow.core.lifecycle import RunComponents
 from tideflow.core.observer import RunObserver
 from tideflow.core.ownership import PartitionOwnership, check_group_worker
 from tideflow.core.partitions import Handover, HandoverRequest
 from tideflow.core.plan import RunPlan
 from tideflow.core.result import RunResult, run_result
-from tideflow.core.resume import Resumption, check_origin
+from tideflow.core.resume import Resumption
+from tideflow.core.signals import stop_on_signals
 from tideflow.core.source_queue import SourceItem, SourceQueue, coalesce
 from tideflow.core.status import RunStatus
 from tideflow.errors import PipelineError, StateLostError, TideflowError
@@ -98,13 +97,26 @@ class Engine(RunStatus):
         self.ownership = PartitionOwnership(
             plan.name, worker, self.graph, state, self._positions, self.checkpointer.store_whole
         )
+        self._handover = Handover(self._submit_handover)
+        self.components = RunComponents(
+            plan,
+            state,
+            self.checkpointer,
+            self.ownership,
+            self._positions,
+            self.base_dir,
+            scope,
+            self.stop_event,
+            self._handover,
+            worker,
+        )
         self.resumption = Resumption(
             plan,
             state,
             self.state_key,
             self.run_id,
             self.checkpointer,
-            self._context,
+            self.components.context,
             main_output=scope == "main" or worker is not None,
             from_scratch=from_scratch,
         )
@@ -115,7 +127,6 @@ class Engine(RunStatus):
         self._last_record_at = time.monotonic()
         self._last_idle_call = 0.0
         self._last_progress = 0.0
-        self._handover = Handover(self._submit_handover)
         self._running: set[str] = set()
         """Sources that have not ended."""
         if worker is not None:
@@ -133,10 +144,10 @@ class Engine(RunStatus):
         self.checkpointer.started()
         if self.observer.on_start is not None:
             self.observer.on_start(self)
-        with self._signals(handle_signals):
+        with stop_on_signals(self.stop_event, handle_signals):
             try:
                 self._phase = "opening"
-                self._open()
+                self.components.open(self.resumption.begin())
                 threads = self._start_sources()
                 self._phase = "running"
                 self._main_loop()
@@ -150,7 +161,7 @@ class Engine(RunStatus):
                 self._phase = "failed"
                 self._abort.set()
                 self._handover.closed = True
-                self._close(failed=True)
+                self.components.close(failed=True)
                 # A refused run does not count as one the state store knows of.
                 status = "refused" if isinstance(exc, StateLostError) else "failed"
                 self.resumption.record_start()
@@ -160,7 +171,7 @@ class Engine(RunStatus):
                 if isinstance(exc, TideflowError | KeyboardInterrupt):
                     raise
                 raise PipelineError(redact(f"{type(exc).__name__}: {exc}")) from exc
-        self._close(failed=False)
+        self.components.close(failed=False)
         result = run_result(self)
         self.state.end_run(self.run_id, result.status, result.counts)
         if self._owns_state:
@@ -168,88 +179,7 @@ class Engine(RunStatus):
         self._phase = "ended"
         return result
 
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @contextmanager
-    def _signals(self, enabled: bool) -> Iterator[None]:
-        if not enabled or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if self.stop_event.is_set():  # a second Ctrl-C means "now"
-                raise KeyboardInterrupt
-            log.warning("stopping: draining in-flight batches and checkpointing")
-            self.stop()
-
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _context(self, node: Node) -> Context:
-        sink = node.kind == "sink"
-        return Context(
-            pipeline=self.plan.name,
-            name=node.name,
-            base_dir=self.base_dir,
-            state_dir=self.state.path.parent,
-            stop_event=self.stop_event,
-            scope=self.scope,
-            metrics=node.counts.metrics,
-            partitions=self._handover if self.worker and node.kind == "source" else None,
-            state_id=self.state.identity(),
-            outbox=self.checkpointer.outbox(node.name) if sink else None,
-            source_offsets=self.checkpointer.source_offsets if sink else None,
-        )
-
-    def _open(self) -> None:
-        # From here on, a run of this pipeline (or this worker id) started before is
-        # fenced: its next checkpoint fails instead of overwriting ours.
-        self.checkpointer.lease = self.state.claim_lease(self.state_key, self.run_id)
-        self.resumption.prepare()
-        self.resumption.record_start()
-        checkpoint = self.state.load_checkpoint(self.state_key)
-        # Output staged for a checkpoint that never committed (stored ahead of a keeper's
-        # commit that did not happen) was never decided: forget it.
-        dropped = self.state.drop_outbox_after(self.state_key, checkpoint.id if checkpoint else 0)
-        if dropped:
-            log.info("dropped %d outbox entries of a checkpoint that did not commit", dropped)
-        tokens = checkpoint.sink_tokens if checkpoint else {}
-        states = checkpoint.step_states if checkpoint else {}
-        if checkpoint:
-            self.checkpointer.checkpoint_id = checkpoint.id
-            self._positions.update(checkpoint.positions)
-            log.info("resuming %s from checkpoint %d", self.plan.name, checkpoint.id)
-        if self.worker is not None:
-            # Positions and step state belong to partitions, restored as they are assigned.
-            self.ownership.scope_steps()
-        for node in self.plan.sinks():
-            node.component.open(self._context(node), tokens.get(node.name))
-        for node in self.graph.steps:
-            node.component.open(self._context(node), states.get(node.name))
-        held = {name for name, position in self._positions.items() if position}
-        if self.worker is not None:
-            # A group's positions live per partition, under the pipeline's name.
-            held = {row[0] for row in self.state.partition_states(self.plan.name) if row[4]}
-            self._positions.clear()
-            self._positions.update({node.name: {} for node in self.graph.sources})
-        origins = self.plan.name if self.worker is not None else self.state_key
-        for node in self.graph.sources:
-            node.component.open(self._context(node), self._positions.get(node.name))
-            check_origin(node, node.name in held, self.state, self.plan.name, origins)
-
-    def _close(self, failed: bool) -> None:
-        self.checkpointer.settle(failed)
-        for node in self.plan.nodes():
-            try:
-                node.component.close()
-            except Exception as exc:
-                if not failed:
-                    raise
-                log.warning("closing %s failed: %s", node.name, redact(str(exc)))
+    # -- the loop -----------------------------------------------------------------------
 
     def _start_sources(self) -> list[threading.Thread]:
         threads = []
