@@ -1,18 +1,17 @@
-"""The engine: pulls batches from sources, pushes them through steps to sinks, checkpoints.
+"""The engine: the run loop, which pulls batches from sources, pushes them through steps to
+sinks and checkpoints.
 
 Each source runs in its own thread and hands batches to the main loop through a bounded
-queue, which gives back-pressure and bounds memory. The main loop processes one batch at a
-time through the whole graph, so at a checkpoint nothing is in flight inside the graph: the
-position recorded for each source is that of the last batch fully processed, however far the
-source has read ahead.
+queue (:mod:`tideflow.core.source_queue`), which gives back-pressure and bounds memory. The
+main loop takes one batch at a time through the whole graph (:mod:`tideflow.core.dataflow`),
+so at a checkpoint nothing is in flight inside the graph: the position recorded for each
+source is that of the last batch fully processed, however far the source has read ahead.
 
-A checkpoint is a two-phase commit (:mod:`tideflow.core.checkpointer`); a group worker's
-partitions are claimed and given up by :mod:`tideflow.core.ownership`; what a run checks
-before it resumes is in :mod:`tideflow.core.resume`, opening and closing its components in
-:mod:`tideflow.core.lifecycle`, SIGINT/SIGTERM in :mod:`tideflow.core.signals`. What a run
-shows of itself while it runs is :class:`~tideflow.core.status.RunStatus`, which the engine
-is; its hooks are a :class:`~tideflow.core.observer.RunObserver`'s, its result a
-:class:`~tideflow.core.result.RunResult`.
+The rest has modules of its own: the two-phase commit of a checkpoint (``checkpointer``), a
+group worker's partitions (``ownership``), what a run checks before it resumes (``resume``),
+opening and closing its components (``lifecycle``), SIGINT/SIGTERM (``signals``), the
+observer's hooks (``observer``) and the result (``result``). What a run shows of itself
+while it runs is :class:`~tideflow.core.status.RunStatus`, which the engine is.
 """
 
 from __future__ import annotations
@@ -35,12 +34,11 @@ from tideflow.core.graph import Node
 from tideflow.core.lifecycle import RunComponents
 from tideflow.core.observer import RunObserver
 from tideflow.core.ownership import PartitionOwnership, check_group_worker
-from tideflow.core.partitions import Handover, HandoverRequest
 from tideflow.core.plan import RunPlan
 from tideflow.core.result import RunResult, run_result
 from tideflow.core.resume import Resumption
 from tideflow.core.signals import stop_on_signals
-from tideflow.core.source_queue import SourceItem, SourceQueue, coalesce
+from tideflow.core.source_queue import SourceItem, SourceQueue, SourceThreads, coalesce
 from tideflow.core.status import RunStatus
 from tideflow.errors import PipelineError, StateLostError, TideflowError
 from tideflow.secrets import redact
@@ -91,13 +89,20 @@ class Engine(RunStatus):
         self._abort = threading.Event()
         self._queue = SourceQueue(plan.queue_size, self._abort)
         self._positions: dict[str, Any] = {}
+        self.sources = SourceThreads(
+            self.graph.sources,
+            self._queue,
+            self.stop_event,
+            self._abort,
+            self._positions,
+            grouped=worker is not None,
+        )
         self.checkpointer = Checkpointer(
             plan, state, self.state_key, self.run_id, self._positions, self._visible
         )
         self.ownership = PartitionOwnership(
             plan.name, worker, self.graph, state, self._positions, self.checkpointer.store_whole
         )
-        self._handover = Handover(self._submit_handover)
         self.components = RunComponents(
             plan,
             state,
@@ -107,7 +112,7 @@ class Engine(RunStatus):
             self.base_dir,
             scope,
             self.stop_event,
-            self._handover,
+            self.sources.handover,
             worker,
         )
         self.resumption = Resumption(
@@ -148,19 +153,18 @@ class Engine(RunStatus):
             try:
                 self._phase = "opening"
                 self.components.open(self.resumption.begin())
-                threads = self._start_sources()
+                self.sources.start()
                 self._phase = "running"
                 self._main_loop()
                 self._checkpoint()
                 if self.stop_event.is_set():
                     log.info("stopped: final checkpoint %d taken", self.checkpoint_id)
-                self._handover.closed = True
-                for thread in threads:
-                    thread.join()
+                self.sources.handover.closed = True
+                self.sources.join()
             except BaseException as exc:
                 self._phase = "failed"
                 self._abort.set()
-                self._handover.closed = True
+                self.sources.handover.closed = True
                 self.components.close(failed=True)
                 # A refused run does not count as one the state store knows of.
                 status = "refused" if isinstance(exc, StateLostError) else "failed"
@@ -180,32 +184,6 @@ class Engine(RunStatus):
         return result
 
     # -- the loop -----------------------------------------------------------------------
-
-    def _start_sources(self) -> list[threading.Thread]:
-        threads = []
-        for node in self.graph.sources:
-            thread = threading.Thread(
-                target=self._pump, args=(node,), name=f"source-{node.name}", daemon=True
-            )
-            thread.start()
-            threads.append(thread)
-        return threads
-
-    def _pump(self, node: Node) -> None:
-        """Source thread: read batches into the queue until the end or a stop request."""
-        source = node.component
-        try:
-            while not self.stop_event.is_set() and not self._abort.is_set():
-                batch = source.read_batch()
-                if batch is None:
-                    break
-                # A group worker's positions move per partition, with records.
-                moved = self.worker is None and batch.position != self._positions.get(node.name)
-                if batch.size or moved or batch.partition is not None or batch.checkpoint:
-                    self._queue.put(SourceItem(node, batch=batch, received=time.time()))
-            self._queue.put(SourceItem(node, ended=True))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main loop to raise
-            self._queue.put(SourceItem(node, error=exc))
 
     def _main_loop(self) -> None:
         running = {n.name for n in self.graph.sources}
@@ -269,15 +247,6 @@ class Engine(RunStatus):
         for item in coalesce(items):
             batches |= self._handle(item)
         return batches
-
-    def _submit_handover(self, request: HandoverRequest) -> bool:
-        """Source thread: queue a hand-over behind the batches already read; wait for it."""
-        node = next(n for n in self.graph.sources if n.name == request.source)
-        self._queue.put(SourceItem(node, handover=request))
-        while not request.done.wait(0.1):
-            if self._abort.is_set() or self._handover.closed:
-                return False
-        return True
 
     # -- processing ----------------------------------------------------------------------
 
