@@ -24,15 +24,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from tideflow.core.checkpointer import Checkpointer
 from tideflow.core.checkpoints import CheckpointStore
 from tideflow.core.contracts import MAIN_PORT, SourceBatch
 from tideflow.core.dataflow import Dataflow
 from tideflow.core.graph import Node
 from tideflow.core.lifecycle import RunComponents
-from tideflow.core.observer import RunObserver
+from tideflow.core.observer import RunObserver, RunReporter
 from tideflow.core.ownership import PartitionOwnership, check_group_worker
 from tideflow.core.plan import RunPlan
 from tideflow.core.result import RunResult, run_result
@@ -86,6 +84,7 @@ class Engine(RunStatus):
         self._phase = "created"
         self.last_turn = time.monotonic()
         self.started = 0.0
+        self.reporter = RunReporter(self, lambda: self.observer, progress_interval)
         self._abort = threading.Event()
         self._queue = SourceQueue(plan.queue_size, self._abort)
         self._positions: dict[str, Any] = {}
@@ -98,7 +97,7 @@ class Engine(RunStatus):
             grouped=worker is not None,
         )
         self.checkpointer = Checkpointer(
-            plan, state, self.state_key, self.run_id, self._positions, self._visible
+            plan, state, self.state_key, self.run_id, self._positions, self.reporter.visible
         )
         self.ownership = PartitionOwnership(
             plan.name, worker, self.graph, state, self._positions, self.checkpointer.store_whole
@@ -126,18 +125,17 @@ class Engine(RunStatus):
             from_scratch=from_scratch,
         )
         self.flow = Dataflow(
-            plan, lambda: self.checkpointer.dead_letters, self._tap, self._sink_input
+            plan,
+            lambda: self.checkpointer.dead_letters,
+            self.reporter.output,
+            self.reporter.sink_input,
         )
-        self._progress_interval = progress_interval
         self._last_record_at = time.monotonic()
         self._last_idle_call = 0.0
-        self._last_progress = 0.0
         self._running: set[str] = set()
-        """Sources that have not ended."""
+        """Sources that have not ended (:meth:`_handle` takes those that end out)."""
         if worker is not None:
             check_group_worker(self.graph)
-
-    # -- public --------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the run to drain, checkpoint and finish (what SIGINT/SIGTERM do)."""
@@ -147,8 +145,7 @@ class Engine(RunStatus):
         """Run to the end of bounded sources, or until :meth:`stop`; return the counts."""
         self.started = time.monotonic()
         self.checkpointer.started()
-        if self.observer.on_start is not None:
-            self.observer.on_start(self)
+        self.reporter.started()
         with stop_on_signals(self.stop_event, handle_signals):
             try:
                 self._phase = "opening"
@@ -183,20 +180,19 @@ class Engine(RunStatus):
         self._phase = "ended"
         return result
 
-    # -- the loop -----------------------------------------------------------------------
+    # -- the loop ------------------------------------------------------------------------
 
     def _main_loop(self) -> None:
-        running = {n.name for n in self.graph.sources}
+        self._running = {n.name for n in self.graph.sources}
         bounded_end = all(n.component.bounded for n in self.graph.sources)
-        self._running = running  # what `_handle` takes ended sources out of
-        while running:
+        while self._running:
             self.last_turn = time.monotonic()
             try:
                 item = self._queue.get(timeout=self._queue_timeout())
             except queue.Empty:
                 self._maybe_idle()
                 self._maybe_checkpoint()
-                self._maybe_progress()
+                self.reporter.progress_if_due()
                 continue
             if item.batch is not None and item.source.component.awaiting_ack():
                 # Its senders wait: take what else is queued now with it (one write per
@@ -207,12 +203,12 @@ class Engine(RunStatus):
                 continue
             self._maybe_idle()  # unbounded sources send empty batches while quiet
             self._maybe_checkpoint()
-            self._maybe_progress()
+            self.reporter.progress_if_due()
         if bounded_end and not self.stop_event.is_set():
             self._finish_steps()
             for node in self.graph.sinks:
                 node.component.end_of_input()
-        self._emit_progress()
+        self.reporter.progress()
 
     def _handle(self, item: SourceItem) -> bool:
         """Act on one item of the queue; True when it was a batch."""
@@ -233,7 +229,7 @@ class Engine(RunStatus):
         self._process_source_batch(item.source, item.batch)
         if item.batch.checkpoint:
             self._checkpoint()
-        if item.batch.size and self.observer.on_visible is not None:
+        if item.batch.size and self.reporter.wants_visible():
             self.checkpointer.unseen(item.source.name, item.batch.event_time or item.received)
         return True
 
@@ -247,8 +243,6 @@ class Engine(RunStatus):
         for item in coalesce(items):
             batches |= self._handle(item)
         return batches
-
-    # -- processing ----------------------------------------------------------------------
 
     def _process_source_batch(self, node: Node, batch: SourceBatch) -> None:
         started = time.perf_counter()
@@ -274,17 +268,7 @@ class Engine(RunStatus):
             self._last_record_at = time.monotonic()
         if batch.data.height:
             self.flow.push({(node.name, MAIN_PORT): batch.data})
-        if self.observer.on_batch is not None:
-            self.observer.on_batch(node.name, batch.size, time.perf_counter() - started)
-
-    def _tap(self, node: str, port: str, frame: pl.DataFrame) -> None:
-        # Looked up at each call: a test or preview may set the observer's hooks late.
-        if self.observer.on_output is not None:
-            self.observer.on_output(node, port, frame)
-
-    def _sink_input(self, sink: str, frame: pl.DataFrame) -> None:
-        if self.observer.on_sink_input is not None:
-            self.observer.on_sink_input(sink, frame)
+        self.reporter.batch(node.name, batch.size, time.perf_counter() - started)
 
     def _maybe_idle(self) -> None:
         """No batch came: tell the steps how long the input has been quiet (twice a second),
@@ -322,23 +306,4 @@ class Engine(RunStatus):
     def _checkpoint(self) -> None:
         """Take a checkpoint (see :meth:`Checkpointer.take`) and tell the observer."""
         seconds = self.checkpointer.take(self.ownership.checkpoint)
-        if self.observer.on_checkpoint is not None:
-            self.observer.on_checkpoint(self.checkpoint_id)
-        if self.observer.on_checkpoint_seconds is not None:
-            self.observer.on_checkpoint_seconds(self.checkpoint_id, seconds)
-
-    # -- reporting -----------------------------------------------------------------------
-
-    def _visible(self, source: str, seconds: float) -> None:
-        # Looked up at each call: an observer's hooks may be set after the engine is made.
-        if self.observer.on_visible is not None:
-            self.observer.on_visible(source, seconds)
-
-    def _maybe_progress(self) -> None:
-        if time.monotonic() - self._last_progress >= self._progress_interval:
-            self._emit_progress()
-
-    def _emit_progress(self) -> None:
-        self._last_progress = time.monotonic()
-        if self.observer.on_progress is not None:
-            self.observer.on_progress(self)
+        self.reporter.checkpointed(self.checkpoint_id, seconds)
