@@ -129,6 +129,7 @@ class Engine(RunStatus):
             lambda: self.checkpointer.dead_letters,
             self.reporter.output,
             self.reporter.sink_input,
+            self.ownership,
         )
         self._last_record_at = time.monotonic()
         self._last_idle_call = 0.0
@@ -205,7 +206,7 @@ class Engine(RunStatus):
             self._maybe_checkpoint()
             self.reporter.progress_if_due()
         if bounded_end and not self.stop_event.is_set():
-            self._finish_steps()
+            self.flow.finish()
             for node in self.graph.sinks:
                 node.component.end_of_input()
         self.reporter.progress()
@@ -271,22 +272,11 @@ class Engine(RunStatus):
         self.reporter.batch(node.name, batch.size, time.perf_counter() - started)
 
     def _maybe_idle(self) -> None:
-        """No batch came: tell the steps how long the input has been quiet (twice a second),
-        so a window with an idle timeout can close its last windows."""
+        """No batch came: tell the steps how long the input has been quiet (twice a second)."""
         now = time.monotonic()
-        if not self.graph.steps or now - self._last_idle_call < 0.5:
-            return
-        self._last_idle_call = now
-        quiet = now - self._last_record_at
-        for part in self.ownership.scopes():
-            self.ownership.enter(part)
-            self.flow.emit(lambda node: node.component.idle(quiet))
-
-    def _finish_steps(self) -> None:
-        """Every bounded source ended: let stateful steps emit what they hold, in order."""
-        for part in self.ownership.scopes():
-            self.ownership.enter(part)
-            self.flow.emit(lambda node: node.component.finish())
+        if self.graph.steps and now - self._last_idle_call >= 0.5:
+            self._last_idle_call = now
+            self.flow.idle(now - self._last_record_at)
 
     # -- checkpoints ---------------------------------------------------------------------
 
