@@ -30,7 +30,7 @@ BATCHES = 20
 def one(keys: int, out: Path) -> dict[str, float]:
     """Run the pipeline over ``keys`` keys in this process; the checkpoints' times."""
     import tideflow as tf
-    from tideflow.core.engine import RunObserver
+    from tideflow.core.observer import RunObserver
 
     seconds: list[float] = []
     observer = RunObserver(on_checkpoint_seconds=lambda _id, s: seconds.append(s))

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
         webhook,
     )
     from tideflow.core.contracts import Context, Sink, Source, SourceBatch, Step, StepOutput
-    from tideflow.core.engine import RunObserver, RunResult
+    from tideflow.core.observer import RunObserver
+    from tideflow.core.result import RunResult
     from tideflow.errors import (
         ConfigError,
         PipelineError,
@@ -66,7 +67,8 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         "webhook",
     ),
     "tideflow.core.contracts": ("Context", "Sink", "Source", "SourceBatch", "Step", "StepOutput"),
-    "tideflow.core.engine": ("RunObserver", "RunResult"),
+    "tideflow.core.observer": ("RunObserver",),
+    "tideflow.core.result": ("RunResult",),
     "tideflow.errors": (
         "ConfigError",
         "PipelineError",

@@ -25,7 +25,7 @@ import polars as pl
 from ruamel.yaml import YAML
 
 from tideflow.api import PipelineSettings, StepMethods, file, generate, stdout
-from tideflow.core.engine import RunObserver
+from tideflow.core.observer import RunObserver
 from tideflow.errors import ConfigError
 from tideflow.registry import Registry, default_registry
 from tideflow.results import DEFAULT_KEEP_ROWS, OutputTap, PipelineResult

@@ -36,7 +36,8 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.core.engine import RunObserver, RunResult
+from tideflow.core.observer import RunObserver
+from tideflow.core.result import RunResult
 from tideflow.errors import ConfigError, TideflowError, require, suggest
 
 DEFAULT_KEEP_ROWS = 100_000

@@ -25,7 +25,8 @@ import pytest
 import redis
 
 from tideflow.connectors.memory import clear, collected
-from tideflow.core.engine import Engine, RunResult
+from tideflow.core.engine import Engine
+from tideflow.core.result import RunResult
 from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 

@@ -9,7 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from tideflow.core.engine import RunObserver, RunResult
+from tideflow.core.observer import RunObserver
+from tideflow.core.result import RunResult
 from tideflow.run.plan import engine_for
 from tideflow.spec.loader import load_pipeline_text
 from tideflow.state.store import StateStore

@@ -22,7 +22,7 @@ from tests.system.helpers import cli
 
 from tideflow.connectors.sql.sink import SqlSink
 from tideflow.connectors.sql.sink_settings import replace_table_name
-from tideflow.core.engine import RunObserver
+from tideflow.core.observer import RunObserver
 from tideflow.errors import PipelineError
 
 

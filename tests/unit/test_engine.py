@@ -15,7 +15,8 @@ from pydantic import Field
 
 from tideflow.connectors.memory import clear, collected
 from tideflow.core.contracts import Context, Sink, Source, SourceBatch
-from tideflow.core.engine import Engine, RunObserver
+from tideflow.core.engine import Engine
+from tideflow.core.observer import RunObserver
 from tideflow.core.settings import Settings
 from tideflow.errors import PipelineError
 from tideflow.registry import Registry

@@ -24,7 +24,7 @@ import tideflow as tf
 from tideflow.core.checkpoints import GroupCheckpoint, PartitionState
 from tideflow.core.contracts import Context
 from tideflow.core.delta import FrameDelta, StateDelta, apply_delta
-from tideflow.core.engine import RunObserver
+from tideflow.core.observer import RunObserver
 from tideflow.operators.timeseries.aggregate import CHANGED, Aggregate, AggregateConfig
 from tideflow.operators.timeseries.dedupe import Dedupe, DedupeConfig
 from tideflow.operators.timeseries.window import Window, WindowConfig

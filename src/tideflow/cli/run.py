@@ -130,7 +130,7 @@ def run(
     When the state store is missing or empty but the sinks hold output of earlier runs, the
     run is refused (exit code 2) rather than reading everything again; the message names
     the ways on (`--from-scratch`, `tideflow state reset`)."""
-    from tideflow.core.engine import RunObserver
+    from tideflow.core.observer import RunObserver
     from tideflow.observe.health import RunHealth
     from tideflow.observe.progress import ProgressLine, counts_json, print_summary
     from tideflow.run import runner

@@ -1,5 +1,6 @@
 """One batch through the graph: steps in topological order, sinks with their ``when``, and
-every record counted where it goes (out, filtered, consumed, generated or dead-lettered).
+every record counted where it goes (out, filtered, consumed, generated or dead-lettered);
+and what steps release without a batch (when the input is quiet, when it has ended).
 
 Runs on the engine's main thread only, one batch at a time, so nothing is in flight inside
 the graph at a checkpoint."""
@@ -14,6 +15,7 @@ import polars as pl
 from tideflow.core.contracts import StepOutput
 from tideflow.core.expressions import condition_mask
 from tideflow.core.graph import Graph, Node
+from tideflow.core.ownership import PartitionOwnership
 from tideflow.core.plan import RunPlan
 from tideflow.errors import PipelineError, TideflowError
 from tideflow.secrets import redact, redact_frame
@@ -24,7 +26,8 @@ Frames = dict[tuple[str, str], pl.DataFrame]
 
 class Dataflow:
     """Pushes frames through ``plan``'s graph; dead letters go to the plan's dead-letter
-    sink, or to ``dead_letters`` for the next checkpoint to store."""
+    sink, or to ``dead_letters`` for the next checkpoint to store. ``ownership`` points the
+    steps at each partition's state in turn when they release without a batch."""
 
     def __init__(
         self,
@@ -32,12 +35,14 @@ class Dataflow:
         dead_letters: Callable[[], list[tuple[str, pl.DataFrame]]],
         tap: Callable[[str, str, pl.DataFrame], None],
         sink_input: Callable[[str, pl.DataFrame], None],
+        ownership: PartitionOwnership,
     ) -> None:
         self.plan = plan
         self.graph: Graph = plan.graph
         self._dead_letters = dead_letters
         self._tap_output = tap
         self._sink_input = sink_input
+        self._ownership = ownership
 
     def push(self, produced: Frames) -> None:
         """Send frames produced on (node, port) through the rest of the graph, in order."""
@@ -113,6 +118,19 @@ class Dataflow:
             if dead is not None and dead_n:
                 self.dead_letter(node, dead)
         counts.seconds += time.perf_counter() - started
+
+    def idle(self, quiet: float) -> None:
+        """Tell the steps the input has been quiet for ``quiet`` seconds (a window with an
+        idle timeout closes its last windows) and push on what they release."""
+        for part in self._ownership.scopes():
+            self._ownership.enter(part)
+            self.emit(lambda node: node.component.idle(quiet))
+
+    def finish(self) -> None:
+        """Every bounded source ended: let stateful steps emit what they hold, in order."""
+        for part in self._ownership.scopes():
+            self._ownership.enter(part)
+            self.emit(lambda node: node.component.finish())
 
     def emit(self, call: Callable[[Node], StepOutput]) -> None:
         """Ask every step, in order, for what it releases now (``idle``, ``finish``) and

@@ -1,103 +1,50 @@
-"""The engine: pulls batches from sources, pushes them through steps to sinks, checkpoints.
+"""The engine: the run loop, which pulls batches from sources, pushes them through steps to
+sinks and checkpoints.
 
 Each source runs in its own thread and hands batches to the main loop through a bounded
-queue, which gives back-pressure and bounds memory. The main loop processes one batch at a
-time through the whole graph, so at a checkpoint nothing is in flight inside the graph: the
-position recorded for each source is that of the last batch fully processed, however far the
-source has read ahead.
+queue (:mod:`tideflow.core.source_queue`), which gives back-pressure and bounds memory. The
+main loop takes one batch at a time through the whole graph (:mod:`tideflow.core.dataflow`),
+so at a checkpoint nothing is in flight inside the graph: the position recorded for each
+source is that of the last batch fully processed, however far the source has read ahead.
 
-A checkpoint is a two-phase commit (:mod:`tideflow.core.checkpointer`); a group worker's
-partitions are claimed and given up by :mod:`tideflow.core.ownership`; what a run checks
-before it resumes is in :mod:`tideflow.core.resume`.
+The rest has modules of its own: the two-phase commit of a checkpoint (``checkpointer``), a
+group worker's partitions (``ownership``), what a run checks before it resumes (``resume``),
+opening and closing its components (``lifecycle``), SIGINT/SIGTERM (``signals``), the
+observer's hooks (``observer``) and the result (``result``). What a run shows of itself
+while it runs is :class:`~tideflow.core.status.RunStatus`, which the engine is.
 """
 
 from __future__ import annotations
 
 import logging
 import queue
-import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
-
-import polars as pl
 
 from tideflow.core.checkpointer import Checkpointer
 from tideflow.core.checkpoints import CheckpointStore
-from tideflow.core.contracts import MAIN_PORT, Context, ExistingOutput, SourceBatch
+from tideflow.core.contracts import MAIN_PORT, SourceBatch
 from tideflow.core.dataflow import Dataflow
 from tideflow.core.graph import Node
+from tideflow.core.lifecycle import RunComponents
+from tideflow.core.observer import RunObserver, RunReporter
 from tideflow.core.ownership import PartitionOwnership, check_group_worker
-from tideflow.core.partitions import Handover, HandoverRequest
 from tideflow.core.plan import RunPlan
-from tideflow.core.resume import Resumption, check_origin
-from tideflow.core.source_queue import SourceItem, SourceQueue, coalesce
+from tideflow.core.result import RunResult, run_result
+from tideflow.core.resume import Resumption
+from tideflow.core.signals import stop_on_signals
+from tideflow.core.source_queue import SourceItem, SourceQueue, SourceThreads, coalesce
+from tideflow.core.status import RunStatus
 from tideflow.errors import PipelineError, StateLostError, TideflowError
 from tideflow.secrets import redact
 
 log = logging.getLogger("tideflow.engine")
 
 
-@dataclass
-class RunObserver:
-    """Hooks for progress displays, previews and test taps; every hook is optional."""
-
-    on_output: Callable[[str, str, pl.DataFrame], None] | None = None
-    on_progress: Callable[[Engine], None] | None = None
-    on_checkpoint: Callable[[int], None] | None = None
-    on_batch: Callable[[str, int, float], None] | None = None
-    """Called after each source batch has gone through the whole graph, with the source's
-    name, the batch's record count and the seconds it took (for latency histograms)."""
-    on_visible: Callable[[str, float], None] | None = None
-    """Called when a checkpoint has committed, once per source batch it made visible, with
-    the source's name and the seconds from the batch's oldest record timestamp (or the moment
-    the engine received the batch) to that commit: the end-to-end latency."""
-    on_checkpoint_seconds: Callable[[int, float], None] | None = None
-    """Called after each checkpoint has committed, with its id and the seconds it took
-    (sink flushes, the state store commit, sink commits and source acknowledgements)."""
-    on_start: Callable[[Engine], None] | None = None
-    """Called once when a run starts, before anything is opened (health endpoints read the
-    engine's :attr:`Engine.phase` from then on)."""
-    on_sink_input: Callable[[str, pl.DataFrame], None] | None = None
-    """Called with a sink's name and each batch handed to it to write (after its ``when``
-    condition), before the write: what a notebook's ``result.to_polars(sink)`` shows."""
-
-
-@dataclass
-class RunResult:
-    """What a finished run reports."""
-
-    run_id: str
-    pipeline: str
-    status: str
-    seconds: float
-    checkpoints: int
-    counts: dict[str, dict[str, Any]]
-    notices: list[str] = field(default_factory=list)
-    """What the run did not read and why, what changed since, what was cleared: sentences
-    for the person who ran it (printed under the summary, in ``--json``)."""
-    stopped: bool = False
-    unbalanced: list[str] = field(default_factory=list)
-    error: str | None = None
-    """Why the run failed (status ``failed``), as the exception said it; None otherwise."""
-
-    @property
-    def records_in(self) -> int:
-        """Records read by all sources."""
-        return sum(
-            c["out"] + c["dead_lettered"]
-            for n, c in self.counts.items()
-            if c.get("kind") == "source"
-        )
-
-
-class Engine:
+class Engine(RunStatus):
     """Runs one :class:`RunPlan` once against a checkpoint store (``tideflow.run.plan.
     engine_for`` makes both from a pipeline spec).
 
@@ -134,20 +81,38 @@ class Engine:
         self.state_key = plan.name if scope == "main" else f"{plan.name}#{scope}"
         self.stop_event = threading.Event()
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        """The run's id in the run history (given by a server that started the run)."""
         self._phase = "created"
         self.last_turn = time.monotonic()
-        """Monotonic time of the main loop's latest turn (it turns at least every 0.1 s
-        unless a step or sink holds it): what a liveness check looks at."""
         self.started = 0.0
+        self.reporter = RunReporter(self, lambda: self.observer, progress_interval)
         self._abort = threading.Event()
         self._queue = SourceQueue(plan.queue_size, self._abort)
         self._positions: dict[str, Any] = {}
+        self.sources = SourceThreads(
+            self.graph.sources,
+            self._queue,
+            self.stop_event,
+            self._abort,
+            self._positions,
+            grouped=worker is not None,
+        )
         self.checkpointer = Checkpointer(
-            plan, state, self.state_key, self.run_id, self._positions, self._visible
+            plan, state, self.state_key, self.run_id, self._positions, self.reporter.visible
         )
         self.ownership = PartitionOwnership(
             plan.name, worker, self.graph, state, self._positions, self.checkpointer.store_whole
+        )
+        self.components = RunComponents(
+            plan,
+            state,
+            self.checkpointer,
+            self.ownership,
+            self._positions,
+            self.base_dir,
+            scope,
+            self.stop_event,
+            self.sources.handover,
+            worker,
         )
         self.resumption = Resumption(
             plan,
@@ -155,92 +120,50 @@ class Engine:
             self.state_key,
             self.run_id,
             self.checkpointer,
-            self._context,
+            self.components.context,
             main_output=scope == "main" or worker is not None,
             from_scratch=from_scratch,
         )
         self.flow = Dataflow(
-            plan, lambda: self.checkpointer.dead_letters, self._tap, self._sink_input
+            plan,
+            lambda: self.checkpointer.dead_letters,
+            self.reporter.output,
+            self.reporter.sink_input,
+            self.ownership,
         )
-        self._progress_interval = progress_interval
         self._last_record_at = time.monotonic()
         self._last_idle_call = 0.0
-        self._last_progress = 0.0
-        self._handover = Handover(self._submit_handover)
         self._running: set[str] = set()
-        """Sources that have not ended."""
+        """Sources that have not ended (:meth:`_handle` takes those that end out)."""
         if worker is not None:
             check_group_worker(self.graph)
-
-    # -- public --------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the run to drain, checkpoint and finish (what SIGINT/SIGTERM do)."""
         self.stop_event.set()
 
-    @property
-    def phase(self) -> str:
-        """Where the run is: ``created``, ``opening`` (connecting sources and sinks, restoring
-        the checkpoint), ``running``, ``stopping`` (asked to stop: draining and taking the
-        final checkpoint), ``ended`` or ``failed``."""
-        if self._phase == "running" and self.stop_event.is_set():
-            return "stopping"
-        return self._phase
-
-    @property
-    def checkpoints(self) -> int:
-        """Checkpoints this run committed."""
-        return self.checkpointer.checkpoints
-
-    @property
-    def checkpoint_id(self) -> int:
-        """The id of the last checkpoint (stored before this run, or by it)."""
-        return self.checkpointer.checkpoint_id
-
-    @property
-    def last_checkpoint_at(self) -> float:
-        """Unix time of the last committed checkpoint (the run's start before the first)."""
-        return self.checkpointer.last_at
-
-    @property
-    def pending_records(self) -> int:
-        """Records read since the last checkpoint (not yet covered by one)."""
-        return self.checkpointer.pending_records
-
-    @property
-    def dead_letter_ledger(self) -> str | None:
-        """Where this run's dead letters are kept, when not under its state key (a replay
-        keeps them in its pipeline's ledger, so they show in `tideflow deadletters list`)."""
-        return self.checkpointer.dead_letter_ledger
-
-    @dead_letter_ledger.setter
-    def dead_letter_ledger(self, ledger: str | None) -> None:
-        self.checkpointer.dead_letter_ledger = ledger
-
     def run(self, handle_signals: bool = False) -> RunResult:
         """Run to the end of bounded sources, or until :meth:`stop`; return the counts."""
         self.started = time.monotonic()
         self.checkpointer.started()
-        if self.observer.on_start is not None:
-            self.observer.on_start(self)
-        with self._signals(handle_signals):
+        self.reporter.started()
+        with stop_on_signals(self.stop_event, handle_signals):
             try:
                 self._phase = "opening"
-                self._open()
-                threads = self._start_sources()
+                self.components.open(self.resumption.begin())
+                self.sources.start()
                 self._phase = "running"
                 self._main_loop()
                 self._checkpoint()
                 if self.stop_event.is_set():
                     log.info("stopped: final checkpoint %d taken", self.checkpoint_id)
-                self._handover.closed = True
-                for thread in threads:
-                    thread.join()
+                self.sources.handover.closed = True
+                self.sources.join()
             except BaseException as exc:
                 self._phase = "failed"
                 self._abort.set()
-                self._handover.closed = True
-                self._close(failed=True)
+                self.sources.handover.closed = True
+                self.components.close(failed=True)
                 # A refused run does not count as one the state store knows of.
                 status = "refused" if isinstance(exc, StateLostError) else "failed"
                 self.resumption.record_start()
@@ -250,164 +173,27 @@ class Engine:
                 if isinstance(exc, TideflowError | KeyboardInterrupt):
                     raise
                 raise PipelineError(redact(f"{type(exc).__name__}: {exc}")) from exc
-        self._close(failed=False)
-        result = self._result()
+        self.components.close(failed=False)
+        result = run_result(self)
         self.state.end_run(self.run_id, result.status, result.counts)
         if self._owns_state:
             self.state.close()
         self._phase = "ended"
         return result
 
-    def counts(self) -> dict[str, dict[str, Any]]:
-        """Counts per node, with its kind and type."""
-        counts = {}
-        for n in self.plan.nodes():
-            counts[n.name] = {"kind": n.kind, "type": n.type_name, **n.counts.as_dict()}
-            # Counters a component bumped through its context (retries, outage seconds) and
-            # the figures it reports at the end share one place in the summary.
-            # (list() copies in one step: a source thread may add a key meanwhile)
-            report = {k: round(v, 6) for k, v in list(n.counts.metrics.items())}
-            report.update(n.component.report() or {})
-            if report:
-                counts[n.name]["report"] = report
-        return counts
-
-    def owned_partitions(self) -> list[str]:
-        """``source:partition`` of every partition this group worker owns now (none outside a
-        group)."""
-        return self.ownership.owned()
-
-    @property
-    def elapsed(self) -> float:
-        """Seconds since the run started."""
-        return time.monotonic() - self.started if self.started else 0.0
-
-    def existing_output(self) -> list[tuple[Node, ExistingOutput]]:
-        """What each sink already holds of this pipeline's output (see
-        :meth:`Sink.committed_output`); opens nothing."""
-        return self.resumption.existing_output()
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    @contextmanager
-    def _signals(self, enabled: bool) -> Iterator[None]:
-        if not enabled or threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            if self.stop_event.is_set():  # a second Ctrl-C means "now"
-                raise KeyboardInterrupt
-            log.warning("stopping: draining in-flight batches and checkpointing")
-            self.stop()
-
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _context(self, node: Node) -> Context:
-        sink = node.kind == "sink"
-        return Context(
-            pipeline=self.plan.name,
-            name=node.name,
-            base_dir=self.base_dir,
-            state_dir=self.state.path.parent,
-            stop_event=self.stop_event,
-            scope=self.scope,
-            metrics=node.counts.metrics,
-            partitions=self._handover if self.worker and node.kind == "source" else None,
-            state_id=self.state.identity(),
-            outbox=self.checkpointer.outbox(node.name) if sink else None,
-            source_offsets=self.checkpointer.source_offsets if sink else None,
-        )
-
-    def _open(self) -> None:
-        # From here on, a run of this pipeline (or this worker id) started before is
-        # fenced: its next checkpoint fails instead of overwriting ours.
-        self.checkpointer.lease = self.state.claim_lease(self.state_key, self.run_id)
-        self.resumption.prepare()
-        self.resumption.record_start()
-        checkpoint = self.state.load_checkpoint(self.state_key)
-        # Output staged for a checkpoint that never committed (stored ahead of a keeper's
-        # commit that did not happen) was never decided: forget it.
-        dropped = self.state.drop_outbox_after(self.state_key, checkpoint.id if checkpoint else 0)
-        if dropped:
-            log.info("dropped %d outbox entries of a checkpoint that did not commit", dropped)
-        tokens = checkpoint.sink_tokens if checkpoint else {}
-        states = checkpoint.step_states if checkpoint else {}
-        if checkpoint:
-            self.checkpointer.checkpoint_id = checkpoint.id
-            self._positions.update(checkpoint.positions)
-            log.info("resuming %s from checkpoint %d", self.plan.name, checkpoint.id)
-        if self.worker is not None:
-            # Positions and step state belong to partitions, restored as they are assigned.
-            self.ownership.scope_steps()
-        for node in self.plan.sinks():
-            node.component.open(self._context(node), tokens.get(node.name))
-        for node in self.graph.steps:
-            node.component.open(self._context(node), states.get(node.name))
-        held = {name for name, position in self._positions.items() if position}
-        if self.worker is not None:
-            # A group's positions live per partition, under the pipeline's name.
-            held = {row[0] for row in self.state.partition_states(self.plan.name) if row[4]}
-            self._positions.clear()
-            self._positions.update({node.name: {} for node in self.graph.sources})
-        origins = self.plan.name if self.worker is not None else self.state_key
-        for node in self.graph.sources:
-            node.component.open(self._context(node), self._positions.get(node.name))
-            check_origin(node, node.name in held, self.state, self.plan.name, origins)
-
-    def _close(self, failed: bool) -> None:
-        self.checkpointer.settle(failed)
-        for node in self.plan.nodes():
-            try:
-                node.component.close()
-            except Exception as exc:
-                if not failed:
-                    raise
-                log.warning("closing %s failed: %s", node.name, redact(str(exc)))
-
-    def _start_sources(self) -> list[threading.Thread]:
-        threads = []
-        for node in self.graph.sources:
-            thread = threading.Thread(
-                target=self._pump, args=(node,), name=f"source-{node.name}", daemon=True
-            )
-            thread.start()
-            threads.append(thread)
-        return threads
-
-    def _pump(self, node: Node) -> None:
-        """Source thread: read batches into the queue until the end or a stop request."""
-        source = node.component
-        try:
-            while not self.stop_event.is_set() and not self._abort.is_set():
-                batch = source.read_batch()
-                if batch is None:
-                    break
-                # A group worker's positions move per partition, with records.
-                moved = self.worker is None and batch.position != self._positions.get(node.name)
-                if batch.size or moved or batch.partition is not None or batch.checkpoint:
-                    self._queue.put(SourceItem(node, batch=batch, received=time.time()))
-            self._queue.put(SourceItem(node, ended=True))
-        except BaseException as exc:  # noqa: BLE001 - handed to the main loop to raise
-            self._queue.put(SourceItem(node, error=exc))
+    # -- the loop ------------------------------------------------------------------------
 
     def _main_loop(self) -> None:
-        running = {n.name for n in self.graph.sources}
+        self._running = {n.name for n in self.graph.sources}
         bounded_end = all(n.component.bounded for n in self.graph.sources)
-        self._running = running  # what `_handle` takes ended sources out of
-        while running:
+        while self._running:
             self.last_turn = time.monotonic()
             try:
                 item = self._queue.get(timeout=self._queue_timeout())
             except queue.Empty:
                 self._maybe_idle()
                 self._maybe_checkpoint()
-                self._maybe_progress()
+                self.reporter.progress_if_due()
                 continue
             if item.batch is not None and item.source.component.awaiting_ack():
                 # Its senders wait: take what else is queued now with it (one write per
@@ -418,12 +204,12 @@ class Engine:
                 continue
             self._maybe_idle()  # unbounded sources send empty batches while quiet
             self._maybe_checkpoint()
-            self._maybe_progress()
+            self.reporter.progress_if_due()
         if bounded_end and not self.stop_event.is_set():
-            self._finish_steps()
+            self.flow.finish()
             for node in self.graph.sinks:
                 node.component.end_of_input()
-        self._emit_progress()
+        self.reporter.progress()
 
     def _handle(self, item: SourceItem) -> bool:
         """Act on one item of the queue; True when it was a batch."""
@@ -444,7 +230,7 @@ class Engine:
         self._process_source_batch(item.source, item.batch)
         if item.batch.checkpoint:
             self._checkpoint()
-        if item.batch.size and self.observer.on_visible is not None:
+        if item.batch.size and self.reporter.wants_visible():
             self.checkpointer.unseen(item.source.name, item.batch.event_time or item.received)
         return True
 
@@ -458,17 +244,6 @@ class Engine:
         for item in coalesce(items):
             batches |= self._handle(item)
         return batches
-
-    def _submit_handover(self, request: HandoverRequest) -> bool:
-        """Source thread: queue a hand-over behind the batches already read; wait for it."""
-        node = next(n for n in self.graph.sources if n.name == request.source)
-        self._queue.put(SourceItem(node, handover=request))
-        while not request.done.wait(0.1):
-            if self._abort.is_set() or self._handover.closed:
-                return False
-        return True
-
-    # -- processing ----------------------------------------------------------------------
 
     def _process_source_batch(self, node: Node, batch: SourceBatch) -> None:
         started = time.perf_counter()
@@ -494,35 +269,14 @@ class Engine:
             self._last_record_at = time.monotonic()
         if batch.data.height:
             self.flow.push({(node.name, MAIN_PORT): batch.data})
-        if self.observer.on_batch is not None:
-            self.observer.on_batch(node.name, batch.size, time.perf_counter() - started)
-
-    def _tap(self, node: str, port: str, frame: pl.DataFrame) -> None:
-        # Looked up at each call: a test or preview may set the observer's hooks late.
-        if self.observer.on_output is not None:
-            self.observer.on_output(node, port, frame)
-
-    def _sink_input(self, sink: str, frame: pl.DataFrame) -> None:
-        if self.observer.on_sink_input is not None:
-            self.observer.on_sink_input(sink, frame)
+        self.reporter.batch(node.name, batch.size, time.perf_counter() - started)
 
     def _maybe_idle(self) -> None:
-        """No batch came: tell the steps how long the input has been quiet (twice a second),
-        so a window with an idle timeout can close its last windows."""
+        """No batch came: tell the steps how long the input has been quiet (twice a second)."""
         now = time.monotonic()
-        if not self.graph.steps or now - self._last_idle_call < 0.5:
-            return
-        self._last_idle_call = now
-        quiet = now - self._last_record_at
-        for part in self.ownership.scopes():
-            self.ownership.enter(part)
-            self.flow.emit(lambda node: node.component.idle(quiet))
-
-    def _finish_steps(self) -> None:
-        """Every bounded source ended: let stateful steps emit what they hold, in order."""
-        for part in self.ownership.scopes():
-            self.ownership.enter(part)
-            self.flow.emit(lambda node: node.component.finish())
+        if self.graph.steps and now - self._last_idle_call >= 0.5:
+            self._last_idle_call = now
+            self.flow.idle(now - self._last_record_at)
 
     # -- checkpoints ---------------------------------------------------------------------
 
@@ -542,52 +296,4 @@ class Engine:
     def _checkpoint(self) -> None:
         """Take a checkpoint (see :meth:`Checkpointer.take`) and tell the observer."""
         seconds = self.checkpointer.take(self.ownership.checkpoint)
-        if self.observer.on_checkpoint is not None:
-            self.observer.on_checkpoint(self.checkpoint_id)
-        if self.observer.on_checkpoint_seconds is not None:
-            self.observer.on_checkpoint_seconds(self.checkpoint_id, seconds)
-
-    # -- reporting -----------------------------------------------------------------------
-
-    def _visible(self, source: str, seconds: float) -> None:
-        # Looked up at each call: an observer's hooks may be set after the engine is made.
-        if self.observer.on_visible is not None:
-            self.observer.on_visible(source, seconds)
-
-    def _maybe_progress(self) -> None:
-        if time.monotonic() - self._last_progress >= self._progress_interval:
-            self._emit_progress()
-
-    def _emit_progress(self) -> None:
-        self._last_progress = time.monotonic()
-        if self.observer.on_progress is not None:
-            self.observer.on_progress(self)
-
-    def _result(self) -> RunResult:
-        counts = self.counts()
-        unbalanced = [n.name for n in self.plan.nodes() if not n.counts.balanced()]
-        for name in unbalanced:
-            log.error("record accounting does not balance for %s: %s", name, counts[name])
-        incomplete = [
-            f"source {node.name!r}: {why}"
-            for node in self.graph.sources
-            if (why := node.component.incomplete())
-        ]
-        status = "stopped" if self.stop_event.is_set() else "succeeded"
-        return RunResult(
-            run_id=self.run_id,
-            pipeline=self.plan.name,
-            status="incomplete" if incomplete and status == "succeeded" else status,
-            seconds=self.elapsed,
-            checkpoints=self.checkpoints,
-            counts=counts,
-            stopped=self.stop_event.is_set(),
-            unbalanced=unbalanced,
-            notices=self.resumption.notices + self._source_notices() + incomplete,
-        )
-
-    def _source_notices(self) -> list[str]:
-        notices = []
-        for node in self.graph.sources:
-            notices += [f"source {node.name!r}: {text}" for text in node.component.notices()]
-        return notices
+        self.reporter.checkpointed(self.checkpoint_id, seconds)

@@ -1,6 +1,7 @@
-"""What a run does before it reads: start over when asked, adopt a checkpoint a sink kept,
-refuse to read everything again when the state is gone but the output is not, record the
-run; and, per source, whether its stored positions were taken in the system it reads now."""
+"""What a run does before it reads: fence the run before it, start over when asked, adopt a
+checkpoint a sink kept, refuse to read everything again when the state is gone but the
+output is not, record the run, find the checkpoint to resume from; and, per source, whether
+its stored positions were taken in the system it reads now."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import logging
 from collections.abc import Callable
 
 from tideflow.core.checkpointer import Checkpointer
-from tideflow.core.checkpoints import CheckpointStore
+from tideflow.core.checkpoints import Checkpoint, CheckpointStore
 from tideflow.core.contracts import Context, ExistingOutput
 from tideflow.core.faults import crash_point
 from tideflow.core.graph import Node
@@ -136,6 +137,23 @@ class Resumption:
         self.notices: list[str] = []
         """Sentences for the person who ran it: what was cleared, what is read again."""
         self._recorded = False
+
+    def begin(self) -> Checkpoint | None:
+        """Claim the lease, :meth:`prepare`, record the run; the checkpoint to resume from
+        (None: the start), with what was staged for a later one that never committed
+        dropped."""
+        # From here on, a run of this pipeline (or this worker id) started before is
+        # fenced: its next checkpoint fails instead of overwriting ours.
+        self.checkpointer.lease = self.store.claim_lease(self.state_key, self.run_id)
+        self.prepare()
+        self.record_start()
+        checkpoint = self.store.load_checkpoint(self.state_key)
+        # Output staged for a checkpoint that never committed (stored ahead of a keeper's
+        # commit that did not happen) was never decided: forget it.
+        dropped = self.store.drop_outbox_after(self.state_key, checkpoint.id if checkpoint else 0)
+        if dropped:
+            log.info("dropped %d outbox entries of a checkpoint that did not commit", dropped)
+        return checkpoint
 
     def record_start(self) -> None:
         """Write this run into the run history (once)."""

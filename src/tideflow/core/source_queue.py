@@ -1,4 +1,4 @@
-"""The bounded queue between the source threads and the engine's main loop.
+"""The source threads, and the bounded queue between them and the engine's main loop.
 
 Each source thread puts its batches (and its end, its failure, or a partition hand-over)
 into one queue; its bound gives back-pressure and bounds memory. Batches a group commit
@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from contextlib import suppress
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
 
 from tideflow.core.contracts import SourceBatch
 from tideflow.core.graph import Node
-from tideflow.core.partitions import HandoverRequest
+from tideflow.core.partitions import Handover, HandoverRequest
 
 
 @dataclass
@@ -61,6 +63,70 @@ class SourceQueue:
             except queue.Empty:
                 break
         return items
+
+
+class SourceThreads:
+    """One thread per source, reading batches into ``queue`` until the source ends,
+    ``stop_event`` is set or ``abort`` is. ``positions`` are the run's (shared with the main
+    loop); in a group (``grouped``) they move per partition, and the sources report
+    partitions moving through :attr:`handover`."""
+
+    def __init__(
+        self,
+        sources: list[Node],
+        queue: SourceQueue,
+        stop_event: threading.Event,
+        abort: threading.Event,
+        positions: dict[str, Any],
+        grouped: bool,
+    ) -> None:
+        self.sources = sources
+        self.queue = queue
+        self.stop_event = stop_event
+        self.abort = abort
+        self.positions = positions
+        self.grouped = grouped
+        self.handover = Handover(self._submit_handover)
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start reading, a thread per source."""
+        for node in self.sources:
+            thread = threading.Thread(
+                target=self._pump, args=(node,), name=f"source-{node.name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def join(self) -> None:
+        """Wait for every source thread to end."""
+        for thread in self._threads:
+            thread.join()
+
+    def _pump(self, node: Node) -> None:
+        """Source thread: read batches into the queue until the end or a stop request."""
+        source = node.component
+        try:
+            while not self.stop_event.is_set() and not self.abort.is_set():
+                batch = source.read_batch()
+                if batch is None:
+                    break
+                # A group worker's positions move per partition, with records.
+                moved = not self.grouped and batch.position != self.positions.get(node.name)
+                if batch.size or moved or batch.partition is not None or batch.checkpoint:
+                    self.queue.put(SourceItem(node, batch=batch, received=time.time()))
+            self.queue.put(SourceItem(node, ended=True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main loop to raise
+            self.queue.put(SourceItem(node, error=exc))
+
+    def _submit_handover(self, request: HandoverRequest) -> bool:
+        """Source thread: queue a hand-over behind the batches already read; wait for it."""
+        node = next(n for n in self.sources if n.name == request.source)
+        self.queue.put(SourceItem(node, handover=request))
+        while not request.done.wait(0.1):
+            if self.abort.is_set() or self.handover.closed:
+                return False
+        return True
 
 
 def coalesce(items: list[SourceItem]) -> list[SourceItem]:

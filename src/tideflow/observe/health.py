@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from tideflow.core.engine import Engine
+from tideflow.core.status import RunStatus
 
 STALL_SECONDS = 120.0
 """A main loop that has not turned for this long is reported as stuck by ``/healthz``.
@@ -44,9 +44,9 @@ class RunHealth:
         self.pipeline = pipeline
         self.worker = worker
         self.stall_seconds = stall_seconds
-        self.engine: Engine | None = None
+        self.engine: RunStatus | None = None
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: RunStatus) -> None:
         """Report on ``engine`` from now on (the ``on_start`` hook of its observer)."""
         self.engine = engine
 

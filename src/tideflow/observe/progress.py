@@ -9,7 +9,8 @@ from typing import IO, Any
 from rich.console import Console
 from rich.table import Table
 
-from tideflow.core.engine import Engine, RunResult
+from tideflow.core.result import RunResult
+from tideflow.core.status import RunStatus
 
 
 def _rate(n: int, seconds: float) -> str:
@@ -23,7 +24,7 @@ def _rate(n: int, seconds: float) -> str:
     return f"{rate:.0f}/s"
 
 
-def expected_total(engine: Engine) -> int | None:
+def expected_total(engine: RunStatus) -> int | None:
     """The records the run's sources will read in all, when every one of them knows."""
     total = 0
     for node in engine.graph.sources:
@@ -81,7 +82,7 @@ class ProgressLine:
         self._last_logged = 0.0  # the first line after log_every: short runs need none
         self._width = 0
 
-    def update(self, engine: Engine) -> None:
+    def update(self, engine: RunStatus) -> None:
         """Redraw (terminal) or log (elsewhere) the line from the engine's counts."""
         if not self.enabled:
             return

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tideflow.core.engine import Engine, RunObserver
+from tideflow.core.engine import Engine
 from tideflow.core.graph import Graph, Node
+from tideflow.core.observer import RunObserver
 from tideflow.core.plan import RunPlan
 from tideflow.registry import Registry, default_registry
 from tideflow.spec.graph import build_graph

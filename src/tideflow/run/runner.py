@@ -18,7 +18,9 @@ import orjson
 import polars as pl
 
 from tideflow.core.contracts import MAIN_PORT, UNREAD, Context, PlansSchema
-from tideflow.core.engine import Engine, RunObserver, RunResult
+from tideflow.core.engine import Engine
+from tideflow.core.observer import RunObserver
+from tideflow.core.result import RunResult
 from tideflow.errors import ConfigError, PipelineError
 from tideflow.registry import Registry, default_registry
 from tideflow.results import OutputTap, PipelineResult, dead_letter_frame

@@ -39,10 +39,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tideflow.core.engine import Engine, RunObserver, RunResult
+from tideflow.core.engine import Engine
+from tideflow.core.observer import RunObserver
 from tideflow.core.ownership import check_group_worker
 from tideflow.core.partitions import keeps_state
 from tideflow.core.plan import STAGE_SEPARATOR
+from tideflow.core.result import RunResult
 from tideflow.errors import ConfigError
 from tideflow.registry import Registry, default_registry
 from tideflow.spec.graph import build_graph

@@ -211,7 +211,7 @@ def worker_main(
     root.setLevel(logging.INFO)
     counts: dict[str, Any] = {}
     try:
-        from tideflow.core.engine import RunObserver
+        from tideflow.core.observer import RunObserver
         from tideflow.observe.progress import ProgressLine
         from tideflow.run import runner
         from tideflow.spec.loader import load_pipeline

@@ -21,7 +21,9 @@ from typing import Any
 import orjson
 from ruamel.yaml import YAML
 
-from tideflow.core.engine import Engine, RunObserver, RunResult
+from tideflow.core.engine import Engine
+from tideflow.core.observer import RunObserver
+from tideflow.core.result import RunResult
 from tideflow.errors import ConfigError, PipelineError, require
 from tideflow.run.plan import engine_for
 from tideflow.secrets import redact

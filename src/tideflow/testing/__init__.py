@@ -22,7 +22,7 @@ from typing import Any
 import polars as pl
 
 from tideflow.connectors.memory import clear, collected
-from tideflow.core.engine import RunResult
+from tideflow.core.result import RunResult
 from tideflow.errors import ConfigError
 from tideflow.pipeline import Pipeline, as_records
 from tideflow.run.runner import TestOutcome, run_with_records
