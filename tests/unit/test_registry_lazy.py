@@ -37,12 +37,16 @@ def test_the_lazy_table_lists_what_the_classes_list() -> None:
         and getattr(value, "tideflow_type", None) == type_name
         and getattr(value, "tideflow_listed", True) is False
     }
-    assert unlisted == UNLISTED_TYPES == {
-        ("source", "memory"),
-        ("sink", "memory"),
-        ("source", "repartition"),
-        ("sink", "repartition"),
-    }
+    assert (
+        unlisted
+        == UNLISTED_TYPES
+        == {
+            ("source", "memory"),
+            ("sink", "memory"),
+            ("source", "repartition"),
+            ("sink", "repartition"),
+        }
+    )
 
 
 def test_a_lazy_registration_resolves_to_the_class_its_module_marks() -> None:

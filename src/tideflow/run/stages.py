@@ -28,15 +28,11 @@ run's summary counts both ends of a repartition topic as kind ``repartition``.
 
 from __future__ import annotations
 
-import logging
+import functools
 import re
-import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from tideflow.core.engine import Engine
@@ -45,13 +41,12 @@ from tideflow.core.ownership import check_group_worker
 from tideflow.core.partitions import keeps_state
 from tideflow.core.plan import STAGE_SEPARATOR
 from tideflow.core.result import RunResult
+from tideflow.core.signals import stop_on_signals
 from tideflow.errors import ConfigError
 from tideflow.registry import Registry, default_registry
 from tideflow.spec.graph import build_graph
 from tideflow.spec.loader import revalidate, spec_data
 from tideflow.spec.models import PipelineSpec
-
-log = logging.getLogger("tideflow.run")
 
 REPARTITION_KIND = "repartition"
 """The kind both ends of a repartition topic have in a run's counts."""
@@ -276,59 +271,43 @@ def run_stages(
     handle_signals: bool,
 ) -> RunResult:
     """Run the engines of ``stages``: one after the other when the input is bounded, else
-    side by side until they end or are stopped; one :class:`RunResult` for the job."""
+    side by side until they end or are stopped; one :class:`RunResult` for the job. SIGINT
+    and SIGTERM stop every stage (each drains and checkpoints); a second one means now."""
     results: list[RunResult | None] = [None] * len(engines)
     failures: list[BaseException] = []
+    stopping = threading.Event()
 
     def run(index: int) -> None:
         try:
             results[index] = engines[index].run()
         except BaseException as exc:  # noqa: BLE001 - raised in the calling thread
             failures.append(exc)
-            for engine in engines:
-                engine.stop()
+            stopping.set()
 
-    with _stop_on_signal(engines, handle_signals):
-        if bounded(stages[0].spec):
-            for index in range(len(engines)):
-                if failures or any(e.stop_event.is_set() for e in engines):
-                    break
-                run(index)
-        else:
-            threads = [
-                threading.Thread(target=run, args=(i,), name=f"stage-{i}", daemon=True)
-                for i in range(len(engines))
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                while thread.is_alive():
-                    thread.join(0.2)
+    def in_order() -> None:
+        for index in range(len(engines)):
+            if failures or stopping.is_set():
+                break
+            run(index)
+
+    targets = (
+        [in_order]
+        if bounded(stages[0].spec)
+        else [functools.partial(run, index) for index in range(len(engines))]
+    )
+    threads = [threading.Thread(target=t, name="stages", daemon=True) for t in targets]
+    with stop_on_signals(stopping, handle_signals):
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                if stopping.is_set():
+                    for engine in engines:
+                        engine.stop()
+                thread.join(0.2)
     if failures:
         raise failures[0]
     return merge_results(stages, [r for r in results if r is not None])
-
-
-@contextmanager
-def _stop_on_signal(engines: list[Engine], enabled: bool) -> Iterator[None]:
-    """SIGINT/SIGTERM stop every stage (drain, checkpoint, end); a second one means now."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        if any(e.stop_event.is_set() for e in engines):
-            raise KeyboardInterrupt
-        log.warning("stopping: draining in-flight batches and checkpointing")
-        for engine in engines:
-            engine.stop()
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 STATUS_ORDER = ("failed", "refused", "incomplete", "stopped", "succeeded")
