@@ -1,8 +1,13 @@
 """Seeded scale-out trials of the rooms topology (issue 15 item 4, in part).
 
 Each trial publishes the rooms example's events, then runs the `reckoning` group (aggregate per
-room, declared `partitioned_by: room`) with `--workers 2` or `--workers 3`, on the embedded log
-or on Kafka (tansu, totals into a fresh PostgreSQL database), and kills with SIGKILL at a
+room) with `--workers 2` or `--workers 3`, on the embedded log or on Kafka (tansu, totals into
+a fresh PostgreSQL database). On the embedded log the topic also gets events from producers
+that partition otherwise (CRC32 of the room, as librdkafka does, and no key at all), nothing is
+declared, and the group also counts readings per `count` value (a field that is not the
+message key): both aggregates go through repartition topics. On Kafka the source declares
+`partitioned_by: room` (tansu can keep a group whose offsets were committed in transactions
+waiting minutes for its next members, which a restart after a kill is). It kills with SIGKILL at a
 random moment — from before the first checkpoint to the end — either one worker (the
 supervisor restarts it) or the supervisor itself (on the embedded log its workers run on as
 orphans and end on their own; on Kafka they are killed with it, a lost host); a new
@@ -17,11 +22,14 @@ import contextlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
+import orjson
 import polars as pl
 import psutil
 import psycopg
@@ -31,6 +39,8 @@ from tests.faults.oracle import seeds
 from tests.topics import test_workers
 from tests.topics.test_workers import oracle, owners, prepare, totals, wait_for
 
+from tideflow.topics.embedded import open_log
+
 COUNT = 1600
 
 
@@ -39,6 +49,76 @@ def pg_totals(url: str) -> pl.DataFrame:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT room, people, readings FROM room_totals").fetchall()
     return pl.DataFrame(rows, schema=["room", "people", "readings"], orient="row").sort("room")
+
+
+def expected_events(folder: Path) -> pl.DataFrame:
+    """The events publish.yaml wrote (room, count), generated again."""
+    from tideflow import Pipeline, collect, generate
+    from tideflow.connectors.memory import clear
+    from tideflow.testing import collected
+
+    spec = Pipeline.from_yaml(folder / "publish.yaml").build()
+    settings = spec.all_sources[0].model_dump(exclude={"name", "type", "input"}, exclude_none=True)
+    settings["count"] = COUNT
+    clear("trial-in")
+    Pipeline("trial-input").source(generate(**settings)).sink(collect("trial-in")).run(
+        folder / "oracle-events"
+    )
+    return collected("trial-in").select("room", "count")
+
+
+def mixed_producers(folder: Path, reckoning: Path, seed: int) -> pl.DataFrame:
+    """Events from two more producers on the embedded topic: keyed by room through CRC32
+    (librdkafka's default partitioner) and without a key (round-robin); the declaration is
+    dropped and a histogram per `count` (not the message key) is added. The events."""
+    rng = random.Random(seed)
+    rows = [
+        {
+            "event_id": 10_000_000 + i,
+            "room": f"room-{rng.randrange(12):02d}",
+            "ts": f"2026-12-07T10:{i % 60:02d}:00Z",
+            "count": rng.randrange(-2, 6),
+        }
+        for i in range(600)
+    ]
+    values = [orjson.dumps(row) for row in rows]
+    log = open_log(str(folder / ".tideflow" / "topics.db"))
+    crc = rows[:300]
+    log.append(
+        "rooms-v1",
+        pl.Series([zlib.crc32(r["room"].encode()) % 3 for r in crc], dtype=pl.Int32),
+        pl.Series([r["room"].encode() for r in crc], dtype=pl.Binary),
+        pl.Series(values[:300], dtype=pl.Binary),
+    )
+    log.append(
+        "rooms-v1",
+        pl.Series([i % 3 for i in range(300)], dtype=pl.Int32),
+        pl.Series([None] * 300, dtype=pl.Binary),
+        pl.Series(values[300:], dtype=pl.Binary),
+    )
+    text = reckoning.read_text()
+    text = "\n".join(line for line in text.splitlines() if "partitioned_by" not in line)
+    text = text.replace(
+        "      last_seen: max(ts)\n",
+        "      last_seen: max(ts)\n\n  - type: aggregate\n    name: per_count\n"
+        "    input: cast\n    keys: [count]\n    aggregations: {readings: count()}\n",
+    )
+    sinks = (
+        "sinks:\n"
+        "  - {type: sql, input: aggregate, url: '${DB_URL:-sqlite:///rooms.db}',\n"
+        "     table: room_totals, mode: upsert, key: [room]}\n"
+        "  - {type: sql, name: histogram, input: per_count, url: '${DB_URL:-sqlite:///rooms.db}',\n"
+        "     table: count_histogram, mode: upsert, key: [count]}\n\n"
+    )
+    text = text[: text.index("sink:\n")] + sinks + text[text.index("checkpoint:") :]
+    reckoning.write_text(text)
+    return pl.DataFrame(rows).select("room", "count")
+
+
+def count_histogram(db: Path) -> pl.DataFrame:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT count, readings FROM count_histogram").fetchall()
+    return pl.DataFrame(rows, schema=["count", "readings"], orient="row").sort("count")
 
 
 def supervise(
@@ -106,6 +186,7 @@ def test_workers_killed_at_random_give_exact_totals(
         db_url = request.getfixturevalue("postgres_database")
     folder = tmp_path / "rooms"
     reckoning = prepare(folder, environment)
+    extra = None if backend == "kafka" else mixed_producers(folder, reckoning, seed)
     env = {**os.environ, **environment, "DB_URL": db_url}
     log = tmp_path / "supervisor.log"
     supervisor = supervise(folder, reckoning, workers, env, log)
@@ -146,6 +227,15 @@ def test_workers_killed_at_random_give_exact_totals(
     got = pg_totals(db_url) if backend == "kafka" else totals(folder / "group.db")
     expected = oracle(folder)
     assert expected["readings"].sum() == COUNT
+    if extra is not None:
+        every = pl.concat([expected_events(folder), extra])
+        expected = (
+            every.group_by("room")
+            .agg(pl.col("count").sum().alias("people"), pl.len().alias("readings"))
+            .sort("room")
+        )
+        histogram = every.group_by("count").agg(pl.len().alias("readings")).sort("count")
+        assert_frame_equal(count_histogram(folder / "group.db"), histogram, check_dtypes=False)
     assert_frame_equal(got, expected, check_dtypes=False)
     assert len(owners(folder, environment["STATE"])) == 3, (
         f"seed {seed}: not every partition checkpointed"

@@ -1,11 +1,11 @@
-"""Keyed state with group workers needs a topic partitioned by the state's keys (issue 15).
+"""Keyed state with group workers and a topic's declared partitioning (issue 15).
 
 A topic written by a plain ``confluent-kafka`` producer (librdkafka's default partitioner:
 CRC32 of the key) holds each room in one partition, but not in the one Kafka's murmur2 would
-pick. Workers that each keep totals for their partitions are exact only if every room is in
-one partition: tideflow refuses a stateful step in a group of workers unless the source
-declares its partitioning, checks every record against the declaration, and stops at the
-first record that breaks it (exit code 2, not restarted) instead of writing wrong totals.
+pick. Without a declaration the workers repartition the aggregate's records by room and are
+exact; a source that declares its partitioning skips that hop, every record is checked
+against the declaration, and the first record that breaks it stops the run (exit code 2, not
+restarted) instead of writing wrong totals.
 """
 
 from __future__ import annotations
@@ -75,13 +75,31 @@ def run(folder: Path, broker: str, topic: str, declared: str, *args: str) -> str
     return f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
 
 
-def test_workers_refuse_keyed_state_over_a_topic_of_unknown_partitioning(
+def test_without_a_declaration_workers_repartition_and_are_exact(
     tmp_path: Path, kafka_broker: str
 ) -> None:
-    out = run(tmp_path, kafka_broker, "any-topic", "", "--workers", "2")
-    assert out.startswith("exit 2\n"), out
-    assert "step 'aggregate' (aggregate) keeps state per room" in out
-    assert "partitioned_by" in out
+    """Nothing declared: the aggregate's records go through a repartition topic keyed by
+    room (murmur2), so the librdkafka-partitioned topic gives exact totals too."""
+    topic = f"rooms-{uuid.uuid4().hex[:8]}"
+    events = produce_with_librdkafka(kafka_broker, tmp_path, topic)
+    out = run(tmp_path, kafka_broker, topic, "", "--workers", "2")
+    assert out.startswith("exit 0\n"), out
+    assert "aggregate-repartitioned" in out  # the summary shows the hop
+    assert_frame_equal(stored_totals(tmp_path), expected_totals(events), check_dtypes=False)
+
+
+def stored_totals(folder: Path) -> pl.DataFrame:
+    with sqlite3.connect(folder / "totals.db") as conn:
+        rows = conn.execute("SELECT room, people, readings FROM totals").fetchall()
+    return pl.DataFrame(rows, schema=["room", "people", "readings"], orient="row").sort("room")
+
+
+def expected_totals(events: pl.DataFrame) -> pl.DataFrame:
+    return (
+        events.group_by("room")
+        .agg(pl.col("count").sum().alias("people"), pl.len().alias("readings"))
+        .sort("room")
+    )
 
 
 def test_a_wrong_declaration_stops_at_the_first_record_and_the_right_one_is_exact(
@@ -100,12 +118,5 @@ def test_a_wrong_declaration_stops_at_the_first_record_and_the_right_one_is_exac
         tmp_path, kafka_broker, topic, "{column: room, partitioner: crc32}", "--workers", "2"
     )
     assert right.startswith("exit 0\n"), right
-    with sqlite3.connect(tmp_path / "totals.db") as conn:
-        rows = conn.execute("SELECT room, people, readings FROM totals").fetchall()
-    got = pl.DataFrame(rows, schema=["room", "people", "readings"], orient="row").sort("room")
-    expected = (
-        events.group_by("room")
-        .agg(pl.col("count").sum().alias("people"), pl.len().alias("readings"))
-        .sort("room")
-    )
-    assert_frame_equal(got, expected, check_dtypes=False)
+    assert "repartition" not in right  # the declaration spares the hop
+    assert_frame_equal(stored_totals(tmp_path), expected_totals(events), check_dtypes=False)
