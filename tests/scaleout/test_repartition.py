@@ -30,6 +30,7 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 from polars.testing import assert_frame_equal
+from tests.scaleout.test_rooms_trials import finish, supervise
 from tests.topics.test_workers import wait_for
 
 from tideflow.connectors.topic.admin import Admin
@@ -174,33 +175,11 @@ def assert_exact(db: str, produced: pl.DataFrame) -> None:
 
 
 def start(folder: Path, workers: int, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("a") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tideflow",
-                "-v",
-                "run",
-                "totals.yaml",
-                "--workers",
-                str(workers),
-            ],
-            cwd=folder,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "KAFKA_BROKER": ""},
-        )
-
-
-def finish(process: subprocess.Popen[bytes], log: Path, timeout: float = 300) -> int:
-    try:
-        return process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for child in psutil.Process(process.pid).children(recursive=True):
-            child.kill()
-        process.kill()
-        raise AssertionError("the group run did not end:\n" + log.read_text()[-6000:]) from None
+    """``tideflow run totals.yaml --workers N`` on its own (no KAFKA_BROKER), logging to
+    ``log``."""
+    return supervise(
+        folder, folder / "totals.yaml", workers, {**os.environ, "KAFKA_BROKER": ""}, log
+    )
 
 
 def kill_tree(process: subprocess.Popen[bytes]) -> None:

@@ -37,7 +37,7 @@ import pytest
 from polars.testing import assert_frame_equal
 from tests.faults.oracle import seeds
 from tests.topics import test_workers
-from tests.topics.test_workers import oracle, owners, prepare, totals, wait_for
+from tests.topics.test_workers import oracle, owners, prepare, published, totals, wait_for
 
 from tideflow.topics.embedded import open_log
 
@@ -49,22 +49,6 @@ def pg_totals(url: str) -> pl.DataFrame:
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT room, people, readings FROM room_totals").fetchall()
     return pl.DataFrame(rows, schema=["room", "people", "readings"], orient="row").sort("room")
-
-
-def expected_events(folder: Path) -> pl.DataFrame:
-    """The events publish.yaml wrote (room, count), generated again."""
-    from tideflow import Pipeline, collect, generate
-    from tideflow.connectors.memory import clear
-    from tideflow.testing import collected
-
-    spec = Pipeline.from_yaml(folder / "publish.yaml").build()
-    settings = spec.all_sources[0].model_dump(exclude={"name", "type", "input"}, exclude_none=True)
-    settings["count"] = COUNT
-    clear("trial-in")
-    Pipeline("trial-input").source(generate(**settings)).sink(collect("trial-in")).run(
-        folder / "oracle-events"
-    )
-    return collected("trial-in").select("room", "count")
 
 
 def mixed_producers(folder: Path, reckoning: Path, seed: int) -> pl.DataFrame:
@@ -228,7 +212,7 @@ def test_workers_killed_at_random_give_exact_totals(
     expected = oracle(folder)
     assert expected["readings"].sum() == COUNT
     if extra is not None:
-        every = pl.concat([expected_events(folder), extra])
+        every = pl.concat([published(folder).select("room", "count"), extra])
         expected = (
             every.group_by("room")
             .agg(pl.col("count").sum().alias("people"), pl.len().alias("readings"))

@@ -55,8 +55,8 @@ def prepare(folder: Path, environment: dict[str, str]) -> Path:
     return reckoning
 
 
-def oracle(folder: Path) -> pl.DataFrame:
-    """Totals per room computed directly from the generator's records, in one batch."""
+def published(folder: Path) -> pl.DataFrame:
+    """The records publish.yaml wrote, generated again in one batch."""
     from tideflow import Pipeline, collect, generate
     from tideflow.connectors.memory import clear
     from tideflow.testing import collected
@@ -68,8 +68,13 @@ def oracle(folder: Path) -> pl.DataFrame:
     Pipeline("workers-input").source(generate(**settings)).sink(collect("workers-in")).run(
         folder / "oracle"
     )
+    return collected("workers-in")
+
+
+def oracle(folder: Path) -> pl.DataFrame:
+    """Totals per room computed directly from the generator's records, in one batch."""
     return (
-        collected("workers-in")
+        published(folder)
         .group_by("room")
         .agg(pl.col("count").sum().alias("people"), pl.len().alias("readings"))
         .sort("room")
