@@ -336,6 +336,20 @@ sink: {{type: file, path: out-{name}, format: parquet}}
     assert dict(plain.schema)["last"] == pl.Datetime("us", "UTC")
     assert_frame_equal(worker, plain)
 
+    # The workers keep the aggregate's state per partition: one plain process would start
+    # it empty and write partial results over theirs, so it is refused.
+    alone = subprocess.run(
+        [sys.executable, "-m", "tideflow", "run", "worker.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "KAFKA_BROKER": ""},
+    )
+    assert alone.returncode == 2, alone.stdout + alone.stderr
+    assert "was run by group workers" in alone.stderr
+
 
 def test_a_block_in_the_wrong_partition_stops_the_run(tmp_path: Path) -> None:
     """Nothing but the repartition sink may write a repartition topic: a record whose keys

@@ -13,6 +13,7 @@ from tideflow.core.checkpoints import Checkpoint, CheckpointStore
 from tideflow.core.contracts import Context, ExistingOutput
 from tideflow.core.faults import crash_point
 from tideflow.core.graph import Node
+from tideflow.core.partitions import keeps_state
 from tideflow.core.plan import RunPlan
 from tideflow.errors import (
     ConfigError,
@@ -169,6 +170,8 @@ class Resumption:
         """Before anything opens: start over if asked, adopt a checkpoint a sink kept, and
         refuse to read everything again when the state is gone but the output is not."""
         known = self.store.knows(self.plan.name)
+        if not self.from_scratch:
+            self._refuse_single_run_of_a_group()
         if self.from_scratch:
             if not self.main_output:
                 raise ConfigError("from_scratch applies to a pipeline's main run only")
@@ -194,6 +197,25 @@ class Resumption:
                 f"the state store held nothing of this pipeline, so every input is read "
                 f"from the start; sink {node.name!r} already held {output.found} and "
                 "writes the same records again without duplicating them"
+            )
+
+    def _refuse_single_run_of_a_group(self) -> None:
+        """A pipeline whose group workers keep its keyed state per partition is not run by
+        one plain process: that run would start its steps' state empty and overwrite the
+        workers' results with partial ones."""
+        if self.state_key != self.plan.name or not any(
+            keeps_state(node.component) for node in self.plan.graph.steps
+        ):
+            return
+        parts = self.store.partition_states(self.plan.name)
+        if parts:
+            raise ConfigError(
+                f"pipeline {self.plan.name!r} was run by group workers (`--workers`, "
+                f"`--worker-id`), which keep its positions and step state per partition "
+                f"({len(parts)} partition(s) in the state store); a single process does not "
+                "read them, so its steps would start empty and overwrite the workers' results "
+                "with partial ones. Run it with --workers N (or --worker-id), or start over "
+                "with --from-scratch"
             )
 
     def _start_over(self) -> None:
