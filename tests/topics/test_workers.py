@@ -56,7 +56,8 @@ def prepare(folder: Path, environment: dict[str, str]) -> Path:
 
 
 def published(folder: Path) -> pl.DataFrame:
-    """The records publish.yaml wrote, generated again in one batch."""
+    """The records publish.yaml wrote, generated again in one batch (once per folder: the
+    generating run is checkpointed there, so a second call finds it finished)."""
     from tideflow import Pipeline, collect, generate
     from tideflow.connectors.memory import clear
     from tideflow.testing import collected
