@@ -182,6 +182,19 @@ def start(folder: Path, workers: int, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def run_once(folder: Path, pipeline: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``tideflow run PIPELINE ARGS`` in ``folder`` (no KAFKA_BROKER), output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tideflow", "run", pipeline, *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "KAFKA_BROKER": ""},
+    )
+
+
 def kill_tree(process: subprocess.Popen[bytes]) -> None:
     """Kill a supervisor still running and its workers (a failed test leaves nothing)."""
     if process.poll() is None:
@@ -320,15 +333,7 @@ steps:
 sink: {{type: file, path: out-{name}, format: parquet}}
 """
         )
-        done = subprocess.run(
-            [sys.executable, "-m", "tideflow", "run", f"{name}.yaml", *extra],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-            env={**os.environ, "KAFKA_BROKER": ""},
-        )
+        done = run_once(tmp_path, f"{name}.yaml", *extra)
         assert done.returncode == 0, done.stdout + done.stderr
     plain = pl.read_parquet(tmp_path / "out-plain" / "**" / "*.parquet").sort("id")
     worker = pl.read_parquet(tmp_path / "out-worker" / "**" / "*.parquet").sort("id")
@@ -338,15 +343,7 @@ sink: {{type: file, path: out-{name}, format: parquet}}
 
     # The workers keep the aggregate's state per partition: one plain process would start
     # it empty and write partial results over theirs, so it is refused.
-    alone = subprocess.run(
-        [sys.executable, "-m", "tideflow", "run", "worker.yaml"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "KAFKA_BROKER": ""},
-    )
+    alone = run_once(tmp_path, "worker.yaml")
     assert alone.returncode == 2, alone.stdout + alone.stderr
     assert "was run by group workers" in alone.stderr
 
